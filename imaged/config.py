@@ -1,0 +1,222 @@
+"""Every setting of imaged, its IMAGED_* variable, and where it is read from.
+
+Precedence: command-line flags > ``IMAGED_*`` environment variables > the config file
+(``--config`` / ``IMAGED_CONFIG``, else ``./imaged.toml``, else ``[tool.imaged]`` in
+``./pyproject.toml``, else ``/etc/imaged/imaged.toml``) > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from imaged.errors import ConfigError
+
+DEFAULT_DEBIAN_BASE = "python:{major}.{minor}-slim-bookworm"
+SYSTEM_CONFIG = Path("/etc/imaged/imaged.toml")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its config key, environment variable, parser and help."""
+
+    key: str
+    env: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "debian_base",
+        "IMAGED_DEBIAN_BASE",
+        "Reference template for from_debian_base, with {major} and {minor}.",
+    ),
+    Setting("registry", "IMAGED_REGISTRY", "Registry that overrides every image's registry."),
+    Setting("builder", "IMAGED_BUILDER", "Builder name: local, remote, or an entry point."),
+    Setting("docker_cli", "IMAGED_DOCKER_CLI", "Path of the docker CLI used for BuildKit builds."),
+    Setting(
+        "docker_host",
+        "IMAGED_DOCKER_HOST",
+        "Engine URL for the remote builder (tcp://, ssh://, unix://).",
+    ),
+    Setting("docker_context", "IMAGED_DOCKER_CONTEXT", "Docker context for the remote builder."),
+    Setting(
+        "build_ca_bundle",
+        "IMAGED_BUILD_CA_BUNDLE",
+        "Extra CA bundle trusted during builds (mounted as a secret, never in a layer).",
+    ),
+    Setting("secrets_dir", "IMAGED_SECRETS_DIR", "Folder holding <group>/<key> secret files."),
+    Setting(
+        "insecure_registries",
+        "IMAGED_INSECURE_REGISTRIES",
+        "Comma-separated registries spoken to over plain HTTP.",
+    ),
+    Setting("state_dir", "IMAGED_STATE_DIR", "Where the daemon keeps its state."),
+    Setting("push_timeout", "IMAGED_PUSH_TIMEOUT", "Seconds an engine call may take (push)."),
+)
+ENV_VARS: dict[str, str] = {s.key: s.env for s in SETTINGS}
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _path(value: Any) -> Path | None:
+    text = _text(value)
+    return Path(text).expanduser() if text else None
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError("expected a list of strings or a comma-separated string")
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "imaged"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Build one with :func:`load_settings`."""
+
+    debian_base: str = DEFAULT_DEBIAN_BASE
+    registry: str | None = None
+    builder: str = "local"
+    docker_cli: str | None = None
+    docker_host: str | None = None
+    docker_context: str | None = None
+    build_ca_bundle: Path | None = None
+    secrets_dir: Path | None = None
+    insecure_registries: tuple[str, ...] = ()
+    state_dir: Path | None = None
+    push_timeout: float = 1800.0
+    source: str = "defaults"
+
+    def debian_base_for(self, major: int, minor: int) -> str:
+        """Resolve the debian base template for a Python version."""
+        try:
+            return self.debian_base.format(major=major, minor=minor)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"bad template {self.debian_base!r}: {exc}", key="debian_base", file=self.source
+            ) from exc
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or _default_state_dir()
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "debian_base": lambda v: _text(v) or DEFAULT_DEBIAN_BASE,
+    "registry": _text,
+    "builder": lambda v: _text(v) or "local",
+    "docker_cli": _text,
+    "docker_host": _text,
+    "docker_context": _text,
+    "build_ca_bundle": _path,
+    "secrets_dir": _path,
+    "insecure_registries": _strings,
+    "state_dir": _path,
+    "push_timeout": _positive_float,
+}
+
+
+def find_config_file(explicit: Path | None = None, *, cwd: Path | None = None) -> Path | None:
+    """The config file to read, by precedence; None when there is none."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("IMAGED_CONFIG")
+    if env:
+        return Path(env)
+    here = cwd or Path.cwd()
+    for candidate in (here / "imaged.toml", here / "pyproject.toml", SYSTEM_CONFIG):
+        if candidate.is_file() and (
+            candidate.name != "pyproject.toml" or _has_tool_table(candidate)
+        ):
+            return candidate
+    return None
+
+
+def _has_tool_table(pyproject: Path) -> bool:
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return isinstance(data.get("tool", {}).get("imaged"), dict)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The ``imaged`` table of a config file (``[tool.imaged]`` for pyproject.toml)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError("config file not found", file=str(path)) from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config: {exc}", file=str(path)) from exc
+    if path.name == "pyproject.toml":
+        table = data.get("tool", {}).get("imaged", {})
+        return dict(table) if isinstance(table, dict) else {}
+    return data
+
+
+def _apply(settings: Settings, values: Mapping[str, Any], *, origin: str) -> Settings:
+    changes: dict[str, Any] = {}
+    for key, raw in values.items():
+        parser = _PARSERS.get(key)
+        if parser is None:
+            continue
+        try:
+            changes[key] = parser(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid value {raw!r}: {exc}", key=key, file=origin) from exc
+    return replace(settings, **changes)
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    extra_keys: tuple[str, ...] = (),
+) -> Settings:
+    """Resolve settings: overrides > environment > config file > defaults.
+
+    Unknown keys in the config file are an error naming the key, except those in
+    ``extra_keys`` (tables other components read, such as ``daemon``).
+    """
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    path = find_config_file(config_file, cwd=cwd)
+    if path is not None:
+        table = read_config_file(path)
+        known = {f.name for f in fields(Settings)} | set(extra_keys) | {"daemon", "definitions"}
+        for key in table:
+            if key not in known:
+                raise ConfigError("unknown setting", key=key, file=str(path))
+        settings = replace(_apply(settings, table, origin=str(path)), source=str(path))
+    from_env = {s.key: env[s.env] for s in SETTINGS if env.get(s.env)}
+    settings = _apply(settings, from_env, origin="environment")
+    if overrides:
+        present = {k: v for k, v in overrides.items() if v is not None}
+        settings = _apply(settings, present, origin="command line")
+    return settings

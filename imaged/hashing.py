@@ -1,0 +1,603 @@
+"""Content digests: a canonical encoding, a per-file digest cache, Merkle trees of folders,
+and the per-layer and whole-image digests.
+
+The encoding is versioned, type-tagged and length-prefixed, so no two different inputs
+encode the same. File inputs contribute their POSIX relative path, type, executable bit,
+symlink target and content sha256: never mtimes, owners or their absolute location.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imaged import layers as L
+from imaged.errors import MissingPathError, SpecError
+from imaged.files import (
+    DIR,
+    FILE,
+    SYMLINK,
+    FileEntry,
+    folder_rules,
+    stat_entry,
+    stat_key,
+    walk_files,
+)
+from imaged.ignore import IgnoreRules
+from imaged.image import DebianBase, DockerfileBase, Image, ParentBase, RefBase
+from imaged.tools import POETRY_VERSION, RENDER_VERSION, UV_VERSION
+
+ENCODING_VERSION = "imaged-digest-v1"
+TAG_HEX_CHARS = 32
+RACY_WINDOW_NS = 2_000_000_000
+_CHUNK = 1 << 20
+_PARALLEL_THRESHOLD = 64
+
+
+# -- canonical encoding -----------------------------------------------------------------
+
+
+def encode(value: object) -> bytes:
+    """Canonical, type-tagged, length-prefixed bytes for str/bytes/int/bool/None/list/tuple."""
+    out = bytearray()
+    _encode_into(out, value)
+    return bytes(out)
+
+
+def _encode_into(out: bytearray, value: object) -> None:
+    if value is None:
+        out += b"N"
+    elif isinstance(value, bool):
+        out += b"T" if value else b"F"
+    elif isinstance(value, int):
+        raw = str(value).encode()
+        out += b"i" + struct.pack(">Q", len(raw)) + raw
+    elif isinstance(value, str):
+        raw = value.encode("utf-8", "surrogateescape")
+        out += b"s" + struct.pack(">Q", len(raw)) + raw
+    elif isinstance(value, bytes):
+        out += b"b" + struct.pack(">Q", len(value)) + value
+    elif isinstance(value, list | tuple):
+        out += b"l" + struct.pack(">Q", len(value))
+        for item in value:
+            _encode_into(out, item)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def sha256_hex(value: object) -> str:
+    return hashlib.sha256(encode(value)).hexdigest()
+
+
+# -- per-file digest cache --------------------------------------------------------------
+
+
+@dataclass
+class DigestCache:
+    """File content digests keyed by (path, size, mtime_ns, ctime_ns, inode, mode).
+
+    An entry recorded less than ``RACY_WINDOW_NS`` after the file's mtime is not trusted
+    (the file may have been written again within the timestamp granularity), so the next
+    lookup reads the file again: the racy-git rule.
+    """
+
+    entries: dict[str, tuple[tuple[int, ...], int, str]] = field(default_factory=dict)
+    reads: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def lookup(self, path: str, key: tuple[int, ...]) -> str | None:
+        hit = self.entries.get(path)
+        if hit is None or hit[0] != key:
+            return None
+        recorded_ns = hit[1]
+        mtime_ns = key[1]
+        if mtime_ns >= recorded_ns - RACY_WINDOW_NS:
+            return None
+        return hit[2]
+
+    def file_digest(self, path: str, key: tuple[int, ...]) -> str:
+        """The sha256 hex of a file's content, read only when the cache cannot answer."""
+        cached = self.lookup(path, key)
+        if cached is not None:
+            return cached
+        recorded = time.time_ns()
+        digest = read_digest(path)
+        with self._lock:
+            self.reads += 1
+            self.entries[path] = (key, recorded, digest)
+        return digest
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "entries": {p: [list(k), r, d] for p, (k, r, d) in self.entries.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DigestCache:
+        if data.get("version") != 1:
+            return cls()
+        entries = {
+            p: (tuple(k), int(r), str(d)) for p, (k, r, d) in data.get("entries", {}).items()
+        }
+        return cls(entries=entries)
+
+
+def read_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_DEFAULT_CACHE = DigestCache()
+
+
+def default_cache() -> DigestCache:
+    """The process-wide cache ``Image.digest`` uses."""
+    return _DEFAULT_CACHE
+
+
+# -- Merkle tree of a folder ------------------------------------------------------------
+
+
+def _parent(relpath: str) -> str:
+    return relpath.rpartition("/")[0]
+
+
+def _ancestors(relpath: str) -> list[str]:
+    parts = relpath.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+class TreeIndex:
+    """The filtered file list of one folder with per-file digests and per-folder Merkle
+    digests, so a named change updates the root digest without walking the tree.
+
+    >>> # idx = TreeIndex.build(Path("src"), rules); idx.update(["app/main.py"]); idx.digest
+    """
+
+    def __init__(self, root: Path, rules: IgnoreRules, cache: DigestCache) -> None:
+        self.root = root
+        self.rules = rules
+        self.cache = cache
+        self.entries: dict[str, FileEntry] = {}
+        self.contents: dict[str, str] = {}
+        self.children: dict[str, set[str]] = {"": set()}
+        self._dir_digests: dict[str, str] = {}
+        self._dirty: set[str] = {""}
+
+    @classmethod
+    def build(cls, root: Path, rules: IgnoreRules, cache: DigestCache | None = None) -> TreeIndex:
+        index = cls(root, rules, cache or default_cache())
+        index._add_all(list(walk_files(root, rules)))
+        return index
+
+    # -- queries
+
+    @property
+    def digest(self) -> str:
+        self._rehash_dirty()
+        return self._dir_digests[""]
+
+    def listing(self) -> list[FileEntry]:
+        """Every entry, sorted by POSIX relative path (what staging copies)."""
+        return [self.entries[p] for p in sorted(self.entries)]
+
+    def file_digests(self) -> dict[str, str]:
+        """relpath -> content digest (files), link target (symlinks) or "dir"."""
+        out: dict[str, str] = {}
+        for rel, entry in self.entries.items():
+            if entry.type == FILE:
+                out[rel] = self.contents[rel] + ("+x" if entry.executable else "")
+            elif entry.type == SYMLINK:
+                out[rel] = f"-> {entry.target}"
+            else:
+                out[rel] = "dir"
+        return out
+
+    # -- changes
+
+    def update(self, relpaths: Iterable[str]) -> set[str]:
+        """Re-stat the named paths (relative to root) and fold the changes in.
+
+        Returns the relative paths whose entry changed (added, removed or modified).
+        """
+        changed: set[str] = set()
+        for rel in relpaths:
+            rel = rel.strip("/")
+            if rel and not rel.startswith(".."):
+                changed |= self._update_one(rel)
+        return changed
+
+    def _excluded(self, rel: str, *, is_dir: bool) -> bool:
+        for ancestor in _ancestors(rel):
+            if self.rules.is_ignored(ancestor, is_dir=True) and self.rules.can_prune(ancestor):
+                return True
+        return self.rules.is_ignored(rel, is_dir=is_dir)
+
+    def _update_one(self, rel: str) -> set[str]:
+        entry = stat_entry(self.root, rel)
+        if entry is None or self._excluded(rel, is_dir=entry.type == DIR):
+            return self._remove(rel)
+        old = self.entries.get(rel)
+        if entry.type == DIR:
+            if old is not None and old.type == DIR:
+                return set()
+            removed = self._remove(rel)
+            new = [entry, *walk_files(self.root, self.rules, start=rel)]
+            self._add_all(new)
+            return removed | {e.relpath for e in new}
+        digest = self._content_of(entry)
+        if old is not None and old.type == entry.type and self._same(old, entry, digest):
+            self.entries[rel] = entry
+            return set()
+        if old is not None and old.type == DIR:
+            self._remove(rel)
+        self._put(entry, digest)
+        return {rel}
+
+    def _same(self, old: FileEntry, new: FileEntry, digest: str | None) -> bool:
+        return (
+            old.executable == new.executable
+            and old.target == new.target
+            and self.contents.get(old.relpath) == digest
+        )
+
+    def _content_of(self, entry: FileEntry) -> str | None:
+        if entry.type != FILE:
+            return None
+        return self.cache.file_digest(os.path.join(self.root, entry.relpath), entry.stat_key)
+
+    def _add_all(self, entries: list[FileEntry]) -> None:
+        files = [e for e in entries if e.type == FILE]
+        digests: Iterable[str | None]
+        if len(files) >= _PARALLEL_THRESHOLD:
+            with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
+                found = dict(
+                    zip((e.relpath for e in files), pool.map(self._content_of, files), strict=True)
+                )
+            digests = [found.get(e.relpath) for e in entries]
+        else:
+            digests = [self._content_of(e) for e in entries]
+        for entry, digest in zip(entries, digests, strict=True):
+            self._put(entry, digest)
+
+    def _put(self, entry: FileEntry, digest: str | None) -> None:
+        rel = entry.relpath
+        for ancestor in _ancestors(rel):
+            if ancestor not in self.children:
+                self.children[ancestor] = set()
+                self.children[_parent(ancestor)].add(ancestor)
+        self.entries[rel] = entry
+        self.children[_parent(rel)].add(rel)
+        if entry.type == DIR:
+            self.children.setdefault(rel, set())
+        elif digest is not None:
+            self.contents[rel] = digest
+        self._dirty.add(_parent(rel))
+
+    def _remove(self, rel: str) -> set[str]:
+        if rel not in self.entries and rel not in self.children:
+            return set()
+        removed = {rel} if rel in self.entries else set()
+        for child in list(self.children.get(rel, ())):
+            removed |= self._remove(child)
+        self.children.pop(rel, None)
+        self._dir_digests.pop(rel, None)
+        self._dirty.discard(rel)
+        self.entries.pop(rel, None)
+        self.contents.pop(rel, None)
+        self.children.get(_parent(rel), set()).discard(rel)
+        self._dirty.add(_parent(rel))
+        return removed
+
+    def _rehash_dirty(self) -> None:
+        todo = set(self._dirty)
+        for rel in self._dirty:
+            todo.update(_ancestors(rel) if rel else ())
+            if rel:
+                todo.add("")
+        for rel in sorted(todo, key=lambda p: (-p.count("/") if p else 1, p)):
+            if rel in self.children:
+                self._dir_digests[rel] = self._hash_dir(rel)
+        self._dirty.clear()
+
+    def _hash_dir(self, rel: str) -> str:
+        rows: list[tuple[str, str, bool, str]] = []
+        for child in sorted(self.children[rel]):
+            name = child.rpartition("/")[2]
+            entry = self.entries.get(child)
+            if entry is None or entry.type == DIR:
+                rows.append((name, DIR, False, self._dir_digests[child]))
+            elif entry.type == SYMLINK:
+                rows.append((name, SYMLINK, False, entry.target or ""))
+            else:
+                rows.append((name, FILE, entry.executable, self.contents[child]))
+        return sha256_hex(("dir", rows))
+
+
+# -- image and layer digests ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerDigest:
+    """One layer's digest and the file inputs it was computed from."""
+
+    index: int
+    kind: str
+    label: str
+    category: str
+    digest: str
+    trees: tuple[TreeIndex, ...] = ()
+    files: tuple[tuple[str, str], ...] = ()  # (absolute path, content digest)
+    in_image_digest: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "label": self.label,
+            "category": self.category,
+            "digest": self.digest,
+            "files": {p: d for p, d in self.files},
+            "trees": {str(t.root): t.digest for t in self.trees},
+        }
+
+
+@dataclass(frozen=True)
+class ImageDigest:
+    """The digest of a whole image, its tag, and its per-layer digests."""
+
+    digest: str
+    base: str
+    layers: tuple[LayerDigest, ...]
+
+    @property
+    def tag(self) -> str:
+        return self.digest.removeprefix("sha256:")[:TAG_HEX_CHARS]
+
+
+@dataclass
+class _Inputs:
+    fields: list[object]
+    trees: list[TreeIndex] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Hasher:
+    """Computes the inputs of each layer kind. Extra ignore files come from the image."""
+
+    def __init__(self, image: Image, cache: DigestCache) -> None:
+        self.image = image
+        self.cache = cache
+        self.extra_ignores = tuple(
+            layer.path for layer in image.layers if isinstance(layer, L.Dockerignore)
+        )
+
+    def file(self, path: Path, *, label: str, follow: bool = True) -> str:
+        try:
+            st = os.stat(path) if follow else os.lstat(path)
+        except FileNotFoundError as exc:
+            raise MissingPathError(
+                f"{path} does not exist", image=self.image.name, layer=label
+            ) from exc
+        return self.cache.file_digest(str(path), stat_key(st))
+
+    def tree(self, root: Path, *, label: str, gitignore: bool = False) -> TreeIndex:
+        if not root.is_dir():
+            raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
+        rules = folder_rules(root, self.extra_ignores, gitignore=gitignore)
+        return TreeIndex.build(root, rules, self.cache)
+
+    def inputs(self, layer: L.Layer, label: str) -> _Inputs:
+        handler = _HANDLERS[type(layer)]
+        return handler(self, layer, label)
+
+
+def _pip_fields(opts: L.PipOptions) -> list[object]:
+    return [opts.index_url, opts.extra_index_urls, opts.pre, opts.extra_args]
+
+
+def _secret_fields(secrets: tuple[L.Secret, ...]) -> list[object]:
+    return [[s.key, s.group, s.mount, s.env_var] for s in secrets]
+
+
+def _apt(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    return _Inputs([layer.packages, _secret_fields(layer.secret_mounts)])
+
+
+def _pip(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    return _Inputs(
+        [UV_VERSION, layer.packages, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)]
+    )
+
+
+def _requirements(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    digest = h.file(layer.file, label=label)
+    return _Inputs(
+        [UV_VERSION, digest, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)],
+        files=[(str(layer.file), digest)],
+    )
+
+
+def _project(h: _Hasher, layer: Any, label: str, lock: Path, tool: str) -> _Inputs:
+    pyproject = h.file(layer.pyproject, label=label)
+    lock_digest = h.file(lock, label=label)
+    fields: list[object] = [tool, layer.mode, pyproject, lock_digest]
+    inputs = _Inputs(fields, files=[(str(layer.pyproject), pyproject), (str(lock), lock_digest)])
+    if layer.mode == "install_project":
+        tree = h.tree(layer.pyproject.parent, label=label, gitignore=True)
+        fields.append(tree.digest)
+        inputs.trees.append(tree)
+    return inputs
+
+
+def _uv_project(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    inputs = _project(h, layer, label, layer.uvlock, f"uv=={UV_VERSION}")
+    inputs.fields += [_pip_fields(layer.pip), _secret_fields(layer.secret_mounts)]
+    return inputs
+
+
+def _poetry_project(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    inputs = _project(h, layer, label, layer.poetry_lock, f"poetry=={POETRY_VERSION}")
+    inputs.fields += [layer.extra_args, _secret_fields(layer.secret_mounts)]
+    return inputs
+
+
+def _uv_script(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    from imaged.pep723 import read_script_metadata
+
+    if not layer.script.is_file():
+        raise MissingPathError(f"{layer.script} does not exist", image=h.image.name, layer=label)
+    meta = read_script_metadata(layer.script)
+    return _Inputs(
+        [UV_VERSION, meta.header, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)],
+        files=[(str(layer.script), sha256_hex(meta.header))],
+    )
+
+
+def _commands(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    return _Inputs([layer.commands, _secret_fields(layer.secret_mounts)])
+
+
+def _env(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    return _Inputs([list(layer.env)])
+
+
+def _workdir(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    return _Inputs([layer.path])
+
+
+def _source_folder(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    tree = h.tree(layer.src, label=label)
+    return _Inputs([layer.target, tree.digest], trees=[tree])
+
+
+def _source_files(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    rows: list[object] = []
+    files: list[tuple[str, str]] = []
+    for path in layer.files:
+        if not path.is_file():
+            raise MissingPathError(f"{path} is not a file", image=h.image.name, layer=label)
+        digest = h.file(path, label=label)
+        rows.append(
+            [path.name, os.access(path, os.X_OK) and bool(os.stat(path).st_mode & 0o111), digest]
+        )
+        files.append((str(path), digest))
+    return _Inputs([layer.dst, rows], files=files)
+
+
+def _code_bundle(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    tree = h.tree(layer.root, label=label, gitignore=True)
+    return _Inputs([layer.dst, tree.digest], trees=[tree])
+
+
+def _dockerignore(h: _Hasher, layer: Any, label: str) -> _Inputs:
+    # The rules act through the file lists of the folder layers; on their own they change
+    # nothing in the image, so this layer stays out of the image digest.
+    digest = h.file(layer.path, label=label) if layer.path.is_file() else "absent"
+    return _Inputs([digest], files=[(str(layer.path), digest)])
+
+
+_HANDLERS: dict[type[L.Layer], Callable[[_Hasher, Any, str], _Inputs]] = {
+    L.AptPackages: _apt,
+    L.PipPackages: _pip,
+    L.Requirements: _requirements,
+    L.UvProject: _uv_project,
+    L.PoetryProject: _poetry_project,
+    L.UvScript: _uv_script,
+    L.Commands: _commands,
+    L.EnvVars: _env,
+    L.Workdir: _workdir,
+    L.SourceFolder: _source_folder,
+    L.SourceFiles: _source_files,
+    L.CodeBundle: _code_bundle,
+    L.Dockerignore: _dockerignore,
+}
+
+
+def _base_fields(image: Image, cache: DigestCache) -> tuple[list[object], list[TreeIndex]]:
+    base = image.base
+    if isinstance(base, DebianBase):
+        return ["debian", base.ref, list(base.python_version)], []
+    if isinstance(base, RefBase):
+        return ["ref", base.ref], []
+    if isinstance(base, ParentBase):
+        return ["parent", hash_image(base.image, cache).digest], []
+    assert isinstance(base, DockerfileBase)
+    return _dockerfile_fields(image, base, cache)
+
+
+def _dockerfile_fields(
+    image: Image, base: DockerfileBase, cache: DigestCache
+) -> tuple[list[object], list[TreeIndex]]:
+    if not base.dockerfile.is_file():
+        raise MissingPathError(
+            f"{base.dockerfile} does not exist", image=image.name, layer="from_dockerfile"
+        )
+    st = os.stat(base.dockerfile)
+    dockerfile = cache.file_digest(str(base.dockerfile), stat_key(st))
+    rules = IgnoreRules.from_file(base.context / ".dockerignore")
+    tree = TreeIndex.build(base.context, rules, cache)
+    relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
+    return ["dockerfile", relname, dockerfile, tree.digest], [tree]
+
+
+def hash_image(image: Image, cache: DigestCache | None = None) -> ImageDigest:
+    """Hash an image as its files are now: the base, the platforms, the Python version and
+    each layer's kind and inputs, in order."""
+    cache = cache or default_cache()
+    base_fields, base_trees = _base_fields(image, cache)
+    base_digest = "sha256:" + sha256_hex(base_fields)
+    hasher = _Hasher(image, cache)
+    layer_digests: list[LayerDigest] = []
+    for index, layer in enumerate(image.layers):
+        label = image.layer_label(index)
+        try:
+            inputs = hasher.inputs(layer, label)
+        except SpecError:
+            raise
+        digest = "sha256:" + sha256_hex([layer.kind, inputs.fields])
+        layer_digests.append(
+            LayerDigest(
+                index=index,
+                kind=layer.kind,
+                label=layer.describe(),
+                category=layer.category,
+                digest=digest,
+                trees=tuple(inputs.trees),
+                files=tuple(inputs.files),
+                in_image_digest=not isinstance(layer, L.Dockerignore),
+            )
+        )
+    top = [
+        ENCODING_VERSION,
+        RENDER_VERSION,
+        base_digest,
+        list(image.platform),
+        list(image.python_version) if image.python_version else None,
+        [[d.kind, d.digest] for d in layer_digests if d.in_image_digest],
+    ]
+    base_layer = LayerDigest(
+        index=-1,
+        kind="base",
+        label=image.base_label,
+        category="recipe",
+        digest=base_digest,
+        trees=tuple(base_trees),
+    )
+    return ImageDigest(
+        digest="sha256:" + sha256_hex(top),
+        base=base_digest,
+        layers=(base_layer, *layer_digests) if base_trees else tuple(layer_digests),
+    )

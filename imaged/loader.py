@@ -1,0 +1,123 @@
+"""Load image definitions from a Python module: ``path/to/images.py[:NAME]``.
+
+A definition module exposes images as module-level ``Image`` objects that have a name.
+An image that is only a stage of another module-level image with the same name (the
+``base`` of ``api = base.with_pip_packages(...)``) is not an image of its own; two
+unrelated images with one name are an error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from imaged.errors import DefinitionError
+from imaged.image import Image
+
+
+@dataclass(frozen=True)
+class Target:
+    """A definition file and, optionally, one image name in it."""
+
+    path: Path
+    name: str | None = None
+
+
+def parse_target(text: str) -> Target:
+    """``images.py`` or ``images.py:api`` (a colon after the ``.py`` suffix selects)."""
+    path, sep, name = text.rpartition(":")
+    if sep and path.endswith(".py") and name and "/" not in name:
+        return Target(Path(path), name)
+    return Target(Path(text), None)
+
+
+def _user_frame(exc: BaseException, file: Path) -> tuple[str, int | None]:
+    """The last traceback frame inside the definition's folder, else the last frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    folder = str(file.parent)
+    inside = [f for f in frames if f.filename.startswith(folder)]
+    chosen = inside or list(frames)
+    if not chosen:
+        return str(file), None
+    return chosen[-1].filename, chosen[-1].lineno
+
+
+def import_definition(path: Path) -> ModuleType:
+    """Import a definition file as a fresh module; errors name the file and line."""
+    file = path.resolve()
+    if not file.is_file():
+        raise DefinitionError("definition file not found", file=str(file))
+    module_name = f"imaged_definition_{abs(hash(str(file)))}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise DefinitionError("not a Python module", file=str(file))
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise DefinitionError(
+            f"syntax error: {exc.msg}", file=exc.filename or str(file), line=exc.lineno
+        ) from exc
+    except Exception as exc:
+        where, line = _user_frame(exc, file)
+        raise DefinitionError(f"{type(exc).__name__}: {exc}", file=where, line=line) from exc
+    finally:
+        if sys.path and sys.path[0] == str(file.parent):
+            sys.path.pop(0)
+    return module
+
+
+def _is_stage_of(candidate: Image, other: Image) -> bool:
+    """True when ``other`` extends ``candidate`` (same base, candidate's layers a prefix)."""
+    return (
+        candidate is not other
+        and candidate.base == other.base
+        and len(candidate.layers) < len(other.layers)
+        and other.layers[: len(candidate.layers)] == candidate.layers
+    )
+
+
+def collect_images(module: ModuleType, *, file: Path) -> dict[str, Image]:
+    """The named images a module defines, by image name, in definition order."""
+    found: dict[str, list[tuple[str, Image]]] = {}
+    for var, value in vars(module).items():
+        if isinstance(value, Image) and value.name and not var.startswith("_"):
+            found.setdefault(value.name, []).append((var, value))
+    images: dict[str, Image] = {}
+    for name, entries in found.items():
+        unique = {id(img): (var, img) for var, img in entries}
+        finals = [
+            (v, img)
+            for v, img in unique.values()
+            if not any(_is_stage_of(img, other) for _, other in unique.values())
+        ]
+        if len({i for _, i in finals}) > 1:
+            names = ", ".join(v for v, _ in finals)
+            raise DefinitionError(
+                f"duplicate image name {name!r} (variables {names}); "
+                "give each image its own name, e.g. .clone(name=...)",
+                file=str(file),
+            )
+        images[name] = finals[0][1]
+    return images
+
+
+def load_definitions(target: Target | str) -> dict[str, Image]:
+    """Import a definition file and return its images (one, when the target names it)."""
+    if isinstance(target, str):
+        target = parse_target(target)
+    file = target.path.resolve()
+    images = collect_images(import_definition(file), file=file)
+    if target.name is None:
+        if not images:
+            raise DefinitionError("defines no named Image at module level", file=str(file))
+        return images
+    if target.name not in images:
+        known = ", ".join(sorted(images)) or "none"
+        raise DefinitionError(f"no image named {target.name!r} (images: {known})", file=str(file))
+    return {target.name: images[target.name]}
