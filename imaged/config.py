@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,20 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("state_dir", "IMAGED_STATE_DIR", "Where the daemon keeps its state."),
     Setting("push_timeout", "IMAGED_PUSH_TIMEOUT", "Seconds an engine call may take (push)."),
+    Setting("definitions", "IMAGED_DEFINITIONS",
+            "Comma-separated definition files or folders the daemon loads."),
+    Setting("recursive", "IMAGED_RECURSIVE", "Search definition folders recursively."),
+    Setting("debounce_ms", "IMAGED_DEBOUNCE_MS", "Quiet period after a change before building."),
+    Setting("max_wait_ms", "IMAGED_MAX_WAIT_MS", "Longest a stream of changes may delay a build."),
+    Setting("concurrency", "IMAGED_CONCURRENCY", "Builds at once (default: number of cores)."),
+    Setting("supersede", "IMAGED_SUPERSEDE", "cancel (default) or queue a build that went stale."),
+    Setting("reconcile_seconds", "IMAGED_RECONCILE_SECONDS",
+            "Period of the stat-only reconcile pass; 0 turns it off."),
+    Setting("status_address", "IMAGED_STATUS_ADDRESS",
+            "127.0.0.1:PORT for /status, /metrics and /healthz; empty turns it off."),
+    Setting("load_timeout", "IMAGED_LOAD_TIMEOUT", "Seconds a definition module may take to load."),
+    Setting("shutdown_timeout", "IMAGED_SHUTDOWN_TIMEOUT",
+            "Seconds a graceful stop waits for builds to cancel."),
 )
 ENV_VARS: dict[str, str] = {s.key: s.env for s in SETTINGS}
 
@@ -89,6 +103,55 @@ def _positive_float(value: Any) -> float:
     return number
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError("expected true or false")
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool | float):
+        raise TypeError("expected a whole number")
+    number = int(value)
+    if number < 0:
+        raise ValueError("expected a whole number >= 0")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = _non_negative_int(value)
+    if number == 0:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a number")
+    number = float(value)
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
+def _supersede(value: Any) -> str:
+    if value not in ("cancel", "queue"):
+        raise ValueError("must be 'cancel' or 'queue'")
+    return str(value)
+
+
+def _address(value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
+        raise ValueError("must be 127.0.0.1:PORT (imaged listens on loopback only)")
+    return text
+
+
 def _default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "imaged"
@@ -109,6 +172,16 @@ class Settings:
     insecure_registries: tuple[str, ...] = ()
     state_dir: Path | None = None
     push_timeout: float = 1800.0
+    definitions: tuple[str, ...] = ()
+    recursive: bool = False
+    debounce_ms: int = 200
+    max_wait_ms: int = 5000
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)
+    supersede: str = "cancel"
+    reconcile_seconds: float = 300.0
+    status_address: str | None = "127.0.0.1:9477"
+    load_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
     source: str = "defaults"
 
     def debian_base_for(self, major: int, minor: int) -> str:
@@ -137,6 +210,16 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "insecure_registries": _strings,
     "state_dir": _path,
     "push_timeout": _positive_float,
+    "definitions": _strings,
+    "recursive": _bool,
+    "debounce_ms": _non_negative_int,
+    "max_wait_ms": _positive_int,
+    "concurrency": _positive_int,
+    "supersede": _supersede,
+    "reconcile_seconds": _non_negative_float,
+    "status_address": _address,
+    "load_timeout": _positive_float,
+    "shutdown_timeout": _positive_float,
 }
 
 

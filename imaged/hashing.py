@@ -61,7 +61,7 @@ def _encode_into(out: bytearray, value: object) -> None:
         raw = str(value).encode()
         out += b"i" + struct.pack(">Q", len(raw)) + raw
     elif isinstance(value, str):
-        raw = value.encode("utf-8", "surrogateescape")
+        raw = value.encode("utf-8", "surrogatepass")
         out += b"s" + struct.pack(">Q", len(raw)) + raw
     elif isinstance(value, bytes):
         out += b"b" + struct.pack(">Q", len(value)) + value
@@ -219,6 +219,12 @@ class TreeIndex:
                 changed |= self._update_one(rel)
         return changed
 
+    def _reincludes_below(self, rel: str) -> bool:
+        if not self.rules.is_ignored(rel, is_dir=True) or self.rules.can_prune(rel):
+            return False
+        return not any(self.rules.is_ignored(a, is_dir=True) and self.rules.can_prune(a)
+                       for a in _ancestors(rel))
+
     def _excluded(self, rel: str, *, is_dir: bool) -> bool:
         for ancestor in _ancestors(rel):
             if self.rules.is_ignored(ancestor, is_dir=True) and self.rules.can_prune(ancestor):
@@ -227,6 +233,12 @@ class TreeIndex:
 
     def _update_one(self, rel: str) -> set[str]:
         entry = stat_entry(self.root, rel)
+        if entry is not None and entry.type == DIR and self._reincludes_below(rel):
+            # An ignored folder that an exception pattern reaches into: list it as a walk would.
+            removed = self._remove(rel)
+            new = list(walk_files(self.root, self.rules, start=rel))
+            self._add_all(new)
+            return removed | {e.relpath for e in new}
         if entry is None or self._excluded(rel, is_dir=entry.type == DIR):
             return self._remove(rel)
         old = self.entries.get(rel)
@@ -241,10 +253,9 @@ class TreeIndex:
         if old is not None and old.type == entry.type and self._same(old, entry, digest):
             self.entries[rel] = entry
             return set()
-        if old is not None and old.type == DIR:
-            self._remove(rel)
+        removed = self._remove(rel) if old is not None and old.type == DIR else set()
         self._put(entry, digest)
-        return {rel}
+        return {rel} | removed
 
     def _same(self, old: FileEntry, new: FileEntry, digest: str | None) -> bool:
         return (
@@ -282,6 +293,7 @@ class TreeIndex:
         self.children[_parent(rel)].add(rel)
         if entry.type == DIR:
             self.children.setdefault(rel, set())
+            self._dirty.add(rel)
         elif digest is not None:
             self.contents[rel] = digest
         self._dirty.add(_parent(rel))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 SPEC_VERSION = 1
 DEFAULT_PLATFORM: tuple[str, ...] = ("linux/amd64",)
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
 
 # -- bases ------------------------------------------------------------------------------

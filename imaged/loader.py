@@ -112,7 +112,12 @@ def load_definitions(target: Target | str) -> dict[str, Image]:
     if isinstance(target, str):
         target = parse_target(target)
     file = target.path.resolve()
-    images = collect_images(import_definition(file), file=file)
+    module = import_definition(file)
+    images = collect_images(module, file=file)
+    if target.name is not None and target.name not in images:
+        value = getattr(module, target.name, None)
+        if isinstance(value, Image) and value.name in images:
+            return {value.name: images[value.name]}
     if target.name is None:
         if not images:
             raise DefinitionError("defines no named Image at module level", file=str(file))

@@ -130,7 +130,7 @@ def test_unknown_key_names_key_and_file_with_exit_78(clean_env: Path) -> None:
 
 
 def test_extra_keys_are_allowed(clean_env: Path) -> None:
-    (clean_env / "imaged.toml").write_text('[watcher]\ndebounce = 1\n\n[daemon]\nx = 1\n')
+    (clean_env / "imaged.toml").write_text("[watcher]\ndebounce = 1\n\n[daemon]\nx = 1\n")
     with pytest.raises(ConfigError, match="watcher"):
         load_settings(environ={})
     assert load_settings(environ={}, extra_keys=("watcher",)) == Settings(
@@ -169,7 +169,7 @@ def test_bad_value_in_env_names_key() -> None:
 def test_unreadable_toml_names_file(clean_env: Path) -> None:
     path = clean_env / "imaged.toml"
     path.write_text("registry = \n")
-    with pytest.raises(ConfigError, match="imaged.toml"):
+    with pytest.raises(ConfigError, match=r"imaged\.toml"):
         load_settings(environ={})
 
 

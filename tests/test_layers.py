@@ -12,17 +12,23 @@ from imaged.errors import SpecError
 
 P = Path("/abs/proj")
 SECRETS = (L.Secret("token", group="gh", mount="/run/t", env_var="GH_TOKEN"), L.Secret("k"))
-PIP = L.PipOptions(index_url="https://i/simple", extra_index_urls=("https://e",), pre=True,
-                   extra_args=("--no-deps",))
+PIP = L.PipOptions(
+    index_url="https://i/simple",
+    extra_index_urls=("https://e",),
+    pre=True,
+    extra_args=("--no-deps",),
+)
 
 EVERY_LAYER: list[L.Layer] = [
     L.AptPackages(packages=("curl", "git"), secret_mounts=SECRETS),
     L.PipPackages(packages=("rich",), pip=PIP, secret_mounts=SECRETS),
     L.Requirements(file=P / "requirements.txt", pip=PIP),
-    L.UvProject(pyproject=P / "pyproject.toml", uvlock=P / "uv.lock", mode="install_project",
-                pip=PIP),
-    L.PoetryProject(pyproject=P / "pyproject.toml", poetry_lock=P / "poetry.lock",
-                    extra_args=("--only", "main")),
+    L.UvProject(
+        pyproject=P / "pyproject.toml", uvlock=P / "uv.lock", mode="install_project", pip=PIP
+    ),
+    L.PoetryProject(
+        pyproject=P / "pyproject.toml", poetry_lock=P / "poetry.lock", extra_args=("--only", "main")
+    ),
     L.UvScript(script=P / "s.py", pip=PIP, secret_mounts=SECRETS),
     L.Commands(commands=("echo a", "echo b"), secret_mounts=SECRETS),
     L.EnvVars(env=(("A", "1 2"), ("B", "'\"$x\\"))),
@@ -97,8 +103,11 @@ def test_describe(layer: L.Layer, label: str) -> None:
     ("layer", "target"),
     [
         pytest.param(L.SourceFolder(src=P / "src", dst="/app"), "/app/src", id="into-dst"),
-        pytest.param(L.SourceFolder(src=P / "src", dst="/app", copy_contents_only=True), "/app",
-                     id="contents-only"),
+        pytest.param(
+            L.SourceFolder(src=P / "src", dst="/app", copy_contents_only=True),
+            "/app",
+            id="contents-only",
+        ),
         pytest.param(L.SourceFolder(src=P / "src"), "src", id="relative-dst"),
     ],
 )
@@ -113,8 +122,13 @@ def test_source_folder_target(layer: L.SourceFolder, target: str) -> None:
     ("secret", "sid", "env_name", "target"),
     [
         pytest.param(L.Secret("token"), "token", "TOKEN", "/run/secrets/token", id="plain"),
-        pytest.param(L.Secret("token", group="github"), "github.token", "GITHUB_TOKEN",
-                     "/run/secrets/github.token", id="grouped"),
+        pytest.param(
+            L.Secret("token", group="github"),
+            "github.token",
+            "GITHUB_TOKEN",
+            "/run/secrets/github.token",
+            id="grouped",
+        ),
         pytest.param(L.Secret("a b/c", mount="/etc/x"), "a_b_c", "A_B_C", "/etc/x", id="odd-key"),
     ],
 )

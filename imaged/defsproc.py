@@ -1,0 +1,270 @@
+"""Load definition modules in a fresh child interpreter, so the daemon never imports user code.
+
+The parent runs ``python -P -m imaged.defsproc FILE`` with the file's folder as working
+directory. The child imports the module with :mod:`imaged.loader` and prints one JSON
+document on its real stdout; whatever the user's module prints goes to stderr instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import sysconfig
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from imaged.errors import DefinitionError
+from imaged.image import Image
+
+STDERR_TAIL_LINES = 20
+SKIPPED_DIRS = frozenset({"__pycache__", ".venv", "site-packages", "node_modules"})
+_MENTIONS_IMAGED = re.compile(rb"\b(?:import|from)\s+imaged\b")
+_IMAGED_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    """The images one definition file defines, and the local files it imported."""
+
+    path: Path
+    images: dict[str, Image]
+    imported_files: tuple[Path, ...]
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+def _mentions_imaged(path: Path) -> bool:
+    try:
+        return _MENTIONS_IMAGED.search(path.read_bytes()) is not None
+    except OSError:
+        return False
+
+
+def _python_files(folder: Path, *, recursive: bool) -> list[Path]:
+    if not recursive:
+        return [p for p in folder.glob("*.py") if p.is_file()]
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS]
+        found.extend(Path(root, f) for f in files if f.endswith(".py"))
+    return found
+
+
+def discover_definition_files(paths: Sequence[Path], *, recursive: bool = False) -> list[Path]:
+    """Definition files among ``paths``: a file is itself, a folder gives its ``*.py`` files
+    that import imaged (searched recursively with ``recursive=True``), sorted and resolved.
+
+    >>> discover_definition_files([Path("deploy/")], recursive=True)  # doctest: +SKIP
+    [PosixPath('/repo/deploy/images.py'), PosixPath('/repo/deploy/jobs/images.py')]
+    """
+    found: set[Path] = set()
+    for path in paths:
+        if path.is_file():
+            found.add(path.resolve())
+        elif path.is_dir():
+            candidates = _python_files(path, recursive=recursive)
+            found.update(p.resolve() for p in candidates if _mentions_imaged(p))
+        else:
+            raise DefinitionError("definition file or folder not found", file=str(path))
+    return sorted(found)
+
+
+# -- the parent side ---------------------------------------------------------------------
+
+
+def _child_env(python: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if python is None:
+        # Same interpreter: make sure the child imports this very imaged, even from a checkout.
+        parts = [str(_IMAGED_DIR.parent), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in parts if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def _read_all(stream: anyio.abc.ByteReceiveStream, sink: bytearray) -> None:
+    async for chunk in stream:
+        sink.extend(chunk)
+
+
+async def _read_tail(stream: anyio.abc.ByteReceiveStream, sink: collections.deque[str]) -> None:
+    pending = b""
+    async for chunk in stream:
+        *lines, pending = (pending + chunk).split(b"\n")
+        sink.extend(line.decode(errors="replace") for line in lines)
+    if pending:
+        sink.append(pending.decode(errors="replace"))
+
+
+def _kill_group(process: anyio.abc.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _run_child(
+    command: list[str], *, cwd: Path, env: dict[str, str], timeout: float
+) -> tuple[int | None, bytes, list[str]]:
+    """Run the child; returns (exit code or None on timeout, stdout, last stderr lines)."""
+    out = bytearray()
+    err: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    process = await anyio.open_process(command, cwd=cwd, env=env, start_new_session=True)
+    try:
+        async with process:
+            assert process.stdout is not None and process.stderr is not None
+            with anyio.move_on_after(timeout):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_read_all, process.stdout, out)
+                    tg.start_soon(_read_tail, process.stderr, err)
+                    await process.wait()
+                return process.returncode, bytes(out), list(err)
+            return None, bytes(out), list(err)
+    finally:
+        pass
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _parse_result(path: Path, code: int, stdout: bytes, stderr: list[str]) -> LoadedModule:
+    try:
+        doc = json.loads(stdout)
+        ok = doc["ok"]
+    except (ValueError, TypeError, KeyError):
+        tail = "\n".join(stderr).strip() or "(no output)"
+        message = f"definition loader {_exit_description(code)} without a result; stderr:\n{tail}"
+        raise DefinitionError(message, file=str(path)) from None
+    if not ok:
+        error = doc["error"]
+        raise DefinitionError(error["message"], file=error["file"], line=error["line"])
+    images = {name: Image.from_json(data) for name, data in doc["images"].items()}
+    files = tuple(Path(p) for p in doc["imported_files"])
+    return LoadedModule(path=path, images=images, imported_files=files)
+
+
+async def load_module_in_child(
+    path: Path, *, timeout: float = 30.0, python: str | None = None
+) -> LoadedModule:
+    """Import a definition file in a fresh interpreter and return its images.
+
+    Every failure (syntax error, exception, crash, timeout, no or duplicate images) is a
+    :class:`DefinitionError` naming the file and, when known, the line.
+
+    >>> loaded = await load_module_in_child(Path("deploy/images.py"))  # doctest: +SKIP
+    >>> sorted(loaded.images)  # doctest: +SKIP
+    ['api', 'worker']
+    """
+    file = path.resolve()
+    if not file.is_file():
+        raise DefinitionError("definition file not found", file=str(file))
+    command = [python or sys.executable, "-P", "-m", "imaged.defsproc", str(file)]
+    code, stdout, stderr = await _run_child(
+        command, cwd=file.parent, env=_child_env(python), timeout=timeout
+    )
+    if code is None:
+        raise DefinitionError(f"loading timed out after {timeout:g} s", file=str(file))
+    return _parse_result(file, code, stdout, stderr)
+
+
+# -- the child side ----------------------------------------------------------------------
+
+
+def _project_root(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+        if (folder / ".git").exists():
+            return None
+    return None
+
+
+def _excluded_dirs() -> list[Path]:
+    names = ("stdlib", "platstdlib", "purelib", "platlib")
+    found = [Path(sysconfig.get_path(name)).resolve() for name in names]
+    return [*found, _IMAGED_DIR]
+
+
+def _is_local(file: Path, roots: Sequence[Path], excluded: Sequence[Path]) -> bool:
+    if file.suffix != ".py" or not any(file.is_relative_to(r) for r in roots):
+        return False
+    if any(part in (".venv", "site-packages") for part in file.parts):
+        return False
+    return not any(file.is_relative_to(e) for e in excluded)
+
+
+def imported_local_files(definition: Path) -> tuple[Path, ...]:
+    """Local ``.py`` files this interpreter imported from beside ``definition`` (or its
+    project), plus the definition itself: the files whose edits change its images."""
+    roots = [definition.parent, *filter(None, [_project_root(definition.parent)])]
+    excluded = _excluded_dirs()
+    found = {definition}
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__file__", None)
+        if isinstance(name, str):
+            file = Path(name).resolve()
+            if _is_local(file, roots, excluded):
+                found.add(file)
+    return tuple(sorted(found))
+
+
+def _error_doc(exc: BaseException, file: Path) -> dict[str, Any]:
+    if isinstance(exc, DefinitionError):
+        loc = f"{exc.file}:{exc.line}" if exc.line is not None else exc.file
+        message = str(exc).removeprefix(f"{loc}: ")
+        return {"message": message, "file": exc.file, "line": exc.line}
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)]
+    line = frames[-1].lineno if frames else None
+    return {"message": f"{type(exc).__name__}: {exc}", "file": str(file), "line": line}
+
+
+def _load(file: Path) -> dict[str, Any]:
+    from imaged.loader import collect_images, import_definition
+
+    images = collect_images(import_definition(file), file=file)
+    if not images:
+        raise DefinitionError("defines no named Image at module level", file=str(file))
+    return {
+        "ok": True,
+        "images": {name: image.to_json() for name, image in images.items()},
+        "imported_files": [str(p) for p in imported_local_files(file)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: ``python -m imaged.defsproc FILE`` prints one JSON document on stdout."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m imaged.defsproc DEFINITION_FILE\n")
+        return 2
+    file = Path(args[0]).resolve()
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)  # the user's prints, and its subprocesses', go to stderr
+    try:
+        doc = _load(file)
+    except BaseException as exc:  # a module's sys.exit() is a load error too
+        doc = {"ok": False, "error": _error_doc(exc, file)}
+    sys.stdout.flush()
+    with open(real_stdout, "w", encoding="utf-8") as out:
+        json.dump(doc, out)
+    return 0 if doc["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Prometheus metrics of the daemon, rendered in the text exposition format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+@dataclass
+class Counter:
+    """A counter with one label."""
+
+    name: str
+    help: str
+    label: str
+    values: dict[str, float] = field(default_factory=dict)
+
+    def inc(self, label_value: str, amount: float = 1.0) -> None:
+        self.values[label_value] = self.values.get(label_value, 0.0) + amount
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for value, count in sorted(self.values.items()):
+            lines.append(f'{self.name}{{{self.label}="{value}"}} {count:g}')
+        return lines
+
+
+@dataclass
+class Histogram:
+    """A histogram of seconds."""
+
+    name: str
+    help: str
+    counts: list[int] = field(default_factory=lambda: [0] * len(_BUCKETS))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.total += seconds
+        self.count += 1
+        for i, bound in enumerate(_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for bound, n in zip(_BUCKETS, self.counts, strict=True):
+            lines.append(f'{self.name}_bucket{{le="{bound:g}"}} {n}')
+        lines += [f'{self.name}_bucket{{le="+Inf"}} {self.count}',
+                  f"{self.name}_sum {self.total:.6f}", f"{self.name}_count {self.count}"]
+        return lines
+
+
+@dataclass
+class Metrics:
+    """Everything /metrics exposes."""
+
+    builds: Counter = field(default_factory=lambda: Counter(
+        "imaged_builds_total", "Builds by result.", "result"))
+    events: Counter = field(default_factory=lambda: Counter(
+        "imaged_watch_events_total", "File event batches handled.", "kind"))
+    build_seconds: Histogram = field(default_factory=lambda: Histogram(
+        "imaged_build_seconds", "Time spent building an image."))
+    push_seconds: Histogram = field(default_factory=lambda: Histogram(
+        "imaged_push_seconds", "Time spent pushing an image."))
+    save_to_pushed: Histogram = field(default_factory=lambda: Histogram(
+        "imaged_save_to_pushed_seconds", "From the first file change to the pushed manifest."))
+    queue_depth: int = 0
+    watched_paths: int = 0
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in (self.builds, self.events, self.build_seconds, self.push_seconds,
+                       self.save_to_pushed):
+            lines += metric.render()
+        lines += ["# HELP imaged_queue_depth Images waiting to build.",
+                  "# TYPE imaged_queue_depth gauge", f"imaged_queue_depth {self.queue_depth}",
+                  "# HELP imaged_watched_paths Roots handed to the file watcher.",
+                  "# TYPE imaged_watched_paths gauge", f"imaged_watched_paths {self.watched_paths}"]
+        return "\n".join(lines) + "\n"

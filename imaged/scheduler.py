@@ -1,0 +1,193 @@
+"""Decide when each image builds: debounce, one build per image, a global limit,
+cancel-or-queue superseded builds, parents first, and retries for transient failures.
+
+The scheduler knows nothing of Docker: it calls an injected ``build(name, reason)``
+coroutine, so tests drive it with fakes and the daemon plugs in the real engine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+from anyio.abc import TaskGroup
+
+from imaged.errors import is_transient
+
+Supersede = Literal["cancel", "queue"]
+BuildFunc = Callable[[str, str], Awaitable[Any]]
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SchedulerOptions:
+    """Timing and concurrency settings (seconds)."""
+
+    debounce: float = 0.2
+    max_wait: float = 5.0
+    concurrency: int = 2
+    supersede: Supersede = "cancel"
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+    per_image_debounce: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ImageSlot:
+    """Scheduling state of one image."""
+
+    name: str
+    state: str = "idle"  # idle | queued | building | failed | retrying
+    reason: str = ""
+    first_request: float | None = None
+    due: float | None = None
+    generation: int = 0
+    built_generation: int = 0
+    scope: anyio.CancelScope | None = None
+    building: bool = False
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class Scheduler:
+    """Queue of image build requests with debounce and supersede semantics."""
+
+    def __init__(self, build: BuildFunc, options: SchedulerOptions | None = None, *,
+                 parents: Callable[[str], tuple[str, ...]] = lambda name: (),
+                 on_event: EventSink | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._build = build
+        self.options = options or SchedulerOptions()
+        self._parents = parents
+        self._on_event = on_event
+        self._clock = clock
+        self.slots: dict[str, ImageSlot] = {}
+        self._limiter = anyio.CapacityLimiter(max(1, self.options.concurrency))
+        self._wake = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    # -- requests
+
+    def request(self, name: str, reason: str) -> None:
+        """Ask for a build of ``name``; repeated requests within the quiet period merge."""
+        slot = self.slots.setdefault(name, ImageSlot(name))
+        now = self._clock()
+        quiet = self.options.per_image_debounce.get(name, self.options.debounce)
+        if slot.first_request is None:
+            slot.first_request = now
+        slot.due = min(now + quiet, slot.first_request + self.options.max_wait)
+        slot.generation += 1
+        slot.reason = reason
+        if slot.building and self.options.supersede == "cancel" and slot.scope is not None:
+            slot.scope.cancel()
+            self._emit("superseded", name, reason=reason)
+        if not slot.building:
+            slot.state = "queued"
+            self._emit("queued", name, reason=reason)
+        self._wake.set()
+
+    def forget(self, name: str) -> None:
+        """Drop an image that no longer exists in the definitions."""
+        slot = self.slots.pop(name, None)
+        if slot is not None and slot.scope is not None:
+            slot.scope.cancel()
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(1 for s in self.slots.values() if s.due is not None and not s.building)
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.slots.values() if s.building)
+
+    def idle(self) -> bool:
+        return all(s.due is None and not s.building for s in self.slots.values())
+
+    # -- the loop
+
+    async def run(self) -> None:
+        """Dispatch due builds until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            while True:
+                self._dispatch_due(tg)
+                timeout = self._next_wakeup()
+                with anyio.move_on_after(timeout):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+
+    def _next_wakeup(self) -> float:
+        now = self._clock()
+        dues = [s.due for s in self.slots.values() if s.due is not None and not s.building]
+        return max(0.0, min(dues) - now) if dues else math.inf
+
+    def _blocked_by_parent(self, name: str) -> bool:
+        for parent in self._parents(name):
+            slot = self.slots.get(parent)
+            if slot is not None and (slot.building or slot.due is not None):
+                return True
+        return False
+
+    def _dispatch_due(self, tg: TaskGroup) -> None:
+        now = self._clock()
+        for slot in list(self.slots.values()):
+            if slot.building or slot.due is None or slot.due > now:
+                continue
+            if self._blocked_by_parent(slot.name):
+                continue
+            slot.due = None
+            slot.first_request = None
+            slot.building = True
+            tg.start_soon(self._run_one, slot)
+
+    async def _run_one(self, slot: ImageSlot) -> None:
+        generation = slot.generation
+        outcome = "cancelled"
+        try:
+            async with self._limiter:
+                with anyio.CancelScope() as scope:
+                    slot.scope = scope
+                    slot.state = "building"
+                    self._emit("building", slot.name, reason=slot.reason)
+                    await self._build(slot.name, slot.reason)
+                    outcome = "ok"
+        except Exception as exc:  # one failed build must not stop the others
+            outcome = "transient" if is_transient(exc) else "failed"
+            slot.last_error = str(exc)
+        finally:
+            slot.building = False
+            slot.scope = None
+        self._after(slot, generation, outcome)
+
+    def _after(self, slot: ImageSlot, generation: int, outcome: str) -> None:
+        superseded = slot.generation != generation
+        if outcome == "ok":
+            slot.built_generation = generation
+            slot.attempts = 0
+            slot.state = "idle"
+            slot.last_error = None
+        elif outcome == "transient" and not superseded:
+            slot.attempts += 1
+            delay = min(self.options.retry_max, self.options.retry_initial * 2 ** (slot.attempts - 1))
+            slot.due = self._clock() + delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+            slot.state = "retrying"
+            self._emit("retrying", slot.name, error=slot.last_error, delay=round(delay, 2))
+        elif outcome == "failed":
+            slot.state = "failed"
+            self._emit("failed", slot.name, error=slot.last_error)
+        if superseded and slot.due is None:
+            # Changed while building: exactly one more build of the newest state.
+            slot.due = self._clock()
+            slot.state = "queued"
+        if superseded:
+            slot.state = "queued"
+        self._wake.set()
+
+    def _emit(self, event: str, name: str, **fields: Any) -> None:
+        if self._on_event is not None:
+            self._on_event({"event": event, "image": name, **fields})

@@ -1,0 +1,74 @@
+"""Resolve build secrets on the build host: environment first, then the secrets folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from imaged.builder import SecretSource
+from imaged.config import ENV_VARS, Settings
+from imaged.dockerfile import CA_SECRET_ID
+from imaged.errors import ConfigError, SecretError
+from imaged.layers import Secret
+
+SECRET_ENV_PREFIX = "IMAGED_SECRET_"
+
+
+def secret_file(secret: Secret, secrets_dir: Path) -> Path:
+    """Where a secret's file lives: ``<secrets_dir>/<group>/<key>`` or ``<secrets_dir>/<key>``."""
+    return secrets_dir / secret.group / secret.key if secret.group else secrets_dir / secret.key
+
+
+def resolve_secret(
+    secret: Secret, settings: Settings, *, environ: Mapping[str, str] | None = None
+) -> SecretSource:
+    """The value of one secret, looked up in order and never logged.
+
+    1. ``IMAGED_SECRET_<ENV_NAME>``, 2. ``<ENV_NAME>``, 3. the file under ``secrets_dir``.
+
+    >>> resolve_secret(Secret("tok"), Settings(), environ={"TOK": "x"}).id
+    'tok'
+    """
+    env = os.environ if environ is None else environ
+    looked: list[str] = []
+    for name in (SECRET_ENV_PREFIX + secret.env_name, secret.env_name):
+        looked.append(f"environment variable {name}")
+        if name in env:
+            return SecretSource(id=secret.id, value=env[name].encode())
+    if settings.secrets_dir is None:
+        looked.append(f"no file: secrets_dir is not set ({ENV_VARS['secrets_dir']})")
+    else:
+        path = secret_file(secret, settings.secrets_dir)
+        looked.append(f"file {path}")
+        try:
+            return SecretSource(id=secret.id, value=path.read_bytes())
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise SecretError(f"secret {secret.id!r}: cannot read {path}: {exc.strerror}") from exc
+    raise SecretError(f"secret {secret.id!r} not found; looked at: " + "; ".join(looked))
+
+
+def resolve_secrets(
+    secrets: Iterable[Secret], settings: Settings, *, environ: Mapping[str, str] | None = None
+) -> tuple[SecretSource, ...]:
+    """Resolve every secret once, keeping the first occurrence of each id."""
+    out: dict[str, SecretSource] = {}
+    for secret in secrets:
+        if secret.id not in out:
+            out[secret.id] = resolve_secret(secret, settings, environ=environ)
+    return tuple(out.values())
+
+
+def ca_bundle_secret(settings: Settings) -> SecretSource | None:
+    """The extra CA bundle trusted during builds, as the ``imaged_build_ca`` secret."""
+    path = settings.build_ca_bundle
+    if path is None:
+        return None
+    try:
+        return SecretSource(id=CA_SECRET_ID, value=path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read CA bundle {path}: {exc.strerror}", key="build_ca_bundle"
+        ) from exc

@@ -1,0 +1,74 @@
+"""A minimal HTTP endpoint on loopback: /status (JSON), /metrics (Prometheus), /healthz."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+
+if TYPE_CHECKING:
+    from imaged.daemon import Daemon
+
+_MAX_REQUEST = 8192
+
+
+def _response(status: str, body: str, content_type: str) -> bytes:
+    data = body.encode()
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + data
+
+
+def route(daemon: Daemon, path: str) -> bytes:
+    """The response for one GET path."""
+    if path == "/status":
+        return _response("200 OK", json.dumps(daemon.state.to_json()), "application/json")
+    if path == "/metrics":
+        daemon.metrics.queue_depth = daemon.scheduler.queue_depth
+        return _response("200 OK", daemon.metrics.render(), "text/plain; version=0.0.4")
+    if path == "/healthz":
+        ok = daemon.state.ready
+        return _response("200 OK" if ok else "503 Service Unavailable",
+                         "ok\n" if ok else "starting\n", "text/plain")
+    return _response("404 Not Found", "not found\n", "text/plain")
+
+
+async def _handle(daemon: Daemon, stream: SocketStream) -> None:
+    async with stream:
+        request = b""
+        with anyio.move_on_after(5):
+            while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST:
+                chunk = await stream.receive(4096)
+                if not chunk:
+                    break
+                request += chunk
+        parts = request.split(b"\r\n", 1)[0].split()
+        if len(parts) < 2 or parts[0] != b"GET":
+            await stream.send(_response("405 Method Not Allowed", "GET only\n", "text/plain"))
+            return
+        await stream.send(route(daemon, parts[1].decode("ascii", "replace").split("?")[0]))
+
+
+async def serve_status(daemon: Daemon, address: str) -> None:
+    """Serve until cancelled on ``127.0.0.1:PORT`` (loopback only)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=int(port))
+    except OSError as exc:
+        daemon.emit("status_error", None, address=address, error=str(exc))
+        return
+    bound = listener.extra(SocketAttribute.local_address)
+    daemon.status_address = f"{bound[0]}:{bound[1]}"
+    daemon.emit("status_listening", None, address=daemon.status_address)
+
+    async def handler(stream: SocketStream) -> None:
+        try:
+            await _handle(daemon, stream)
+        except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+            pass
+
+    async with listener:
+        await listener.serve(handler)

@@ -1,0 +1,201 @@
+"""The builders against a real engine and registry: secrets stay out of images, errors, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from imaged.builder import BuildOutcome, BuildRequest, SecretSource
+from imaged.builder_local import LocalBuilder
+from imaged.builder_remote import RemoteBuilder
+from imaged.config import Settings
+from imaged.dockerfile import CA_SECRET_ID
+from imaged.errors import BuildError, EngineError
+from imaged.secrets import ca_bundle_secret
+
+pytestmark = pytest.mark.docker
+
+SECRET_VALUE = "tok-" + uuid.uuid4().hex
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json"
+)
+
+
+def _docker(infra: Any, *args: str, env: dict[str, str] | None = None) -> bytes:
+    done = subprocess.run(
+        [infra.docker_cli, *args], capture_output=True, check=True, timeout=120, env=env
+    )
+    return done.stdout
+
+
+def _context(tmp_path: Path, dockerfile: str) -> Path:
+    folder = tmp_path / "context"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(dockerfile)
+    return folder
+
+
+def _request(infra: Any, context: Path, **changes: Any) -> BuildRequest:
+    values: dict[str, Any] = {
+        "image_name": "builder-test",
+        "context_dir": context,
+        "dockerfile": context / "Dockerfile",
+        "tags": (f"{infra.registry}/imaged-test/builder:{uuid.uuid4().hex[:12]}",),
+        "platforms": ("linux/amd64",),
+    }
+    values.update(changes)
+    return BuildRequest(**values)
+
+
+def _registry_digest(infra: Any, ref: str) -> str:
+    repo, tag = ref.removeprefix(infra.registry + "/").rsplit(":", 1)
+    response = httpx.head(
+        f"http://{infra.registry}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}
+    )
+    response.raise_for_status()
+    return response.headers["Docker-Content-Digest"]
+
+
+def _process_cmdlines() -> list[str]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
+
+
+SECRET_DOCKERFILE = """\
+FROM {base}
+RUN --mount=type=secret,id=tok sha256sum /run/secrets/tok | cut -d' ' -f1 > /tok.sha256
+RUN --mount=type=secret,id={ca_id},target=/run/secrets/{ca_id} wc -c < /run/secrets/{ca_id} > /ca.size
+"""
+
+
+def test_build_push_run_keeps_secrets_out_of_the_image(infra: Any, tmp_path: Path) -> None:
+    dockerfile = SECRET_DOCKERFILE.format(base=infra.debian_base, ca_id=CA_SECRET_ID)
+    ca_marker = f"# imaged test bundle {uuid.uuid4().hex}\n".encode()
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(infra.ca_bundle).read_bytes() + ca_marker)
+    ca = ca_bundle_secret(Settings(build_ca_bundle=bundle))
+    assert ca is not None
+    assert len(ca.value) > 128 * 1024  # too big for the env= form of --secret
+    secrets = (SecretSource("tok", SECRET_VALUE.encode()), ca)
+    request = _request(infra, _context(tmp_path, dockerfile), secrets=secrets, no_cache=True)
+    events: list[dict[str, object]] = []
+    outcome = anyio.run(lambda: LocalBuilder(Settings()).build(request, on_event=events.append))
+    ref = request.tags[0]
+
+    assert outcome.manifest_digest == _registry_digest(infra, ref)
+    assert outcome.image_id is not None
+    assert outcome.image_id.startswith("sha256:")
+    assert not any(SECRET_VALUE in arg for arg in outcome.command)
+    assert any(e["event"] == "build_output" for e in events)
+    assert {"build_started", "build_done", "pushed"} <= {str(e["event"]) for e in events}
+
+    _docker(infra, "rmi", ref)
+    _docker(infra, "pull", ref)
+    hashed = _docker(infra, "run", "--rm", ref, "cat", "/tok.sha256").decode().strip()
+    assert hashed == hashlib.sha256(SECRET_VALUE.encode()).hexdigest()
+    ca_size = _docker(infra, "run", "--rm", ref, "cat", "/ca.size").decode().strip()
+    assert int(ca_size) == len(ca.value)
+
+    saved = _docker(infra, "save", ref)
+    assert hashed.encode() in saved  # the scan sees layer contents (uncompressed layer tars)
+    assert SECRET_VALUE.encode() not in saved
+    assert ca_marker not in saved
+    history = _docker(infra, "history", "--no-trunc", ref)
+    inspect = _docker(infra, "inspect", ref)
+    assert SECRET_VALUE.encode() not in history + inspect
+
+
+def test_failing_run_raises_build_error(infra: Any, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    dockerfile = f"FROM {infra.debian_base}\nRUN echo {marker}-out && exit 7\n"
+    request = _request(infra, _context(tmp_path, dockerfile))
+    with pytest.raises(BuildError) as info:
+        anyio.run(LocalBuilder(Settings()).build, request)
+    error = info.value
+    assert error.instruction == f"[2/2] RUN echo {marker}-out && exit 7"
+    assert f"{marker}-out" in error.output_tail
+    assert "exit code: 7" in error.output_tail
+    assert error.image == "builder-test"
+
+
+def test_cancel_stops_the_cli_and_the_step(infra: Any, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    dockerfile = f"FROM {infra.debian_base}\nRUN sleep 60 && echo {marker}\n"
+    request = _request(infra, _context(tmp_path, dockerfile))
+    lines: list[object] = []
+
+    async def main() -> float:
+        started = time.monotonic()
+        with anyio.move_on_after(2):
+            await LocalBuilder(Settings()).build(request, on_event=lambda e: lines.append(e))
+        return time.monotonic() - started
+
+    assert anyio.run(main) < 10
+    assert lines  # the build had started
+    assert not [c for c in _process_cmdlines() if str(request.dockerfile) in c]
+    deadline = time.monotonic() + 15
+    while any(marker in c for c in _process_cmdlines()) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not [c for c in _process_cmdlines() if marker in c], "the RUN step kept running"
+
+
+def _remote_host(infra: Any) -> str:
+    host: str | None = infra.remote_docker_host
+    if host is None:
+        if os.environ.get("IMAGED_REQUIRE_DOCKER"):
+            pytest.fail("IMAGED_REQUIRE_DOCKER is set but the test infra has no remote engine")
+        pytest.skip("no remote engine in the test infra")
+    return host
+
+
+def test_remote_builder_builds_and_pushes_through_the_other_engine(
+    infra: Any, tmp_path: Path
+) -> None:
+    host = _remote_host(infra)
+    marker = uuid.uuid4().hex
+    dockerfile = f"FROM {infra.debian_base}\nRUN echo {marker} > /marker\n"
+    request = _request(infra, _context(tmp_path, dockerfile))
+    builder = RemoteBuilder(Settings(docker_host=host))
+    info = anyio.run(builder.check)
+    assert info["engine"] == host
+    outcome: BuildOutcome = anyio.run(builder.build, request)
+    ref = request.tags[0]
+    assert outcome.manifest_digest == _registry_digest(infra, ref)
+    remote_env = {**os.environ, "DOCKER_HOST": host}
+    assert _docker(infra, "image", "inspect", ref, env=remote_env)
+    local_env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    with pytest.raises(subprocess.CalledProcessError):
+        _docker(infra, "image", "inspect", ref, env=local_env)
+
+
+@pytest.mark.parametrize(
+    "step", [pytest.param("check", id="check"), pytest.param("build", id="build")]
+)
+def test_unreachable_engine_is_engine_error(
+    infra: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    request = _request(infra, _context(tmp_path, f"FROM {infra.debian_base}\n"))
+    for builder in (
+        LocalBuilder(Settings()),
+        RemoteBuilder(Settings(docker_host="tcp://127.0.0.1:1")),
+    ):
+        call = builder.check if step == "check" else lambda b=builder: b.build(request)
+        with pytest.raises(EngineError, match=r"tcp://127\.0\.0\.1:1") as info:
+            anyio.run(call)
+        assert info.value.transient
