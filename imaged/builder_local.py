@@ -255,7 +255,7 @@ class LocalBuilder:
 
     @property
     def engine_address(self) -> str:
-        return os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
+        return str(self.client_kwargs().get("base_url") or DEFAULT_ENGINE)
 
     def cli(self) -> DockerCli:
         """The docker CLI (``IMAGED_DOCKER_CLI``, else probed once and cached)."""
@@ -270,8 +270,15 @@ class LocalBuilder:
         return env
 
     def client_kwargs(self) -> dict[str, Any]:
+        """SDK client arguments: ``DOCKER_HOST``, else the CLI's current context (Docker Desktop)."""
+        from docker.context.config import get_current_context_name
         from docker.utils import kwargs_from_env
 
+        if os.environ.get("DOCKER_HOST"):
+            return dict(kwargs_from_env())
+        context = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
+        if context and context != "default":
+            return context_client_kwargs(context)
         return dict(kwargs_from_env())
 
     def api(self) -> Any:
@@ -453,3 +460,18 @@ def _push_entry(
         )
     match = _DIGEST.search(status)
     return match[1] if match else None
+
+
+def context_client_kwargs(name: str) -> dict[str, Any]:
+    """SDK client arguments for the endpoint of the docker context ``name``."""
+    from docker.context import ContextAPI
+
+    context = ContextAPI.get_context(name)
+    if context is None:
+        config_dir = os.environ.get("DOCKER_CONFIG", "~/.docker")
+        raise ConfigError(f"no docker context {name!r} in {config_dir}", key="docker_context")
+    host = str(context.Host)
+    kwargs: dict[str, Any] = {"base_url": host, "use_ssh_client": host.startswith("ssh://")}
+    if context.TLSConfig:
+        kwargs["tls"] = context.TLSConfig
+    return kwargs

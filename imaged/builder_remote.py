@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from imaged.builder_local import LocalBuilder
+from imaged.builder_local import LocalBuilder, context_client_kwargs
 from imaged.config import ENV_VARS, Settings
 from imaged.errors import ConfigError
 
@@ -52,19 +51,4 @@ class RemoteBuilder(LocalBuilder):
         host = self.settings.docker_host
         if host:
             return {"base_url": host, "use_ssh_client": host.startswith("ssh://")}
-        return _context_kwargs(self.settings.docker_context or "")
-
-
-def _context_kwargs(name: str) -> dict[str, Any]:
-    """SDK client arguments for a docker context's endpoint."""
-    from docker.context import ContextAPI
-
-    context = ContextAPI.get_context(name)
-    if context is None:
-        config_dir = os.environ.get("DOCKER_CONFIG", "~/.docker")
-        raise ConfigError(f"no docker context {name!r} in {config_dir}", key="docker_context")
-    host = str(context.Host)
-    kwargs: dict[str, Any] = {"base_url": host, "use_ssh_client": host.startswith("ssh://")}
-    if context.TLSConfig:
-        kwargs["tls"] = context.TLSConfig
-    return kwargs
+        return context_client_kwargs(self.settings.docker_context or "")

@@ -143,43 +143,74 @@ def _daemon_overrides(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-_config_option = click.option("--config", "config_file", type=click.Path(path_type=Path),
-                              default=None, help="Config file [env IMAGED_CONFIG].")
+_config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Config file [env IMAGED_CONFIG].",
+)
 
 
 @main.command("watch")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="NDJSON events instead of the live view.")
 @click.option("--recursive", is_flag=True, default=None, help="Search folders recursively.")
-@click.option("--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY].")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-              help="State directory [env IMAGED_STATE_DIR].")
+@click.option(
+    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory [env IMAGED_STATE_DIR].",
+)
 @click.option("--status-address", default=None, help="127.0.0.1:PORT [env IMAGED_STATUS_ADDRESS].")
 @_config_option
 @handle_errors
-def watch_command(paths: tuple[Path, ...], as_json: bool, recursive: bool | None,
-                  registry: str | None, state_dir: Path | None, status_address: str | None,
-                  config_file: Path | None) -> None:
+def watch_command(
+    paths: tuple[Path, ...],
+    as_json: bool,
+    recursive: bool | None,
+    registry: str | None,
+    state_dir: Path | None,
+    status_address: str | None,
+    config_file: Path | None,
+) -> None:
     """Watch definitions and their inputs; rebuild and push images whose digest moved."""
     from imaged.cmd_watch import pick_mode, run_daemon
     from imaged.config import load_settings
 
-    overrides = _daemon_overrides(recursive=recursive, registry=registry, state_dir=state_dir,
-                                  status_address=status_address)
+    overrides = _daemon_overrides(
+        recursive=recursive, registry=registry, state_dir=state_dir, status_address=status_address
+    )
     settings = load_settings(config_file=config_file, overrides=overrides)
-    run_daemon(paths, mode=pick_mode(as_json), settings=settings, config_file=config_file,
-               overrides=overrides)
+    run_daemon(
+        paths,
+        mode=pick_mode(as_json),
+        settings=settings,
+        config_file=config_file,
+        overrides=overrides,
+    )
 
 
 @main.command("daemon")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--recursive", is_flag=True, default=None, help="Search folders recursively.")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-              help="State directory [env IMAGED_STATE_DIR].")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory [env IMAGED_STATE_DIR].",
+)
 @_config_option
 @handle_errors
-def daemon_command(paths: tuple[Path, ...], recursive: bool | None, state_dir: Path | None,
-                   config_file: Path | None) -> None:
+def daemon_command(
+    paths: tuple[Path, ...],
+    recursive: bool | None,
+    state_dir: Path | None,
+    config_file: Path | None,
+) -> None:
     """Run as a service (systemd Type=notify): structured logs, no terminal view."""
     from imaged.cmd_watch import run_daemon
     from imaged.config import load_settings
@@ -192,19 +223,31 @@ def daemon_command(paths: tuple[Path, ...], recursive: bool | None, state_dir: P
 @main.command("plan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
-@click.option("--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY].")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
-              help="State directory [env IMAGED_STATE_DIR].")
+@click.option(
+    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory [env IMAGED_STATE_DIR].",
+)
 @_config_option
 @handle_errors
-def plan_command(paths: tuple[Path, ...], as_json: bool, registry: str | None,
-                 state_dir: Path | None, config_file: Path | None) -> None:
+def plan_command(
+    paths: tuple[Path, ...],
+    as_json: bool,
+    registry: str | None,
+    state_dir: Path | None,
+    config_file: Path | None,
+) -> None:
     """Dry run: which tags exist, and for the rest which layers differ and why."""
     from imaged.cmd_plan import run_plan
     from imaged.config import load_settings
 
-    settings = load_settings(config_file=config_file,
-                             overrides=_daemon_overrides(registry=registry, state_dir=state_dir))
+    settings = load_settings(
+        config_file=config_file, overrides=_daemon_overrides(registry=registry, state_dir=state_dir)
+    )
     sys.exit(run_plan(paths, settings=settings, as_json=as_json))
 
 

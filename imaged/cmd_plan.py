@@ -27,13 +27,20 @@ def _layer_diff(pushed: list[dict[str, Any]], now: list[dict[str, Any]]) -> list
             reasons.append(f"layer `{layer['label']}` is new")
         elif old["digest"] != layer["digest"]:
             changed = sorted(
-                path for path, digest in layer.get("files", {}).items()
+                path
+                for path, digest in layer.get("files", {}).items()
                 if old.get("files", {}).get(path) != digest
             )
-            trees = [root for root, digest in layer.get("trees", {}).items()
-                     if old.get("trees", {}).get(root) != digest]
-            detail = ", ".join(Path(p).name for p in changed) or ", ".join(
-                f"{Path(t).name}/ contents" for t in trees) or "inputs"
+            trees = [
+                root
+                for root, digest in layer.get("trees", {}).items()
+                if old.get("trees", {}).get(root) != digest
+            ]
+            detail = (
+                ", ".join(Path(p).name for p in changed)
+                or ", ".join(f"{Path(t).name}/ contents" for t in trees)
+                or "inputs"
+            )
             reasons.append(f"layer `{layer['label']}` moved: {detail} changed")
     reasons += [f"layer `{label}` was removed" for label in before]
     return reasons
@@ -60,16 +67,26 @@ async def _plan(images: dict[str, Image], settings: Settings) -> list[dict[str, 
     rows = []
     for name, digest in digests.items():
         outcome = found.get(uris[name])
-        status = ("exists" if outcome is Existence.EXISTS else "missing"
-                  if outcome is Existence.MISSING else "local" if outcome is None else "unknown")
+        status = (
+            "exists"
+            if outcome is Existence.EXISTS
+            else "missing"
+            if outcome is Existence.MISSING
+            else "local"
+            if outcome is None
+            else "unknown"
+        )
         row: dict[str, Any] = {"name": name, "uri": uris[name], "status": status, "reasons": []}
         if isinstance(outcome, ImagedError):
             row["error"] = str(outcome)
         if status != "exists":
             record = records.get(name)
             layers = [d.to_json() for d in digest.layers]
-            row["reasons"] = (_layer_diff(record.layers, layers) if record and record.layers
-                              else ["never pushed by this state directory"])
+            row["reasons"] = (
+                _layer_diff(record.layers, layers)
+                if record and record.layers
+                else ["never pushed by this state directory"]
+            )
         rows.append(row)
     return rows
 

@@ -15,8 +15,14 @@ from imaged.config import Settings, load_settings
 from imaged.daemon import Daemon, DaemonState
 from imaged.log import configure_logging, log_event
 
-_STYLE = {"up to date": "green", "queued": "yellow", "building": "cyan", "pushing": "blue",
-          "failed": "red", "unknown": "magenta"}
+_STYLE = {
+    "up to date": "green",
+    "queued": "yellow",
+    "building": "cyan",
+    "pushing": "blue",
+    "failed": "red",
+    "unknown": "magenta",
+}
 
 
 def _table(state: DaemonState) -> Any:
@@ -49,8 +55,14 @@ def _json_line(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def run_daemon(paths: tuple[Path, ...], *, mode: str, settings: Settings,
-               config_file: Path | None, overrides: dict[str, Any]) -> None:
+def run_daemon(
+    paths: tuple[Path, ...],
+    *,
+    mode: str,
+    settings: Settings,
+    config_file: Path | None,
+    overrides: dict[str, Any],
+) -> None:
     """mode: "live" (rich view), "json" (NDJSON events on stdout) or "log" (structlog)."""
     configure_logging(json_output=None if mode != "log" else not sys.stderr.isatty())
 

@@ -57,20 +57,32 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("state_dir", "IMAGED_STATE_DIR", "Where the daemon keeps its state."),
     Setting("push_timeout", "IMAGED_PUSH_TIMEOUT", "Seconds an engine call may take (push)."),
-    Setting("definitions", "IMAGED_DEFINITIONS",
-            "Comma-separated definition files or folders the daemon loads."),
+    Setting(
+        "definitions",
+        "IMAGED_DEFINITIONS",
+        "Comma-separated definition files or folders the daemon loads.",
+    ),
     Setting("recursive", "IMAGED_RECURSIVE", "Search definition folders recursively."),
     Setting("debounce_ms", "IMAGED_DEBOUNCE_MS", "Quiet period after a change before building."),
     Setting("max_wait_ms", "IMAGED_MAX_WAIT_MS", "Longest a stream of changes may delay a build."),
     Setting("concurrency", "IMAGED_CONCURRENCY", "Builds at once (default: number of cores)."),
     Setting("supersede", "IMAGED_SUPERSEDE", "cancel (default) or queue a build that went stale."),
-    Setting("reconcile_seconds", "IMAGED_RECONCILE_SECONDS",
-            "Period of the stat-only reconcile pass; 0 turns it off."),
-    Setting("status_address", "IMAGED_STATUS_ADDRESS",
-            "127.0.0.1:PORT for /status, /metrics and /healthz; empty turns it off."),
+    Setting(
+        "reconcile_seconds",
+        "IMAGED_RECONCILE_SECONDS",
+        "Period of the stat-only reconcile pass; 0 turns it off.",
+    ),
+    Setting(
+        "status_address",
+        "IMAGED_STATUS_ADDRESS",
+        "127.0.0.1:PORT for /status, /metrics and /healthz; empty turns it off.",
+    ),
     Setting("load_timeout", "IMAGED_LOAD_TIMEOUT", "Seconds a definition module may take to load."),
-    Setting("shutdown_timeout", "IMAGED_SHUTDOWN_TIMEOUT",
-            "Seconds a graceful stop waits for builds to cancel."),
+    Setting(
+        "shutdown_timeout",
+        "IMAGED_SHUTDOWN_TIMEOUT",
+        "Seconds a graceful stop waits for builds to cancel.",
+    ),
 )
 ENV_VARS: dict[str, str] = {s.key: s.env for s in SETTINGS}
 
@@ -106,7 +118,16 @@ def _positive_float(value: Any) -> float:
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
         return value.lower() in ("1", "true", "yes", "on")
     raise ValueError("expected true or false")
 

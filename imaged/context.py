@@ -16,7 +16,7 @@ from pathlib import Path
 from imaged.dockerfile import ContextItem, RenderedImage
 from imaged.errors import ContextChangedError
 from imaged.files import DIR, FILE, SYMLINK
-from imaged.hashing import TreeIndex
+from imaged.hashing import EXEC_SUFFIX, TreeIndex
 
 FIXED_MTIME = 946_684_800  # 2000-01-01T00:00:00Z
 _CHUNK = 1 << 20
@@ -39,13 +39,11 @@ def _copy_verified(src: str, dst: str, expected: str | None, *, executable: bool
 
 def _stage_tree(tree: TreeIndex, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    folders: list[Path] = [dest]
     for entry in tree.listing():
         target = dest / entry.relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.type == DIR:
             target.mkdir(exist_ok=True)
-            folders.append(target)
         elif entry.type == SYMLINK:
             os.symlink(entry.target or "", target)
             os.utime(target, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
@@ -54,9 +52,6 @@ def _stage_tree(tree: TreeIndex, dest: Path) -> None:
             _copy_verified(
                 src, str(target), tree.contents.get(entry.relpath), executable=entry.executable
             )
-    for folder in reversed(folders):
-        os.chmod(folder, 0o755)
-        os.utime(folder, (FIXED_MTIME, FIXED_MTIME))
 
 
 def _stage_item(item: ContextItem, root: Path) -> None:
@@ -66,8 +61,29 @@ def _stage_item(item: ContextItem, root: Path) -> None:
         return
     assert item.file is not None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    executable = os.access(item.file, os.X_OK) and bool(os.stat(item.file).st_mode & 0o111)
-    _copy_verified(str(item.file), str(dest), item.digest, executable=executable)
+    digest = item.digest
+    executable = digest is not None and digest.endswith(EXEC_SUFFIX)
+    expected = digest.removesuffix(EXEC_SUFFIX) if digest is not None else None
+    _copy_verified(str(item.file), str(dest), expected, executable=executable)
+    if _is_source_file(item):
+        try:
+            now_executable = bool(os.stat(item.file).st_mode & 0o111)
+        except FileNotFoundError as exc:
+            raise ContextChangedError(f"{item.file} disappeared while it was staged") from exc
+        if now_executable != executable:
+            raise ContextChangedError(f"{item.file}: executable bit changed after hashing")
+
+
+def _is_source_file(item: ContextItem) -> bool:
+    return item.dest.startswith("layers/")
+
+
+def _normalise_folders(root: Path) -> None:
+    """Every folder the context holds gets 0755 and the fixed mtime, deepest first."""
+    folders = [Path(d) for d, _, _ in os.walk(root)]
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        os.chmod(folder, 0o755)
+        os.utime(folder, (FIXED_MTIME, FIXED_MTIME))
 
 
 def stage_context(rendered: RenderedImage, root: Path) -> Path:
@@ -77,6 +93,7 @@ def stage_context(rendered: RenderedImage, root: Path) -> Path:
     root.mkdir(parents=True)
     for item in rendered.context:
         _stage_item(item, root)
+    _normalise_folders(root)
     dockerfile = root.parent / f"{root.name}.Dockerfile"
     dockerfile.write_text(rendered.dockerfile, encoding="utf-8")
     return dockerfile

@@ -68,9 +68,16 @@ class DaemonState:
 class Daemon:
     """Watches definitions and their inputs; rebuilds exactly the images whose digest moved."""
 
-    def __init__(self, settings: Settings, targets: list[Path], *, on_event: EventSink | None = None,
-                 notifier: SystemdNotifier | None = None, backend: WatchBackend | None = None,
-                 reload_settings: Callable[[], Settings] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        targets: list[Path],
+        *,
+        on_event: EventSink | None = None,
+        notifier: SystemdNotifier | None = None,
+        backend: WatchBackend | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
+    ) -> None:
         self.settings = settings
         self.targets = targets
         self._sinks: list[EventSink] = [on_event] if on_event else []
@@ -83,13 +90,18 @@ class Daemon:
         self.tracker = ImageTracker(self.store.load_cache())
         self.records: dict[str, ImageRecord] = {}
         self.modules: dict[Path, LoadedModule] = {}
+        self.module_files: dict[Path, set[Path]] = {}  # files whose edit reloads the module
         self.images: dict[str, Image] = {}
         self._pending_reasons: dict[str, str] = {}
         self._change_times: dict[str, float] = {}
         self._roots_changed = anyio.Event()
         self._stop = anyio.Event()
-        self.scheduler = Scheduler(self._build, self._scheduler_options(), parents=self._parents,
-                                   on_event=self._scheduler_event)
+        self.scheduler = Scheduler(
+            self._build,
+            self._scheduler_options(),
+            parents=self._parents,
+            on_event=self._scheduler_event,
+        )
         self._client: RegistryClient | None = None
         self.status_address: str | None = None
 
@@ -110,8 +122,13 @@ class Daemon:
         name = str(event["image"])
         view = self._view(name)
         kind = str(event["event"])
-        view.state = {"queued": "queued", "building": "building", "failed": "failed",
-                      "retrying": "queued", "superseded": "queued"}.get(kind, view.state)
+        view.state = {
+            "queued": "queued",
+            "building": "building",
+            "failed": "failed",
+            "retrying": "queued",
+            "superseded": "queued",
+        }.get(kind, view.state)
         if kind == "failed":
             view.error = str(event.get("error"))
             self.metrics.builds.inc("failed")
@@ -123,9 +140,12 @@ class Daemon:
 
     def _scheduler_options(self) -> SchedulerOptions:
         s = self.settings
-        return SchedulerOptions(debounce=s.debounce_ms / 1000, max_wait=s.max_wait_ms / 1000,
-                                concurrency=s.concurrency,
-                                supersede="queue" if s.supersede == "queue" else "cancel")
+        return SchedulerOptions(
+            debounce=s.debounce_ms / 1000,
+            max_wait=s.max_wait_ms / 1000,
+            concurrency=s.concurrency,
+            supersede="queue" if s.supersede == "queue" else "cancel",
+        )
 
     def _parents(self, name: str) -> tuple[str, ...]:
         image = self.images.get(name)
@@ -146,16 +166,21 @@ class Daemon:
             loaded = await load_module_in_child(path, timeout=self.settings.load_timeout)
         except DefinitionError as exc:
             self.state.modules[str(path)] = str(exc)
+            # Watch the file that broke too (a helper), so fixing it reloads the module.
+            self.module_files.setdefault(path, set()).update({path, Path(exc.file)})
             self.emit("definition_error", None, file=exc.file, line=exc.line, error=str(exc))
             return
         self.state.modules[str(path)] = None
         self.modules[path] = loaded
+        self.module_files[path] = {path, *loaded.imported_files}
         self.emit("definitions_loaded", None, file=str(path), images=sorted(loaded.images))
 
     async def load_all(self) -> None:
         files = self.definition_files()
-        for gone in set(self.modules) - set(files):
-            self.modules.pop(gone)
+        for gone in set(self.module_files) - set(files):
+            self.modules.pop(gone, None)
+            self.module_files.pop(gone, None)
+            self.state.modules.pop(str(gone), None)
         async with anyio.create_task_group() as tg:
             for path in files:
                 tg.start_soon(self.load_module, path)
@@ -166,8 +191,12 @@ class Daemon:
         for loaded in self.modules.values():
             for name, image in loaded.images.items():
                 if name in images:
-                    self.emit("definition_error", name, file=str(loaded.path),
-                              error=f"image name {name!r} is defined in more than one module")
+                    self.emit(
+                        "definition_error",
+                        name,
+                        file=str(loaded.path),
+                        error=f"image name {name!r} is defined in more than one module",
+                    )
                     continue
                 images[name] = image
         for name in set(self.images) - set(images):
@@ -184,8 +213,7 @@ class Daemon:
             self._digest_moved(change, initial=not self.state.ready)
 
     def _definition_paths(self) -> set[Path]:
-        return {p for loaded in self.modules.values() for p in loaded.imported_files} | set(
-            self.definition_files())
+        return {p for files in self.module_files.values() for p in files}
 
     # -- changes ------------------------------------------------------------------------
 
@@ -206,11 +234,9 @@ class Daemon:
     async def handle_paths(self, paths: set[Path]) -> None:
         """One batch of relevant changed paths from the watcher."""
         definitions = self._definition_paths()
-        touched = [p for p in self.modules if p in paths or any(
-            f in paths for f in self.modules[p].imported_files)]
-        new_files = {p for p in paths if p in definitions and p not in self.modules}
-        if touched or new_files:
-            for path in {*touched, *new_files}:
+        touched = {m for m, files in self.module_files.items() if files & paths}
+        if touched:
+            for path in sorted(touched):
                 await self.load_module(path)
             self._refresh_images()
         other = {p for p in paths if p not in definitions}
@@ -235,12 +261,17 @@ class Daemon:
         started = time.monotonic()
 
         def on_engine_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "pushing":
+            if event.get("event") == "build_done" and view.state == "building":
                 view.state = "pushing"
                 self.emit("pushing", name)
 
-        result = await abuild(image, settings=self.settings, registry_client=self._client,
-                              cache=self.tracker.cache, on_event=on_engine_event)
+        result = await abuild(
+            image,
+            settings=self.settings,
+            registry_client=self._client,
+            cache=self.tracker.cache,
+            on_event=on_engine_event,
+        )
         view.state, view.tag, view.uri = "up to date", result.tag, result.uri
         record = self.records.setdefault(name, ImageRecord(name=name))
         record.uri, record.tag = result.uri, result.tag
@@ -255,16 +286,23 @@ class Daemon:
         if first_change is not None:
             self.metrics.save_to_pushed.observe(time.monotonic() - first_change)
         self.store.save(self.records)
-        self.emit("skipped" if result.skipped else result.status, name, uri=result.uri,
-                  manifest_digest=result.manifest_digest, why=reason,
-                  seconds=round(time.monotonic() - started, 3))
+        self.emit(
+            "skipped" if result.skipped else result.status,
+            name,
+            uri=result.uri,
+            manifest_digest=result.manifest_digest,
+            why=reason,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def reconcile(self) -> None:
         """Ask the registry about every image; queue those whose tag is missing."""
         if self._client is None:
             return
         uris = {name: self.tracker.digest_of(name) for name in self.images}
-        refs = {self.images[n].uri_for(d.tag): n for n, d in uris.items() if self.images[n].registry}
+        refs = {
+            self.images[n].uri_for(d.tag): n for n, d in uris.items() if self.images[n].registry
+        }
         results = await self._client.check_many(list(refs))
         for uri, outcome in results.items():
             name = refs[uri]
@@ -303,8 +341,13 @@ class Daemon:
         return f"{len(self.images)} images: {parts}" if parts else f"{len(self.images)} images"
 
     async def _watch_loop(self) -> None:
-        async for batch in watch_paths(self._roots, self._relevant, stop_event=self._stop,
-                                       backend=self.backend, restart=self._roots_changed):
+        async for batch in watch_paths(
+            self._roots,
+            self._relevant,
+            stop_event=self._stop,
+            backend=self.backend,
+            restart=self._roots_changed,
+        ):
             self._roots_changed = anyio.Event()
             self.metrics.events.inc("batch")
             await self.handle_paths(batch)
@@ -396,8 +439,8 @@ class Daemon:
             scope.cancel()
 
     async def shutdown(self) -> None:
-        with anyio.CancelScope(shield=True):
-            self.store.save(self.records)
-            self.store.save_cache(self.tracker.cache)
-            self.store.unlock()
-            self.emit("stopped", None, pid=os.getpid())
+        # Plain blocking calls: nothing here can be cancelled half-way.
+        self.store.save(self.records)
+        self.store.save_cache(self.tracker.cache)
+        self.store.unlock()
+        self.emit("stopped", None, pid=os.getpid())

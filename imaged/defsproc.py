@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from imaged.errors import DefinitionError
+from imaged.errors import DefinitionError, SpecError
 from imaged.image import Image
 
 STDERR_TAIL_LINES = 20
@@ -114,7 +114,7 @@ def _kill_group(process: anyio.abc.Process) -> None:
 
 
 async def _run_child(
-    command: list[str], *, cwd: Path, env: dict[str, str], timeout: float
+    command: list[str], *, cwd: Path, env: dict[str, str], limit_s: float
 ) -> tuple[int | None, bytes, list[str]]:
     """Run the child; returns (exit code or None on timeout, stdout, last stderr lines)."""
     out = bytearray()
@@ -122,16 +122,19 @@ async def _run_child(
     process = await anyio.open_process(command, cwd=cwd, env=env, start_new_session=True)
     try:
         async with process:
-            assert process.stdout is not None and process.stderr is not None
-            with anyio.move_on_after(timeout):
+            assert process.stdout is not None
+            assert process.stderr is not None
+            with anyio.move_on_after(limit_s):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_read_all, process.stdout, out)
                     tg.start_soon(_read_tail, process.stderr, err)
                     await process.wait()
                 return process.returncode, bytes(out), list(err)
+            _kill_group(process)
             return None, bytes(out), list(err)
     finally:
-        pass
+        if process.returncode is None:
+            _kill_group(process)
 
 
 def _exit_description(code: int) -> str:
@@ -153,13 +156,20 @@ def _parse_result(path: Path, code: int, stdout: bytes, stderr: list[str]) -> Lo
     if not ok:
         error = doc["error"]
         raise DefinitionError(error["message"], file=error["file"], line=error["line"])
-    images = {name: Image.from_json(data) for name, data in doc["images"].items()}
-    files = tuple(Path(p) for p in doc["imported_files"])
+    try:
+        images = {name: Image.from_json(data) for name, data in doc["images"].items()}
+        files = tuple(Path(p) for p in doc["imported_files"])
+    except (SpecError, KeyError, TypeError, AttributeError) as exc:
+        # e.g. a python= interpreter whose imaged writes another spec version
+        raise DefinitionError(f"unreadable loader result: {exc}", file=str(path)) from exc
     return LoadedModule(path=path, images=images, imported_files=files)
 
 
 async def load_module_in_child(
-    path: Path, *, timeout: float = 30.0, python: str | None = None
+    path: Path,
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109 - a timeout is a DefinitionError, not a cancellation
+    python: str | None = None,
 ) -> LoadedModule:
     """Import a definition file in a fresh interpreter and return its images.
 
@@ -170,12 +180,12 @@ async def load_module_in_child(
     >>> sorted(loaded.images)  # doctest: +SKIP
     ['api', 'worker']
     """
-    file = path.resolve()
-    if not file.is_file():
+    file = Path(await anyio.Path(path).resolve())
+    if not await anyio.Path(file).is_file():
         raise DefinitionError("definition file not found", file=str(file))
     command = [python or sys.executable, "-P", "-m", "imaged.defsproc", str(file)]
     code, stdout, stderr = await _run_child(
-        command, cwd=file.parent, env=_child_env(python), timeout=timeout
+        command, cwd=file.parent, env=_child_env(python), limit_s=timeout
     )
     if code is None:
         raise DefinitionError(f"loading timed out after {timeout:g} s", file=str(file))

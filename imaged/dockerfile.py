@@ -7,6 +7,7 @@ names only stable relative context paths, so the build cache carries across chec
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,14 +164,20 @@ class _Renderer:
     def copy_tree(self, index: int, target: str, tree: TreeIndex) -> None:
         dest = f"layers/{index}"
         self.out.context.append(ContextItem(dest=dest, tree=tree, digest=tree.digest))
-        target = target.rstrip("/") or "/"
-        self.lines.append(f"COPY {dest}/ {_path_arg(target)}/")
+        self.lines.append(_copy_line(f"{dest}/", target.rstrip("/") + "/"))
 
 
-def _path_arg(path: str) -> str:
-    if any(c.isspace() for c in path):
-        return shlex.quote(path)
-    return path
+def _copy_line(src: str, dst: str) -> str:
+    """``COPY src dst``; the JSON form when a path has white space or quotes."""
+    if any(c.isspace() or c in "\"'" for c in src + dst):
+        return "COPY " + json.dumps([src, dst])
+    return f"COPY {src} {dst}"
+
+
+def _run_exec_form(mounts: list[str], script: str) -> str:
+    """A RUN whose shell script keeps its newlines exactly (JSON exec form)."""
+    head = "RUN " + " ".join(mounts) + " " if mounts else "RUN "
+    return head + json.dumps(["/bin/sh", "-c", script])
 
 
 def _file_digest(layer_digest: LayerDigest, path: Path) -> str | None:
@@ -269,7 +276,9 @@ def _commands(r: _Renderer, index: int, layer: Any) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     for command in layer.commands:
-        if mounts:
+        if "\n" in command or "\r" in command:
+            r.lines.append(_run_exec_form(mounts, "\n".join([*exports, command])))
+        elif mounts:
             r.lines.append(_run(mounts, [*exports, command]))
         else:
             r.lines.append(f"RUN {command}")
@@ -295,7 +304,7 @@ def _source_files(r: _Renderer, index: int, layer: Any) -> None:
         r.out.context.append(
             ContextItem(dest=f"{dest}/{path.name}", file=path, digest=_file_digest(d, path))
         )
-    r.lines.append(f"COPY {dest}/ {_path_arg(layer.dst.rstrip('/') or '/')}/")
+    r.lines.append(_copy_line(f"{dest}/", layer.dst.rstrip("/") + "/"))
 
 
 def _code_bundle(r: _Renderer, index: int, layer: Any) -> None:

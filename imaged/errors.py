@@ -57,6 +57,7 @@ class DefinitionError(ImagedError):
     """A definition module could not be loaded."""
 
     def __init__(self, message: str, *, file: str, line: int | None = None) -> None:
+        self.message = message
         self.file = file
         self.line = line
         loc = f"{file}:{line}" if line is not None else file

@@ -38,6 +38,7 @@ from imaged.tools import POETRY_VERSION, RENDER_VERSION, UV_VERSION
 ENCODING_VERSION = "imaged-digest-v1"
 TAG_HEX_CHARS = 32
 RACY_WINDOW_NS = 2_000_000_000
+EXEC_SUFFIX = "+x"
 _CHUNK = 1 << 20
 _PARALLEL_THRESHOLD = 64
 
@@ -222,8 +223,10 @@ class TreeIndex:
     def _reincludes_below(self, rel: str) -> bool:
         if not self.rules.is_ignored(rel, is_dir=True) or self.rules.can_prune(rel):
             return False
-        return not any(self.rules.is_ignored(a, is_dir=True) and self.rules.can_prune(a)
-                       for a in _ancestors(rel))
+        return not any(
+            self.rules.is_ignored(a, is_dir=True) and self.rules.can_prune(a)
+            for a in _ancestors(rel)
+        )
 
     def _excluded(self, rel: str, *, is_dir: bool) -> bool:
         for ancestor in _ancestors(rel):
@@ -502,10 +505,10 @@ def _source_files(h: _Hasher, layer: Any, label: str) -> _Inputs:
         if not path.is_file():
             raise MissingPathError(f"{path} is not a file", image=h.image.name, layer=label)
         digest = h.file(path, label=label)
-        rows.append(
-            [path.name, os.access(path, os.X_OK) and bool(os.stat(path).st_mode & 0o111), digest]
-        )
-        files.append((str(path), digest))
+        executable = bool(os.stat(path).st_mode & 0o111)
+        rows.append([path.name, executable, digest])
+        # The exec bit travels with the digest so staging copies the mode that was hashed.
+        files.append((str(path), digest + EXEC_SUFFIX if executable else digest))
     return _Inputs([layer.dst, rows], files=files)
 
 

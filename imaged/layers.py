@@ -335,8 +335,11 @@ def check_env_vars(env: object) -> tuple[tuple[str, str], ...]:
             raise SpecError(f"invalid environment variable name {name!r}", layer="env_vars")
         if not isinstance(value, str):
             raise TypeError(f"env var {name!r}: value must be a str, got {type(value).__name__}")
-        if "\x00" in value:
-            raise SpecError(f"env var {name!r}: value contains a NUL byte", layer="env_vars")
+        if any(c in value for c in "\x00\n\r"):
+            raise SpecError(
+                f"env var {name!r}: a Dockerfile ENV value cannot hold NUL or line breaks",
+                layer="env_vars",
+            )
         pairs.append((name, value))
     return tuple(pairs)
 

@@ -12,8 +12,11 @@ import structlog
 def configure_logging(*, json_output: bool | None = None, level: int = logging.INFO) -> None:
     """Route structlog to stderr; JSON when not a TTY unless told otherwise."""
     as_json = (not sys.stderr.isatty()) if json_output is None else json_output
-    renderer: Any = (structlog.processors.JSONRenderer() if as_json
-                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

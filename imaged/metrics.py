@@ -47,8 +47,11 @@ class Histogram:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         for bound, n in zip(_BUCKETS, self.counts, strict=True):
             lines.append(f'{self.name}_bucket{{le="{bound:g}"}} {n}')
-        lines += [f'{self.name}_bucket{{le="+Inf"}} {self.count}',
-                  f"{self.name}_sum {self.total:.6f}", f"{self.name}_count {self.count}"]
+        lines += [
+            f'{self.name}_bucket{{le="+Inf"}} {self.count}',
+            f"{self.name}_sum {self.total:.6f}",
+            f"{self.name}_count {self.count}",
+        ]
         return lines
 
 
@@ -56,26 +59,44 @@ class Histogram:
 class Metrics:
     """Everything /metrics exposes."""
 
-    builds: Counter = field(default_factory=lambda: Counter(
-        "imaged_builds_total", "Builds by result.", "result"))
-    events: Counter = field(default_factory=lambda: Counter(
-        "imaged_watch_events_total", "File event batches handled.", "kind"))
-    build_seconds: Histogram = field(default_factory=lambda: Histogram(
-        "imaged_build_seconds", "Time spent building an image."))
-    push_seconds: Histogram = field(default_factory=lambda: Histogram(
-        "imaged_push_seconds", "Time spent pushing an image."))
-    save_to_pushed: Histogram = field(default_factory=lambda: Histogram(
-        "imaged_save_to_pushed_seconds", "From the first file change to the pushed manifest."))
+    builds: Counter = field(
+        default_factory=lambda: Counter("imaged_builds_total", "Builds by result.", "result")
+    )
+    events: Counter = field(
+        default_factory=lambda: Counter(
+            "imaged_watch_events_total", "File event batches handled.", "kind"
+        )
+    )
+    build_seconds: Histogram = field(
+        default_factory=lambda: Histogram("imaged_build_seconds", "Time spent building an image.")
+    )
+    push_seconds: Histogram = field(
+        default_factory=lambda: Histogram("imaged_push_seconds", "Time spent pushing an image.")
+    )
+    save_to_pushed: Histogram = field(
+        default_factory=lambda: Histogram(
+            "imaged_save_to_pushed_seconds", "From the first file change to the pushed manifest."
+        )
+    )
     queue_depth: int = 0
     watched_paths: int = 0
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.builds, self.events, self.build_seconds, self.push_seconds,
-                       self.save_to_pushed):
+        for metric in (
+            self.builds,
+            self.events,
+            self.build_seconds,
+            self.push_seconds,
+            self.save_to_pushed,
+        ):
             lines += metric.render()
-        lines += ["# HELP imaged_queue_depth Images waiting to build.",
-                  "# TYPE imaged_queue_depth gauge", f"imaged_queue_depth {self.queue_depth}",
-                  "# HELP imaged_watched_paths Roots handed to the file watcher.",
-                  "# TYPE imaged_watched_paths gauge", f"imaged_watched_paths {self.watched_paths}"]
+        lines += [
+            "# HELP imaged_queue_depth Images waiting to build.",
+            "# TYPE imaged_queue_depth gauge",
+            f"imaged_queue_depth {self.queue_depth}",
+            "# HELP imaged_watched_paths Roots handed to the file watcher.",
+            "# TYPE imaged_watched_paths gauge",
+            f"imaged_watched_paths {self.watched_paths}",
+        ]
         return "\n".join(lines) + "\n"

@@ -57,10 +57,15 @@ class ImageSlot:
 class Scheduler:
     """Queue of image build requests with debounce and supersede semantics."""
 
-    def __init__(self, build: BuildFunc, options: SchedulerOptions | None = None, *,
-                 parents: Callable[[str], tuple[str, ...]] = lambda name: (),
-                 on_event: EventSink | None = None, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(
+        self,
+        build: BuildFunc,
+        options: SchedulerOptions | None = None,
+        *,
+        parents: Callable[[str], tuple[str, ...]] = lambda name: (),
+        on_event: EventSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._build = build
         self.options = options or SchedulerOptions()
         self._parents = parents
@@ -173,8 +178,10 @@ class Scheduler:
             slot.last_error = None
         elif outcome == "transient" and not superseded:
             slot.attempts += 1
-            delay = min(self.options.retry_max, self.options.retry_initial * 2 ** (slot.attempts - 1))
-            slot.due = self._clock() + delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+            delay = min(
+                self.options.retry_max, self.options.retry_initial * 2 ** (slot.attempts - 1)
+            )
+            slot.due = self._clock() + delay * random.uniform(0.5, 1.0)  # jitter
             slot.state = "retrying"
             self._emit("retrying", slot.name, error=slot.last_error, delay=round(delay, 2))
         elif outcome == "failed":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,10 @@ _MAX_REQUEST = 8192
 
 def _response(status: str, body: str, content_type: str) -> bytes:
     data = body.encode()
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -30,8 +33,11 @@ def route(daemon: Daemon, path: str) -> bytes:
         return _response("200 OK", daemon.metrics.render(), "text/plain; version=0.0.4")
     if path == "/healthz":
         ok = daemon.state.ready
-        return _response("200 OK" if ok else "503 Service Unavailable",
-                         "ok\n" if ok else "starting\n", "text/plain")
+        return _response(
+            "200 OK" if ok else "503 Service Unavailable",
+            "ok\n" if ok else "starting\n",
+            "text/plain",
+        )
     return _response("404 Not Found", "not found\n", "text/plain")
 
 
@@ -65,10 +71,8 @@ async def serve_status(daemon: Daemon, address: str) -> None:
     daemon.emit("status_listening", None, address=daemon.status_address)
 
     async def handler(stream: SocketStream) -> None:
-        try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream, OSError):
             await _handle(daemon, stream)
-        except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
-            pass
 
     async with listener:
         await listener.serve(handler)

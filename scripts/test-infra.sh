@@ -25,6 +25,10 @@ BASE_ROOTFS_TAR=$CACHE_DIR/bookworm-python$BASE_PY-rootfs.tar
 BASE_PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 AUTH_USER=imaged
 REMOTE_NS=imaged-remote
+# The remote engine gets its own bridge: with --bridge=none, BuildKit RUN steps on the default
+# network fail with "network bridge not found". docker0 belongs to the first engine.
+REMOTE_BRIDGE=imaged-rb0
+REMOTE_SUBNET=10.213.7
 START=$SECONDS
 
 log() { printf '[test-infra %3ss] %s\n' "$((SECONDS - START))" "$*" >&2; }
@@ -54,7 +58,7 @@ pid_is() {
 # stop_stale PID NAME: stop a recorded process that is alive but no longer answers.
 stop_stale() {
     pid_is "$1" "$2" || return 0
-    log "stopping unresponsive $2 (pid $1)"
+    log "stopping stale $2 (pid $1)"
     kill "$1" 2>/dev/null || true
     wait_until 20 eval "! kill -0 $1" || kill -9 "$1" 2>/dev/null || true
 }
@@ -127,7 +131,7 @@ ensure_packages() {
 ensure_bcrypt() {
     "$PYTHON" -c 'import bcrypt' 2>/dev/null && return 0
     log "installing bcrypt with pip"
-    "$PYTHON" -m pip install -q bcrypt
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q bcrypt
 }
 
 ensure_local_engine() {
@@ -143,7 +147,7 @@ ensure_local_engine() {
     ((IS_ROOT)) || die "no Docker engine answers and only root can start dockerd here"
     DOCKERD_LOG=$RUN_DIR/dockerd.log
     log "starting dockerd (log $DOCKERD_LOG)"
-    PATH=$PATH:/usr/sbin:/sbin setsid dockerd </dev/null >>"$DOCKERD_LOG" 2>&1 &
+    PATH=$PATH:/usr/sbin:/sbin setsid dockerd </dev/null >>"$DOCKERD_LOG" 2>&1 9>&- &
     DOCKERD_PID=$!
     wait_until 60 local_engine_ok || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"
 }
@@ -202,7 +206,7 @@ start_registry() {
         port=$(free_port)
         REG_ADDR=127.0.0.1:$port
         write_registry_config "$REG_DIR/config.yml" "$port" "$REG_DIR/storage" "$htpasswd"
-        setsid docker-registry serve "$REG_DIR/config.yml" </dev/null >>"$REG_LOG" 2>&1 &
+        setsid docker-registry serve "$REG_DIR/config.yml" </dev/null >>"$REG_LOG" 2>&1 9>&- &
         REG_PID=$!
         if [[ -n $auth ]]; then
             wait_until 15 auth_registry_ok "$REG_ADDR" "$AUTH_USER" "$AUTH_PASSWORD" && return 0
@@ -241,13 +245,43 @@ ensure_registries() {
     fi
 }
 
-# A second engine on loopback TCP with its own roots, namespaces and managed containerd.
+# ensure_rule TABLE RULE...: append an iptables rule unless it is already there.
+ensure_rule() {
+    local table=$1
+    shift
+    iptables -t "$table" -C "$@" 2>/dev/null || iptables -t "$table" -A "$@"
+}
+
+# The remote engine's own bridge with NAT, so its containers reach apt and PyPI like docker0's.
+ensure_remote_bridge() {
+    command -v ip >/dev/null 2>&1 && command -v iptables >/dev/null 2>&1 || return 1
+    if ! ip link show "$REMOTE_BRIDGE" >/dev/null 2>&1; then
+        ip link add "$REMOTE_BRIDGE" type bridge || return 1
+        ip addr add "$REMOTE_SUBNET.1/24" dev "$REMOTE_BRIDGE"
+    fi
+    ip link set "$REMOTE_BRIDGE" up
+    ensure_rule nat POSTROUTING -s "$REMOTE_SUBNET.0/24" ! -o "$REMOTE_BRIDGE" -j MASQUERADE
+    ensure_rule filter FORWARD -i "$REMOTE_BRIDGE" -j ACCEPT
+    ensure_rule filter FORWARD -o "$REMOTE_BRIDGE" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+}
+
+port_free() {
+    "$PYTHON" -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
+# remote_engine_current PID: PID is a remote dockerd started with today's options.
+remote_engine_current() {
+    pid_is "$1" "--bridge=$REMOTE_BRIDGE" || { pid_is "$1" "--bridge=none" && ! command -v ip >/dev/null; }
+}
+
+# A second engine on loopback TCP with its own roots, namespaces, bridge and managed containerd.
 ensure_remote_engine() {
-    REMOTE_DOCKER_HOST=""; REMOTE_PID=""; REMOTE_LOG=""; REMOTE_DIR=""
-    if [[ -n $OLD_remote_docker_host ]] && pid_is "$OLD_pids_remote_dockerd" dockerd &&
+    REMOTE_DOCKER_HOST=""; REMOTE_PID=""; REMOTE_LOG=""; REMOTE_DIR=""; REMOTE_NETWORK=""
+    if [[ -n $OLD_remote_docker_host ]] && remote_engine_current "$OLD_pids_remote_dockerd" &&
         engine_ok "$OLD_remote_docker_host"; then
         REMOTE_DOCKER_HOST=$OLD_remote_docker_host; REMOTE_PID=$OLD_pids_remote_dockerd
         REMOTE_LOG=$OLD_logs_remote_dockerd; REMOTE_DIR=$OLD_dirs_remote_dockerd
+        pid_is "$REMOTE_PID" "--bridge=none" && REMOTE_NETWORK=host
         return 0
     fi
     if ((!IS_ROOT)); then
@@ -258,13 +292,19 @@ ensure_remote_engine() {
     stop_stale "$OLD_pids_remote_dockerd" dockerd
     mkdir -p "$REMOTE_DIR/data" "$REMOTE_DIR/exec"
     REMOTE_LOG=$REMOTE_DIR/dockerd.log
-    REMOTE_DOCKER_HOST=tcp://127.0.0.1:$(free_port)
+    local port=${OLD_remote_docker_host##*:} bridge=$REMOTE_BRIDGE
+    [[ $port =~ ^[0-9]+$ ]] && port_free "$port" || port=$(free_port)
+    REMOTE_DOCKER_HOST=tcp://127.0.0.1:$port
+    if ! ensure_remote_bridge; then
+        log "WARNING: no bridge for the remote engine; its builds need --network host"
+        bridge=none REMOTE_NETWORK=host
+    fi
     log "starting remote engine on $REMOTE_DOCKER_HOST (log $REMOTE_LOG)"
     PATH=$PATH:/usr/sbin:/sbin setsid dockerd --host "$REMOTE_DOCKER_HOST" \
         --data-root "$REMOTE_DIR/data" --exec-root "$REMOTE_DIR/exec" \
-        --pidfile "$REMOTE_DIR/dockerd.pid" --bridge=none --iptables=false \
+        --pidfile "$REMOTE_DIR/dockerd.pid" --bridge="$bridge" --iptables=false \
         --containerd-namespace "$REMOTE_NS" --containerd-plugins-namespace "$REMOTE_NS-plugins" \
-        </dev/null >>"$REMOTE_LOG" 2>&1 &
+        </dev/null >>"$REMOTE_LOG" 2>&1 9>&- &
     REMOTE_PID=$!
     wait_until 60 engine_ok "$REMOTE_DOCKER_HOST" ||
         die "remote engine did not answer within 60 s; see $REMOTE_LOG"
@@ -331,7 +371,8 @@ write_state() {
     [[ ! -f /etc/ssl/certs/ca-certificates.crt ]] || ca_bundle=/etc/ssl/certs/ca-certificates.crt
     STATE_registry=$REGISTRY STATE_auth_registry=$AUTH_REGISTRY STATE_auth_user=$AUTH_USER \
     STATE_auth_password=$AUTH_PASSWORD STATE_docker_host=$LOCAL_DOCKER_HOST \
-    STATE_remote_docker_host=$REMOTE_DOCKER_HOST STATE_docker_cli=$DOCKER_CLI \
+    STATE_remote_docker_host=$REMOTE_DOCKER_HOST STATE_remote_build_network=$REMOTE_NETWORK \
+    STATE_docker_cli=$DOCKER_CLI \
     STATE_docker_buildx=$DOCKER_BUILDX STATE_debian_base_template=$DEBIAN_BASE_TEMPLATE \
     STATE_debian_base=$DEBIAN_BASE STATE_ca_bundle=$ca_bundle \
     STATE_pids_dockerd=$DOCKERD_PID STATE_pids_registry=$REGISTRY_PID \
@@ -373,7 +414,7 @@ summary() {
 main() {
     mkdir -p "$RUN_DIR"
     exec 9>"$RUN_DIR/lock"
-    flock 9
+    flock -w 600 9 || die "another test-infra.sh run holds $RUN_DIR/lock"
     load_state
     ensure_packages
     ensure_bcrypt

@@ -177,8 +177,9 @@ class ArgvWatcher:
                     cmdline = handle.read()
             except OSError:
                 continue
-            if self.needle in cmdline:
-                self.hits.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+            hit = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            if self.needle in cmdline and hit not in self.hits:
+                self.hits.append(hit)
 
 
 @dataclass

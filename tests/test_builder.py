@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import stat
 import textwrap
@@ -23,7 +25,14 @@ from imaged.builder import (
     get_builder,
     parse_failed_instruction,
 )
-from imaged.builder_local import DockerCli, LocalBuilder, build_argv, find_docker_cli, open_scratch
+from imaged.builder_local import (
+    DEFAULT_ENGINE,
+    DockerCli,
+    LocalBuilder,
+    build_argv,
+    find_docker_cli,
+    open_scratch,
+)
 from imaged.builder_remote import RemoteBuilder
 from imaged.config import Settings
 from imaged.dockerfile import CA_SECRET_ID
@@ -588,3 +597,36 @@ def test_cancelled_build_stops_the_cli(tmp_path: Path) -> None:
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.fixture
+def docker_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A context named ``farm`` written the way ``docker context create`` writes it."""
+    config = tmp_path / "docker-config"
+    meta = config / "contexts" / "meta" / hashlib.sha256(b"farm").hexdigest() / "meta.json"
+    meta.parent.mkdir(parents=True)
+    endpoint = {"Host": "tcp://10.9.8.7:2375", "SkipTLSVerify": False}
+    meta.write_text(json.dumps({"Name": "farm", "Metadata": {}, "Endpoints": {"docker": endpoint}}))
+    (config / "config.json").write_text("{}")  # docker-py finds contexts next to it
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    return "farm"
+
+
+def test_context_endpoint_reaches_the_sdk(
+    docker_context: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = RemoteBuilder(Settings(docker_context=docker_context))
+    assert remote.client_kwargs()["base_url"] == "tcp://10.9.8.7:2375"
+    assert LocalBuilder(Settings()).engine_address == DEFAULT_ENGINE
+    monkeypatch.setenv("DOCKER_CONTEXT", docker_context)
+    assert LocalBuilder(Settings()).engine_address == "tcp://10.9.8.7:2375"
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
+    assert LocalBuilder(Settings()).engine_address == "tcp://10.0.0.1:2375"
+
+
+def test_unknown_context_is_config_error(docker_context: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RemoteBuilder(Settings(docker_context="nope")).client_kwargs()
+    assert info.value.key == "docker_context"

@@ -216,3 +216,20 @@ def test_discover_definition_files(
 def test_discover_missing_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError, match="not found"):
         discover_definition_files([tmp_path / "nope"])
+
+
+def test_result_from_another_imaged_version_is_a_definition_error(tmp_path: Path) -> None:
+    fake = write(
+        tmp_path,
+        "fakepy",
+        "#!/bin/sh\n"
+        'echo \'{"ok": true, "images": {"a": {"imaged_spec": 99}}, "imported_files": []}\'\n',
+    )
+    fake.chmod(0o755)
+    path = write(tmp_path, "images.py", HEADER)
+
+    async def run() -> LoadedModule:
+        return await load_module_in_child(path, python=str(fake))
+
+    with pytest.raises(DefinitionError, match="unreadable loader result: unsupported spec"):
+        anyio.run(run)

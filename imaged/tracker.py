@@ -1,0 +1,683 @@
+"""The daemon's change tracker: file events -> affected layers -> incremental digests -> why.
+
+Folders are held as shared :class:`~imaged.hashing.TreeIndex` objects keyed by (root, rules),
+so a one-file edit re-stats one path and rehashes one branch of one tree, never a walk.
+Digests use exactly the encoding of :func:`imaged.hashing.hash_image`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imaged import layers as L
+from imaged.errors import MissingPathError, SpecError
+from imaged.files import (
+    DIR,
+    FileEntry,
+    folder_rules,
+    ignore_files_of,
+    stat_entry,
+    stat_key,
+    walk_files,
+)
+from imaged.hashing import (
+    ENCODING_VERSION,
+    DigestCache,
+    ImageDigest,
+    LayerDigest,
+    TreeIndex,
+    _base_fields,
+    _Hasher,
+    default_cache,
+    sha256_hex,
+)
+from imaged.ignore import IgnoreRules
+from imaged.image import DockerfileBase, Image, ParentBase
+from imaged.tools import RENDER_VERSION
+
+__all__ = ["DigestChange", "ImageTracker", "Reason"]
+
+MAX_REASON_FILES = 20
+DEFINITION = "definition"
+
+_TreeKey = tuple[Path, IgnoreRules]
+
+
+# -- public records ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why an image's digest moved: one layer and the files (as ``<folder>/<relpath>`` or a
+    file name) that changed in it, at most ``MAX_REASON_FILES`` plus a count of the rest.
+
+    >>> str(Reason("#4 source_folder src/", ("src/app/main.py",)))
+    'layer `source_folder src/` moved: src/app/main.py changed'
+    """
+
+    layer: str
+    files: tuple[str, ...] = ()
+    more: int = 0
+
+    def __str__(self) -> str:
+        if self.layer == DEFINITION:
+            return "definition changed" + (": " + "; ".join(self.files) if self.files else "")
+        name = self.layer.split(" ", 1)[1] if self.layer.startswith("#") else self.layer
+        if not self.files:
+            return f"layer `{name}` moved"
+        more = f" and {self.more} more" if self.more else ""
+        return f"layer `{name}` moved: {', '.join(self.files)}{more} changed"
+
+
+@dataclass(frozen=True)
+class DigestChange:
+    """An image whose digest is new or moved, with the reasons."""
+
+    image: str
+    old_digest: str | None
+    new_digest: str
+    reasons: tuple[Reason, ...]
+
+
+# -- what each layer reads --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TreeSpec:
+    """How a layer copies a folder: the root and where its ignore rules come from."""
+
+    root: Path
+    extras: tuple[Path, ...] = ()
+    gitignore: bool = False
+    dockerfile_context: bool = False
+
+    @property
+    def ignore_files(self) -> tuple[Path, ...]:
+        if self.dockerfile_context:
+            return (self.root / ".dockerignore",)
+        return ignore_files_of(self.root, self.extras, gitignore=self.gitignore)
+
+    def read_rules(self) -> IgnoreRules:
+        if self.dockerfile_context:
+            return IgnoreRules.from_file(self.root / ".dockerignore")
+        return folder_rules(self.root, self.extras, gitignore=self.gitignore)
+
+
+@dataclass(frozen=True)
+class _LayerDeps:
+    """The folders and single files one layer (index -1: the base) depends on."""
+
+    index: int
+    label: str
+    trees: tuple[_TreeSpec, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+def _tree_of_layer(layer: L.Layer, extras: tuple[Path, ...]) -> _TreeSpec | None:
+    if isinstance(layer, L.SourceFolder):
+        return _TreeSpec(layer.src, extras)
+    if isinstance(layer, L.CodeBundle):
+        return _TreeSpec(layer.root, extras, gitignore=True)
+    if isinstance(layer, L.UvProject | L.PoetryProject) and layer.mode == "install_project":
+        return _TreeSpec(layer.pyproject.parent, extras, gitignore=True)
+    return None
+
+
+def _layer_deps(image: Image, index: int, extras: tuple[Path, ...]) -> _LayerDeps:
+    layer = image.layers[index]
+    tree = _tree_of_layer(layer, extras)
+    files = tuple(str(p) for p in layer.input_paths() if tree is None or p != tree.root)
+    return _LayerDeps(index, image.layer_label(index), (tree,) if tree else (), files)
+
+
+def _base_deps(image: Image) -> _LayerDeps | None:
+    base, label = image.base, f"base {image.base_label}"
+    if isinstance(base, DockerfileBase):
+        spec = _TreeSpec(base.context, dockerfile_context=True)
+        return _LayerDeps(-1, label, (spec,), (str(base.dockerfile),))
+    if isinstance(base, ParentBase):
+        parent = image_deps(base.image)
+        trees = tuple(t for d in parent for t in d.trees)
+        return _LayerDeps(-1, label, trees, tuple(f for d in parent for f in d.files))
+    return None
+
+
+def image_deps(image: Image) -> tuple[_LayerDeps, ...]:
+    """Every input of an image by layer, the base (and a parent's inputs) first."""
+    extras = tuple(layer.path for layer in image.layers if isinstance(layer, L.Dockerignore))
+    layers = tuple(_layer_deps(image, i, extras) for i in range(len(image.layers)))
+    base = _base_deps(image)
+    return (base, *layers) if base else layers
+
+
+# -- shared trees -----------------------------------------------------------------------
+
+
+class _TrackedTree(TreeIndex):
+    """A TreeIndex that rescans a known folder named by an event (it may have been replaced,
+    ``rm -r pkg; mkdir pkg``, with events for its old contents lost), and keeps what a ``!``
+    exception re-includes inside an ignored folder. A new folder is walked as before."""
+
+    def _update_one(self, rel: str) -> set[str]:
+        entry = stat_entry(self.root, rel)
+        if entry is None or entry.type != DIR:
+            return super()._update_one(rel)
+        if self._open_ignored(rel):
+            return self._rescan(rel, None)
+        old = self.entries.get(rel)
+        if old is not None and old.type == DIR:
+            return self._rescan(rel, entry)
+        return super()._update_one(rel)
+
+    def _open_ignored(self, rel: str) -> bool:
+        """Ignored, yet walked into: a ``!`` pattern may re-include something below."""
+        if not self.rules.is_ignored(rel, is_dir=True) or self.rules.can_prune(rel):
+            return False
+        return not self._excluded(rel.rpartition("/")[0], is_dir=True) if "/" in rel else True
+
+    def _rescan(self, rel: str, entry: FileEntry | None) -> set[str]:
+        before = self._rows_under(rel)
+        self._remove(rel)
+        found = list(walk_files(self.root, self.rules, start=rel))
+        self._add_all([entry, *found] if entry is not None else found)
+        return _diff(before, self._rows_under(rel))
+
+    def _rows_under(self, rel: str) -> dict[str, str]:
+        prefix = rel + "/"
+        return {
+            p: f"{e.type}:{e.executable}:{e.target}:{self.contents.get(p)}"
+            for p, e in self.entries.items()
+            if p == rel or p.startswith(prefix)
+        }
+
+
+class _TreeStore:
+    """TreeIndex objects shared by every layer that copies the same root with the same rules."""
+
+    def __init__(self, cache: DigestCache) -> None:
+        self.cache = cache
+        self.rules: dict[_TreeSpec, IgnoreRules] = {}
+        self.trees: dict[_TreeKey, TreeIndex] = {}
+
+    def rules_of(self, spec: _TreeSpec) -> IgnoreRules:
+        if spec not in self.rules:
+            self.rules[spec] = spec.read_rules()
+        return self.rules[spec]
+
+    def tree_of(self, spec: _TreeSpec) -> TreeIndex:
+        key = (spec.root, self.rules_of(spec))
+        tree = self.trees.get(key)
+        if tree is None:
+            tree = self.trees[key] = _TrackedTree.build(spec.root, key[1], self.cache)
+        return tree
+
+    def peek(self, spec: _TreeSpec) -> TreeIndex | None:
+        rules = self.rules.get(spec)
+        return None if rules is None else self.trees.get((spec.root, rules))
+
+    def key_of(self, spec: _TreeSpec) -> _TreeKey | None:
+        rules = self.rules.get(spec)
+        return None if rules is None else (spec.root, rules)
+
+    def drop(self, key: _TreeKey) -> None:
+        self.trees.pop(key, None)
+
+    def keep_only(self, specs: Iterable[_TreeSpec]) -> None:
+        wanted = set(specs)
+        self.rules = {s: r for s, r in self.rules.items() if s in wanted}
+        used = {(s.root, r) for s, r in self.rules.items()}
+        for key in [k for k in self.trees if k not in used]:
+            self.drop(key)
+
+
+class _SharedTreeHasher(_Hasher):
+    """hashing's per-kind handlers, with folders served from the tracker's prebuilt trees."""
+
+    def __init__(self, image: Image, cache: DigestCache, store: _TreeStore) -> None:
+        super().__init__(image, cache)
+        self.store = store
+
+    def tree(self, root: Path, *, label: str, gitignore: bool = False) -> TreeIndex:
+        if not root.is_dir():
+            raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
+        return self.store.tree_of(_TreeSpec(root, self.extra_ignores, gitignore=gitignore))
+
+
+# -- one batch of changes ---------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """What one apply_changes call touched, before the trees are refreshed."""
+
+    rels: dict[_TreeKey, set[str]] = field(default_factory=dict)
+    roots: set[_TreeKey] = field(default_factory=set)
+    files: set[str] = field(default_factory=set)
+    ignores: set[str] = field(default_factory=set)
+    hit: set[str] = field(default_factory=set)
+    new_rules: set[_TreeSpec] = field(default_factory=set)
+
+
+def _covers(path: str, target: str) -> bool:
+    """True when ``path`` is ``target`` or one of its parent folders."""
+    return target == path or target.startswith(path + "/")
+
+
+def _inside(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` when strictly inside it, else None."""
+    return path[len(root) + 1 :] if path.startswith(root + "/") else None
+
+
+def _excluded(rules: IgnoreRules, rel: str, *, is_dir: bool) -> bool:
+    """TreeIndex's own test: a pruned ignored ancestor, or the path itself ignored."""
+    parts = rel.split("/")[:-1]
+    for i in range(len(parts)):
+        ancestor = "/".join(parts[: i + 1])
+        if rules.is_ignored(ancestor, is_dir=True) and rules.can_prune(ancestor):
+            return True
+    return rules.is_ignored(rel, is_dir=is_dir)
+
+
+def _with_new_folders(tree: TreeIndex, rels: Iterable[str]) -> list[str]:
+    """The paths to update, parents first, plus any unknown parent folder: when a folder's
+    creation was missed (created before its watch was added), its walk finds what is inside."""
+    out = set(rels)
+    for rel in rels:
+        parts = rel.split("/")[:-1]
+        for i in range(len(parts)):
+            folder = "/".join(parts[: i + 1])
+            if folder not in tree.entries and not tree.rules.is_ignored(folder, is_dir=True):
+                out.add(folder)
+    return sorted(out, key=lambda rel: (rel.count("/"), rel))
+
+
+def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> set[str]:
+    return {rel for rel in old.keys() | new.keys() if old.get(rel) != new.get(rel)}
+
+
+def _norm(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def outermost_paths(paths: Iterable[Path]) -> set[Path]:
+    """Drop every path that lies inside another one of the set."""
+    kept: list[str] = []
+    for path in sorted({str(p) for p in paths}, key=len):
+        if not any(_covers(k, path) for k in kept):
+            kept.append(path)
+    return {Path(p) for p in kept}
+
+
+# -- the tracker ------------------------------------------------------------------------
+
+
+class ImageTracker:
+    """Keeps every image's digest current as files change, and says why each one moved.
+
+    >>> # tracker = ImageTracker(); tracker.set_images({"api": api})
+    >>> # for name, change in tracker.apply_changes([Path("src/app/main.py")]).items(): ...
+    """
+
+    def __init__(self, cache: DigestCache | None = None) -> None:
+        self._cache = cache or default_cache()
+        self._store = _TreeStore(self._cache)
+        self._images: dict[str, Image] = {}
+        self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
+        self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
+        self._errors: dict[str, SpecError] = {}
+        self._spec_images: dict[_TreeSpec, set[str]] = {}
+        self._files: dict[str, set[str]] = {}
+        self._ignores: dict[str, set[_TreeSpec]] = {}
+
+    # -- loading
+
+    def set_images(self, images: Mapping[str, Image]) -> dict[str, DigestChange]:
+        """(Re)load the image set; return the images whose digest is new or moved."""
+        old_images = self._images
+        self._images = dict(images)
+        self._deps = {name: image_deps(image) for name, image in self._images.items()}
+        self._digests = {n: d for n, d in self._digests.items() if n in self._images}
+        self._errors = {}
+        self._index()
+        changes: dict[str, DigestChange] = {}
+        memo: dict[Image, ImageDigest] = {}
+        for name, image in self._images.items():
+            old = self._digests.get(name)
+            new = self._rehash(name, memo)
+            if new is None or (old is not None and old.digest == new.digest):
+                continue
+            reasons = _definition_reasons(old_images.get(name), image, old, new, self._deps[name])
+            changes[name] = DigestChange(name, old.digest if old else None, new.digest, reasons)
+        return changes
+
+    def _index(self) -> None:
+        self._spec_images, self._files, self._ignores = {}, {}, {}
+        for name, deps in self._deps.items():
+            for dep in deps:
+                for path in dep.files:
+                    self._files.setdefault(path, set()).add(name)
+                for spec in dep.trees:
+                    self._spec_images.setdefault(spec, set()).add(name)
+                    for ignore in spec.ignore_files:
+                        self._ignores.setdefault(str(ignore), set()).add(spec)
+        self._store.keep_only(self._spec_images)
+
+    # -- queries
+
+    @property
+    def errors(self) -> Mapping[str, SpecError]:
+        """Images that cannot be hashed now (a missing input, a bad ignore file)."""
+        return dict(self._errors)
+
+    def digest_of(self, name: str) -> ImageDigest:
+        """The current digest; raises the image's error while an input is missing."""
+        if name in self._errors:
+            raise self._errors[name]
+        return self._digests[name]
+
+    def watch_roots(self) -> set[Path]:
+        """The outermost folders to watch: copied folders, and the folder of each single file
+        and ignore file (absent ones included)."""
+        paths = {spec.root for spec in self._spec_images}
+        paths |= {Path(f).parent for f in self._files}
+        paths |= {Path(f).parent for f in self._ignores}
+        return outermost_paths(paths)
+
+    def is_relevant(self, path: str | os.PathLike[str]) -> bool:
+        """True only when some layer depends on ``path``: the watcher's filter."""
+        p = _norm(path)
+        if any(_covers(p, f) for f in self._files) or any(_covers(p, f) for f in self._ignores):
+            return True
+        for spec in self._spec_images:
+            root = str(spec.root)
+            if _covers(p, root):
+                return True
+            rel = _inside(p, root)
+            if rel is not None and self._tracked_in(spec, rel, p):
+                return True
+        return False
+
+    def _tracked_in(self, spec: _TreeSpec, rel: str, path: str) -> bool:
+        tree = self._store.peek(spec)
+        if tree is not None and rel in tree.entries:
+            return True
+        exists = os.path.lexists(path)
+        if tree is not None and not exists:
+            return False  # neither tracked nor present: applying it would change nothing
+        try:
+            rules = self._store.rules_of(spec)
+        except SpecError:
+            return True
+        return not _excluded(rules, rel, is_dir=os.path.isdir(path))
+
+    # -- changes
+
+    def apply_changes(self, paths: Iterable[str | os.PathLike[str]]) -> dict[str, DigestChange]:
+        """Fold changed absolute paths in; return only the images whose digest moved."""
+        batch = _Batch()
+        for path in {_norm(p) for p in paths}:
+            self._route(path, batch)
+        spec_changes = self._refresh_trees(batch)
+        return self._rehash_touched(batch, spec_changes)
+
+    def _route(self, path: str, batch: _Batch) -> None:
+        for f, names in self._files.items():
+            if _covers(path, f):
+                batch.files.add(f)
+                batch.hit |= names
+        for f, specs in self._ignores.items():
+            if _covers(path, f):
+                batch.ignores.add(f)
+                batch.hit.update(*(self._spec_images[s] for s in specs))
+        for spec, names in self._spec_images.items():
+            root = str(spec.root)
+            if _covers(path, root) or _inside(path, root) is not None:
+                batch.hit |= names
+        for key in self._store.trees:
+            root = str(key[0])
+            if _covers(path, root):
+                batch.roots.add(key)
+            elif (rel := _inside(path, root)) is not None:
+                batch.rels.setdefault(key, set()).add(rel)
+
+    def _refresh_trees(self, batch: _Batch) -> dict[_TreeSpec, set[str]]:
+        """Update trees in place, rebuild those whose rules or root changed; per-spec changes."""
+        store = self._store
+        old_keys = {spec: store.key_of(spec) for spec in self._spec_images}
+        snapshots = self._new_rules_snapshots(batch)
+        for key in batch.roots:
+            if key in store.trees:
+                for spec in self._spec_images:
+                    if old_keys[spec] == key:
+                        snapshots.setdefault(spec, store.trees[key].file_digests())
+                store.drop(key)
+        updated = {
+            key: store.trees[key].update(_with_new_folders(store.trees[key], rels))
+            for key, rels in batch.rels.items()
+            if key in store.trees
+        }
+        out = {spec: self._rebuilt(spec, old) for spec, old in snapshots.items()}
+        for spec, old_key in old_keys.items():
+            if spec not in out and old_key is not None and updated.get(old_key):
+                out[spec] = updated[old_key]
+        return out
+
+    def _new_rules_snapshots(self, batch: _Batch) -> dict[_TreeSpec, dict[str, str]]:
+        """Re-read the rules of specs whose ignore files were touched; for each spec whose rules
+        moved, forget them and keep its old listing to diff against."""
+        snapshots: dict[_TreeSpec, dict[str, str]] = {}
+        for spec in {s for f in batch.ignores for s in self._ignores[f]}:
+            old = self._store.rules.get(spec)
+            try:
+                new: IgnoreRules | None = spec.read_rules()
+            except SpecError:
+                new = None
+            if new is None or new != old:
+                tree = self._store.peek(spec)
+                snapshots[spec] = tree.file_digests() if tree is not None else {}
+                self._store.rules.pop(spec, None)
+                batch.new_rules.add(spec)
+        return snapshots
+
+    def _rebuilt(self, spec: _TreeSpec, old: dict[str, str]) -> set[str]:
+        if not spec.root.is_dir():
+            return set(old)
+        try:
+            tree = self._store.tree_of(spec)
+        except SpecError:
+            return set(old)
+        return _diff(old, tree.file_digests())
+
+    def _rehash_touched(
+        self, batch: _Batch, spec_changes: dict[_TreeSpec, set[str]]
+    ) -> dict[str, DigestChange]:
+        changes: dict[str, DigestChange] = {}
+        memo: dict[Image, ImageDigest] = {}
+        for name in self._images:
+            deps = self._deps[name]
+            if not self._needs_rehash(name, deps, batch, spec_changes):
+                continue
+            old = self._digests.get(name)
+            new = self._rehash(name, memo)
+            if new is None or (old is not None and old.digest == new.digest):
+                continue
+            reasons = _file_reasons(deps, old, new, batch, spec_changes)
+            changes[name] = DigestChange(name, old.digest if old else None, new.digest, reasons)
+        self._store.keep_only(self._spec_images)
+        return changes
+
+    def _needs_rehash(
+        self,
+        name: str,
+        deps: tuple[_LayerDeps, ...],
+        batch: _Batch,
+        spec_changes: Mapping[_TreeSpec, set[str]],
+    ) -> bool:
+        if name in self._errors:
+            return name in batch.hit
+        return any(
+            any(f in batch.files for f in dep.files) or any(t in spec_changes for t in dep.trees)
+            for dep in deps
+        )
+
+    def _rehash(self, name: str, memo: dict[Image, ImageDigest]) -> ImageDigest | None:
+        """Hash one image, recording its error instead of raising."""
+        try:
+            digest = self._hash_image(self._images[name], memo)
+        except SpecError as exc:
+            self._errors[name] = exc
+            return None
+        self._errors.pop(name, None)
+        self._digests[name] = digest
+        return digest
+
+    # -- the digest, as hashing.hash_image computes it
+
+    def _hash_image(self, image: Image, memo: dict[Image, ImageDigest]) -> ImageDigest:
+        if image in memo:
+            return memo[image]
+        base_fields, base_trees = self._base_fields(image, memo)
+        base_digest = "sha256:" + sha256_hex(base_fields)
+        hasher = _SharedTreeHasher(image, self._cache, self._store)
+        layer_digests = [_layer_digest(hasher, image, i) for i in range(len(image.layers))]
+        top = [
+            ENCODING_VERSION,
+            RENDER_VERSION,
+            base_digest,
+            list(image.platform),
+            list(image.python_version) if image.python_version else None,
+            [[d.kind, d.digest] for d in layer_digests if d.in_image_digest],
+        ]
+        base_layer = LayerDigest(
+            index=-1,
+            kind="base",
+            label=image.base_label,
+            category="recipe",
+            digest=base_digest,
+            trees=tuple(base_trees),
+        )
+        result = ImageDigest(
+            digest="sha256:" + sha256_hex(top),
+            base=base_digest,
+            layers=(base_layer, *layer_digests) if base_trees else tuple(layer_digests),
+        )
+        memo[image] = result
+        return result
+
+    def _base_fields(
+        self, image: Image, memo: dict[Image, ImageDigest]
+    ) -> tuple[list[object], list[TreeIndex]]:
+        base = image.base
+        if isinstance(base, ParentBase):
+            return ["parent", self._hash_image(base.image, memo).digest], []
+        if not isinstance(base, DockerfileBase):
+            return _base_fields(image, self._cache)
+        if not base.dockerfile.is_file():
+            raise MissingPathError(
+                f"{base.dockerfile} does not exist", image=image.name, layer="from_dockerfile"
+            )
+        dockerfile = self._cache.file_digest(
+            str(base.dockerfile), stat_key(os.stat(base.dockerfile))
+        )
+        tree = self._store.tree_of(_TreeSpec(base.context, dockerfile_context=True))
+        relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
+        return ["dockerfile", relname, dockerfile, tree.digest], [tree]
+
+
+def _layer_digest(hasher: _SharedTreeHasher, image: Image, index: int) -> LayerDigest:
+    layer = image.layers[index]
+    inputs = hasher.inputs(layer, image.layer_label(index))
+    return LayerDigest(
+        index=index,
+        kind=layer.kind,
+        label=layer.describe(),
+        category=layer.category,
+        digest="sha256:" + sha256_hex([layer.kind, inputs.fields]),
+        trees=tuple(inputs.trees),
+        files=tuple(inputs.files),
+        in_image_digest=not isinstance(layer, L.Dockerignore),
+    )
+
+
+# -- reasons ----------------------------------------------------------------------------
+
+
+def _reason(label: str, files: Iterable[str]) -> Reason:
+    names = sorted(set(files))
+    return Reason(label, tuple(names[:MAX_REASON_FILES]), max(0, len(names) - MAX_REASON_FILES))
+
+
+def _layer_moved(index: int, old: ImageDigest | None, new: ImageDigest) -> bool:
+    if old is None:
+        return True
+    if index == -1:
+        return old.base != new.base
+    before = {d.index: d for d in old.layers}.get(index)
+    after = {d.index: d for d in new.layers}[index]
+    return after.in_image_digest and (before is None or before.digest != after.digest)
+
+
+def _changed_files(
+    dep: _LayerDeps, batch: _Batch, spec_changes: Mapping[_TreeSpec, set[str]]
+) -> list[str]:
+    names = [Path(f).name for f in dep.files if f in batch.files]
+    for spec in dep.trees:
+        if spec in batch.new_rules:
+            names += [Path(f).name for f in map(str, spec.ignore_files) if f in batch.ignores]
+        names += [f"{spec.root.name}/{rel}" for rel in spec_changes.get(spec, ())]
+    return names
+
+
+def _file_reasons(
+    deps: tuple[_LayerDeps, ...],
+    old: ImageDigest | None,
+    new: ImageDigest,
+    batch: _Batch,
+    spec_changes: Mapping[_TreeSpec, set[str]],
+) -> tuple[Reason, ...]:
+    reasons = []
+    for dep in deps:
+        files = _changed_files(dep, batch, spec_changes)
+        if _layer_moved(dep.index, old, new) and (old is not None or files):
+            reasons.append(_reason(dep.label, files))
+    return tuple(reasons)
+
+
+def _definition_reasons(
+    old_image: Image | None,
+    image: Image,
+    old: ImageDigest | None,
+    new: ImageDigest,
+    deps: tuple[_LayerDeps, ...],
+) -> tuple[Reason, ...]:
+    if old_image is None:
+        return (Reason(DEFINITION, ("new image",)),)
+    if old_image != image:
+        return (Reason(DEFINITION, _spec_diff(old_image, image)),)
+    # Same spec, files moved while nobody applied the changes: name the layers only.
+    return tuple(Reason(d.label) for d in deps if _layer_moved(d.index, old, new))
+
+
+def _spec_diff(old: Image, new: Image) -> tuple[str, ...]:
+    """Human lines naming what changed between two specs of one image."""
+    out: list[str] = []
+    if old.base != new.base:
+        out.append(f"base {old.base_label} -> {new.base_label}")
+    if old.platform != new.platform:
+        out.append(f"platform {','.join(old.platform)} -> {','.join(new.platform)}")
+    matcher = difflib.SequenceMatcher(a=old.layers, b=new.layers, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        olds, news = range(i1, i2), range(j1, j2)
+        same_kinds = [old.layers[i].kind for i in olds] == [new.layers[j].kind for j in news]
+        if tag == "replace" and same_kinds:
+            out += [f"changed {new.layer_label(j)}" for j in news]
+        else:
+            out += [f"removed {old.layer_label(i)}" for i in olds]
+            out += [f"added {new.layer_label(j)}" for j in news]
+    return tuple(out)

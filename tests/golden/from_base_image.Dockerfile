@@ -1,0 +1,3 @@
+FROM reg.example/app:f3d5bdb567a07d9759783025176eb01e
+WORKDIR /x
+LABEL dev.imaged.digest=sha256:c74407fe1bac7a36e90915d992492edd91b11b9709405d5045afc819e8c644c3

@@ -1,0 +1,11 @@
+FROM registry.invalid/python:3.11-slim-bookworm
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH UV_LINK_MODE=copy UV_PYTHON=/opt/venv/bin/python UV_PROJECT_ENVIRONMENT=/opt/venv
+RUN --mount=type=cache,id=imaged-pip,target=/root/.cache/pip --mount=type=secret,id=imaged_build_ca,target=/run/secrets/imaged_build_ca \
+    if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
+    && { [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv; } \
+    && /opt/venv/bin/python -m pip install --disable-pip-version-check uv==0.13.8
+RUN --mount=type=cache,id=imaged-uv,target=/root/.cache/uv --mount=type=secret,id=imaged_build_ca,target=/run/secrets/imaged_build_ca --mount=type=bind,source=inputs/0/pyproject.toml,target=/tmp/imaged-inputs/0/pyproject.toml --mount=type=bind,source=inputs/0/uv.lock,target=/tmp/imaged-inputs/0/uv.lock \
+    if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
+    && cd /tmp/imaged-inputs/0 \
+    && /opt/venv/bin/uv sync --locked --inexact --no-dev --no-install-project
+LABEL dev.imaged.digest=sha256:bda1495e08eefb5b76e41065e469da7cec860752e18a6c102d972106ff6ddec9

@@ -1,0 +1,226 @@
+"""The ``imaged`` command line: hash, dockerfile, build, and how errors are reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from e2e_support import run_id
+
+from imaged.cli import main
+from imaged.dockerfile import render_dockerfile
+from imaged.hashing import hash_image
+from imaged.loader import load_definitions
+
+REGISTRY = "registry.example:5000"
+DEFS = f"""
+from imaged import Image
+
+alpha = Image.from_debian_base(
+    python_version=(3, 11), registry="{REGISTRY}", name="alpha"
+).with_pip_packages("tomli==2.0.1")
+beta = (
+    Image.from_base("{REGISTRY}/base:1")
+    .clone(name="beta", registry="{REGISTRY}")
+    .with_workdir("/app")
+)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGED_DEBIAN_BASE", REGISTRY + "/python:{major}.{minor}-slim")
+
+
+@pytest.fixture
+def defs(tmp_path: Path) -> Path:
+    path = tmp_path / "images.py"
+    path.write_text(DEFS)
+    return path
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def expected_rows(target: str) -> dict[str, tuple[str, str]]:
+    """name -> (uri, tag), computed with the library."""
+    rows = {}
+    for name, image in load_definitions(target).items():
+        tag = hash_image(image).tag
+        rows[name] = (image.uri_for(tag), tag)
+    return rows
+
+
+def test_hash_prints_one_line_per_image(defs: Path) -> None:
+    result = invoke("hash", str(defs))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split("\t") for line in lines] == [
+        [name, uri, tag] for name, (uri, tag) in expected_rows(str(defs)).items()
+    ]
+    assert [line.split("\t")[0] for line in lines] == ["alpha", "beta"]
+    assert lines[0].split("\t")[1].startswith(f"{REGISTRY}/alpha:")
+
+
+def test_hash_json_has_every_field(defs: Path) -> None:
+    result = invoke("hash", str(defs), "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    expected = expected_rows(str(defs))
+    assert [row["name"] for row in rows] == ["alpha", "beta"]
+    for row in rows:
+        assert set(row) >= {"name", "uri", "tag", "digest", "layers"}
+        assert (row["uri"], row["tag"]) == expected[row["name"]]
+        assert row["digest"].startswith("sha256:")
+        assert all(set(layer) >= {"kind", "digest"} for layer in row["layers"])
+    kinds = {row["name"]: [layer["kind"] for layer in row["layers"]] for row in rows}
+    assert "pip_packages" in kinds["alpha"]
+    assert "workdir" in kinds["beta"]
+
+
+def test_hash_one_image_by_name(defs: Path) -> None:
+    result = invoke("hash", f"{defs}:beta")
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.splitlines()
+    uri, tag = expected_rows(str(defs))["beta"]
+    assert line == f"beta\t{uri}\t{tag}"
+
+
+def test_dockerfile_of_one_image(defs: Path) -> None:
+    result = invoke("dockerfile", f"{defs}:alpha")
+    assert result.exit_code == 0, result.output
+    image = load_definitions(f"{defs}:alpha")["alpha"]
+    assert result.stdout == render_dockerfile(image).dockerfile
+    assert result.stdout.startswith(f"FROM {REGISTRY}/python:3.11-slim\n")
+    assert "tomli==2.0.1" in result.stdout
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a child process, to see exactly what a user sees."""
+    code = "from imaged.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "suffix", "fragments"),
+    [
+        pytest.param(
+            "from imaged import Image\n\nx = (1,\n",
+            "",
+            ["images.py:3", "syntax error"],
+            id="syntax-error",
+        ),
+        pytest.param(
+            "from imaged import Image\nraise RuntimeError('boom in definitions')\n",
+            "",
+            ["images.py:2", "RuntimeError: boom in definitions"],
+            id="raising-module",
+        ),
+        pytest.param(
+            "import imaged\n\ndef f():\n    return 1 / 0\n\nvalue = f()\n",
+            "",
+            ["images.py:4", "ZeroDivisionError"],
+            id="raising-function",
+        ),
+        pytest.param(DEFS, ":gamma", ["no image named 'gamma'", "alpha, beta"], id="unknown-name"),
+    ],
+)
+@pytest.mark.parametrize("command", ["hash", "dockerfile", "build"])
+def test_definition_errors_are_one_clear_message(
+    tmp_path: Path, source: str, suffix: str, fragments: list[str], command: str
+) -> None:
+    path = tmp_path / "images.py"
+    path.write_text(source)
+    proc = run_cli(command, f"{path}{suffix}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in proc.stderr
+
+
+# -- building (needs the engine and the test registry) ------------------------------------
+
+BUILD_DEFS = """
+from imaged import Image
+
+first = Image.from_base({base!r}).clone(name="cli-first-{run}").with_commands("echo 1 > /one")
+second = Image.from_base({base!r}).clone(name="cli-second-{run}").with_workdir("/w")
+"""
+FAILING_DEFS = """
+from imaged import Image
+
+good = Image.from_base({base!r}).clone(name="cli-good-{run}").with_commands("echo ok > /ok")
+bad = Image.from_base({base!r}).clone(name="cli-bad-{run}").with_commands(
+    "sh -c 'echo cli-boom >&2; exit 7'"
+)
+"""
+
+
+@pytest.fixture
+def build_env(infra: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("IMAGED_DEBIAN_BASE", infra.debian_base_template)
+    monkeypatch.setenv("IMAGED_BUILD_CA_BUNDLE", str(infra.ca_bundle))
+    monkeypatch.setenv("IMAGED_DOCKER_CLI", infra.docker_cli)
+    monkeypatch.delenv("IMAGED_REGISTRY", raising=False)
+    return infra
+
+
+def write_defs(tmp_path: Path, template: str, infra: Any) -> Path:
+    path = tmp_path / "images.py"
+    path.write_text(template.format(base=infra.debian_base, run=run_id()))
+    return path
+
+
+def json_lines(text: str) -> dict[str, dict[str, Any]]:
+    """Each stdout line is one JSON object; by image name."""
+    objects = [json.loads(line) for line in text.splitlines()]
+    return {obj["name"]: obj for obj in objects}
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_build_then_skip(build_env: Any, tmp_path: Path) -> None:
+    path = write_defs(tmp_path, BUILD_DEFS, build_env)
+    registry = build_env.registry
+    first = invoke("build", str(path), "--registry", registry)
+    assert first.exit_code == 0, first.output
+    lines = first.stdout.splitlines()
+    assert len(lines) == 2
+    assert all(": built and pushed " + registry in line for line in lines), lines
+    again = invoke("build", str(path), "--registry", registry)
+    assert again.exit_code == 0, again.output
+    skipped = again.stdout.splitlines()
+    assert len(skipped) == 2
+    assert all(": skipped, " + registry in line for line in skipped), skipped
+    as_json = invoke("build", str(path), "--registry", registry, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    objects = json_lines(as_json.stdout)
+    assert len(objects) == 2
+    for obj in objects.values():
+        assert obj["status"] == "skipped"
+        assert obj["uri"].startswith(f"{registry}/{obj['name']}:{obj['tag']}")
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(600)
+def test_build_exits_non_zero_when_one_image_fails(build_env: Any, tmp_path: Path) -> None:
+    path = write_defs(tmp_path, FAILING_DEFS, build_env)
+    result = invoke("build", str(path), "--registry", build_env.registry, "--json")
+    assert result.exit_code == 1
+    objects = json_lines(result.stdout)
+    good, bad = (
+        next(o for n, o in objects.items() if n.startswith(p)) for p in ("cli-good", "cli-bad")
+    )
+    assert good["status"] == "pushed"
+    assert bad["status"] == "failed"
+    assert "exit 7" in bad["error"]
+    assert "cli-boom" in bad["error"]

@@ -1,0 +1,460 @@
+"""Tests for imaged.tracker: events -> affected layers -> incremental digests -> reasons."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from imaged import layers as L
+from imaged.errors import MissingPathError
+from imaged.hashing import DigestCache, hash_image
+from imaged.image import Image
+from imaged.tracker import DigestChange, ImageTracker, Reason
+
+BASE = "127.0.0.1:5000/base:1"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def assert_fresh(tracker: ImageTracker, images: Mapping[str, Image]) -> None:
+    """The invariant: the tracked digest equals a from-scratch hash with an empty cache."""
+    for name, image in images.items():
+        fresh = hash_image(image, DigestCache())
+        tracked = tracker.digest_of(name)
+        assert tracked.digest == fresh.digest, name
+        assert [d.digest for d in tracked.layers] == [d.digest for d in fresh.layers], name
+
+
+def bundle(image: Image, root: Path) -> Image:
+    """A code bundle of ``root`` (with_code_bundle would pick the test file's project)."""
+    return image._with(L.CodeBundle(root=root))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    write(tmp_path / "src/app/main.py", "print('hi')\n")
+    write(tmp_path / "src/app/util.py", "X = 1\n")
+    write(tmp_path / "src/README.md", "readme\n")
+    write(tmp_path / "src/.dockerignore", "*.log\n.dockerignore\n")
+    write(tmp_path / "lib/lib.py", "Y = 2\n")
+    write(tmp_path / "svc/pyproject.toml", "[project]\nname = 'svc'\n")
+    write(tmp_path / "svc/uv.lock", "version = 1\n")
+    write(tmp_path / "svc/svc/__init__.py", "")
+    write(tmp_path / "svc/.gitignore", "dist/\n")
+    write(tmp_path / "reqs/requirements.txt", "httpx\n")
+    write(tmp_path / "extra.dockerignore", "# extra rules\n")
+    write(tmp_path / "ctx/Dockerfile", "FROM scratch\nCOPY . /\n")
+    write(tmp_path / "ctx/data.txt", "data\n")
+    write(tmp_path / "unrelated/notes.txt", "x\n")
+    return tmp_path
+
+
+def make_images(root: Path) -> dict[str, Image]:
+    base = Image.from_base(BASE)
+    api = base.with_source_folder(root / "src").with_requirements(root / "reqs/requirements.txt")
+    worker = base.with_pip_packages("rq").with_source_folder(root / "src", dst="/w")
+    other = base.with_source_folder(root / "lib").with_dockerignore(root / "extra.dockerignore")
+    svc = base.with_uv_project(root / "svc/pyproject.toml", project_install_mode="install_project")
+    docker = Image.from_dockerfile(root / "ctx/Dockerfile", None, "docker")
+    child = Image.from_base(api.clone(name="api")).with_commands("true")
+    return {
+        "api": api.clone(name="api"),
+        "worker": worker.clone(name="worker"),
+        "other": other.clone(name="other"),
+        "svc": svc.clone(name="svc"),
+        "docker": docker,
+        "child": child.clone(name="child"),
+        "bundle": bundle(base, root / "lib").clone(name="bundle"),
+    }
+
+
+@pytest.fixture
+def images(project: Path) -> dict[str, Image]:
+    return make_images(project)
+
+
+@pytest.fixture
+def tracker(images: dict[str, Image]) -> ImageTracker:
+    tracker = ImageTracker(DigestCache())
+    first = tracker.set_images(images)
+    assert set(first) == set(images)
+    assert all(c.old_digest is None for c in first.values())
+    assert_fresh(tracker, images)
+    return tracker
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def test_set_images_reports_new_images_with_a_definition_reason(
+    tracker: ImageTracker, images: dict[str, Image]
+) -> None:
+    again = tracker.set_images(images)
+    assert again == {}
+    first = ImageTracker(DigestCache()).set_images({"api": images["api"]})
+    assert first["api"].reasons == (Reason("definition", ("new image",)),)
+    assert str(first["api"].reasons[0]) == "definition changed: new image"
+
+
+def test_folders_copied_with_the_same_rules_share_one_tree(
+    tracker: ImageTracker, images: dict[str, Image]
+) -> None:
+    api_tree = tracker.digest_of("api").layers[0].trees[0]
+    worker_tree = tracker.digest_of("worker").layers[1].trees[0]
+    lib_folder = tracker.digest_of("other").layers[0].trees[0]
+    lib_bundle = tracker.digest_of("bundle").layers[0].trees[0]
+    assert api_tree is worker_tree
+    assert lib_folder is lib_bundle  # different ignore files, but the same rules today
+
+
+def test_a_rules_edit_splits_a_shared_tree(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    ignore = write(project / "extra.dockerignore", "*.tmp\n")
+    assert tracker.apply_changes([ignore]) == {}  # lib/ holds no *.tmp file
+    lib_folder = tracker.digest_of("other").layers[0].trees[0]
+    lib_bundle = tracker.digest_of("bundle").layers[0].trees[0]
+    assert lib_folder is not lib_bundle
+    junk = write(project / "lib/junk.tmp", "x")
+    assert set(tracker.apply_changes([junk])) == {"bundle"}
+    assert_fresh(tracker, images)
+
+
+def test_spec_change_names_added_removed_and_changed_layers(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    edited = dict(images)
+    edited["worker"] = (
+        Image.from_base(BASE)
+        .with_pip_packages("rq", "redis")
+        .with_source_folder(project / "src", dst="/w")
+        .with_env_vars({"A": "1"})
+        .clone(name="worker")
+    )
+    del edited["other"]
+    changes = tracker.set_images(edited)
+    assert set(changes) == {"worker"}
+    (reason,) = changes["worker"].reasons
+    assert reason.layer == "definition"
+    assert reason.files == ("changed #1 pip_packages rq redis", "added #3 env_vars A")
+    assert str(reason).startswith("definition changed: changed #1 pip_packages rq redis")
+    assert_fresh(tracker, edited)
+
+
+# -- which images move ------------------------------------------------------------------
+
+
+def test_edit_in_shared_folder_moves_both_users_and_the_child_only(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    before = {n: tracker.digest_of(n).digest for n in images}
+    main = write(project / "src/app/main.py", "print('changed')\n")
+    changes = tracker.apply_changes([main])
+    assert set(changes) == {"api", "worker", "child"}
+    api = changes["api"]
+    assert api.old_digest == before["api"]
+    assert api.new_digest == tracker.digest_of("api").digest != before["api"]
+    assert api.reasons == (Reason("#1 source_folder src/", ("src/app/main.py",)),)
+    assert str(api.reasons[0]) == "layer `source_folder src/` moved: src/app/main.py changed"
+    assert changes["worker"].reasons == (Reason("#2 source_folder src/", ("src/app/main.py",)),)
+    assert changes["child"].reasons == (Reason("base image api", ("src/app/main.py",)),)
+    assert_fresh(tracker, images)
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        pytest.param("src/app/__pycache__/main.cpython-311.pyc", id="pycache"),
+        pytest.param("src/.venv/lib/site.py", id="venv"),
+        pytest.param("src/debug.log", id="dockerignored"),
+        pytest.param("svc/dist/svc.whl", id="gitignored-folder"),
+        pytest.param("unrelated/notes.txt", id="unrelated-file"),
+        pytest.param("unrelated/new/deep.py", id="unrelated-new-folder"),
+    ],
+)
+def test_ignored_or_unrelated_paths_are_irrelevant_and_move_nothing(
+    tracker: ImageTracker, images: dict[str, Image], project: Path, relpath: str
+) -> None:
+    path = write(project / relpath, "noise\n")
+    assert not tracker.is_relevant(path)
+    assert tracker.apply_changes([path]) == {}
+    assert_fresh(tracker, images)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "relevant"),
+    [
+        pytest.param("src/app/main.py", True, id="tracked-file"),
+        pytest.param("src", True, id="tree-root"),
+        pytest.param("reqs/requirements.txt", True, id="single-file"),
+        pytest.param("extra.dockerignore", True, id="extra-ignore-file"),
+        pytest.param("lib/.dockerignore", True, id="absent-own-ignore-file"),
+        pytest.param("svc/.gitignore", True, id="gitignore"),
+        pytest.param("ctx/Dockerfile", True, id="dockerfile"),
+        pytest.param("reqs/other.txt", False, id="sibling-of-single-file"),
+        pytest.param("src/app/never-existed.py", False, id="absent-untracked"),
+    ],
+)
+def test_is_relevant(tracker: ImageTracker, project: Path, relpath: str, relevant: bool) -> None:
+    assert tracker.is_relevant(project / relpath) is relevant
+
+
+def test_uv_lock_edit_moves_only_the_image_that_uses_it(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    lock = write(project / "svc/uv.lock", "version = 1\n# changed\n")
+    changes = tracker.apply_changes([lock])
+    assert set(changes) == {"svc"}
+    reasons = changes["svc"].reasons
+    assert reasons == (Reason("#1 uv_project svc/ (install_project)", ("svc/uv.lock", "uv.lock")),)
+    assert_fresh(tracker, images)
+
+
+def test_requirements_edit_names_the_file(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    reqs = write(project / "reqs/requirements.txt", "httpx\nrich\n")
+    changes = tracker.apply_changes([reqs])
+    assert set(changes) == {"api", "child"}
+    assert changes["api"].reasons == (Reason("#2 requirements requirements.txt", ("requirements.txt",)),)
+    assert_fresh(tracker, images)
+
+
+@pytest.mark.parametrize(
+    ("text", "moves"),
+    [
+        pytest.param("# extra rules\n*.md\n", True, id="list-changes"),
+        pytest.param("# extra rules, reworded\n\n", False, id="comment-only"),
+    ],
+)
+def test_extra_dockerignore_edit_moves_only_when_the_file_list_changes(
+    tracker: ImageTracker, images: dict[str, Image], project: Path, text: str, moves: bool
+) -> None:
+    write(project / "lib/NOTES.md", "notes\n")
+    tracker.apply_changes([project / "lib/NOTES.md"])
+    ignore = write(project / "extra.dockerignore", text)
+    changes = tracker.apply_changes([ignore])
+    assert set(changes) == ({"other"} if moves else set())
+    if moves:
+        reason = Reason("#1 source_folder lib/", ("extra.dockerignore", "lib/NOTES.md"))
+        assert changes["other"].reasons == (reason,)
+    assert_fresh(tracker, images)
+
+
+def test_own_dockerignore_edit_rebuilds_the_rules(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    ignore = write(project / "src/.dockerignore", "*.log\n.dockerignore\n# same list\n")
+    assert tracker.apply_changes([ignore]) == {}
+    ignore = write(project / "src/.dockerignore", "*.log\n.dockerignore\nREADME.md\n")
+    changes = tracker.apply_changes([ignore])
+    assert set(changes) == {"api", "worker", "child"}
+    assert changes["api"].reasons[0].files == (".dockerignore", "src/README.md")
+    assert_fresh(tracker, images)
+    readme = write(project / "src/README.md", "now ignored\n")
+    assert not tracker.is_relevant(readme)
+    assert tracker.apply_changes([readme]) == {}
+
+
+def test_dockerfile_context_edit_moves_the_base_layer(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    data = write(project / "ctx/data.txt", "new data\n")
+    changes = tracker.apply_changes([data])
+    assert set(changes) == {"docker"}
+    (reason,) = changes["docker"].reasons
+    assert reason.layer.startswith("base Dockerfile ")
+    assert reason.files == ("ctx/data.txt",)
+    assert_fresh(tracker, images)
+
+
+# -- editor save patterns ---------------------------------------------------------------
+
+
+def test_editor_temp_files_created_and_deleted_leave_the_digest(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    before = tracker.digest_of("api").digest
+    temps = [project / "src/app" / name for name in (".main.py.swp", "main.py~", "4913")]
+    for temp in temps:
+        write(temp, "tmp")
+    for temp in temps:
+        temp.unlink()
+        assert not tracker.is_relevant(temp)
+    assert tracker.apply_changes(temps) == {}
+    assert tracker.digest_of("api").digest == before
+
+
+def test_editor_temp_files_seen_alive_move_and_then_move_back(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    before = tracker.digest_of("api").digest
+    swap = write(project / "src/app/4913", "")
+    assert set(tracker.apply_changes([swap])) == {"api", "worker", "child"}
+    swap.unlink()
+    back = tracker.apply_changes([swap])
+    assert back["api"].new_digest == before
+    assert back["api"].reasons[0].files == ("src/app/4913",)
+
+
+def test_atomic_rename_save_moves_once(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    tmp = write(project / "src/app/.main.py.tmp.1234", "print('saved')\n")
+    main = project / "src/app/main.py"
+    os.replace(tmp, main)
+    changes = tracker.apply_changes([tmp, main])
+    assert set(changes) == {"api", "worker", "child"}
+    assert changes["api"].reasons[0].files == ("src/app/main.py",)
+    assert tracker.apply_changes([tmp, main]) == {}
+    assert_fresh(tracker, images)
+
+
+def test_burst_of_2000_files_gives_one_change_per_image(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    paths = [write(project / f"src/gen/d{i % 20}/f{i}.py", str(i)) for i in range(2000)]
+    folders = [project / "src/gen", *(project / f"src/gen/d{i}" for i in range(20))]
+    changes = tracker.apply_changes([*paths, *folders])
+    assert set(changes) == {"api", "worker", "child"}
+    (reason,) = changes["api"].reasons
+    assert len(reason.files) == 20
+    assert reason.more == 2000 + 20 + 1 - 20  # the files, their 20 folders and gen/
+    assert str(reason).endswith(f" and {reason.more} more changed")
+    assert_fresh(tracker, images)
+
+
+# -- folders coming and going -----------------------------------------------------------
+
+
+def test_deleting_and_recreating_a_folder(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    original = tracker.digest_of("api").digest
+    shutil.rmtree(project / "src")
+    gone = [project / "src", project / "src/app/main.py", project / "src/app"]
+    assert tracker.is_relevant(project / "src")
+    assert tracker.apply_changes(gone) == {}
+    assert set(tracker.errors) == {"api", "worker", "child"}
+    with pytest.raises(MissingPathError, match="src is not a folder"):
+        tracker.digest_of("api")
+    write(project / "src/app/main.py", "print('reborn')\n")
+    changes = tracker.apply_changes([project / "src"])
+    assert set(changes) == {"api", "worker", "child"}
+    assert changes["api"].old_digest == original
+    assert "src/app/main.py" in changes["api"].reasons[0].files
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+
+
+def test_folder_swapped_in_by_rename_is_rebuilt(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    shutil.copytree(project / "src", project / "src.new")
+    write(project / "src.new/app/extra.py", "")
+    shutil.rmtree(project / "src")
+    os.rename(project / "src.new", project / "src")
+    changes = tracker.apply_changes([project / "src"])
+    assert changes["api"].reasons[0].files == ("src/app/extra.py",)
+    assert_fresh(tracker, images)
+
+
+def test_missing_single_file_is_an_error_until_it_returns(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    lock = project / "svc/uv.lock"
+    text = lock.read_text()
+    lock.unlink()
+    assert tracker.apply_changes([lock]) == {}
+    assert set(tracker.errors) == {"svc"}
+    write(lock, text)
+    assert tracker.apply_changes([lock]) == {}  # back to the last good digest: nothing to build
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+
+
+# -- watch roots ------------------------------------------------------------------------
+
+
+def test_watch_roots_are_the_outermost_folders(tracker: ImageTracker, project: Path) -> None:
+    assert tracker.watch_roots() == {project}  # extra.dockerignore lives at the top
+    only_src = ImageTracker(DigestCache())
+    image = Image.from_base(BASE).with_source_folder(project / "src")
+    only_src.set_images({"w": image.with_requirements(project / "reqs/requirements.txt")})
+    assert only_src.watch_roots() == {project / "src", project / "reqs"}
+
+
+# -- the invariant, under random edits --------------------------------------------------
+
+
+def _random_edit(rng: random.Random, root: Path) -> list[Path]:
+    """One random filesystem edit below ``root``; returns the paths an event would name."""
+    folders = ["src", "src/app", "src/app/deep", "lib", "svc/svc", "ctx", "svc/dist", "src/x"]
+    names = ["a.py", "b.log", "c.md", "__pycache__/d.pyc", "e.txt", "uv.lock", "4913"]
+    folder = root / rng.choice(folders)
+    path = folder / rng.choice(names)
+    action = rng.choice(["write", "write", "write", "delete", "rmtree", "chmod", "ignore"])
+    if action == "write":
+        write(path, rng.choice(["1", "2", "3"]))
+        return [path]
+    if action == "delete" and path.is_file():
+        path.unlink()
+        return [path]
+    if action == "rmtree" and folder.is_dir() and folder.name in ("deep", "x", "dist"):
+        shutil.rmtree(folder)
+        return [folder]
+    if action == "chmod" and path.is_file():
+        path.chmod(0o755 if rng.random() < 0.5 else 0o644)
+        return [path]
+    if action == "ignore":
+        target = rng.choice(["src/.dockerignore", "svc/.gitignore", "extra.dockerignore"])
+        write(root / target, rng.choice(["*.log\n", "*.md\n", "deep\n", "*.txt\n!e.txt\n", ""]))
+        return [root / target]
+    return []
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed{s}") for s in range(int(__import__("os").environ.get("NSEEDS", "6")))])
+def test_invariant_holds_after_random_edit_sequences(
+    tracker: ImageTracker, images: dict[str, Image], project: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    for _ in range(25):
+        paths = [p for _ in range(rng.randint(1, 4)) for p in _random_edit(rng, project)]
+        changes = tracker.apply_changes(paths)
+        for name, change in changes.items():
+            assert change.old_digest != change.new_digest
+            assert change.reasons, name
+        assert_fresh(tracker, images)
+
+
+# -- performance ------------------------------------------------------------------------
+
+
+def test_one_file_edit_in_a_5000_file_tree_is_fast(tmp_path: Path) -> None:
+    for i in range(5000):
+        write(tmp_path / f"big/pkg{i // 100}/mod{i}.py", f"V = {i}\n")
+    image = Image.from_base(BASE).with_source_folder(tmp_path / "big").clone(name="big")
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"big": image})
+    timings = []
+    for n in range(5):
+        path = write(tmp_path / "big/pkg7/mod700.py", f"V = 'edit {n}'\n")
+        start = time.perf_counter()
+        changes = tracker.apply_changes([path])
+        timings.append(time.perf_counter() - start)
+        assert isinstance(changes["big"], DigestChange)
+    best = min(timings)
+    sys.stderr.write(f"\none-file apply_changes on 5,000 files: {best * 1000:.2f} ms\n")
+    assert best < 0.02
+    assert tracker.digest_of("big").digest == hash_image(image, DigestCache()).digest
