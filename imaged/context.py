@@ -1,99 +1,218 @@
 """Stage a build context from the same hashed file lists the digest was computed from.
 
-Every file is copied and re-hashed in one pass; a file whose content moved since it was
+Every file copied is re-hashed in the same pass; a file whose content moved since it was
 hashed aborts staging with ContextChangedError, so content is never pushed under a tag
 that does not describe it. Modes are normalised (0644, 0755 when executable, folders
 0755) and mtimes fixed, so the built layers depend only on what the digest covers.
+
+Staging is incremental: a context folder kept at a stable path remembers, in a manifest
+written only after a complete stage, which content it holds; a one-file edit rewrites one
+file, and BuildKit (which keys its incremental context transfer on the folder) sends one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
-from imaged.dockerfile import ContextItem, RenderedImage
+from imaged.dockerfile import RenderedImage
 from imaged.errors import ContextChangedError
 from imaged.files import DIR, FILE, SYMLINK
-from imaged.hashing import EXEC_SUFFIX, TreeIndex
+from imaged.hashing import EXEC_SUFFIX
 
 FIXED_MTIME = 946_684_800  # 2000-01-01T00:00:00Z
+MANIFEST = ".imaged-staged.json"
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One path the staged context must hold."""
+
+    type: str
+    source: str | None = None
+    digest: str | None = None
+    executable: bool = False
+    target: str | None = None
+    check_mode: bool = False  # a single source file: its exec bit must still be the hashed one
+
+    def key(self) -> list[object]:
+        return [self.type, self.digest, self.executable, self.target]
+
+
+def wanted_paths(rendered: RenderedImage) -> dict[str, Wanted]:
+    """Context-relative path -> what must be there, from the rendered plan."""
+    wanted: dict[str, Wanted] = {}
+    for item in rendered.context:
+        prefix = "" if item.dest == "." else item.dest
+        if item.tree is not None:
+            if prefix:
+                _add_parents(wanted, prefix, include_self=True)
+            for entry in item.tree.listing():
+                rel = f"{prefix}/{entry.relpath}" if prefix else entry.relpath
+                _add_parents(wanted, rel, include_self=False)
+                wanted[rel] = Wanted(
+                    type=entry.type,
+                    source=os.path.join(item.tree.root, entry.relpath),
+                    digest=item.tree.contents.get(entry.relpath) if entry.type == FILE else None,
+                    executable=entry.executable,
+                    target=entry.target,
+                )
+            continue
+        assert item.file is not None
+        _add_parents(wanted, item.dest, include_self=False)
+        digest = item.digest
+        executable = digest is not None and digest.endswith(EXEC_SUFFIX)
+        wanted[item.dest] = Wanted(
+            type=FILE,
+            source=str(item.file),
+            digest=digest.removesuffix(EXEC_SUFFIX) if digest else None,
+            executable=executable,
+            check_mode=item.dest.startswith("layers/"),
+        )
+    return wanted
+
+
+def _add_parents(wanted: dict[str, Wanted], rel: str, *, include_self: bool) -> None:
+    parts = rel.split("/")
+    for i in range(1, len(parts) + (1 if include_self else 0)):
+        wanted.setdefault("/".join(parts[:i]), Wanted(type=DIR))
 
 
 def _copy_verified(src: str, dst: str, expected: str | None, *, executable: bool) -> None:
     h = hashlib.sha256()
+    tmp = f"{dst}.imaged-tmp"
     try:
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
             while chunk := fin.read(_CHUNK):
                 h.update(chunk)
                 fout.write(chunk)
     except FileNotFoundError as exc:
+        _unlink(tmp)
         raise ContextChangedError(f"{src} disappeared while the context was staged") from exc
     if expected is not None and h.hexdigest() != expected:
+        _unlink(tmp)
         raise ContextChangedError(f"{src} changed after it was hashed")
-    os.chmod(dst, 0o755 if executable else 0o644)
-    os.utime(dst, (FIXED_MTIME, FIXED_MTIME))
+    os.chmod(tmp, 0o755 if executable else 0o644)
+    os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
+    os.replace(tmp, dst)
 
 
-def _stage_tree(tree: TreeIndex, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in tree.listing():
-        target = dest / entry.relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if entry.type == DIR:
-            target.mkdir(exist_ok=True)
-        elif entry.type == SYMLINK:
-            os.symlink(entry.target or "", target)
-            os.utime(target, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
-        elif entry.type == FILE:
-            src = os.path.join(tree.root, entry.relpath)
-            _copy_verified(
-                src, str(target), tree.contents.get(entry.relpath), executable=entry.executable
-            )
+def _unlink(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
 
 
-def _stage_item(item: ContextItem, root: Path) -> None:
-    dest = root / item.dest if item.dest != "." else root
-    if item.tree is not None:
-        _stage_tree(item.tree, dest)
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _staged_type(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return SYMLINK
+    if stat.S_ISDIR(st.st_mode):
+        return DIR
+    return FILE if st.st_mtime == FIXED_MTIME and stat.S_ISREG(st.st_mode) else "stale"
+
+
+def _remove_stale(root: Path, wanted: dict[str, Wanted], prefix: str = "") -> dict[str, str]:
+    """Delete what the plan does not want; return what stays, by type."""
+    staged: dict[str, str] = {}
+    with os.scandir(os.path.join(root, prefix) if prefix else root) as it:
+        entries = list(it)
+    for entry in entries:
+        rel = f"{prefix}/{entry.name}" if prefix else entry.name
+        want = wanted.get(rel)
+        kind = _staged_type(entry.stat(follow_symlinks=False))
+        if want is None or want.type != kind:
+            _remove(Path(entry.path))
+            continue
+        staged[rel] = kind
+        if kind == DIR:
+            staged.update(_remove_stale(root, wanted, rel))
+    return staged
+
+
+def _manifest_path(root: Path) -> Path:
+    # Beside the context, never inside it: a Dockerfile's `COPY . /app` must not see it.
+    return root.parent / f"{root.name}{MANIFEST}"
+
+
+def _load_manifest(root: Path) -> dict[str, list[object]]:
+    path = _manifest_path(root)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    finally:
+        # A stage that stops half-way must not leave a manifest that vouches for it.
+        path.unlink(missing_ok=True)
+    return data if isinstance(data, dict) else {}
+
+
+def _place(
+    root: Path, rel: str, want: Wanted, known: list[object] | None, staged: str | None
+) -> None:
+    path = root / rel
+    if want.type == DIR:
+        path.mkdir(exist_ok=True)
         return
-    assert item.file is not None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = item.digest
-    executable = digest is not None and digest.endswith(EXEC_SUFFIX)
-    expected = digest.removesuffix(EXEC_SUFFIX) if digest is not None else None
-    _copy_verified(str(item.file), str(dest), expected, executable=executable)
-    if _is_source_file(item):
-        try:
-            now_executable = bool(os.stat(item.file).st_mode & 0o111)
-        except FileNotFoundError as exc:
-            raise ContextChangedError(f"{item.file} disappeared while it was staged") from exc
-        if now_executable != executable:
-            raise ContextChangedError(f"{item.file}: executable bit changed after hashing")
+    if want.type == SYMLINK:
+        if path.is_symlink() and os.readlink(path) == want.target:
+            return
+        _remove(path)
+        os.symlink(want.target or "", path)
+        os.utime(path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
+        return
+    assert want.source is not None
+    if known != want.key() or staged != FILE:
+        _copy_verified(want.source, str(path), want.digest, executable=want.executable)
+    if want.check_mode:
+        _check_mode(want)
 
 
-def _is_source_file(item: ContextItem) -> bool:
-    return item.dest.startswith("layers/")
+def _check_mode(want: Wanted) -> None:
+    assert want.source is not None
+    try:
+        executable = bool(os.stat(want.source).st_mode & 0o111)
+    except FileNotFoundError as exc:
+        raise ContextChangedError(f"{want.source} disappeared while it was staged") from exc
+    if executable != want.executable:
+        raise ContextChangedError(f"{want.source}: executable bit changed after hashing")
 
 
-def _normalise_folders(root: Path) -> None:
+def _normalise_folders(root: Path, wanted: dict[str, Wanted]) -> None:
     """Every folder the context holds gets 0755 and the fixed mtime, deepest first."""
-    folders = [Path(d) for d, _, _ in os.walk(root)]
+    folders = [root, *(root / rel for rel, w in wanted.items() if w.type == DIR)]
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         os.chmod(folder, 0o755)
         os.utime(folder, (FIXED_MTIME, FIXED_MTIME))
 
 
 def stage_context(rendered: RenderedImage, root: Path) -> Path:
-    """Write the context into the empty folder ``root``; return the Dockerfile's path."""
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    for item in rendered.context:
-        _stage_item(item, root)
-    _normalise_folders(root)
+    """Make ``root`` hold exactly the planned context; return the Dockerfile's path.
+
+    ``root`` may hold an earlier stage of the same image: only what differs is rewritten.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    known = _load_manifest(root)
+    wanted = wanted_paths(rendered)
+    staged = _remove_stale(root, wanted)
+    for rel in sorted(wanted):
+        _place(root, rel, wanted[rel], known.get(rel), staged.get(rel))
+    _normalise_folders(root, wanted)
+    manifest = {rel: w.key() for rel, w in wanted.items() if w.type == FILE}
+    path = _manifest_path(root)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest), encoding="utf-8")
+    os.replace(tmp, path)
     dockerfile = root.parent / f"{root.name}.Dockerfile"
     dockerfile.write_text(rendered.dockerfile, encoding="utf-8")
     return dockerfile

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,7 +95,8 @@ class Daemon:
         self.images: dict[str, Image] = {}
         self._pending_reasons: dict[str, str] = {}
         self._change_times: dict[str, float] = {}
-        self._roots_changed = anyio.Event()
+        self._roots_changed = threading.Event()
+        self._reported_errors: dict[str, str] = {}
         self._stop = anyio.Event()
         self.scheduler = Scheduler(
             self._build,
@@ -190,6 +192,8 @@ class Daemon:
         images: dict[str, Image] = {}
         for loaded in self.modules.values():
             for name, image in loaded.images.items():
+                if self.settings.registry:
+                    image = image.clone(registry=self.settings.registry)
                 if name in images:
                     self.emit(
                         "definition_error",
@@ -203,14 +207,25 @@ class Daemon:
             self.scheduler.forget(name)
             self.state.images.pop(name, None)
         self.images = images
-        try:
-            changes = self.tracker.set_images(images)
-        except ImagedError as exc:
-            self.emit("hash_error", None, error=str(exc))
-            return
+        changes = self.tracker.set_images(images)
+        self._report_hash_errors()
         self._roots_changed.set()
         for change in changes.values():
             self._digest_moved(change, initial=not self.state.ready)
+
+    def _report_hash_errors(self) -> None:
+        """An image with an unreadable input shows as failed until the input is back."""
+        errors = {name: str(exc) for name, exc in self.tracker.errors.items()}
+        for name, error in errors.items():
+            if self._reported_errors.get(name) != error:
+                view = self._view(name)
+                view.state, view.error = "failed", error
+                self.emit("hash_error", name, error=error)
+        for name in set(self._reported_errors) - set(errors):
+            if name in self.images:
+                self._view(name).error = None
+                self.scheduler.request(name, "its inputs are readable again")
+        self._reported_errors = errors
 
     def _definition_paths(self) -> set[Path]:
         return {p for files in self.module_files.values() for p in files}
@@ -242,11 +257,8 @@ class Daemon:
         other = {p for p in paths if p not in definitions}
         if not other:
             return
-        try:
-            changes = self.tracker.apply_changes(other)
-        except ImagedError as exc:
-            self.emit("hash_error", None, error=str(exc))
-            return
+        changes = self.tracker.apply_changes(other)
+        self._report_hash_errors()
         if not changes:
             self.emit("nothing_to_do", None, paths=sorted(str(p) for p in other)[:10])
         for change in changes.values():
@@ -299,7 +311,7 @@ class Daemon:
         """Ask the registry about every image; queue those whose tag is missing."""
         if self._client is None:
             return
-        uris = {name: self.tracker.digest_of(name) for name in self.images}
+        uris = {n: self.tracker.digest_of(n) for n in self.images if n not in self.tracker.errors}
         refs = {
             self.images[n].uri_for(d.tag): n for n, d in uris.items() if self.images[n].registry
         }
@@ -318,7 +330,7 @@ class Daemon:
                 view.state, view.error = "unknown", str(outcome)
                 self.scheduler.request(name, f"registry did not answer: {outcome}")
         for name, image in self.images.items():
-            if not image.registry:
+            if not image.registry and name in uris:
                 self.scheduler.request(name, "no registry: local build")
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -348,7 +360,6 @@ class Daemon:
             backend=self.backend,
             restart=self._roots_changed,
         ):
-            self._roots_changed = anyio.Event()
             self.metrics.events.inc("batch")
             await self.handle_paths(batch)
 

@@ -6,9 +6,13 @@ cancels when an image's digest moves while it builds.
 
 from __future__ import annotations
 
-import tempfile
+import fcntl
+import hashlib
+import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +78,30 @@ async def check_existence(
         return await client.manifest_exists(uri)
     async with RegistryClient(insecure_hosts=settings.insecure_registries) as own:
         return await own.manifest_exists(uri)
+
+
+def staging_dir(image: Image, settings: Settings) -> Path:
+    """A stable folder per image (and definition file), so staging and BuildKit's context
+    transfer are incremental from one build to the next."""
+    where = hashlib.sha256(f"{image.source_file}\0{image.name}".encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", image.name or "image")
+    return settings.resolved_state_dir / "contexts" / f"{safe}-{where}"
+
+
+def _open_lock(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+
+@asynccontextmanager
+async def _locked(folder: Path) -> AsyncIterator[None]:
+    """One build per staging folder across processes (flock; closing releases it)."""
+    fd = await anyio.to_thread.run_sync(_open_lock, folder)
+    try:
+        await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX, abandon_on_cancel=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _effective(image: Image, settings: Settings) -> Image:
@@ -192,10 +220,11 @@ async def _build_and_push(
 ) -> None:
     secrets = resolve_secrets((s for layer in image.layers for s in layer.secrets), settings)
     ca = ca_bundle_secret(settings)
-    with tempfile.TemporaryDirectory(prefix="imaged-build-") as tmp:
+    workdir = staging_dir(image, settings)
+    async with _locked(workdir):
         t0 = time.perf_counter()
         digest, _rendered, dockerfile = await anyio.to_thread.run_sync(
-            _stage, image, cache, Path(tmp)
+            _stage, image, cache, workdir
         )
         result.timings["stage"] = time.perf_counter() - t0
         if digest.digest != result.digest:
@@ -204,7 +233,7 @@ async def _build_and_push(
             result.layers = [d.to_json() for d in digest.layers]
         request = BuildRequest(
             image_name=result.name,
-            context_dir=Path(tmp) / "context",
+            context_dir=workdir / "context",
             dockerfile=dockerfile,
             tags=(result.uri,),
             platforms=image.platform,

@@ -175,9 +175,12 @@ class _TrackedTree(TreeIndex):
 
     def _open_ignored(self, rel: str) -> bool:
         """Ignored, yet walked into: a ``!`` pattern may re-include something below."""
-        if not self.rules.is_ignored(rel, is_dir=True) or self.rules.can_prune(rel):
+        rules = self.rules
+        parts = rel.split("/")
+        folders = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if not rules.is_ignored(rel, is_dir=True):
             return False
-        return not self._excluded(rel.rpartition("/")[0], is_dir=True) if "/" in rel else True
+        return not any(rules.is_ignored(f, is_dir=True) and rules.can_prune(f) for f in folders)
 
     def _rescan(self, rel: str, entry: FileEntry | None) -> set[str]:
         before = self._rows_under(rel)
@@ -367,6 +370,11 @@ class ImageTracker:
         self._store.keep_only(self._spec_images)
 
     # -- queries
+
+    @property
+    def cache(self) -> DigestCache:
+        """The per-file digest cache (the daemon persists it between runs)."""
+        return self._cache
 
     @property
     def errors(self) -> Mapping[str, SpecError]:

@@ -63,6 +63,36 @@ stop_stale() {
     wait_until 20 eval "! kill -0 $1" || kill -9 "$1" 2>/dev/null || true
 }
 
+# pids_using TEXT: processes whose command line contains TEXT (a path only this script uses).
+pids_using() {
+    local cmdline
+    for cmdline in /proc/[0-9]*/cmdline; do
+        { tr '\0' ' ' <"$cmdline"; } 2>/dev/null | grep -qF -- "$1" && basename "$(dirname "$cmdline")"
+    done
+    return 0
+}
+
+# reap_orphans NAME KEEP: stop registries in $RUN_DIR/NAME.* other than KEEP (left by a lost
+# state file or an interrupted run) and delete their folders.
+reap_orphans() {
+    local dir pid
+    for dir in "$RUN_DIR/$1".*; do
+        [[ -d $dir && $dir != "$2" ]] || continue
+        for pid in $(pids_using "$dir/config.yml"); do stop_stale "$pid" docker-registry; done
+        rm -rf -- "$dir"
+    done
+}
+
+# wait_alive SECONDS PID COMMAND...: like wait_until, but give up as soon as PID exits.
+wait_alive() {
+    local deadline=$((SECONDS + $1)) pid=$2
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) && kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.25
+    done
+}
+
 http_status() {
     curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$@" || true
 }
@@ -149,7 +179,7 @@ ensure_local_engine() {
     log "starting dockerd (log $DOCKERD_LOG)"
     PATH=$PATH:/usr/sbin:/sbin setsid dockerd </dev/null >>"$DOCKERD_LOG" 2>&1 9>&- &
     DOCKERD_PID=$!
-    wait_until 60 local_engine_ok || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"
+    wait_alive 60 "$DOCKERD_PID" local_engine_ok || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"
 }
 
 # Prefer a CLI with the buildx plugin; else a pre-23 CLI, whose built-in BuildKit works.
@@ -209,9 +239,10 @@ start_registry() {
         setsid docker-registry serve "$REG_DIR/config.yml" </dev/null >>"$REG_LOG" 2>&1 9>&- &
         REG_PID=$!
         if [[ -n $auth ]]; then
-            wait_until 15 auth_registry_ok "$REG_ADDR" "$AUTH_USER" "$AUTH_PASSWORD" && return 0
+            wait_alive 15 "$REG_PID" auth_registry_ok "$REG_ADDR" "$AUTH_USER" "$AUTH_PASSWORD" &&
+                return 0
         else
-            wait_until 15 registry_ok "$REG_ADDR" && return 0
+            wait_alive 15 "$REG_PID" registry_ok "$REG_ADDR" && return 0
         fi
         kill "$REG_PID" 2>/dev/null || true
         log "registry $name did not come up on $REG_ADDR (attempt $attempt); see $REG_LOG"
@@ -243,6 +274,8 @@ ensure_registries() {
         AUTH_REGISTRY_DIR=$REG_DIR
         log "started auth registry on $AUTH_REGISTRY (user $AUTH_USER)"
     fi
+    reap_orphans registry "$REGISTRY_DIR"
+    reap_orphans auth-registry "$AUTH_REGISTRY_DIR"
 }
 
 # ensure_rule TABLE RULE...: append an iptables rule unless it is already there.
@@ -289,7 +322,8 @@ ensure_remote_engine() {
         return 0
     fi
     REMOTE_DIR=$RUN_DIR/remote-engine
-    stop_stale "$OLD_pids_remote_dockerd" dockerd
+    local pid
+    for pid in $(pids_using "--data-root $REMOTE_DIR/data"); do stop_stale "$pid" dockerd; done
     mkdir -p "$REMOTE_DIR/data" "$REMOTE_DIR/exec"
     REMOTE_LOG=$REMOTE_DIR/dockerd.log
     local port=${OLD_remote_docker_host##*:} bridge=$REMOTE_BRIDGE
@@ -306,7 +340,7 @@ ensure_remote_engine() {
         --containerd-namespace "$REMOTE_NS" --containerd-plugins-namespace "$REMOTE_NS-plugins" \
         </dev/null >>"$REMOTE_LOG" 2>&1 9>&- &
     REMOTE_PID=$!
-    wait_until 60 engine_ok "$REMOTE_DOCKER_HOST" ||
+    wait_alive 60 "$REMOTE_PID" engine_ok "$REMOTE_DOCKER_HOST" ||
         die "remote engine did not answer within 60 s; see $REMOTE_LOG"
 }
 
@@ -388,7 +422,7 @@ state: dict = {"version": 1}
 for key, value in sorted(env.items()):
     group, _, sub = key.partition("_")
     if group in ("pids", "logs", "dirs"):
-        state.setdefault(group, {})[sub] = (int(value) if group == "pids" else value) or None
+        state.setdefault(group, {})[sub] = (int(value) if group == "pids" else value) if value else None
     elif key == "docker_buildx":
         state[key] = value == "true"
     else:

@@ -168,9 +168,12 @@ bad = Image.from_base({base!r}).clone(name="cli-bad-{run}").with_commands(
 @pytest.fixture
 def build_env(infra: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("IMAGED_DEBIAN_BASE", infra.debian_base_template)
-    monkeypatch.setenv("IMAGED_BUILD_CA_BUNDLE", str(infra.ca_bundle))
+    if infra.ca_bundle:
+        monkeypatch.setenv("IMAGED_BUILD_CA_BUNDLE", infra.ca_bundle)
     monkeypatch.setenv("IMAGED_DOCKER_CLI", infra.docker_cli)
     monkeypatch.delenv("IMAGED_REGISTRY", raising=False)
+    if infra.docker_host:
+        monkeypatch.setenv("DOCKER_HOST", infra.docker_host)
     return infra
 
 

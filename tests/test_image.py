@@ -423,7 +423,7 @@ def test_env_var_values_are_kept_exactly() -> None:
         "QUOTES": 'it\'s "quoted"',
         "DOLLAR": "$HOME ${PATH} $$",
         "BACKSLASH": "C:\\dir\\n \\",
-        "NEWLINE": "a\nb",
+        "TAB": "a\tb",
         "EMPTY": "",
     }
     img = ref_image().with_env_vars(env)
@@ -432,6 +432,20 @@ def test_env_var_values_are_kept_exactly() -> None:
     assert isinstance(layer, L.EnvVars)
     assert dict(layer.env) == env
     assert [k for k, _ in layer.env] == list(env)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("a\nb", id="newline"),
+        pytest.param("a\rb", id="cr"),
+        pytest.param("a\x00b", id="nul"),
+    ],
+)
+def test_env_var_values_that_a_dockerfile_cannot_hold_are_refused(value: str) -> None:
+    with pytest.raises(SpecError, match="line breaks") as info:
+        ref_image().with_env_vars({"X": value})
+    assert info.value.layer == "env_vars"
 
 
 def test_source_file_basename_collision() -> None:

@@ -227,7 +227,9 @@ def test_requirements_edit_names_the_file(
     reqs = write(project / "reqs/requirements.txt", "httpx\nrich\n")
     changes = tracker.apply_changes([reqs])
     assert set(changes) == {"api", "child"}
-    assert changes["api"].reasons == (Reason("#2 requirements requirements.txt", ("requirements.txt",)),)
+    assert changes["api"].reasons == (
+        Reason("#2 requirements requirements.txt", ("requirements.txt",)),
+    )
     assert_fresh(tracker, images)
 
 
@@ -404,7 +406,12 @@ def _random_edit(rng: random.Random, root: Path) -> list[Path]:
     names = ["a.py", "b.log", "c.md", "__pycache__/d.pyc", "e.txt", "uv.lock", "4913"]
     folder = root / rng.choice(folders)
     path = folder / rng.choice(names)
-    action = rng.choice(["write", "write", "write", "delete", "rmtree", "chmod", "ignore"])
+    action = rng.choice(["write", "write", "write", "delete", "rmtree", "chmod", "ignore", "move"])
+    if action == "move" and folder.is_dir() and folder.name in ("deep", "x"):
+        other = folder.parent / ("x" if folder.name == "deep" else "deep")
+        shutil.rmtree(other, ignore_errors=True)
+        os.rename(folder, other)
+        return [folder, other]
     if action == "write":
         write(path, rng.choice(["1", "2", "3"]))
         return [path]
@@ -424,7 +431,7 @@ def _random_edit(rng: random.Random, root: Path) -> list[Path]:
     return []
 
 
-@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed{s}") for s in range(int(__import__("os").environ.get("NSEEDS", "6")))])
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed{s}") for s in range(8)])
 def test_invariant_holds_after_random_edit_sequences(
     tracker: ImageTracker, images: dict[str, Image], project: Path, seed: int
 ) -> None:
@@ -458,3 +465,29 @@ def test_one_file_edit_in_a_5000_file_tree_is_fast(tmp_path: Path) -> None:
     sys.stderr.write(f"\none-file apply_changes on 5,000 files: {best * 1000:.2f} ms\n")
     assert best < 0.02
     assert tracker.digest_of("big").digest == hash_image(image, DigestCache()).digest
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param("build", id="ignored-folder"),
+        pytest.param("build/sub", id="ignored-subfolder"),
+        pytest.param("build/sub/keep.txt", id="the-kept-file"),
+    ],
+)
+def test_exception_inside_an_ignored_folder_survives_folder_events(
+    tmp_path: Path, event: str
+) -> None:
+    write(tmp_path / "src/.dockerignore", "build\n!build/sub/keep.txt\n")
+    write(tmp_path / "src/build/sub/keep.txt", "kept\n")
+    write(tmp_path / "src/build/sub/drop.txt", "dropped\n")
+    image = Image.from_base(BASE).with_source_folder(tmp_path / "src").clone(name="app")
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"app": image})
+    assert tracker.is_relevant(tmp_path / "src/build/sub/keep.txt")
+    assert not tracker.is_relevant(tmp_path / "src/build/sub/drop.txt")
+    assert tracker.apply_changes([tmp_path / "src" / event]) == {}
+    assert_fresh(tracker, {"app": image})
+    write(tmp_path / "src/build/sub/keep.txt", "kept, edited\n")
+    assert set(tracker.apply_changes([tmp_path / "src/build/sub/keep.txt"])) == {"app"}
+    assert_fresh(tracker, {"app": image})

@@ -1,0 +1,168 @@
+"""The file watcher adapter: watchfiles behind a small backend protocol, filtered and restartable."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Protocol, cast
+
+import anyio
+import watchfiles
+from watchfiles import Change
+
+__all__ = [
+    "RawBatch",
+    "RestartFlag",
+    "StopSignal",
+    "WatchBackend",
+    "WatchfilesBackend",
+    "existing_roots",
+    "watch_paths",
+]
+
+STEP_MS = 50
+RUST_TIMEOUT_MS = 1_000
+
+RawBatch = set[tuple[Change, str]]
+
+
+class StopSignal(Protocol):
+    """What a backend polls to know when to return (``anyio.Event`` is one)."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+class RestartFlag(Protocol):
+    """Set it to restart watching with fresh roots. A resettable flag (``threading.Event``)
+    is cleared each time watching restarts; a one-shot ``anyio.Event`` counts once."""
+
+    def is_set(self) -> bool: ...
+
+
+class WatchBackend(Protocol):
+    """Yields raw batches of (change, absolute path) until ``stop_event`` is set."""
+
+    def watch(
+        self, paths: Sequence[Path], *, stop_event: StopSignal, debounce_ms: int, step_ms: int
+    ) -> AsyncIterator[RawBatch]: ...
+
+
+class WatchfilesBackend:
+    """The real backend: the OS's notifications (inotify, FSEvents) through watchfiles.
+
+    ``rust_timeout_ms`` bounds how long cancelling the watching task can take: the Rust
+    thread only looks at the stop event between waits (watchfiles issue #110).
+    """
+
+    def __init__(self, *, rust_timeout_ms: int = RUST_TIMEOUT_MS) -> None:
+        self.rust_timeout_ms = rust_timeout_ms
+
+    async def watch(
+        self, paths: Sequence[Path], *, stop_event: StopSignal, debounce_ms: int, step_ms: int
+    ) -> AsyncIterator[RawBatch]:
+        changes = watchfiles.awatch(
+            *paths,
+            stop_event=cast("anyio.Event", stop_event),
+            debounce=debounce_ms,
+            step=step_ms,
+            recursive=True,
+            watch_filter=None,
+            rust_timeout=self.rust_timeout_ms,
+            yield_on_timeout=False,
+        )
+        async for batch in changes:
+            yield batch
+
+
+class _Restart:
+    """Restart requests from a resettable or a one-shot flag."""
+
+    def __init__(self, flag: RestartFlag | None) -> None:
+        self.flag = flag
+        self.spent = False
+
+    def pending(self) -> bool:
+        return self.flag is not None and not self.spent and self.flag.is_set()
+
+    def take(self) -> None:
+        clear = getattr(self.flag, "clear", None)
+        if callable(clear):
+            clear()
+        elif self.pending():
+            self.spent = True
+
+
+class _GenerationStop:
+    """Ends one watch generation: on the caller's stop, a restart request, or our own set()."""
+
+    def __init__(self, stop: StopSignal, restart: _Restart) -> None:
+        self._stop = stop
+        self._restart = restart
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set or self._restart.pending() or self._stop.is_set()
+
+    def set(self) -> None:
+        self._set = True
+
+
+def _nearest_folder(path: Path) -> Path:
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def existing_roots(paths: Iterable[Path]) -> set[Path]:
+    """Each path, or its nearest existing parent folder; then only the outermost ones."""
+    kept: list[Path] = []
+    for path in sorted({_nearest_folder(p) for p in paths}, key=lambda p: len(p.parts)):
+        if not any(path == k or k in path.parents for k in kept):
+            kept.append(path)
+    return set(kept)
+
+
+async def _wait_until(signal: StopSignal) -> None:
+    # The signal combines flags that other tasks or threads set: there is no one event to await.
+    while not signal.is_set():  # noqa: ASYNC110
+        await anyio.sleep(STEP_MS / 1000)
+
+
+async def watch_paths(
+    roots: Callable[[], set[Path]],
+    relevant: Callable[[Path], bool],
+    *,
+    stop_event: StopSignal,
+    backend: WatchBackend | None = None,
+    debounce_ms: int = 50,
+    restart: RestartFlag | None = None,
+) -> AsyncIterator[set[Path]]:
+    """Yield batches of relevant changed absolute paths until ``stop_event`` is set.
+
+    Watching restarts with fresh ``roots()`` when ``restart`` is set, after any batch that
+    changed ``roots()`` (a reload, a root that appeared or disappeared): a root that does not exist yet is watched through its
+    nearest existing parent folder, and ``relevant`` keeps the noise out.
+
+    >>> # async for paths in watch_paths(tracker.watch_roots, tracker.is_relevant,
+    >>> #                                stop_event=stop): tracker.apply_changes(paths)
+    """
+    backend = backend or WatchfilesBackend()
+    requests = _Restart(restart)
+    while not stop_event.is_set():
+        requests.take()
+        watched = existing_roots(roots())
+        generation = _GenerationStop(stop_event, requests)
+        if not watched:
+            await _wait_until(generation)
+            continue
+        batches = backend.watch(
+            sorted(watched), stop_event=generation, debounce_ms=debounce_ms, step_ms=STEP_MS
+        )
+        async for batch in batches:
+            found = {Path(path) for _, path in batch if relevant(Path(path))}
+            if found:
+                yield found
+            if existing_roots(roots()) != watched:
+                generation.set()  # the backend returns within step_ms; then we restart

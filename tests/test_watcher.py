@@ -1,0 +1,250 @@
+"""Tests for imaged.watcher: filtering, restarts, missing roots, and real inotify."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from fakes import ScriptedWatchBackend, Step
+from watchfiles import Change
+
+from imaged.hashing import DigestCache, hash_image
+from imaged.image import Image
+from imaged.tracker import DigestChange, ImageTracker
+from imaged.watcher import (
+    RestartFlag,
+    WatchBackend,
+    WatchfilesBackend,
+    existing_roots,
+    watch_paths,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncio only: the trio on this machine is too old for anyio 4's thread API."""
+    return "asyncio"
+
+
+def _py_only(path: Path) -> bool:
+    return path.suffix == ".py"
+
+
+async def collect(
+    roots: Callable[[], set[Path]],
+    backend: WatchBackend,
+    *,
+    want: int,
+    relevant: Callable[[Path], bool] = _py_only,
+    restart: RestartFlag | None = None,
+    within: float = 2.0,
+) -> list[set[Path]]:
+    """Run watch_paths until ``want`` batches came (or ``within`` s passed), then stop it."""
+    stop = anyio.Event()
+    batches: list[set[Path]] = []
+
+    async def consume() -> None:
+        async for batch in watch_paths(
+            roots, relevant, stop_event=stop, backend=backend, restart=restart
+        ):
+            batches.append(batch)
+            if len(batches) >= want:
+                stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        with anyio.move_on_after(within):
+            await stop.wait()
+        stop.set()
+    return batches
+
+
+def batch(*changes: tuple[Change, Path]) -> set[tuple[Change, str]]:
+    return {(change, str(path)) for change, path in changes}
+
+
+# -- with the scripted fake -------------------------------------------------------------
+
+
+async def test_only_relevant_paths_are_yielded_and_empty_batches_skipped(tmp_path: Path) -> None:
+    steps: list[Step] = [
+        batch((Change.added, tmp_path / "a.py"), (Change.added, tmp_path / "a.pyc")),
+        batch((Change.modified, tmp_path / "b.pyc")),
+        batch((Change.deleted, tmp_path / "c.py")),
+    ]
+    backend = ScriptedWatchBackend(steps)
+    got = await collect(lambda: {tmp_path}, backend, want=2)
+    assert got == [{tmp_path / "a.py"}, {tmp_path / "c.py"}]
+    assert backend.roots == [(tmp_path,)]
+
+
+@pytest.mark.parametrize(
+    "make_flag",
+    [
+        pytest.param(threading.Event, id="resettable"),
+        pytest.param(anyio.Event, id="one-shot"),
+    ],
+)
+async def test_restart_watches_the_new_roots(
+    tmp_path: Path, make_flag: Callable[[], threading.Event | anyio.Event]
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    current = {first}
+    restart = make_flag()
+
+    def reload() -> None:
+        current.clear()
+        current.add(second)
+        restart.set()
+
+    backend = ScriptedWatchBackend(
+        [batch((Change.modified, first / "a.py")), reload, batch((Change.added, second / "b.py"))]
+    )
+    got = await collect(lambda: set(current), backend, want=2, restart=restart)
+    assert got == [{first / "a.py"}, {second / "b.py"}]
+    assert backend.roots == [(first,), (second,)]
+    assert restart.is_set() is isinstance(restart, anyio.Event)
+
+
+async def test_missing_root_is_watched_through_its_parent_until_it_appears(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "later" / "src"
+    backend = ScriptedWatchBackend(
+        [
+            lambda: root.mkdir(parents=True),
+            batch((Change.added, tmp_path / "later")),
+            batch((Change.added, root / "main.py")),
+        ]
+    )
+    got = await collect(lambda: {root}, backend, want=1)
+    assert got == [{root / "main.py"}]
+    assert backend.roots == [(tmp_path,), (root,)]
+
+
+async def test_stop_ends_the_iteration_without_batches(tmp_path: Path) -> None:
+    backend = ScriptedWatchBackend()
+    with anyio.fail_after(2):
+        got = await collect(lambda: {tmp_path}, backend, want=1, within=0.1)
+    assert got == []
+    assert backend.roots == [(tmp_path,)]
+
+
+async def test_no_roots_waits_for_a_restart(tmp_path: Path) -> None:
+    current: set[Path] = set()
+    restart = threading.Event()
+    backend = ScriptedWatchBackend([batch((Change.added, tmp_path / "a.py"))])
+
+    async def add_root_later() -> None:
+        await anyio.sleep(0.05)
+        current.add(tmp_path)
+        restart.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(add_root_later)
+        got = await collect(lambda: set(current), backend, want=1, restart=restart)
+    assert got == [{tmp_path / "a.py"}]
+    assert backend.roots == [(tmp_path,)]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        pytest.param(["a", "a/b", "a/b/c"], ["a"], id="nested-collapse"),
+        pytest.param(["a/missing/deeper"], ["a"], id="missing-uses-parent"),
+        pytest.param(["a/file.txt"], ["a"], id="file-uses-folder"),
+        pytest.param(["a", "ab"], ["a", "ab"], id="prefix-is-not-parent"),
+    ],
+)
+def test_existing_roots(tmp_path: Path, given: list[str], expected: list[str]) -> None:
+    (tmp_path / "a/b/c").mkdir(parents=True)
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "a/file.txt").write_text("x")
+    assert existing_roots(tmp_path / g for g in given) == {tmp_path / e for e in expected}
+
+
+# -- with real inotify ------------------------------------------------------------------
+
+
+async def _watch_real(src: Path, edit: Callable[[], object], *, within: float) -> list[set[Path]]:
+    stop = anyio.Event()
+    batches: list[set[Path]] = []
+
+    async def consume() -> None:
+        async for found in watch_paths(
+            lambda: {src}, _py_only, stop_event=stop, backend=WatchfilesBackend()
+        ):
+            batches.append(found)
+            stop.set()
+
+    with anyio.fail_after(within + 3):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.sleep(0.3)  # let the inotify watches settle
+            edit()
+            with anyio.move_on_after(within):
+                await stop.wait()
+            stop.set()
+    return batches
+
+
+async def test_real_backend_reports_an_edit_within_2s(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    main = src / "pkg/main.py"
+    main.write_text("print(1)\n")
+    got = await _watch_real(src, lambda: main.write_text("print(2)\n"), within=2.0)
+    assert got
+    assert main in got[0]
+
+
+async def test_real_backend_ignores_irrelevant_and_outside_paths(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def edit() -> None:
+        (src / "notes.txt").write_text("x")
+        (outside / "other.py").write_text("x")
+
+    assert await _watch_real(src, edit, within=1.0) == []
+
+
+async def test_real_backend_feeds_the_tracker_one_move_per_atomic_save(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    main = src / "main.py"
+    main.write_text("print(1)\n")
+    image = Image.from_base("127.0.0.1:5000/base:1").with_source_folder(src).clone(name="app")
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"app": image})
+    stop = anyio.Event()
+    changes: list[DigestChange] = []
+
+    async def consume() -> None:
+        async for found in watch_paths(
+            tracker.watch_roots, tracker.is_relevant, stop_event=stop, backend=WatchfilesBackend()
+        ):
+            changes.extend(tracker.apply_changes(found).values())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.sleep(0.3)
+            tmp = src / ".main.py.tmp.77"
+            tmp.write_text("print(2)\n")
+            os.replace(tmp, main)
+            await anyio.sleep(0.8)
+            stop.set()
+    assert len(changes) == 1
+    assert changes[0].reasons[0].files == ("src/main.py",)
+    assert tracker.digest_of("app").digest == hash_image(image, DigestCache()).digest
