@@ -9,12 +9,12 @@ from typing import Any
 import anyio
 import click
 
-from imaged.config import load_settings
+from imaged.config import Settings, load_settings
 from imaged.engine import ImageBuild, abuild
 from imaged.errors import ImagedError
 from imaged.image import Image
 from imaged.loader import load_definitions
-from imaged.registry import RegistryClient
+from imaged.registry import Existence, RegistryClient
 
 
 def _line(result: ImageBuild) -> str:
@@ -77,6 +77,23 @@ async def _build_all(
                 continue
             _report(result, name, None, as_json)
     return failed
+
+
+async def _check_all(
+    images: dict[str, Image], settings: Settings, client: RegistryClient
+) -> dict[str, Existence]:
+    """Ask the registry about every image at once; errors are left for abuild to raise."""
+    uris: list[str] = []
+    for image in images.values():
+        effective = image.clone(registry=settings.registry) if settings.registry else image
+        if not effective.registry:
+            continue
+        try:
+            uris.append(effective.uri)
+        except ImagedError:
+            continue  # abuild reports it, with the image's name
+    found = await client.check_many(uris)
+    return {uri: answer for uri, answer in found.items() if isinstance(answer, Existence)}
 
 
 def _ordered(images: dict[str, Image]) -> list[tuple[str, Image]]:

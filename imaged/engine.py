@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,8 +154,12 @@ async def abuild(
     registry_client: RegistryClient | None = None,
     cache: DigestCache | None = None,
     on_event: EventSink | None = None,
+    checked: Mapping[str, Existence] | None = None,
 ) -> ImageBuild:
     """Build and push ``image`` unless its content tag already exists in the registry.
+
+    ``checked`` carries answers of a concurrent existence check made just before (by URI);
+    an image whose URI is not in it (or moved since) is checked here.
 
     >>> # result = await abuild(Image.from_base("debian:12").clone(name="x", registry="localhost:5000"))
     """
@@ -180,7 +184,9 @@ async def abuild(
         return _dry_run(image, digest, chosen, result)
     if image.registry and not force:
         t0 = time.perf_counter()
-        exists = await check_existence(image, digest, settings, registry_client)
+        exists = (checked or {}).get(result.uri)
+        if exists is None:
+            exists = await check_existence(image, digest, settings, registry_client)
         result.timings["check"] = time.perf_counter() - t0
         if exists is Existence.EXISTS:
             result.status, result.skipped = "skipped", True
