@@ -7,6 +7,7 @@ records each entry's stat key so the digest cache can skip unchanged contents.
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -63,25 +64,48 @@ def walk_files(root: Path, rules: IgnoreRules, *, start: str = "") -> Iterator[F
     Folders are yielded before their contents. Sorting is by name at each level, which is
     deterministic whatever order the OS lists a folder in.
     """
+    matcher = rules.walker()
     base = os.path.join(root, start) if start else str(root)
+    stack = [(matcher.folder(start), _sorted_children(base))]
+    while stack:
+        folder, children = stack[-1]
+        for child in children:
+            name = child.name
+            rel = folder.prefix + name
+            is_dir = child.is_dir(follow_symlinks=False)
+            ignored, best = matcher.child(folder, name, rel, is_dir=is_dir)
+            if ignored:
+                if is_dir and not matcher.can_prune(rel):
+                    stack.append((matcher.enter(folder, name, best), _sorted_children(child.path)))
+                    break
+                continue
+            st = child.stat(follow_symlinks=False)
+            mode = st.st_mode
+            if mode & _S_IFMT == _S_IFREG:  # entry_from_stat's common case, inlined
+                key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, mode)
+                entry = FileEntry(rel, FILE, bool(mode & 0o111), None, key)
+            elif (found := entry_from_stat(rel, child.path, st)) is not None:
+                entry = found
+            else:
+                continue
+            yield entry
+            if is_dir:
+                stack.append((matcher.enter(folder, name, best), _sorted_children(child.path)))
+                break
+        else:
+            stack.pop()
+
+
+def _sorted_children(path: str) -> Iterator[os.DirEntry[str]]:
     try:
-        with os.scandir(base) as it:
-            children = sorted(it, key=lambda e: e.name)
+        with os.scandir(path) as it:
+            return iter(sorted(it, key=_name_of))
     except (FileNotFoundError, NotADirectoryError):
-        return
-    for child in children:
-        rel = f"{start}/{child.name}" if start else child.name
-        is_dir = child.is_dir(follow_symlinks=False)
-        if rules.is_ignored(rel, is_dir=is_dir):
-            if is_dir and not rules.can_prune(rel):
-                yield from walk_files(root, rules, start=rel)
-            continue
-        entry = entry_from_stat(rel, child.path, child.stat(follow_symlinks=False))
-        if entry is None:
-            continue
-        yield entry
-        if is_dir:
-            yield from walk_files(root, rules, start=rel)
+        return iter(())
+
+
+_name_of = operator.attrgetter("name")
+_S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG
 
 
 def list_files(root: Path, rules: IgnoreRules) -> tuple[FileEntry, ...]:

@@ -14,7 +14,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ TAG_HEX_CHARS = 32
 RACY_WINDOW_NS = 2_000_000_000
 EXEC_SUFFIX = "+x"
 _CHUNK = 1 << 20
-_PARALLEL_THRESHOLD = 64
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_U64 = struct.Struct(">Q").pack
 
 
 # -- canonical encoding -----------------------------------------------------------------
@@ -116,6 +116,16 @@ class DigestCache:
             self.entries[path] = (key, recorded, digest)
         return digest
 
+    def read_many(self, wanted: list[tuple[str, tuple[int, ...]]]) -> list[str]:
+        """Read and record the digests of files the cache could not answer, in order."""
+        recorded = time.time_ns()
+        digests = [read_digest(path, key[0]) for path, key in wanted]
+        with self._lock:
+            self.reads += len(wanted)
+            for (path, key), digest in zip(wanted, digests, strict=True):
+                self.entries[path] = (key, recorded, digest)
+        return digests
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": 1,
@@ -132,11 +142,19 @@ class DigestCache:
         return cls(entries=entries)
 
 
-def read_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+def read_digest(path: str, size_hint: int = 0) -> str:
+    """The sha256 hex of a file's content; ``size_hint`` (its stat size) lets a small file
+    be read with one system call."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        first = os.read(fd, size_hint + 1 if 0 < size_hint < _CHUNK else _CHUNK)
+        h = hashlib.sha256(first)
+        if len(first) != size_hint or size_hint >= _CHUNK:
+            # Exactly the stat size from a request one byte larger is the whole file.
+            while chunk := os.read(fd, _CHUNK):
+                h.update(chunk)
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
@@ -173,7 +191,9 @@ class TreeIndex:
         self.cache = cache
         self.entries: dict[str, FileEntry] = {}
         self.contents: dict[str, str] = {}
-        self.children: dict[str, set[str]] = {"": set()}
+        # folder -> its children's relpaths; a dict as an ordered set, so that after a walk
+        # (which adds them sorted) sorting them again for the Merkle node is linear.
+        self.children: dict[str, dict[str, None]] = {"": {}}
         self._dir_digests: dict[str, str] = {}
         self._dirty: set[str] = {""}
 
@@ -273,29 +293,45 @@ class TreeIndex:
         return self.cache.file_digest(os.path.join(self.root, entry.relpath), entry.stat_key)
 
     def _add_all(self, entries: list[FileEntry]) -> None:
-        files = [e for e in entries if e.type == FILE]
-        digests: Iterable[str | None]
-        if len(files) >= _PARALLEL_THRESHOLD:
-            with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
-                found = dict(
-                    zip((e.relpath for e in files), pool.map(self._content_of, files), strict=True)
-                )
-            digests = [found.get(e.relpath) for e in entries]
-        else:
-            digests = [self._content_of(e) for e in entries]
-        for entry, digest in zip(entries, digests, strict=True):
-            self._put(entry, digest)
+        """Fold in walked entries (folders before their contents); cache lookups happen
+        here, and only the misses are read, in one batch."""
+        tree, kids_of, contents, dirty = self.entries, self.children, self.contents, self._dirty
+        prefix, lookup = os.path.join(self.root, ""), self.cache.lookup
+        misses: list[tuple[str, tuple[int, ...]]] = []
+        for entry in entries:
+            rel = entry.relpath
+            parent = rel[: rel.rfind("/")] if "/" in rel else ""
+            kids = kids_of.get(parent)
+            if kids is None:  # a walk that started below a folder this index does not hold
+                self._put(entry, None)
+                kids = kids_of[parent]
+            tree[rel] = entry
+            kids[rel] = None
+            dirty.add(parent)
+            if entry.type == FILE:
+                digest = lookup(prefix + rel, entry.stat_key)
+                if digest is None:
+                    misses.append((prefix + rel, entry.stat_key))
+                else:
+                    contents[rel] = digest
+            elif entry.type == DIR:
+                kids_of.setdefault(rel, {})
+                dirty.add(rel)
+        cut = len(prefix)
+        for (path, _), digest in zip(misses, self.cache.read_many(misses), strict=True):
+            contents[path[cut:]] = digest
 
     def _put(self, entry: FileEntry, digest: str | None) -> None:
         rel = entry.relpath
-        for ancestor in _ancestors(rel):
-            if ancestor not in self.children:
-                self.children[ancestor] = set()
-                self.children[_parent(ancestor)].add(ancestor)
+        if _parent(rel) not in self.children:
+            for ancestor in _ancestors(rel):
+                if ancestor not in self.children:
+                    self.children[ancestor] = {}
+                    self.children[_parent(ancestor)][ancestor] = None
         self.entries[rel] = entry
-        self.children[_parent(rel)].add(rel)
+        self.children[_parent(rel)][rel] = None
         if entry.type == DIR:
-            self.children.setdefault(rel, set())
+            self.children.setdefault(rel, {})
             self._dirty.add(rel)
         elif digest is not None:
             self.contents[rel] = digest
@@ -312,7 +348,7 @@ class TreeIndex:
         self._dirty.discard(rel)
         self.entries.pop(rel, None)
         self.contents.pop(rel, None)
-        self.children.get(_parent(rel), set()).discard(rel)
+        self.children.get(_parent(rel), {}).pop(rel, None)
         self._dirty.add(_parent(rel))
         return removed
 
@@ -328,17 +364,43 @@ class TreeIndex:
         self._dirty.clear()
 
     def _hash_dir(self, rel: str) -> str:
+        cut = len(rel) + 1 if rel else 0
+        entries, contents, dir_digests = self.entries, self.contents, self._dir_digests
         rows: list[tuple[str, str, bool, str]] = []
         for child in sorted(self.children[rel]):
-            name = child.rpartition("/")[2]
-            entry = self.entries.get(child)
+            entry = entries.get(child)
             if entry is None or entry.type == DIR:
-                rows.append((name, DIR, False, self._dir_digests[child]))
+                rows.append((child[cut:], DIR, False, dir_digests[child]))
             elif entry.type == SYMLINK:
-                rows.append((name, SYMLINK, False, entry.target or ""))
+                rows.append((child[cut:], SYMLINK, False, entry.target or ""))
             else:
-                rows.append((name, FILE, entry.executable, self.contents[child]))
-        return sha256_hex(("dir", rows))
+                rows.append((child[cut:], FILE, entry.executable, contents[child]))
+        return hashlib.sha256(encode_dir(rows)).hexdigest()
+
+
+def encode_dir(rows: list[tuple[str, str, bool, str]]) -> bytes:
+    """``encode(("dir", rows))`` without the generic recursion (a folder's Merkle node)."""
+    out = bytearray(_DIR_HEAD)
+    out += _U64(len(rows))
+    for name, kind, executable, value in rows:
+        raw_name = name.encode("utf-8", "surrogatepass")
+        raw_value = value.encode("utf-8", "surrogatepass")
+        out += _ROW_HEAD
+        out += _U64(len(raw_name))
+        out += raw_name
+        out += _ROW_KIND[kind, executable]
+        out += _U64(len(raw_value))
+        out += raw_value
+    return bytes(out)
+
+
+_DIR_HEAD = encode(("dir", []))[:-8]
+_ROW_HEAD = b"l" + _U64(4) + b"s"
+_ROW_KIND = {
+    (kind, executable): encode([kind, executable]).removeprefix(b"l" + _U64(2)) + b"s"
+    for kind in (FILE, SYMLINK, DIR)
+    for executable in (False, True)
+}
 
 
 # -- image and layer digests ------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
 from imaged.errors import SpecError
 
-__all__ = ["STANDARD_IGNORES", "IgnoreRules"]
+__all__ = ["STANDARD_IGNORES", "Folder", "IgnoreRules", "Matcher"]
 
 Syntax = Literal["docker", "git"]
 
@@ -157,6 +157,7 @@ class IgnoreRules:
     """
 
     rules: tuple[_Rule, ...] = ()
+    _matcher: Matcher | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_lines(
@@ -224,9 +225,21 @@ class IgnoreRules:
         >>> IgnoreRules.from_lines(["build", "!build/keep.txt"]).can_prune("build")
         False
         """
-        if not self.is_ignored(reldir, is_dir=True):
-            return False
-        return not any(rule.negated and rule.may_match_below(reldir) for rule in self.rules)
+        return self.is_ignored(reldir, is_dir=True) and self.walker().can_prune(reldir)
+
+    def walker(self) -> Matcher:
+        """The walk-time matcher of these rules (built once, then cached on the rules).
+
+        >>> rules = IgnoreRules.from_lines(["build", "!build/keep.txt"])
+        >>> m = rules.walker()
+        >>> ignored, best = m.child(m.folder(""), "build", "build", is_dir=True)
+        >>> ignored, m.child(m.enter(m.folder(""), "build", best), "x", "build/x", is_dir=False)[0]
+        (True, True)
+        """
+        if self._matcher is None:
+            object.__setattr__(self, "_matcher", Matcher(self.rules))
+        assert self._matcher is not None
+        return self._matcher
 
 
 def _parse_docker_lines(lines: Iterable[str]) -> Iterable[_DockerRule]:
@@ -290,7 +303,7 @@ def _translate_docker(pattern: str) -> tuple[_Kind, re.Pattern[str] | None]:
             if i < n and pattern[i] == "/":
                 i += 1  # "**/" is read as "**"
             if i < n:
-                parts.append("(.*/)?")
+                parts.append("(?:.*/)?")
                 kind = _Kind.REGEXP
             elif kind is _Kind.EXACT:
                 kind = _Kind.PREFIX
@@ -395,3 +408,197 @@ def _clean_base(base: str) -> str:
     if cleaned == ".." or cleaned.startswith("../"):
         raise SpecError(f"a .gitignore base must lie inside the context, not {base!r}")
     return cleaned
+
+
+# -- walk-time matching -------------------------------------------------------------------
+#
+# Docker semantics are "the last rule that matches the path or any ancestor decides", so a walk
+# carries, per folder, the highest rule matching the folder or an ancestor, and matches each
+# child only against itself: one regex alternation of the rules in reverse order, whose first
+# full match is the highest matching rule. Rules that depend on the name alone ("**/*.pyc")
+# are matched once per distinct name; the others only in folders whose children they can reach.
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """A folder as a walk sees it: ``best`` is 1 + the index of the last docker rule that
+    matches it or an ancestor (0 for none); ``paths`` matches the rules its children may hit."""
+
+    rel: str
+    prefix: str
+    best: int
+    paths: re.Pattern[str] | None
+    groups: tuple[int, ...]
+
+
+class Matcher:
+    """Walk-time form of an :class:`IgnoreRules`: the same answers as ``is_ignored`` for every
+    path of a walk that starts at ``folder(reldir)`` and descends with ``enter``."""
+
+    def __init__(self, rules: tuple[_Rule, ...]) -> None:
+        self._reference = IgnoreRules(rules)
+        self._ignores = (False, *(not rule.negated for rule in rules))
+        self._negated = tuple(rule for rule in rules if rule.negated)
+        self._names: dict[str, int] = {}
+        self._subsets: dict[tuple[int, ...], tuple[re.Pattern[str] | None, tuple[int, ...]]] = {}
+        name_rules: list[tuple[int, str]] = []
+        self._path_rules: list[tuple[int, _DockerRule, str]] = []
+        self._git: list[tuple[int, _GitRule]] = []
+        for number, rule in enumerate(rules, start=1):
+            if isinstance(rule, _DockerRule):
+                source = _docker_source(rule)
+                if _depends_on_name_only(rule):
+                    name_rules.append((number, source))
+                else:
+                    self._path_rules.append((number, rule, source))
+            elif isinstance(rule, _GitRule):
+                self._git.append((number, rule))
+        try:
+            self._name_re, self._name_groups = _alternation(name_rules)
+            _alternation([(n, source) for n, _, source in self._path_rules])
+            self._git_filter = _git_prefilter(self._git)
+            self.exact = True
+        except re.error:
+            self.exact = False  # a pattern that only compiles on its own: ask is_ignored
+
+    def folder(self, reldir: str) -> Folder:
+        """The state of any folder, from scratch (``""`` is the root)."""
+        best = 0
+        if reldir:
+            for number, rule in enumerate(self._reference.rules, start=1):
+                if isinstance(rule, _DockerRule) and rule.match(reldir, is_dir=True):
+                    best = number
+        return self._make_folder(reldir, best)
+
+    def enter(self, folder: Folder, name: str, best: int) -> Folder:
+        """The state of the child folder ``name``, given the ``best`` that ``child`` returned."""
+        return self._make_folder(folder.prefix + name, best)
+
+    def child(self, folder: Folder, name: str, rel: str, *, is_dir: bool) -> tuple[bool, int]:
+        """Whether ``rel`` (``folder.prefix + name``) is ignored, and its ``best`` for ``enter``."""
+        if not self.exact:
+            return self._reference.is_ignored(rel, is_dir=is_dir), 0
+        best = folder.best
+        found = self._names.get(name)
+        if found is None:
+            found = self._match_name(name)
+        if found > best:
+            best = found
+        if folder.paths is not None:
+            hit = folder.paths.fullmatch(rel)
+            if hit is not None and folder.groups[hit.lastindex or 0] > best:
+                best = folder.groups[hit.lastindex or 0]
+        if self._git:
+            return self._decide_with_git(rel, best, is_dir=is_dir), best
+        return self._ignores[best], best
+
+    def can_prune(self, reldir: str) -> bool:
+        """For an ignored folder: True when no ``!`` pattern could re-include anything below."""
+        return not any(rule.may_match_below(reldir) for rule in self._negated)
+
+    def _match_name(self, name: str) -> int:
+        hit = self._name_re.fullmatch(name) if self._name_re is not None else None
+        found = 0 if hit is None else self._name_groups[hit.lastindex or 0]
+        if len(self._names) >= 1 << 16:
+            self._names.clear()
+        self._names[name] = found
+        return found
+
+    def _make_folder(self, rel: str, best: int) -> Folder:
+        prefix = rel + "/" if rel else ""
+        depth = prefix.count("/")
+        subset = tuple(
+            number for number, rule, _ in self._path_rules if _may_match_child(rule, prefix, depth)
+        )
+        compiled = self._subsets.get(subset)
+        if compiled is None:
+            chosen = [(n, source) for n, _, source in self._path_rules if n in subset]
+            compiled = self._subsets[subset] = _alternation(chosen)
+        return Folder(rel, prefix, best, compiled[0], compiled[1])
+
+    def _decide_with_git(self, rel: str, best: int, *, is_dir: bool) -> bool:
+        """``is_ignored``'s ranking with the docker rules folded into ``best``: the last rule
+        that matched at full strength, or a non-negated one through a parent folder, decides;
+        after the latter, a later ``!`` that also matched through a parent re-includes."""
+        if self._git_filter is not None and not any(
+            rel.startswith(base) and regex.match(rel[len(base) :] + ("/" if is_dir else ""))
+            for base, regex in self._git_filter
+        ):
+            return self._ignores[best]
+        top, strength, weak_negation = best, _PATH_MATCH if best else _NO_MATCH, 0
+        for number, rule in self._git:
+            found = rule.match(rel, is_dir=is_dir)
+            if found == _DIR_MATCH and rule.negated:
+                weak_negation = number
+            elif found and number > top:
+                top, strength = number, found
+        if strength == _PATH_MATCH:
+            return self._ignores[top]
+        return strength == _DIR_MATCH and weak_negation < top
+
+
+def _docker_source(rule: _DockerRule) -> str:
+    """A regex that fully matches exactly the paths ``rule._matches`` accepts."""
+    pattern = rule.pattern
+    if rule.kind is _Kind.EXACT:
+        return re.escape(pattern)
+    if rule.kind is _Kind.PREFIX:
+        return re.escape(pattern[:-2]) + "(?s:.*)"
+    if rule.kind is _Kind.SUFFIX:
+        suffix = pattern[2:]
+        source = "(?s:.*)" + re.escape(suffix)
+        return source + "|" + re.escape(suffix[1:]) if suffix.startswith("/") else source
+    assert rule.regex is not None
+    return rule.regex.pattern
+
+
+def _depends_on_name_only(rule: _DockerRule) -> bool:
+    """True for "**/NAME"-like rules: a path matches exactly when its last part matches."""
+    if rule.kind is _Kind.SUFFIX:
+        suffix = rule.pattern[2:]
+        return "/" not in (suffix[1:] if suffix.startswith("/") else suffix)
+    if rule.kind is not _Kind.REGEXP or not rule.pattern.startswith("**"):
+        return False
+    rest = rule.pattern[2:].removeprefix("/")
+    # "*" and "?" never match "/", but a class can ("[^a]") and "**" does.
+    return "**" not in rest and not any(char in rest for char in "/[]\\")
+
+
+def _may_match_child(rule: _DockerRule, prefix: str, depth: int) -> bool:
+    """False when ``rule`` cannot match any ``prefix + name`` (a path with ``depth`` slashes)."""
+    pattern = rule.pattern
+    if rule.kind is _Kind.EXACT:
+        return pattern.count("/") == depth and pattern.startswith(prefix)
+    if rule.kind is _Kind.SUFFIX:
+        return True
+    literal = pattern[:-2] if rule.kind is _Kind.PREFIX else _LITERAL_STOP.split(pattern, 1)[0]
+    if not (literal.startswith(prefix) or prefix.startswith(literal)):
+        return False
+    if rule.kind is _Kind.PREFIX or "**" in pattern or "[" in pattern:
+        return True
+    return pattern.count("/") == depth
+
+
+def _alternation(
+    sources: list[tuple[int, str]],
+) -> tuple[re.Pattern[str] | None, tuple[int, ...]]:
+    """One regex trying the rules last-first; group k (1-based) is rule ``numbers[k]``."""
+    if not sources:
+        return None, (0,)
+    ordered = sorted(sources, reverse=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # see _compile_regex
+        regex = re.compile("|".join(f"({source})" for _, source in ordered))
+    return regex, (0, *(number for number, _ in ordered))
+
+
+def _git_prefilter(rules: list[tuple[int, _GitRule]]) -> list[tuple[str, re.Pattern[str]]] | None:
+    """Per base folder, one regex that matches when any of its git rules can match."""
+    by_base: dict[str, list[str]] = {}
+    for _, rule in rules:
+        plain = re.sub(r"\(\?P<\w+>", "(?:", rule.regex.pattern)
+        by_base.setdefault(rule.base + "/" if rule.base else "", []).append(f"(?:{plain})")
+    try:
+        return [(base, re.compile("|".join(parts))) for base, parts in by_base.items()]
+    except re.error:
+        return None
