@@ -12,7 +12,7 @@ import click
 from imaged.config import Settings, load_settings
 from imaged.engine import ImageBuild, abuild
 from imaged.errors import ImagedError
-from imaged.image import Image
+from imaged.image import Image, override_registry
 from imaged.loader import load_definitions
 from imaged.registry import Existence, RegistryClient
 
@@ -85,7 +85,7 @@ async def _check_all(
     """Ask the registry about every image at once; errors are left for abuild to raise."""
     uris: list[str] = []
     for image in images.values():
-        effective = image.clone(registry=settings.registry) if settings.registry else image
+        effective = override_registry(image, settings.registry)
         if not effective.registry:
             continue
         try:

@@ -11,10 +11,11 @@ import click
 
 from imaged.config import Settings
 from imaged.errors import ImagedError
-from imaged.hashing import hash_image
-from imaged.image import Image
+from imaged.hashing import ImageDigest, hash_image
+from imaged.image import Image, override_registry
 from imaged.loader import load_definitions
 from imaged.registry import Existence, RegistryClient
+from imaged.state import ImageRecord, StateStore
 
 
 def _layer_diff(pushed: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:
@@ -26,16 +27,8 @@ def _layer_diff(pushed: list[dict[str, Any]], now: list[dict[str, Any]]) -> list
         if old is None:
             reasons.append(f"layer `{layer['label']}` is new")
         elif old["digest"] != layer["digest"]:
-            changed = sorted(
-                path
-                for path, digest in layer.get("files", {}).items()
-                if old.get("files", {}).get(path) != digest
-            )
-            trees = [
-                root
-                for root, digest in layer.get("trees", {}).items()
-                if old.get("trees", {}).get(root) != digest
-            ]
+            changed = _moved_keys(old.get("files", {}), layer.get("files", {}))
+            trees = _moved_keys(old.get("trees", {}), layer.get("trees", {}))
             detail = (
                 ", ".join(Path(p).name for p in changed)
                 or ", ".join(f"{Path(t).name}/ contents" for t in trees)
@@ -46,19 +39,38 @@ def _layer_diff(pushed: list[dict[str, Any]], now: list[dict[str, Any]]) -> list
     return reasons
 
 
+def _moved_keys(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """Paths whose digest differs, including those added or gone."""
+    return sorted(path for path in old.keys() | new.keys() if old.get(path) != new.get(path))
+
+
+def _reasons(record: ImageRecord | None, digest: ImageDigest, status: str) -> list[str]:
+    """Why an image whose tag is not known to exist would be built."""
+    if record is None or not record.layers:
+        return ["never pushed by this state directory"]
+    reasons = _layer_diff(record.layers, [d.to_json() for d in digest.layers])
+    if reasons:
+        return reasons
+    if record.tag != digest.tag:
+        return [
+            f"no layer moved, but the base or build inputs did: tag {record.tag} -> {digest.tag}"
+        ]
+    if status == "missing":
+        return ["no layer moved since the last push, but the tag is gone from the registry"]
+    return ["no layer moved since the last push"]
+
+
 def _collect(paths: tuple[Path, ...], settings: Settings) -> dict[str, Image]:
     from imaged.defsproc import discover_definition_files
 
     images: dict[str, Image] = {}
     for file in discover_definition_files(list(paths), recursive=settings.recursive):
         for name, image in load_definitions(str(file)).items():
-            images[name] = image.clone(registry=settings.registry) if settings.registry else image
+            images[name] = override_registry(image, settings.registry)
     return images
 
 
 async def _plan(images: dict[str, Image], settings: Settings) -> list[dict[str, Any]]:
-    from imaged.state import StateStore
-
     records = StateStore(settings.resolved_state_dir).load()
     digests = {name: hash_image(image) for name, image in images.items()}
     uris = {name: images[name].uri_for(d.tag) for name, d in digests.items()}
@@ -80,13 +92,7 @@ async def _plan(images: dict[str, Image], settings: Settings) -> list[dict[str, 
         if isinstance(outcome, ImagedError):
             row["error"] = str(outcome)
         if status != "exists":
-            record = records.get(name)
-            layers = [d.to_json() for d in digest.layers]
-            row["reasons"] = (
-                _layer_diff(record.layers, layers)
-                if record and record.layers
-                else ["never pushed by this state directory"]
-            )
+            row["reasons"] = _reasons(records.get(name), digest, status)
         rows.append(row)
     return rows
 

@@ -25,7 +25,7 @@ from imaged.context import stage_context
 from imaged.dockerfile import RenderedImage, render_dockerfile
 from imaged.errors import ContextChangedError, SpecError
 from imaged.hashing import DigestCache, ImageDigest, default_cache, hash_image
-from imaged.image import Image, ParentBase
+from imaged.image import Image, ParentBase, override_registry
 from imaged.registry import Existence, RegistryClient
 from imaged.secrets import ca_bundle_secret, resolve_secrets
 
@@ -105,9 +105,7 @@ async def _locked(folder: Path) -> AsyncIterator[None]:
 
 
 def _effective(image: Image, settings: Settings) -> Image:
-    if settings.registry and image.registry != settings.registry:
-        return image.clone(registry=settings.registry)
-    return image
+    return override_registry(image, settings.registry)
 
 
 def _stage(

@@ -621,6 +621,19 @@ class Image:
         return cls.from_json(json.loads(text))
 
 
+def override_registry(image: Image, registry: str | None) -> Image:
+    """The image (and the parents it is built on) pushed to ``registry`` instead.
+
+    The content digest does not change; only where the image lives.
+    """
+    if not registry:
+        return image
+    base = image.base
+    if isinstance(base, ParentBase):
+        image = image._evolve(base=ParentBase(image=override_registry(base.image, registry)))
+    return image if image.registry == registry else image.clone(registry=registry)
+
+
 def _dst(dst: str) -> str:
     if not isinstance(dst, str) or not dst:
         raise TypeError(f"dst must be a non-empty string, got {dst!r}")

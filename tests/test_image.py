@@ -746,3 +746,18 @@ def test_repr_and_labels(tmp_path: Path) -> None:
     assert repr(img) == "<Image app from 127.0.0.1:5000/base:1: [pip_packages, workdir]>"
     assert img.layer_label(0) == "#1 pip_packages rich httpx"
     assert img.layer_label(1) == "#2 workdir /w"
+
+
+def test_override_registry_moves_the_parent_chain_too() -> None:
+    from imaged.dockerfile import base_reference
+    from imaged.image import ParentBase, override_registry
+
+    parent = Image.from_base("debian:12").clone(name="parent", registry="a.example:5000")
+    child = Image.from_base(parent).clone(name="child", registry="a.example:5000")
+    moved = override_registry(child, "127.0.0.1:5000")
+    assert moved.registry == "127.0.0.1:5000"
+    assert isinstance(moved.base, ParentBase)
+    assert moved.base.image.registry == "127.0.0.1:5000"
+    assert base_reference(moved).startswith("127.0.0.1:5000/parent:")
+    assert moved.digest == child.digest
+    assert override_registry(child, None) is child
