@@ -264,3 +264,7 @@ def status_cmd(address: str | None, config_file: Path | None) -> None:
     if not settings.status_address:
         raise click.UsageError("no status address configured")
     sys.exit(status_command(settings.status_address))
+
+
+if __name__ == "__main__":
+    main()

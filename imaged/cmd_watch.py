@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,21 @@ def run_daemon(
             await daemon.run()
 
     anyio.run(main)
+    _exit_within(settings.shutdown_timeout)
+
+
+def _exit_within(seconds: float) -> None:
+    """Bound the exit: a push thread abandoned on cancel must not keep the process alive
+    (interpreter shutdown joins it) until its push timeout; state is saved by now."""
+
+    def force() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def pick_mode(as_json: bool) -> str:

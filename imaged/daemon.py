@@ -22,7 +22,7 @@ from imaged.config import Settings
 from imaged.defsproc import LoadedModule, discover_definition_files, load_module_in_child
 from imaged.engine import abuild
 from imaged.errors import DefinitionError, ImagedError
-from imaged.image import Image, ParentBase
+from imaged.image import Image, ParentBase, override_registry
 from imaged.metrics import Metrics
 from imaged.notify import SystemdNotifier
 from imaged.registry import Existence, RegistryClient
@@ -192,8 +192,7 @@ class Daemon:
         images: dict[str, Image] = {}
         for loaded in self.modules.values():
             for name, image in loaded.images.items():
-                if self.settings.registry:
-                    image = image.clone(registry=self.settings.registry)
+                image = override_registry(image, self.settings.registry)
                 if name in images:
                     self.emit(
                         "definition_error",
