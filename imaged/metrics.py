@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 _BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
+def _number(value: float) -> str:
+    """A sample value without losing digits (``f"{1234567.0:g}"`` would give 1.23457e+06)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the text format requires: backslash, quote, newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 @dataclass
 class Counter:
     """A counter with one label."""
@@ -22,7 +32,7 @@ class Counter:
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         for value, count in sorted(self.values.items()):
-            lines.append(f'{self.name}{{{self.label}="{value}"}} {count:g}')
+            lines.append(f'{self.name}{{{self.label}="{_label(value)}"}} {_number(count)}')
         return lines
 
 
@@ -49,7 +59,7 @@ class Histogram:
             lines.append(f'{self.name}_bucket{{le="{bound:g}"}} {n}')
         lines += [
             f'{self.name}_bucket{{le="+Inf"}} {self.count}',
-            f"{self.name}_sum {self.total:.6f}",
+            f"{self.name}_sum {_number(self.total)}",
             f"{self.name}_count {self.count}",
         ]
         return lines

@@ -67,14 +67,24 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._build = build
+        self._limiter = anyio.CapacityLimiter(1)
         self.options = options or SchedulerOptions()
         self._parents = parents
         self._on_event = on_event
         self._clock = clock
         self.slots: dict[str, ImageSlot] = {}
-        self._limiter = anyio.CapacityLimiter(max(1, self.options.concurrency))
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
+
+    @property
+    def options(self) -> SchedulerOptions:
+        return self._options
+
+    @options.setter
+    def options(self, options: SchedulerOptions) -> None:
+        """New settings (a reload) apply to the next request; the limit to the next build."""
+        self._options = options
+        self._limiter.total_tokens = max(1, options.concurrency)
 
     # -- requests
 
@@ -101,6 +111,7 @@ class Scheduler:
         slot = self.slots.pop(name, None)
         if slot is not None and slot.scope is not None:
             slot.scope.cancel()
+        self._wake.set()  # a child waiting for this image may go now
 
     @property
     def queue_depth(self) -> int:
@@ -127,8 +138,14 @@ class Scheduler:
                 self._wake = anyio.Event()
 
     def _next_wakeup(self) -> float:
+        # A slot waiting for its parent is left out: the parent's end wakes the loop, and
+        # counting its past due time here would spin the loop while the parent builds.
         now = self._clock()
-        dues = [s.due for s in self.slots.values() if s.due is not None and not s.building]
+        dues = [
+            s.due
+            for s in self.slots.values()
+            if s.due is not None and not s.building and not self._blocked_by_parent(s.name)
+        ]
         return max(0.0, min(dues) - now) if dues else math.inf
 
     def _blocked_by_parent(self, name: str) -> bool:
@@ -148,28 +165,34 @@ class Scheduler:
             slot.due = None
             slot.first_request = None
             slot.building = True
-            tg.start_soon(self._run_one, slot)
+            # The scope exists before the task runs, so that a supersede or forget() right
+            # now, or while the build waits for a concurrency slot, cancels it.
+            slot.scope = anyio.CancelScope()
+            tg.start_soon(self._run_one, slot, slot.scope, slot.generation)
 
-    async def _run_one(self, slot: ImageSlot) -> None:
-        generation = slot.generation
+    async def _run_one(self, slot: ImageSlot, scope: anyio.CancelScope, generation: int) -> None:
         outcome = "cancelled"
-        try:
-            async with self._limiter:
-                with anyio.CancelScope() as scope:
-                    slot.scope = scope
+        with scope:
+            try:
+                async with self._limiter:
                     slot.state = "building"
                     self._emit("building", slot.name, reason=slot.reason)
                     await self._build(slot.name, slot.reason)
-                    outcome = "ok"
-        except Exception as exc:  # one failed build must not stop the others
-            outcome = "transient" if is_transient(exc) else "failed"
-            slot.last_error = str(exc)
-        finally:
-            slot.building = False
-            slot.scope = None
+                outcome = "ok"
+            except Exception as exc:  # one failed build must not stop the others
+                slot.last_error = str(exc)
+                # An error raised while the build was being cancelled is part of the cancel.
+                if not scope.cancel_called:
+                    outcome = "transient" if is_transient(exc) else "failed"
+            finally:
+                slot.building = False
+                slot.scope = None
         self._after(slot, generation, outcome)
 
     def _after(self, slot: ImageSlot, generation: int, outcome: str) -> None:
+        if self.slots.get(slot.name) is not slot:
+            self._wake.set()  # forgotten while it built: report nothing, keep it gone
+            return
         superseded = slot.generation != generation
         if outcome == "ok":
             slot.built_generation = generation
@@ -185,14 +208,15 @@ class Scheduler:
             slot.state = "retrying"
             self._emit("retrying", slot.name, error=slot.last_error, delay=round(delay, 2))
         elif outcome == "failed":
+            slot.attempts = 0
             slot.state = "failed"
             self._emit("failed", slot.name, error=slot.last_error)
-        if superseded and slot.due is None:
-            # Changed while building: exactly one more build of the newest state.
-            slot.due = self._clock()
-            slot.state = "queued"
         if superseded:
+            # Changed while building: exactly one more build of the newest state.
+            if slot.due is None:
+                slot.due = self._clock()
             slot.state = "queued"
+            self._emit("queued", slot.name, reason=slot.reason)
         self._wake.set()
 
     def _emit(self, event: str, name: str, **fields: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import TYPE_CHECKING
 
 import anyio
@@ -12,7 +13,10 @@ from anyio.abc import SocketAttribute, SocketStream
 if TYPE_CHECKING:
     from imaged.daemon import Daemon
 
+log = logging.getLogger(__name__)
+
 _MAX_REQUEST = 8192
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def _response(status: str, body: str, content_type: str) -> bytes:
@@ -50,24 +54,48 @@ async def _handle(daemon: Daemon, stream: SocketStream) -> None:
                 if not chunk:
                     break
                 request += chunk
-        parts = request.split(b"\r\n", 1)[0].split()
-        if len(parts) < 2 or parts[0] != b"GET":
-            await stream.send(_response("405 Method Not Allowed", "GET only\n", "text/plain"))
-            return
-        await stream.send(route(daemon, parts[1].decode("ascii", "replace").split("?")[0]))
+        await stream.send(_answer(daemon, request.split(b"\r\n", 1)[0].split()))
+
+
+def _answer(daemon: Daemon, request_line: list[bytes]) -> bytes:
+    if len(request_line) < 2:
+        return _response("400 Bad Request", "bad request\n", "text/plain")
+    if request_line[0] != b"GET":
+        return _response("405 Method Not Allowed", "GET only\n", "text/plain")
+    try:
+        return route(daemon, request_line[1].decode("ascii", "replace").split("?")[0])
+    except Exception:  # a bug behind one URL must not take the daemon down
+        log.exception("status request failed")
+        return _response("500 Internal Server Error", "internal error\n", "text/plain")
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    """``127.0.0.1:9477``, ``[::1]:9477`` or ``localhost:9477``; ValueError for others."""
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if host not in LOOPBACK_HOSTS or not port.isdigit():
+        raise ValueError(f"{address!r} is not 127.0.0.1:PORT (imaged listens on loopback only)")
+    return host, int(port)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve_status(daemon: Daemon, address: str) -> None:
-    """Serve until cancelled on ``127.0.0.1:PORT`` (loopback only)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
+    """Serve until cancelled on ``127.0.0.1:PORT`` (loopback only).
+
+    An address that is not loopback, or that cannot be bound, emits ``status_error`` and
+    returns: the daemon goes on without its status endpoint.
+    """
     try:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=int(port))
-    except OSError as exc:
+        host, port = _split_address(address)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except (OSError, ValueError) as exc:
         daemon.emit("status_error", None, address=address, error=str(exc))
         return
     bound = listener.extra(SocketAttribute.local_address)
-    daemon.status_address = f"{bound[0]}:{bound[1]}"
+    daemon.status_address = _format_address(str(bound[0]), int(bound[1]))
     daemon.emit("status_listening", None, address=daemon.status_address)
 
     async def handler(stream: SocketStream) -> None:

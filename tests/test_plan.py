@@ -1,0 +1,259 @@
+"""``imaged plan``: exists / missing / unknown per image, and why a missing one would build."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from imaged.cli import main as cli_main
+from imaged.cmd_plan import _layer_diff
+from imaged.hashing import hash_image
+from imaged.image import Image
+from imaged.loader import load_definitions
+from imaged.state import ImageRecord, StateStore
+
+pytestmark = pytest.mark.timeout(300)
+
+OFFLINE_BASE = "127.0.0.1:1/python:{major}.{minor}-slim-bookworm"
+DEAD_REGISTRY = "127.0.0.1:1"
+
+DEFINITIONS = """\
+from pathlib import Path
+
+from imaged import Image
+
+HERE = Path(__file__).parent
+REGISTRY = {registry!r}
+
+tiny = Image.from_debian_base(name={name!r}, registry=REGISTRY).with_source_file(
+    HERE / "app.py", "/app"
+)
+other = Image.from_debian_base(name={name!r} + "-other", registry=REGISTRY).with_source_file(
+    HERE / "other.py", "/app"
+)
+"""
+
+
+def write_project(folder: Path, *, registry: str) -> Path:
+    """A definition file with two images, each copying one source file; return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(6)  # unique content, so no earlier run pushed these tags
+    (folder / "app.py").write_text(f"print('app {token}')\n")
+    (folder / "other.py").write_text(f"print('other {token}')\n")
+    defs = folder / "images.py"
+    defs.write_text(DEFINITIONS.format(registry=registry, name=f"plan-{token}"))
+    return defs
+
+
+@pytest.fixture
+def plan_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """A private state directory and no stray config; an offline base unless a test overrides."""
+    for name in ("IMAGED_CONFIG", "IMAGED_REGISTRY", "IMAGED_INSECURE_REGISTRIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    env = {"IMAGED_STATE_DIR": str(tmp_path / "state"), "IMAGED_DEBIAN_BASE": OFFLINE_BASE}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def registry_env(plan_env: dict[str, str], infra: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real test registry and base image, and what imaged.build needs to push there."""
+    monkeypatch.setenv("IMAGED_DEBIAN_BASE", infra.debian_base_template)
+    monkeypatch.setenv("IMAGED_DOCKER_CLI", infra.docker_cli)
+    if infra.ca_bundle:
+        monkeypatch.setenv("IMAGED_BUILD_CA_BUNDLE", infra.ca_bundle)
+    if infra.docker_host:
+        monkeypatch.setenv("DOCKER_HOST", infra.docker_host)
+    else:
+        monkeypatch.delenv("DOCKER_HOST", raising=False)
+    return infra
+
+
+def run_plan(*args: str) -> Result:
+    return CliRunner().invoke(cli_main, ["plan", *args])
+
+
+def load_tiny(defs: Path) -> Image:
+    (image,) = load_definitions(f"{defs}:tiny").values()
+    assert image.name is not None
+    return image
+
+
+def record_current(image: Image, state_dir: Path) -> None:
+    """Save a state record as if the daemon had just pushed ``image`` as it is now."""
+    digest = hash_image(image)
+    record = ImageRecord(
+        name=image.name or "",
+        uri=image.uri_for(digest.tag),
+        tag=digest.tag,
+        layers=[layer.to_json() for layer in digest.layers],
+    )
+    StateStore(state_dir).save({record.name: record})
+
+
+def block(output: str, name: str) -> list[str]:
+    """The header line of image ``name`` and its indented reason lines."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name}: "))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if not lines[i].startswith("    ")), len(lines)
+    )
+    return lines[start:end]
+
+
+# -- against the real registry -------------------------------------------------------------
+
+
+def test_never_pushed_image_is_missing(registry_env: Any, tmp_path: Path) -> None:
+    defs = write_project(tmp_path / "proj", registry=registry_env.registry)
+    image = load_tiny(defs)
+    result = run_plan(str(defs))
+    assert result.exit_code == 0, result.output
+    assert block(result.output, image.name or "") == [
+        f"{image.name}: missing {image.uri_for(hash_image(image).tag)}",
+        "    never pushed by this state directory",
+    ]
+
+
+def test_edited_source_file_names_the_layer_and_the_file(
+    registry_env: Any, plan_env: dict[str, str], tmp_path: Path
+) -> None:
+    defs = write_project(tmp_path / "proj", registry=registry_env.registry)
+    image = load_tiny(defs)
+    record_current(image, Path(plan_env["IMAGED_STATE_DIR"]))
+    unchanged = run_plan(str(defs))
+    (tmp_path / "proj" / "app.py").write_text("print('edited')\n")
+    edited = run_plan(str(defs))
+    assert edited.exit_code == 0, edited.output
+    tiny = block(edited.output, image.name or "")
+    assert tiny[0].startswith(f"{image.name}: missing ")
+    assert tiny[1:] == ["    layer `source_files app.py` moved: app.py changed"]
+    # Before the edit nothing moved, yet the tag is not in the registry: say so.
+    assert block(unchanged.output, image.name or "")[1:] == [
+        "    no layer moved since the last push, but the tag is gone from the registry"
+    ]
+
+
+def test_pushed_image_exists(registry_env: Any, tmp_path: Path) -> None:
+    from imaged import build
+
+    defs = write_project(tmp_path / "proj", registry=registry_env.registry)
+    image = load_tiny(defs)
+    pushed = build(image)
+    assert pushed.status == "pushed"
+    result = run_plan(str(defs))
+    assert result.exit_code == 0, result.output
+    assert block(result.output, image.name or "") == [f"{image.name}: exists {pushed.uri}"]
+    assert block(result.output, f"{image.name}-other")[0].startswith(
+        f"{image.name}-other: missing "
+    )
+
+
+# -- without a registry --------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_dead_registry_is_unknown_exit_1_naming_the_address(tmp_path: Path) -> None:
+    defs = write_project(tmp_path / "proj", registry=DEAD_REGISTRY)
+    result = run_plan(str(defs))
+    assert result.exit_code == 1
+    headers = [line for line in result.output.splitlines() if not line.startswith(" ")]
+    assert len(headers) == 2
+    assert all(": unknown 127.0.0.1:1/plan-" in line for line in headers)
+    errors = [line for line in result.output.splitlines() if line.startswith("    error: ")]
+    assert len(errors) == 2
+    assert all(DEAD_REGISTRY in line and "unknown" in line for line in errors)
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_registry_option_overrides_the_definitions(tmp_path: Path) -> None:
+    defs = write_project(tmp_path / "proj", registry="registry.invalid:5000")
+    result = run_plan("--registry", DEAD_REGISTRY, str(defs))
+    assert result.exit_code == 1
+    assert "registry.invalid" not in result.output
+    assert ": unknown 127.0.0.1:1/plan-" in result.output
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_json_prints_one_object_per_image(tmp_path: Path) -> None:
+    defs = write_project(tmp_path / "proj", registry=DEAD_REGISTRY)
+    result = run_plan("--json", str(defs))
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    images = load_definitions(str(defs))
+    assert sorted(row["name"] for row in rows) == sorted(i.name or "" for i in images.values())
+    for row in rows:
+        assert set(row) == {"name", "uri", "status", "reasons", "error"}
+        assert row["status"] == "unknown"
+        assert row["uri"].startswith(f"{DEAD_REGISTRY}/{row['name']}:")
+        assert row["reasons"] == ["never pushed by this state directory"]
+        assert DEAD_REGISTRY in row["error"]
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_missing_definition_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_plan(str(tmp_path / "nope.py"))
+    assert result.exit_code == 1
+    assert "definition file or folder not found" in result.output
+
+
+# -- the layer diff ------------------------------------------------------------------------
+
+
+def _layer(label: str, digest: str, **files: str) -> dict[str, Any]:
+    return {"label": label, "digest": digest, "files": files, "trees": {}}
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "reasons"),
+    [
+        pytest.param([_layer("pip", "d1")], [_layer("pip", "d1")], [], id="nothing-moved"),
+        pytest.param(
+            [_layer("src", "d1", **{"/p/a.py": "x"})],
+            [_layer("src", "d2", **{"/p/a.py": "y"})],
+            ["layer `src` moved: a.py changed"],
+            id="file-edited",
+        ),
+        pytest.param(
+            [_layer("src", "d1", **{"/p/a.py": "x", "/p/gone.py": "z"})],
+            [_layer("src", "d2", **{"/p/a.py": "x"})],
+            ["layer `src` moved: gone.py changed"],
+            id="file-removed",
+        ),
+        pytest.param(
+            [_layer("src", "d1")],
+            [_layer("src", "d2")],
+            ["layer `src` moved: inputs changed"],
+            id="no-file-detail",
+        ),
+        pytest.param(
+            [_layer("pip", "d1")],
+            [_layer("pip", "d1"), _layer("apt", "d3")],
+            ["layer `apt` is new"],
+            id="layer-added",
+        ),
+        pytest.param(
+            [_layer("pip", "d1"), _layer("apt", "d3")],
+            [_layer("pip", "d1")],
+            ["layer `apt` was removed"],
+            id="layer-removed",
+        ),
+    ],
+)
+def test_layer_diff(
+    before: list[dict[str, Any]], now: list[dict[str, Any]], reasons: list[str]
+) -> None:
+    assert _layer_diff(before, now) == reasons
+
+
+def test_layer_diff_names_a_moved_tree() -> None:
+    before = [{"label": "src", "digest": "d1", "files": {}, "trees": {"/p/pkg": "t1"}}]
+    now = [{"label": "src", "digest": "d2", "files": {}, "trees": {"/p/pkg": "t2"}}]
+    assert _layer_diff(before, now) == ["layer `src` moved: pkg/ contents changed"]
