@@ -111,11 +111,16 @@ def status_command(address: str) -> int:
     import httpx
 
     try:
-        response = httpx.get(f"http://{address}/status", timeout=5)
+        # trust_env=False: a loopback request must never go through a configured proxy.
+        response = httpx.get(f"http://{address}/status", timeout=5, trust_env=False)
+        response.raise_for_status()
+        data = response.json()
     except httpx.HTTPError as exc:
         click.echo(f"error: no daemon answers at {address}: {exc}", err=True)
         return 1
-    data = response.json()
+    except ValueError:
+        click.echo(f"error: {address} answered, but not as an imaged daemon", err=True)
+        return 1
     for view in data["images"]:
         click.echo(f"{view['name']}\t{view['state']}\t{view['tag'] or '-'}\t{view['why']}")
     for file, error in data["modules"].items():

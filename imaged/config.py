@@ -65,6 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recursive", "IMAGED_RECURSIVE", "Search definition folders recursively."),
     Setting("debounce_ms", "IMAGED_DEBOUNCE_MS", "Quiet period after a change before building."),
     Setting("max_wait_ms", "IMAGED_MAX_WAIT_MS", "Longest a stream of changes may delay a build."),
+    Setting("image_debounce_ms", "IMAGED_IMAGE_DEBOUNCE_MS",
+            "Per-image quiet periods: a table name = ms, or 'name=ms,name2=ms'."),
     Setting("concurrency", "IMAGED_CONCURRENCY", "Builds at once (default: number of cores)."),
     Setting("supersede", "IMAGED_SUPERSEDE", "cancel (default) or queue a build that went stale."),
     Setting(
@@ -157,6 +159,17 @@ def _non_negative_float(value: Any) -> float:
     return number
 
 
+def _per_image_ms(value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("expected name=ms pairs separated by commas")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict):
+        raise TypeError("expected a table of image name = milliseconds")
+    return tuple(sorted((str(k), _non_negative_int(v)) for k, v in value.items()))
+
+
 def _supersede(value: Any) -> str:
     if value not in ("cancel", "queue"):
         raise ValueError("must be 'cancel' or 'queue'")
@@ -197,6 +210,7 @@ class Settings:
     recursive: bool = False
     debounce_ms: int = 200
     max_wait_ms: int = 5000
+    image_debounce_ms: tuple[tuple[str, int], ...] = ()
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)
     supersede: str = "cancel"
     reconcile_seconds: float = 300.0
@@ -235,6 +249,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "recursive": _bool,
     "debounce_ms": _non_negative_int,
     "max_wait_ms": _positive_int,
+    "image_debounce_ms": _per_image_ms,
     "concurrency": _positive_int,
     "supersede": _supersede,
     "reconcile_seconds": _non_negative_float,

@@ -146,6 +146,7 @@ class Daemon:
             debounce=s.debounce_ms / 1000,
             max_wait=s.max_wait_ms / 1000,
             concurrency=s.concurrency,
+            per_image_debounce={name: ms / 1000 for name, ms in s.image_debounce_ms},
             supersede="queue" if s.supersede == "queue" else "cancel",
         )
 

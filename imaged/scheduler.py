@@ -101,7 +101,8 @@ class Scheduler:
         if slot.building and self.options.supersede == "cancel" and slot.scope is not None:
             slot.scope.cancel()
             self._emit("superseded", name, reason=reason)
-        if not slot.building:
+        if not slot.building and slot.state != "queued":
+            # One event when the image becomes queued; merged requests only move the due time.
             slot.state = "queued"
             self._emit("queued", name, reason=reason)
         self._wake.set()

@@ -217,3 +217,50 @@ def test_state_dir_default_uses_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert load_settings(environ={}).resolved_state_dir == tmp_path / "state" / "imaged"
     explicit = load_settings(environ={"IMAGED_STATE_DIR": str(tmp_path / "s")})
     assert explicit.resolved_state_dir == tmp_path / "s"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("api=500, worker=50", (("api", 500), ("worker", 50)), id="env-pairs"),
+        pytest.param({"b": 1, "a": 2}, (("a", 2), ("b", 1)), id="table"),
+    ],
+)
+def test_per_image_debounce(raw: object, expected: object) -> None:
+    from imaged.config import _per_image_ms
+
+    assert _per_image_ms(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("api", id="no-equals"),
+        pytest.param({"a": -1}, id="negative"),
+        pytest.param(["a"], id="list"),
+        pytest.param({"a": "x"}, id="not-a-number"),
+    ],
+)
+def test_per_image_debounce_rejects(raw: object, tmp_path: Path) -> None:
+    from imaged.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="image_debounce_ms"):
+        load_settings(overrides={"image_debounce_ms": raw}, environ={}, cwd=tmp_path)
+
+
+def test_the_example_config_file_is_valid() -> None:
+    from imaged.config import load_settings
+
+    example = Path(__file__).resolve().parent.parent / "config" / "imaged.toml"
+    settings = load_settings(config_file=example, environ={})
+    assert settings.debounce_ms == 200
+    assert settings.status_address == "127.0.0.1:9477"
+
+
+def test_the_example_config_documents_every_setting() -> None:
+    from imaged.config import SETTINGS
+
+    example = Path(__file__).resolve().parent.parent / "config" / "imaged.toml"
+    text = example.read_text(encoding="utf-8")
+    missing = [s.key for s in SETTINGS if s.key not in text or s.env not in text]
+    assert missing == []
