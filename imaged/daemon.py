@@ -97,6 +97,7 @@ class Daemon:
         self._change_times: dict[str, float] = {}
         self._roots_changed = threading.Event()
         self._reported_errors: dict[str, str] = {}
+        self._last_ignored_event = -1.0
         self._stop = anyio.Event()
         self.scheduler = Scheduler(
             self._build,
@@ -359,9 +360,19 @@ class Daemon:
             stop_event=self._stop,
             backend=self.backend,
             restart=self._roots_changed,
+            on_ignored=self._ignored,
         ):
             self.metrics.events.inc("batch")
             await self.handle_paths(batch)
+
+    def _ignored(self, paths: set[Path]) -> None:
+        """Changes no image depends on (ignored by a rule, or unrelated): counted, and said
+        once a second at most so a noisy folder cannot flood the event stream."""
+        self.metrics.events.inc("ignored", len(paths))
+        now = time.monotonic()
+        if now - self._last_ignored_event >= 1.0:
+            self._last_ignored_event = now
+            self.emit("ignored", None, paths=sorted(str(p) for p in paths)[:10], count=len(paths))
 
     def _roots(self) -> set[Path]:
         roots = set(self.tracker.watch_roots())

@@ -138,12 +138,14 @@ async def watch_paths(
     backend: WatchBackend | None = None,
     debounce_ms: int = 50,
     restart: RestartFlag | None = None,
+    on_ignored: Callable[[set[Path]], None] | None = None,
 ) -> AsyncIterator[set[Path]]:
     """Yield batches of relevant changed absolute paths until ``stop_event`` is set.
 
     Watching restarts with fresh ``roots()`` when ``restart`` is set, after any batch that
-    changed ``roots()`` (a reload, a root that appeared or disappeared): a root that does not exist yet is watched through its
-    nearest existing parent folder, and ``relevant`` keeps the noise out.
+    changed ``roots()`` (a reload, a root that appeared or disappeared): a root that does not
+    exist yet is watched through its nearest existing parent folder, and ``relevant`` keeps
+    the noise out; ``on_ignored`` hears about each batch that held nothing relevant.
 
     >>> # async for paths in watch_paths(tracker.watch_roots, tracker.is_relevant,
     >>> #                                stop_event=stop): tracker.apply_changes(paths)
@@ -161,8 +163,11 @@ async def watch_paths(
             sorted(watched), stop_event=generation, debounce_ms=debounce_ms, step_ms=STEP_MS
         )
         async for batch in batches:
-            found = {Path(path) for _, path in batch if relevant(Path(path))}
+            paths = {Path(path) for _, path in batch}
+            found = {p for p in paths if relevant(p)}
             if found:
                 yield found
+            elif on_ignored is not None and paths:
+                on_ignored(paths)
             if existing_roots(roots()) != watched:
                 generation.set()  # the backend returns within step_ms; then we restart

@@ -183,6 +183,10 @@ def test_ignored_or_unrelated_edit_builds_nothing(
     (project.root / "notes.txt").write_text(fresh())
     time.sleep(SETTLE)
     assert daemon.matching(lambda e: e["event"] in ("changed", "queued", "building"), mark) == []
+    # The daemon did see the edits and decided they touch no image.
+    ignored = daemon.matching(lambda e: e["event"] == "ignored", mark)
+    assert ignored, "no 'ignored' event for the ignored/unrelated edits"
+    assert any(p.endswith(("scratch.log", "notes.txt")) for e in ignored for p in e["paths"])
     # The watcher is alive: a tracked edit right after does build.
     (project.other / "b.txt").write_text(fresh())
     daemon.wait_event(is_event("pushed", gamma), BUILD_TIMEOUT, since=mark)

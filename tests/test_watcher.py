@@ -44,6 +44,7 @@ async def collect(
     relevant: Callable[[Path], bool] = _py_only,
     restart: RestartFlag | None = None,
     within: float = 2.0,
+    on_ignored: Callable[[set[Path]], None] | None = None,
 ) -> list[set[Path]]:
     """Run watch_paths until ``want`` batches came (or ``within`` s passed), then stop it."""
     stop = anyio.Event()
@@ -51,7 +52,12 @@ async def collect(
 
     async def consume() -> None:
         async for batch in watch_paths(
-            roots, relevant, stop_event=stop, backend=backend, restart=restart
+            roots,
+            relevant,
+            stop_event=stop,
+            backend=backend,
+            restart=restart,
+            on_ignored=on_ignored,
         ):
             batches.append(batch)
             if len(batches) >= want:
@@ -82,6 +88,20 @@ async def test_only_relevant_paths_are_yielded_and_empty_batches_skipped(tmp_pat
     got = await collect(lambda: {tmp_path}, backend, want=2)
     assert got == [{tmp_path / "a.py"}, {tmp_path / "c.py"}]
     assert backend.roots == [(tmp_path,)]
+
+
+async def test_batches_with_nothing_relevant_are_reported_as_ignored(tmp_path: Path) -> None:
+    steps: list[Step] = [
+        batch((Change.modified, tmp_path / "b.pyc"), (Change.added, tmp_path / "x.log")),
+        batch((Change.added, tmp_path / "a.py"), (Change.added, tmp_path / "a.pyc")),
+    ]
+    ignored: list[set[Path]] = []
+    got = await collect(
+        lambda: {tmp_path}, ScriptedWatchBackend(steps), want=1, on_ignored=ignored.append
+    )
+    assert got == [{tmp_path / "a.py"}]
+    # Only the batch that held nothing relevant; a mixed batch is not "ignored".
+    assert ignored == [{tmp_path / "b.pyc", tmp_path / "x.log"}]
 
 
 @pytest.mark.parametrize(
