@@ -8,11 +8,13 @@ symlink target and content sha256: never mtimes, owners or their absolute locati
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +198,9 @@ class TreeIndex:
         self.children: dict[str, dict[str, None]] = {"": {}}
         self._dir_digests: dict[str, str] = {}
         self._dirty: set[str] = {""}
+        # Every content digest this index holds was taken after this time minus the racy
+        # window, so an unchanged entry with an older mtime is trusted without a cache lookup.
+        self._racy_ns = time.time_ns() - RACY_WINDOW_NS
 
     @classmethod
     def build(cls, root: Path, rules: IgnoreRules, cache: DigestCache | None = None) -> TreeIndex:
@@ -227,6 +232,118 @@ class TreeIndex:
         return out
 
     # -- changes
+
+    def refresh(self) -> set[str]:
+        """Re-stat the whole tree (no reads for unchanged files) and fold the changes in.
+
+        The same filtered walk as :meth:`build`, compared against the stored entries:
+        unchanged entries stay as they are and only folders on a changed path are rehashed.
+        Returns the relative paths whose entry changed.
+        """
+        started = time.time_ns()
+        return self._fold(self._stale_paths(), started)
+
+    def revalidated(self) -> TreeIndex:
+        """This index when the tree is unchanged, else a refreshed copy; never mutates self,
+        so an index already handed out keeps describing the state it was hashed in."""
+        started = time.time_ns()
+        stale = self._stale_paths()
+        if not stale:
+            self._racy_ns = max(self._racy_ns, started - RACY_WINDOW_NS)
+            return self
+        twin = self._clone()
+        twin._fold(stale, started)
+        _ = twin.digest
+        return twin
+
+    def _clone(self) -> TreeIndex:
+        twin = copy.copy(self)
+        twin.entries = dict(self.entries)
+        twin.contents = dict(self.contents)
+        twin.children = {rel: dict(kids) for rel, kids in self.children.items()}
+        twin._dir_digests = dict(self._dir_digests)
+        twin._dirty = set(self._dirty)
+        return twin
+
+    def _fold(self, stale: list[str], started: int) -> set[str]:
+        changed = self.update(sorted(stale, key=lambda rel: (rel.count("/"), rel)))
+        if changed:
+            self._drop_empty_ghosts()
+        self._racy_ns = started - RACY_WINDOW_NS
+        return changed
+
+    def _stale_paths(self) -> list[str]:
+        """The paths whose entry may differ from the tree on disk: a changed stat key, a
+        new or vanished path, or a racy file whose content is no longer the stored one."""
+        found: list[str] = []
+        stale, racy = self._walk_compare(found)
+        if len(found) != len(self.entries):
+            stale += self._vanished(found)
+        stale += [rel for rel in racy if not self._content_holds(rel)]
+        return stale
+
+    def _content_holds(self, rel: str) -> bool:
+        """For a racy file: the cache (which reads it again) still gives the stored digest."""
+        path = os.path.join(self.root, rel)
+        try:
+            digest = self.cache.file_digest(path, self.entries[rel].stat_key)
+        except FileNotFoundError:
+            return False
+        return digest == self.contents.get(rel)
+
+    def _walk_compare(self, found: list[str]) -> tuple[list[str], list[str]]:
+        """walk_files' filtered walk, unsorted, comparing each entry's stat key in place."""
+        entries, racy_ns, matcher = self.entries, self._racy_ns, self.rules.walker()
+        stale: list[str] = []
+        racy: list[str] = []
+        seen = found.append
+        stack = [(matcher.folder(""), str(self.root))]
+        while stack:
+            folder, path = stack.pop()
+            for child in _scan(path):
+                rel = folder.prefix + child.name
+                old = entries.get(rel)
+                if old is not None and old.type != DIR:
+                    # A known non-folder: the same rules give the same verdict, so no matching;
+                    # an equal stat key (it holds the mode) means it is still not a folder.
+                    seen(rel)
+                    try:
+                        st = child.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # deleted since the folder was listed
+                        stale.append(rel)
+                        continue
+                    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+                    if key != old.stat_key:
+                        stale.append(rel)
+                    elif key[1] >= racy_ns and old.type == FILE:
+                        racy.append(rel)
+                    continue
+                is_dir = child.is_dir(follow_symlinks=False)
+                ignored, best = matcher.child(folder, child.name, rel, is_dir=is_dir)
+                if ignored:
+                    if is_dir and not matcher.can_prune(rel):
+                        stack.append((matcher.enter(folder, child.name, best), child.path))
+                    if old is not None:
+                        stale.append(rel)
+                    continue
+                if old is None or not is_dir or old.type != DIR:
+                    stale.append(rel)  # new, or a changed type: update walks what is new
+                    continue
+                seen(rel)
+                stack.append((matcher.enter(folder, child.name, best), child.path))
+        return stale, racy
+
+    def _vanished(self, found: list[str]) -> list[str]:
+        gone = self.entries.keys() - set(found)
+        return [rel for rel in gone if _parent(rel) not in gone]
+
+    def _drop_empty_ghosts(self) -> None:
+        """Forget folders that hold no entry of their own (ignored ones a ``!`` pattern
+        reached into) once nothing below them is left, as a fresh walk would."""
+        ghosts = [rel for rel in self.children if rel and rel not in self.entries]
+        for rel in sorted(ghosts, key=lambda p: -p.count("/")):
+            if not self.children.get(rel, True):
+                self._remove(rel)
 
     def update(self, relpaths: Iterable[str]) -> set[str]:
         """Re-stat the named paths (relative to root) and fold the changes in.
@@ -378,6 +495,14 @@ class TreeIndex:
         return hashlib.sha256(encode_dir(rows)).hexdigest()
 
 
+def _scan(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def encode_dir(rows: list[tuple[str, str, bool, str]]) -> bytes:
     """``encode(("dir", rows))`` without the generic recursion (a folder's Merkle node)."""
     out = bytearray(_DIR_HEAD)
@@ -401,6 +526,70 @@ _ROW_KIND = {
     for kind in (FILE, SYMLINK, DIR)
     for executable in (False, True)
 }
+
+
+# -- process-wide reuse of trees --------------------------------------------------------
+
+MAX_SHARED_TREES = 64
+
+
+@dataclass
+class _Slot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    tree: TreeIndex | None = None
+
+
+class TreeRegistry:
+    """The last TreeIndex of each (root, rules), revalidated on every use: the first use
+    walks and reads, later ones only stat (and read what changed). An index once returned
+    is never mutated: a change yields a refreshed copy (see ``TreeIndex.revalidated``).
+
+    >>> # tree = shared_trees().tree(Path("src"), rules, default_cache()); tree.digest
+    """
+
+    def __init__(self, *, size: int = MAX_SHARED_TREES) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[tuple[Path, IgnoreRules], _Slot] = OrderedDict()
+
+    def tree(self, root: Path, rules: IgnoreRules, cache: DigestCache) -> TreeIndex:
+        """The index of ``root`` as it is now, with its digest computed."""
+        slot = self._slot((root, rules))
+        with slot.lock:
+            old = slot.tree
+            if old is None or old.cache is not cache:
+                fresh = TreeIndex.build(root, rules, cache)
+                _ = fresh.digest
+            else:
+                fresh = old.revalidated()
+            slot.tree = fresh
+            return fresh
+
+    def clear(self) -> None:
+        with self._lock:
+            self._slots.clear()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def _slot(self, key: tuple[Path, IgnoreRules]) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot()
+                while len(self._slots) > self.size:
+                    self._slots.popitem(last=False)
+            else:
+                self._slots.move_to_end(key)
+            return slot
+
+
+_SHARED_TREES = TreeRegistry()
+
+
+def shared_trees() -> TreeRegistry:
+    """The process-wide registry ``hash_image`` (and so ``Image.digest``) uses."""
+    return _SHARED_TREES
 
 
 # -- image and layer digests ------------------------------------------------------------
@@ -474,7 +663,7 @@ class _Hasher:
         if not root.is_dir():
             raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
         rules = folder_rules(root, self.extra_ignores, gitignore=gitignore)
-        return TreeIndex.build(root, rules, self.cache)
+        return shared_trees().tree(root, rules, self.cache)
 
     def inputs(self, layer: L.Layer, label: str) -> _Inputs:
         handler = _HANDLERS[type(layer)]
@@ -625,7 +814,7 @@ def _dockerfile_fields(
     st = os.stat(base.dockerfile)
     dockerfile = cache.file_digest(str(base.dockerfile), stat_key(st))
     rules = IgnoreRules.from_file(base.context / ".dockerignore")
-    tree = TreeIndex.build(base.context, rules, cache)
+    tree = shared_trees().tree(base.context, rules, cache)
     relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
     return ["dockerfile", relname, dockerfile, tree.digest], [tree]
 
