@@ -118,21 +118,22 @@ class DigestCache:
             self.entries[path] = (key, recorded, digest)
         return digest
 
-    def read_many(self, wanted: list[tuple[str, tuple[int, ...]]]) -> list[str]:
-        """Read and record the digests of files the cache could not answer, in order."""
+    def read_many(self, wanted: list[tuple[str, tuple[int, ...]]]) -> list[str | None]:
+        """Read and record the digests of files the cache could not answer, in order;
+        None for a file that vanished since it was listed (an editor's temp file)."""
         recorded = time.time_ns()
-        digests = [read_digest(path, key[0]) for path, key in wanted]
+        digests = [_read_if_present(path, key[0]) for path, key in wanted]
         with self._lock:
             self.reads += len(wanted)
             for (path, key), digest in zip(wanted, digests, strict=True):
-                self.entries[path] = (key, recorded, digest)
+                if digest is not None:
+                    self.entries[path] = (key, recorded, digest)
         return digests
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "entries": {p: [list(k), r, d] for p, (k, r, d) in self.entries.items()},
-        }
+        with self._lock:  # hashing threads may be adding entries
+            entries = dict(self.entries)
+        return {"version": 1, "entries": {p: [list(k), r, d] for p, (k, r, d) in entries.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DigestCache:
@@ -142,6 +143,13 @@ class DigestCache:
             p: (tuple(k), int(r), str(d)) for p, (k, r, d) in data.get("entries", {}).items()
         }
         return cls(entries=entries)
+
+
+def _read_if_present(path: str, size_hint: int) -> str | None:
+    try:
+        return read_digest(path, size_hint)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def read_digest(path: str, size_hint: int = 0) -> str:
@@ -436,7 +444,10 @@ class TreeIndex:
                 dirty.add(rel)
         cut = len(prefix)
         for (path, _), digest in zip(misses, self.cache.read_many(misses), strict=True):
-            contents[path[cut:]] = digest
+            if digest is None:
+                self._remove(path[cut:])  # gone since the walk listed it: not part of the tree
+            else:
+                contents[path[cut:]] = digest
 
     def _put(self, entry: FileEntry, digest: str | None) -> None:
         rel = entry.relpath

@@ -748,3 +748,24 @@ def test_random_tree_digest_ignores_order_and_location(tree: Tree) -> None:
             e.relpath for e in TreeIndex.build(one, IgnoreRules()).listing() if e.type == FILE
         }
         assert listed == set(tree)
+
+
+def test_a_file_that_vanishes_between_walk_and_read_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imaged.hashing as hashing
+
+    (tmp_path / "keep.txt").write_text("keep")
+    (tmp_path / ".main.py.swp").write_text("editor temp file")
+    real = hashing.read_digest
+
+    def vanishing(path: str, size_hint: int = 0) -> str:
+        if path.endswith(".swp"):
+            os.unlink(path)  # the editor deletes its temp file right after the walk saw it
+        return real(path, size_hint)
+
+    monkeypatch.setattr(hashing, "read_digest", vanishing)
+    index = TreeIndex.build(tmp_path, IgnoreRules(), DigestCache())
+    monkeypatch.setattr(hashing, "read_digest", real)
+    assert [e.relpath for e in index.listing()] == ["keep.txt"]
+    assert index.digest == TreeIndex.build(tmp_path, IgnoreRules(), DigestCache()).digest
