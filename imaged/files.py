@@ -79,12 +79,15 @@ def walk_files(root: Path, rules: IgnoreRules, *, start: str = "") -> Iterator[F
                     stack.append((matcher.enter(folder, name, best), _sorted_children(child.path)))
                     break
                 continue
-            st = child.stat(follow_symlinks=False)
+            try:
+                st = child.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since the folder was listed (an editor's temp file)
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG:  # entry_from_stat's common case, inlined
                 key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, mode)
                 entry = FileEntry(rel, FILE, bool(mode & 0o111), None, key)
-            elif (found := entry_from_stat(rel, child.path, st)) is not None:
+            elif (found := _entry_or_none(rel, child.path, st)) is not None:
                 entry = found
             else:
                 continue
@@ -94,6 +97,13 @@ def walk_files(root: Path, rules: IgnoreRules, *, start: str = "") -> Iterator[F
                 break
         else:
             stack.pop()
+
+
+def _entry_or_none(rel: str, path: str, st: os.stat_result) -> FileEntry | None:
+    try:
+        return entry_from_stat(rel, path, st)
+    except FileNotFoundError:  # a symlink removed between stat and readlink
+        return None
 
 
 def _sorted_children(path: str) -> Iterator[os.DirEntry[str]]:
