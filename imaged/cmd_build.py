@@ -66,10 +66,16 @@ async def _build_all(
         )
     failed = 0
     async with RegistryClient(insecure_hosts=settings.insecure_registries) as client:
+        checked = {} if force or dry_run else await _check_all(images, settings, client)
         for name, image in _ordered(images):
             try:
                 result = await abuild(
-                    image, force=force, dry_run=dry_run, settings=settings, registry_client=client
+                    image,
+                    force=force,
+                    dry_run=dry_run,
+                    settings=settings,
+                    registry_client=client,
+                    checked=checked,
                 )
             except ImagedError as exc:
                 failed += 1

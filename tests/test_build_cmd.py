@@ -1,0 +1,65 @@
+"""`imaged build` asks the registry about every image at once, then builds what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import imaged.cmd_build as cmd_build
+from imaged import Image
+from imaged.registry import Existence
+
+
+class FakeRegistry:
+    """Answers check_many from a table; records every call."""
+
+    def __init__(self, answers: dict[str, Existence]) -> None:
+        self.answers = answers
+        self.many: list[list[str]] = []
+        self.single: list[str] = []
+
+    def __call__(self, **_: Any) -> FakeRegistry:
+        return self
+
+    async def __aenter__(self) -> FakeRegistry:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    async def check_many(self, refs: list[str]) -> dict[str, Existence]:
+        self.many.append(list(refs))
+        return {ref: self.answers[ref.rpartition(":")[0]] for ref in refs}
+
+    async def manifest_exists(self, ref: str) -> Existence:
+        self.single.append(ref)
+        return self.answers[ref.rpartition(":")[0]]
+
+
+def test_every_tag_is_checked_in_one_concurrent_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.txt").write_text("a")
+    base = Image.from_base("debian:12").with_source_file(tmp_path / "a.txt", "/a")
+    images = {
+        "one": base.clone(name="one", registry="reg.example:5000"),
+        "two": base.clone(name="two", registry="reg.example:5000").with_workdir("/w"),
+    }
+    fake = FakeRegistry(
+        {"reg.example:5000/one": Existence.EXISTS, "reg.example:5000/two": Existence.EXISTS}
+    )
+    monkeypatch.setattr(cmd_build, "RegistryClient", fake)
+    monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
+
+    async def run() -> int:
+        return await cmd_build._build_all(
+            images, force=False, dry_run=False, as_json=True, overrides={}, config_file=None
+        )
+
+    assert anyio.run(run) == 0
+    assert len(fake.many) == 1
+    assert sorted(fake.many[0]) == sorted(i.uri for i in images.values())
+    assert fake.single == []  # abuild used the answers instead of asking again
