@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import click
 
-from imaged.config import Settings, load_settings
+from imaged.config import Settings, export_config_file, load_settings
 from imaged.engine import ImageBuild, abuild
 from imaged.errors import ImagedError
 from imaged.image import Image, override_registry
@@ -123,6 +123,7 @@ def run_build(
     config_file: Path | None,
 ) -> int:
     """Returns the number of images that failed."""
+    export_config_file(config_file)
     images = load_definitions(target)
 
     async def main() -> int:

@@ -65,8 +65,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recursive", "IMAGED_RECURSIVE", "Search definition folders recursively."),
     Setting("debounce_ms", "IMAGED_DEBOUNCE_MS", "Quiet period after a change before building."),
     Setting("max_wait_ms", "IMAGED_MAX_WAIT_MS", "Longest a stream of changes may delay a build."),
-    Setting("image_debounce_ms", "IMAGED_IMAGE_DEBOUNCE_MS",
-            "Per-image quiet periods: a table name = ms, or 'name=ms,name2=ms'."),
+    Setting(
+        "image_debounce_ms",
+        "IMAGED_IMAGE_DEBOUNCE_MS",
+        "Per-image quiet periods: a table name = ms, or 'name=ms,name2=ms'.",
+    ),
     Setting("concurrency", "IMAGED_CONCURRENCY", "Builds at once (default: number of cores)."),
     Setting("supersede", "IMAGED_SUPERSEDE", "cancel (default) or queue a build that went stale."),
     Setting(
@@ -257,6 +260,13 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "load_timeout": _positive_float,
     "shutdown_timeout": _positive_float,
 }
+
+
+def export_config_file(path: Path | None) -> None:
+    """Make an explicit ``--config`` reach definition modules too (and the child processes
+    that load them), through ``IMAGED_CONFIG``."""
+    if path is not None:
+        os.environ["IMAGED_CONFIG"] = str(path.resolve())
 
 
 def find_config_file(explicit: Path | None = None, *, cwd: Path | None = None) -> Path | None:

@@ -228,7 +228,7 @@ class Image:
         from imaged.config import load_settings
 
         version = _python_version(python_version)
-        ref = load_settings().debian_base_for(*version)
+        ref = load_settings(cwd=_caller_dir()).debian_base_for(*version)
         return cls._make(
             name=name,
             registry=registry,
@@ -317,7 +317,10 @@ class Image:
         return cls._make(
             name=name,
             registry=registry,
-            base=DebianBase(ref=load_settings().debian_base_for(*version), python_version=version),
+            base=DebianBase(
+                ref=load_settings(cwd=_caller_dir()).debian_base_for(*version),
+                python_version=version,
+            ),
             platform=_platforms(platform),
             layers=(layer,),
             extendable=True,

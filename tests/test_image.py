@@ -219,16 +219,33 @@ def test_debian_base_env_template_changes_ref_and_digest(monkeypatch: pytest.Mon
     assert mirrored.digest != default.digest
 
 
-def test_debian_base_from_config_file_and_env_wins(
+def test_debian_base_from_the_config_beside_the_definitions_and_env_wins(
     isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (isolated / "imaged.toml").write_text('debian_base = "file.local/py:{major}.{minor}"\n')
-    from_file = Image.from_debian_base(python_version=(3, 12), name="x")
+    project = isolated.parent / "project"
+    project.mkdir()
+    (project / "imaged.toml").write_text('debian_base = "file.local/py:{major}.{minor}"\n')
+    (project / "defs.py").write_text(
+        "from imaged import Image\nimg = Image.from_debian_base(python_version=(3, 12), name='x')\n"
+    )
+    from_file = load_module(project / "defs.py", "defs_cfg_a").img
     assert from_file.base_label == "file.local/py:3.12"
+    # A config in the current directory does not change what the definitions mean.
+    (isolated / "imaged.toml").write_text('debian_base = "cwd.local/py:{major}.{minor}"\n')
+    assert load_module(project / "defs.py", "defs_cfg_b").img.digest == from_file.digest
     monkeypatch.setenv("IMAGED_DEBIAN_BASE", "env.local/py:{major}{minor}")
-    from_env = Image.from_debian_base(python_version=(3, 12), name="x")
+    from_env = load_module(project / "defs.py", "defs_cfg_c").img
     assert from_env.base_label == "env.local/py:312"
     assert from_env.digest != from_file.digest
+
+
+def test_an_explicit_config_file_reaches_the_definitions(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = isolated / "ci.toml"
+    config.write_text('debian_base = "ci.local/py:{major}.{minor}"\n')
+    monkeypatch.setenv("IMAGED_CONFIG", str(config))
+    assert Image.from_debian_base(python_version=(3, 11), name="x").base_label == "ci.local/py:3.11"
 
 
 @pytest.mark.parametrize(
