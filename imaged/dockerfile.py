@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from imaged import layers as L
+from imaged.errors import SpecError
 from imaged.hashing import ImageDigest, LayerDigest, TreeIndex, hash_image
-from imaged.image import DockerfileBase, Image, ParentBase
+from imaged.image import DockerfileBase, Image
 from imaged.tools import POETRY_VERSION, UV_VERSION, VENV
 
 CA_SECRET_ID = "imaged_build_ca"
@@ -261,9 +262,7 @@ def _poetry_project(r: _Renderer, index: int, layer: Any) -> None:
 
 
 def _uv_script(r: _Renderer, index: int, layer: Any) -> None:
-    from imaged.pep723 import read_script_metadata
-
-    deps = read_script_metadata(layer.script).dependencies
+    deps = r.layer_digest(index).values  # as read when the digest was computed
     if not deps:
         r.lines.append(f"# {layer.script.name} declares no dependencies")
         r.ensure_uv()
@@ -333,13 +332,18 @@ _RENDERERS: dict[type[L.Layer], Callable[[_Renderer, int, Any], None]] = {
 
 
 def base_reference(image: Image, digest: ImageDigest | None = None) -> str:
-    """What the FROM line names: a reference, or the parent image's content URI."""
-    base = image.base
-    if isinstance(base, ParentBase):
-        return base.image.uri_for(hash_image(base.image).tag)
-    if isinstance(base, DockerfileBase):
+    """What the FROM line names: a reference, or the parent image's content URI as it was
+    when ``digest`` was computed."""
+    if isinstance(image.base, DockerfileBase):
         raise ValueError("a Dockerfile image has no base reference of imaged's")
-    return base.ref
+    digest = digest or hash_image(image)
+    if digest.base_ref is None:
+        raise SpecError(
+            "its base image has no name, so it has no URI to build FROM; "
+            "give the parent image a name",
+            image=image.name,
+        )
+    return digest.base_ref
 
 
 def render_dockerfile(image: Image, digest: ImageDigest | None = None) -> RenderedImage:
@@ -351,9 +355,8 @@ def render_dockerfile(image: Image, digest: ImageDigest | None = None) -> Render
     base = image.base
     if isinstance(base, DockerfileBase):
         tree = next(t for d in digest.layers if d.kind == "base" for t in d.trees)
-        rendered = RenderedImage(
-            dockerfile=base.dockerfile.read_text(encoding="utf-8"), user_dockerfile=base.dockerfile
-        )
+        assert digest.dockerfile_text is not None
+        rendered = RenderedImage(dockerfile=digest.dockerfile_text, user_dockerfile=base.dockerfile)
         rendered.context.append(ContextItem(dest=".", tree=tree, digest=tree.digest))
         return rendered
     r = _Renderer(image, digest)

@@ -618,6 +618,7 @@ class LayerDigest:
     trees: tuple[TreeIndex, ...] = ()
     files: tuple[tuple[str, str], ...] = ()  # (absolute path, content digest)
     in_image_digest: bool = True
+    values: tuple[str, ...] = ()  # inputs the build uses as read for this digest (script deps)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -638,6 +639,9 @@ class ImageDigest:
     digest: str
     base: str
     layers: tuple[LayerDigest, ...]
+    # What the build must use, as it was read for this digest (never read a second time):
+    base_ref: str | None = None  # the FROM reference (a parent image's content URI)
+    dockerfile_text: str | None = None  # a from_dockerfile image's Dockerfile
 
     @property
     def tag(self) -> str:
@@ -649,6 +653,7 @@ class _Inputs:
     fields: list[object]
     trees: list[TreeIndex] = field(default_factory=list)
     files: list[tuple[str, str]] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
 
 
 class _Hasher:
@@ -740,6 +745,7 @@ def _uv_script(h: _Hasher, layer: Any, label: str) -> _Inputs:
     return _Inputs(
         [UV_VERSION, meta.header, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)],
         files=[(str(layer.script), sha256_hex(meta.header))],
+        values=list(meta.dependencies),
     )
 
 
@@ -803,47 +809,71 @@ _HANDLERS: dict[type[L.Layer], Callable[[_Hasher, Any, str], _Inputs]] = {
 }
 
 
-def _base_fields(image: Image, cache: DigestCache) -> tuple[list[object], list[TreeIndex]]:
+@dataclass
+class _BaseInputs:
+    fields: list[object]
+    trees: list[TreeIndex] = field(default_factory=list)
+    ref: str | None = None
+    dockerfile_text: str | None = None
+
+
+def _base_inputs(image: Image, cache: DigestCache) -> _BaseInputs:
     base = image.base
     if isinstance(base, DebianBase):
-        return ["debian", base.ref, list(base.python_version)], []
+        return _BaseInputs(["debian", base.ref, list(base.python_version)], ref=base.ref)
     if isinstance(base, RefBase):
-        return ["ref", base.ref], []
+        return _BaseInputs(["ref", base.ref], ref=base.ref)
     if isinstance(base, ParentBase):
-        return ["parent", hash_image(base.image, cache).digest], []
+        parent = hash_image(base.image, cache)
+        ref = base.image.uri_for(parent.tag) if base.image.name else None
+        return _BaseInputs(["parent", parent.digest], ref=ref)
     assert isinstance(base, DockerfileBase)
-    return _dockerfile_fields(image, base, cache)
+    return _dockerfile_inputs(image, base, cache)
+
+
+def _base_fields(image: Image, cache: DigestCache) -> tuple[list[object], list[TreeIndex]]:
+    inputs = _base_inputs(image, cache)
+    return inputs.fields, inputs.trees
+
+
+def _dockerfile_inputs(image: Image, base: DockerfileBase, cache: DigestCache) -> _BaseInputs:
+    try:
+        data = base.dockerfile.read_bytes()
+        text = data.decode("utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise MissingPathError(
+            f"{base.dockerfile} is not a readable file", image=image.name, layer="from_dockerfile"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(
+            f"{base.dockerfile}: cannot read: {exc}", image=image.name, layer="from_dockerfile"
+        ) from exc
+    rules = IgnoreRules.from_file(base.context / ".dockerignore")
+    tree = shared_trees().tree(base.context, rules, cache)
+    relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
+    fields: list[object] = ["dockerfile", relname, hashlib.sha256(data).hexdigest(), tree.digest]
+    return _BaseInputs(fields, [tree], dockerfile_text=text)
 
 
 def _dockerfile_fields(
     image: Image, base: DockerfileBase, cache: DigestCache
 ) -> tuple[list[object], list[TreeIndex]]:
-    if not base.dockerfile.is_file():
-        raise MissingPathError(
-            f"{base.dockerfile} does not exist", image=image.name, layer="from_dockerfile"
-        )
-    st = os.stat(base.dockerfile)
-    dockerfile = cache.file_digest(str(base.dockerfile), stat_key(st))
-    rules = IgnoreRules.from_file(base.context / ".dockerignore")
-    tree = shared_trees().tree(base.context, rules, cache)
-    relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
-    return ["dockerfile", relname, dockerfile, tree.digest], [tree]
+    inputs = _dockerfile_inputs(image, base, cache)
+    return inputs.fields, inputs.trees
 
 
 def hash_image(image: Image, cache: DigestCache | None = None) -> ImageDigest:
     """Hash an image as its files are now: the base, the platforms, the Python version and
     each layer's kind and inputs, in order."""
     cache = cache or default_cache()
-    base_fields, base_trees = _base_fields(image, cache)
+    base_inputs = _base_inputs(image, cache)
+    base_fields, base_trees = base_inputs.fields, base_inputs.trees
     base_digest = "sha256:" + sha256_hex(base_fields)
     hasher = _Hasher(image, cache)
     layer_digests: list[LayerDigest] = []
     for index, layer in enumerate(image.layers):
         label = image.layer_label(index)
-        try:
-            inputs = hasher.inputs(layer, label)
-        except SpecError:
-            raise
+        inputs = hasher.inputs(layer, label)
         digest = "sha256:" + sha256_hex([layer.kind, inputs.fields])
         layer_digests.append(
             LayerDigest(
@@ -855,6 +885,7 @@ def hash_image(image: Image, cache: DigestCache | None = None) -> ImageDigest:
                 trees=tuple(inputs.trees),
                 files=tuple(inputs.files),
                 in_image_digest=not isinstance(layer, L.Dockerignore),
+                values=tuple(inputs.values),
             )
         )
     top = [
@@ -877,4 +908,6 @@ def hash_image(image: Image, cache: DigestCache | None = None) -> ImageDigest:
         digest="sha256:" + sha256_hex(top),
         base=base_digest,
         layers=(base_layer, *layer_digests) if base_trees else tuple(layer_digests),
+        base_ref=base_inputs.ref,
+        dockerfile_text=base_inputs.dockerfile_text,
     )
