@@ -108,6 +108,11 @@ def _effective(image: Image, settings: Settings) -> Image:
     return override_registry(image, settings.registry)
 
 
+def _validate_and_hash(image: Image, cache: DigestCache) -> ImageDigest:
+    image.validate()
+    return hash_image(image, cache)
+
+
 def _stage(
     image: Image, cache: DigestCache, workdir: Path
 ) -> tuple[ImageDigest, RenderedImage, Path]:
@@ -125,21 +130,33 @@ def _stage(
     raise AssertionError("unreachable")
 
 
-async def _parent_ready(image: Image, settings: Settings, client: RegistryClient | None) -> None:
+async def _ensure_parent(
+    image: Image,
+    *,
+    settings: Settings,
+    client: RegistryClient | None,
+    builder: Builder,
+    cache: DigestCache,
+    on_event: EventSink | None,
+) -> None:
+    """An image built FROM another Image needs that image first: build it (or find its tag
+    in the registry) before the child, whether or not it is one of the defined images."""
     base = image.base
-    if isinstance(base, ParentBase):
-        parent = _effective(base.image, settings)
-        digest = hash_image(parent)
-        if (
-            parent.registry
-            and await check_existence(parent, digest, settings, client) is Existence.EXISTS
-        ):
-            return
+    if not isinstance(base, ParentBase):
+        return
+    if not base.image.name:
         raise SpecError(
-            f"its base image {parent.name!r} ({_uri(parent, digest)}) is not built "
-            "yet; build it first (the daemon orders this for you)",
-            image=image.name,
+            "its base image has no name; give it one with .clone(name=...)", image=image.name
         )
+    parent = await abuild(
+        base.image,
+        settings=settings,
+        registry_client=client,
+        builder=builder,
+        cache=cache,
+        on_event=on_event,
+    )
+    _emit(on_event, "parent_ready", image, parent=parent.uri, status=parent.status)
 
 
 async def abuild(
@@ -165,8 +182,8 @@ async def abuild(
     cache = cache or default_cache()
     image = _effective(image, settings)
     started = time.perf_counter()
-    image.validate()
-    digest = hash_image(image, cache)
+    # Hashing reads files: off the event loop, so a big tree never starves the daemon.
+    digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache)
     result = ImageBuild(
         name=image.name or "",
         uri=_uri(image, digest),
@@ -190,7 +207,14 @@ async def abuild(
             result.status, result.skipped = "skipped", True
             _emit(on_event, "skipped", image, uri=result.uri)
             return result
-    await _parent_ready(image, settings, registry_client)
+    await _ensure_parent(
+        image,
+        settings=settings,
+        client=registry_client,
+        builder=chosen,
+        cache=cache,
+        on_event=on_event,
+    )
     await _build_and_push(image, chosen, settings, cache, force, result, on_event)
     result.timings["total"] = time.perf_counter() - started
     return result

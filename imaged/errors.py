@@ -129,7 +129,18 @@ class BuildError(ImagedError):
 
 
 class PushError(BuildError):
-    """The engine failed to push the image."""
+    """The engine failed to push the image.
+
+    Transient (retried with backoff by the daemon) unless the registry refused the
+    credentials: a 5xx, a timeout or a dropped connection may pass; a denial will not.
+    """
+
+    _REFUSALS = ("unauthorized", "denied", "authentication required", "forbidden")
+
+    @property
+    def transient(self) -> bool:
+        text = str(self).lower()
+        return not any(word in text for word in self._REFUSALS)
 
 
 def is_transient(exc: BaseException) -> bool:

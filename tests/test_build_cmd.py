@@ -63,3 +63,11 @@ def test_every_tag_is_checked_in_one_concurrent_call(
     assert len(fake.many) == 1
     assert sorted(fake.many[0]) == sorted(i.uri for i in images.values())
     assert fake.single == []  # abuild used the answers instead of asking again
+
+
+def test_a_push_that_may_pass_is_transient_but_a_refusal_is_not() -> None:
+    from imaged.errors import PushError, is_transient
+
+    assert is_transient(PushError("push of r/x:1 failed: received unexpected HTTP status: 503"))
+    assert not is_transient(PushError("push of r/x:1 failed: unauthorized: authentication required"))
+    assert not is_transient(PushError("push of r/x:1 failed: denied: requested access"))
