@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import stat
 import struct
 import threading
 import time
@@ -150,6 +151,8 @@ def _read_if_present(path: str, size_hint: int) -> str | None:
         return read_digest(path, size_hint)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
 def read_digest(path: str, size_hint: int = 0) -> str:
@@ -669,11 +672,17 @@ class _Hasher:
     def file(self, path: Path, *, label: str, follow: bool = True) -> str:
         try:
             st = os.stat(path) if follow else os.lstat(path)
-        except FileNotFoundError as exc:
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(f"{path} is not a regular file")
+            return self.cache.file_digest(str(path), stat_key(st))
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise MissingPathError(
                 f"{path} does not exist", image=self.image.name, layer=label
             ) from exc
-        return self.cache.file_digest(str(path), stat_key(st))
+        except OSError as exc:
+            raise SpecError(
+                f"{path}: cannot read: {exc.strerror or exc}", image=self.image.name, layer=label
+            ) from exc
 
     def tree(self, root: Path, *, label: str, gitignore: bool = False) -> TreeIndex:
         if not root.is_dir():
@@ -704,8 +713,33 @@ def _pip(h: _Hasher, layer: Any, label: str) -> _Inputs:
     )
 
 
+_FILE_OPTIONS = ("-r", "--requirement", "-c", "--constraint", "-e", "--editable")
+_LOCAL_PREFIXES = ("./", "../", "/", "file:", "~")
+
+
+def check_requirements(path: Path, *, image: str | None, label: str) -> None:
+    """Refuse a requirements file that names other files: imaged hashes and mounts only this
+    one, so ``-r other.txt`` or ``-e .`` would fail inside the build, or build content the
+    digest does not cover."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return  # the hash of the file reports it, with the path
+    for number, raw in enumerate(lines, start=1):
+        line = raw.split(" #", 1)[0].strip()
+        word = line.split(maxsplit=1)[0] if line else ""
+        if word.startswith(_FILE_OPTIONS) or line.startswith(_LOCAL_PREFIXES) or line == ".":
+            raise SpecError(
+                f"{path}:{number}: `{line}` refers to another file, which imaged neither hashes "
+                "nor sends to the build; list its requirements here, or use with_uv_project",
+                image=image,
+                layer=label,
+            )
+
+
 def _requirements(h: _Hasher, layer: Any, label: str) -> _Inputs:
     digest = h.file(layer.file, label=label)
+    check_requirements(layer.file, image=h.image.name, label=label)
     return _Inputs(
         [UV_VERSION, digest, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)],
         files=[(str(layer.file), digest)],

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from imaged import Image
 from imaged.dockerfile import base_reference, render_dockerfile
+from imaged.errors import SpecError
 from imaged.hashing import hash_image
 
 HEADER = '# /// script\n# dependencies = ["{dep}"]\n# ///\nprint("hi")\n'
@@ -44,3 +47,38 @@ def test_a_parent_is_named_by_the_tag_it_had_when_hashed(tmp_path: Path) -> None
     (tmp_path / "f.txt").write_text("two")
     assert render_dockerfile(child, digest).dockerfile.startswith(f"FROM {first}\n")
     assert base_reference(child) != first  # a fresh hash sees the parent's new tag
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param("-r base.txt", id="requirement"),
+        pytest.param("--requirement=base.txt", id="requirement-long"),
+        pytest.param("-c constraints.txt", id="constraint"),
+        pytest.param("-e .", id="editable"),
+        pytest.param("./vendor/pkg", id="local-path"),
+        pytest.param("file:///tmp/x.whl", id="file-url"),
+    ],
+)
+def test_a_requirements_file_that_names_other_files_is_refused(tmp_path: Path, line: str) -> None:
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"idna==3.7\n{line}\n")
+    image = Image.from_base("debian:12").with_requirements(req).clone(name="r")
+    with pytest.raises(SpecError, match=r"requirements\.txt:2: .* refers to another file") as info:
+        hash_image(image)
+    assert info.value.image == "r"
+    assert "requirements" in str(info.value.layer)
+
+
+def test_plain_requirements_with_options_and_comments_are_fine(tmp_path: Path) -> None:
+    req = tmp_path / "requirements.txt"
+    req.write_text("# pinned\nidna==3.7  # comment\n--index-url https://pypi.org/simple\n\n")
+    image = Image.from_base("debian:12").with_requirements(req).clone(name="r")
+    assert hash_image(image).digest.startswith("sha256:")
+
+
+def test_an_input_that_became_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").mkdir()
+    image = Image.from_base("debian:12").with_requirements(tmp_path / "requirements.txt")
+    with pytest.raises(SpecError, match="requirements.txt.*cannot read"):
+        hash_image(image.clone(name="r"))
