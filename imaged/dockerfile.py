@@ -225,6 +225,11 @@ def _project_mounts(
         tree = d.trees[0]
         dest = f"inputs/{index}/project"
         r.out.context.append(ContextItem(dest=dest, tree=tree, digest=tree.digest))
+        if lock != layer.pyproject.parent / lock_name:
+            # An explicit lock file elsewhere is the one hashed: it replaces the tree's own.
+            r.out.context.append(
+                ContextItem(dest=f"{dest}/{lock_name}", file=lock, digest=_file_digest(d, lock))
+            )
         workdir = f"{MOUNT_ROOT}/{index}/project"
         # Staged from the hashed tree; rw so a build backend may write, writes are dropped.
         return [f"--mount=type=bind,source={dest},target={workdir},rw"], workdir

@@ -80,5 +80,24 @@ def test_plain_requirements_with_options_and_comments_are_fine(tmp_path: Path) -
 def test_an_input_that_became_a_folder_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "requirements.txt").mkdir()
     image = Image.from_base("debian:12").with_requirements(tmp_path / "requirements.txt")
-    with pytest.raises(SpecError, match="requirements.txt.*cannot read"):
+    with pytest.raises(SpecError, match=r"requirements\.txt.*cannot read"):
         hash_image(image.clone(name="r"))
+
+
+def test_an_explicit_lock_file_is_the_one_staged_in_install_project_mode(tmp_path: Path) -> None:
+    from imaged.context import stage_context
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "1"\n')
+    (project / "uv.lock").write_text("# the project's own lock\n")
+    (tmp_path / "prod.lock").write_text("# the explicit lock\n")
+    image = Image.from_base("debian:12").with_uv_project(
+        project / "pyproject.toml",
+        uvlock=tmp_path / "prod.lock",
+        project_install_mode="install_project",
+    )
+    rendered = render_dockerfile(image.clone(name="p"))
+    staged = tmp_path / "ctx" / "context"
+    stage_context(rendered, staged)
+    assert (staged / "inputs/0/project/uv.lock").read_text() == "# the explicit lock\n"
