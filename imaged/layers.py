@@ -33,8 +33,8 @@ class Secret:
     """A build secret: its *value* never enters a layer, the digest, a log or an argv.
 
     During a build the value comes from the build host: the environment variable
-    ``IMAGED_SECRET_<ID>`` (``<ID>`` is :attr:`env_name`), else the plain variable
-    ``<ID>``, else the file ``<secrets_dir>/<group>/<key>`` (``IMAGED_SECRETS_DIR``).
+    ``IMAGED_SECRET_<ID>`` (``<ID>`` is :attr:`env_name`), else the file
+    ``<secrets_dir>/<group>/<key>`` (``IMAGED_SECRETS_DIR``).
     Inside the RUN step it is a file at ``mount`` (default ``/run/secrets/<id>``) and, when
     ``env_var`` is set, also exported as that variable for the step only.
 

@@ -25,17 +25,17 @@ def resolve_secret(
 ) -> SecretSource:
     """The value of one secret, looked up in order and never logged.
 
-    1. ``IMAGED_SECRET_<ENV_NAME>``, 2. ``<ENV_NAME>``, 3. the file under ``secrets_dir``.
+    1. ``IMAGED_SECRET_<ENV_NAME>``, 2. the file under ``secrets_dir``. A plain ``<ENV_NAME>``
+    is never consulted: ``Secret("path")`` must not quietly become ``$PATH``.
 
-    >>> resolve_secret(Secret("tok"), Settings(), environ={"TOK": "x"}).id
+    >>> resolve_secret(Secret("tok"), Settings(), environ={"IMAGED_SECRET_TOK": "x"}).id
     'tok'
     """
     env = os.environ if environ is None else environ
-    looked: list[str] = []
-    for name in (SECRET_ENV_PREFIX + secret.env_name, secret.env_name):
-        looked.append(f"environment variable {name}")
-        if name in env:
-            return SecretSource(id=secret.id, value=env[name].encode())
+    name = SECRET_ENV_PREFIX + secret.env_name
+    looked = [f"environment variable {name}"]
+    if name in env:
+        return SecretSource(id=secret.id, value=env[name].encode())
     if settings.secrets_dir is None:
         looked.append(f"no file: secrets_dir is not set ({ENV_VARS['secrets_dir']})")
     else:
@@ -53,9 +53,17 @@ def resolve_secret(
 def resolve_secrets(
     secrets: Iterable[Secret], settings: Settings, *, environ: Mapping[str, str] | None = None
 ) -> tuple[SecretSource, ...]:
-    """Resolve every secret once, keeping the first occurrence of each id."""
+    """Resolve every secret once. Two different secrets with one BuildKit id (``Secret("a.b")``
+    and ``Secret("b", group="a")``) would share a value: that is an error."""
     out: dict[str, SecretSource] = {}
+    seen: dict[str, Secret] = {}
     for secret in secrets:
+        first = seen.setdefault(secret.id, secret)
+        if (first.key, first.group) != (secret.key, secret.group):
+            raise SecretError(
+                f"secrets {first.key!r} (group {first.group!r}) and {secret.key!r} (group "
+                f"{secret.group!r}) share the build id {secret.id!r}; rename one"
+            )
         if secret.id not in out:
             out[secret.id] = resolve_secret(secret, settings, environ=environ)
     return tuple(out.values())

@@ -65,11 +65,16 @@ def _secrets_dir(tmp_path: Path) -> Path:
             id="imaged-prefixed-env-first",
         ),
         pytest.param(
-            Secret("token", group="github"), {"GITHUB_TOKEN": "plain"}, b"plain", id="plain-env"
+            Secret("token", group="github"),
+            {"GITHUB_TOKEN": "plain"},
+            b"from-group-file",
+            id="plain-env-is-never-a-source",
         ),
         pytest.param(Secret("token", group="github"), {}, b"from-group-file", id="group-file"),
         pytest.param(Secret("token"), {}, b"from-plain-file", id="file-without-group"),
-        pytest.param(Secret("token"), {"TOKEN": ""}, b"", id="empty-env-value-counts"),
+        pytest.param(
+            Secret("token"), {"IMAGED_SECRET_TOKEN": ""}, b"", id="empty-env-value-counts"
+        ),
     ],
 )
 def test_resolve_secret_order(
@@ -88,7 +93,7 @@ def test_missing_secret_names_every_place_and_no_value(tmp_path: Path) -> None:
     message = str(info.value)
     assert "'github.token'" in message
     assert "IMAGED_SECRET_GITHUB_TOKEN" in message
-    assert "variable GITHUB_TOKEN" in message
+    assert "variable GITHUB_TOKEN" not in message  # a plain variable is never consulted
     assert str(tmp_path / "github" / "token") in message
     assert SECRET_VALUE not in message
 
@@ -103,9 +108,15 @@ def test_secret_source_repr_hides_value() -> None:
 
 
 def test_resolve_secrets_dedupes_by_id_keeping_order() -> None:
-    environ = {"A": "1", "B": "2"}
+    environ = {"IMAGED_SECRET_A": "1", "IMAGED_SECRET_B": "2"}
     sources = resolve_secrets([Secret("b"), Secret("a"), Secret("b")], Settings(), environ=environ)
     assert sources == (SecretSource("b", b"2"), SecretSource("a", b"1"))
+
+
+def test_two_secrets_sharing_one_build_id_are_refused() -> None:
+    environ = {"IMAGED_SECRET_A_B": "1"}
+    with pytest.raises(SecretError, match=r"share the build id 'a\.b'"):
+        resolve_secrets([Secret("a.b"), Secret("b", group="a")], Settings(), environ=environ)
 
 
 def test_ca_bundle_secret(tmp_path: Path) -> None:
