@@ -90,6 +90,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 ENV_VARS: dict[str, str] = {s.key: s.env for s in SETTINGS}
+# The other variables imaged reads, which are not settings of their own.
+OTHER_ENV_VARS: dict[str, str] = {
+    "IMAGED_CONFIG": "The config file to read (what --config sets for definition modules too).",
+    "IMAGED_SECRET_<ID>": "The value of the build secret <ID> (Secret.env_name), on the build host.",
+}
 
 
 def _text(value: Any) -> str | None:

@@ -235,7 +235,7 @@ class TreeIndex:
         out: dict[str, str] = {}
         for rel, entry in self.entries.items():
             if entry.type == FILE:
-                out[rel] = self.contents[rel] + ("+x" if entry.executable else "")
+                out[rel] = self.contents[rel] + (EXEC_SUFFIX if entry.executable else "")
             elif entry.type == SYMLINK:
                 out[rel] = f"-> {entry.target}"
             else:
