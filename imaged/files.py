@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imaged.ignore import STANDARD_IGNORES, IgnoreRules
+from imaged.ignore import STANDARD_IGNORES, Folder, IgnoreRules, Matcher
 
 FILE, SYMLINK, DIR = "f", "l", "d"
 StatKey = tuple[int, int, int, int, int]
@@ -126,20 +126,152 @@ def list_files(root: Path, rules: IgnoreRules) -> tuple[FileEntry, ...]:
 def folder_rules(
     folder: Path, extra_ignore_files: Sequence[Path] = (), *, gitignore: bool = False
 ) -> IgnoreRules:
-    """Ignore rules for copying ``folder``: standard ignores, the folder's own
-    ``.dockerignore`` (and ``.gitignore`` for code bundles), then the image's extra files."""
-    rules = IgnoreRules.from_lines(STANDARD_IGNORES)
-    if gitignore:
-        rules = rules + IgnoreRules.from_file(folder / ".gitignore", syntax="git")
-    rules = rules + IgnoreRules.from_file(folder / ".dockerignore")
-    for path in extra_ignore_files:
-        rules = rules + IgnoreRules.from_file(path)
-    return rules
+    """Ignore rules for copying ``folder``: standard ignores, then (for code bundles) every
+    ``.gitignore`` git would apply, then the folder's ``.dockerignore`` and the image's extra
+    files. Among the git files a deeper one wins, as in git; docker rules win over them all."""
+    docker = _docker_rules(folder, extra_ignore_files)
+    git = _git_rules(folder, docker_rules=docker)[0] if gitignore else IgnoreRules()
+    return IgnoreRules.from_lines(STANDARD_IGNORES) + git + docker
 
 
 def ignore_files_of(
     folder: Path, extra_ignore_files: Sequence[Path] = (), *, gitignore: bool = False
 ) -> tuple[Path, ...]:
-    """The ignore files whose edits can change ``folder``'s file list (to watch)."""
-    own = [folder / ".dockerignore"] + ([folder / ".gitignore"] if gitignore else [])
+    """The ignore files whose edits can change ``folder``'s file list (to watch): for code
+    bundles also every ancestor's ``.gitignore`` up to the repository root and its
+    ``info/exclude`` (present or not), and the nested ``.gitignore`` files that exist."""
+    own = [folder / ".dockerignore"]
+    if gitignore:
+        own += [folder / ".gitignore"]
+        ancestors = [path for path, _ in _outer_git_files(folder)]
+        nested = _git_rules(folder, docker_rules=_docker_rules(folder, extra_ignore_files))[1]
+        own += [*ancestors, *nested]
     return (*own, *extra_ignore_files)
+
+
+def is_rules_input(
+    folder: Path, path: Path, extra_ignore_files: Sequence[Path] = (), *, gitignore: bool = False
+) -> bool:
+    """True when creating, editing or deleting ``path`` can change ``folder_rules`` of
+    ``folder``: any ignore file ``ignore_files_of`` names, and any ``.gitignore`` below
+    ``folder`` (a new nested one included). Cheap: no walk."""
+    path, root = _absolute(path), _absolute(folder)
+    if path == root / ".dockerignore" or path in map(_absolute, extra_ignore_files):
+        return True
+    if not gitignore:
+        return False
+    if path.name == ".gitignore" and (path.parent == root or root in path.parents):
+        return True
+    return path in {outer for outer, _ in _outer_git_files(root)}
+
+
+# -- the .gitignore files git applies to a folder -----------------------------------------
+
+GITIGNORE = ".gitignore"
+
+
+def _docker_rules(folder: Path, extra_ignore_files: Sequence[Path]) -> IgnoreRules:
+    rules = IgnoreRules.from_file(folder / ".dockerignore")
+    for path in extra_ignore_files:
+        rules = rules + IgnoreRules.from_file(path)
+    return rules
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _repository_root(folder: Path) -> Path | None:
+    """The nearest folder at or above ``folder`` holding ``.git`` (a folder, or the file of a
+    worktree or submodule); None outside a repository."""
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate / ".git"):
+            return candidate
+    return None
+
+
+def _info_exclude(repo: Path) -> Path:
+    """``info/exclude`` of the repository at ``repo``: a worktree's ``.git`` file names its
+    git folder, whose ``commondir`` names the folder holding the shared ``info/``."""
+    dotgit = repo / ".git"
+    if not dotgit.is_file():
+        return dotgit / "info" / "exclude"
+    try:
+        text = dotgit.read_text(encoding="utf-8").strip()
+        gitdir = repo / text.removeprefix("gitdir:").strip()
+        common = gitdir / "commondir"
+        if common.is_file():
+            gitdir = gitdir / common.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return dotgit / "info" / "exclude"  # unreadable: watch where it would normally be
+    return Path(os.path.normpath(gitdir / "info" / "exclude"))
+
+
+def _outer_git_files(folder: Path) -> list[tuple[Path, str]]:
+    """The repository's ``info/exclude``, then each ancestor's ``.gitignore`` from the
+    repository root down to ``folder``'s parent, each with ``folder``'s path relative to
+    that file's folder (the prefix its patterns see); lowest precedence first."""
+    root = _absolute(folder)
+    repo = _repository_root(root)
+    if repo is None:
+        return []
+    parts = root.relative_to(repo).parts
+    files = [(_info_exclude(repo), "/".join(parts))]
+    for depth in range(len(parts)):
+        files.append((repo.joinpath(*parts[:depth]) / GITIGNORE, "/".join(parts[depth:])))
+    return files
+
+
+def _git_rules(folder: Path, *, docker_rules: IgnoreRules) -> tuple[IgnoreRules, list[Path]]:
+    """Every git rule that applies to ``folder``'s entries, lowest precedence first, and the
+    nested ``.gitignore`` files read. Git reads no ``.gitignore`` inside an ignored folder, so
+    the scan skips those, deciding with the full rules as the walk will."""
+    rules = IgnoreRules()
+    for path, prefix in _outer_git_files(folder):
+        rules = rules + IgnoreRules.from_file(path, syntax="git", prefix=prefix)
+    rules = rules + IgnoreRules.from_file(folder / GITIGNORE, syntax="git")
+    return _scan_nested(folder, rules, docker_rules)
+
+
+def _scan_nested(
+    folder: Path, outer: IgnoreRules, docker_rules: IgnoreRules
+) -> tuple[IgnoreRules, list[Path]]:
+    """Walk the folders the file walk would enter, adding each nested ``.gitignore`` (below
+    the root) in walk order, so a file's rules apply to its siblings and below."""
+    standard = IgnoreRules.from_lines(STANDARD_IGNORES)
+    git, found = outer, []
+    matcher = (standard + git + docker_rules).walker()
+    # (folder, whether git reads its .gitignore, its state and the matcher that made it)
+    stack: list[tuple[str, bool, Folder, Matcher]] = [("", True, matcher.folder(""), matcher)]
+    while stack:
+        rel, readable, state, made_by = stack.pop()
+        has_gitignore, subdirs = _list_folder(os.path.join(folder, rel))
+        if rel and readable and has_gitignore:
+            path = folder / rel / GITIGNORE
+            git = git + IgnoreRules.from_file(path, syntax="git", base=rel)
+            found.append(path)
+            matcher = (standard + git + docker_rules).walker()
+        if made_by is not matcher:
+            state = matcher.folder(rel)  # rule numbers moved: start this folder afresh
+        for name in reversed(subdirs):
+            sub = state.prefix + name
+            ignored, best = matcher.child(state, name, sub, is_dir=True)
+            if not ignored or not matcher.can_prune(sub):
+                entered = matcher.enter(state, name, best)
+                stack.append((sub, readable and not ignored, entered, matcher))
+    return git, found
+
+
+def _list_folder(path: str) -> tuple[bool, list[str]]:
+    """Whether ``path`` holds a regular ``.gitignore``, and its subfolders' names, sorted."""
+    has_gitignore, subdirs = False, []
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.name)
+                elif entry.name == GITIGNORE:
+                    has_gitignore = entry.is_file(follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return has_gitignore, sorted(subdirs)

@@ -117,15 +117,23 @@ class _DockerRule:
 
 @dataclass(frozen=True)
 class _GitRule:
-    """One `.gitignore` pattern (pathspec's GitIgnoreSpecPattern) scoped to the folder `base`."""
+    """One `.gitignore` pattern (pathspec's GitIgnoreSpecPattern) scoped to the folder `base`.
+
+    A rule from an ancestor's `.gitignore` has a `prefix`: the context root's path relative to
+    that ancestor, so the rule matches `prefix/relpath`, the path git matches it against.
+    (The prefix cannot be folded into the regex: "(?:.+/)?" may match part of it.)
+    """
 
     line: str
     base: str
     negated: bool
     regex: re.Pattern[str] = field(compare=False, repr=False)
+    prefix: str = ""
 
     @property
     def text(self) -> str:
+        if self.prefix:
+            return "/".join([".."] * (self.prefix.count("/") + 1)) + f": {self.line}"
         return f"{self.base}: {self.line}" if self.base else self.line
 
     def match(self, relpath: str, *, is_dir: bool) -> int:
@@ -133,6 +141,8 @@ class _GitRule:
             if not relpath.startswith(self.base + "/"):
                 return _NO_MATCH
             relpath = relpath[len(self.base) + 1 :]
+        if self.prefix:
+            relpath = f"{self.prefix}/{relpath}"
         found = self.regex.match(relpath + "/" if is_dir else relpath)
         if found is None:
             return _NO_MATCH
@@ -142,9 +152,18 @@ class _GitRule:
         body = self.line.strip().removeprefix("!")
         anchored = "/" in body.rstrip("/")
         literal = _GIT_LITERAL_STOP.split(body.lstrip("/"), maxsplit=1)[0] if anchored else ""
-        full = f"{self.base}/{literal}" if self.base else literal
-        below = reldir + "/"
-        return full.startswith(below) or below.startswith(full)
+        base, below = self.base + "/" if self.base else "", reldir + "/"
+        if below.startswith(base):
+            seen = self._prefix_slash + below[len(base) :]  # reldir as this rule's file sees it
+        elif base.startswith(below):
+            seen = self._prefix_slash  # the whole scope of the rule lies below reldir
+        else:
+            return False
+        return literal.startswith(seen) or seen.startswith(literal)
+
+    @property
+    def _prefix_slash(self) -> str:
+        return self.prefix + "/" if self.prefix else ""
 
 
 @dataclass(frozen=True)
@@ -161,19 +180,30 @@ class IgnoreRules:
 
     @classmethod
     def from_lines(
-        cls, lines: Iterable[str], *, syntax: Syntax = "docker", base: str = ""
+        cls, lines: Iterable[str], *, syntax: Syntax = "docker", base: str = "", prefix: str = ""
     ) -> IgnoreRules:
-        """Parse ignore-file lines; `base` scopes a nested `.gitignore` to that folder."""
+        """Parse ignore-file lines; `base` scopes a nested `.gitignore` to that folder, and
+        `prefix` (the context root's path relative to an ancestor's `.gitignore`) makes an
+        ancestor's patterns match `prefix/relpath`, as git matches them.
+
+        >>> rules = IgnoreRules.from_lines(["/api/.env"], syntax="git", prefix="services/api")
+        >>> rules.is_ignored("api/.env"), rules.patterns
+        (False, ('../..: /api/.env',))
+        """
         if syntax == "docker":
-            if base.strip("/."):
-                raise SpecError(f"a .dockerignore applies to the context root, not {base!r}")
+            if base.strip("/.") or prefix.strip("/."):
+                where = base or prefix
+                raise SpecError(f"a .dockerignore applies to the context root, not {where!r}")
             return cls(tuple(_parse_docker_lines(lines)))
         if syntax == "git":
-            return cls(tuple(_parse_git_lines(lines, base=_clean_base(base))))
+            clean_base, clean_prefix = _clean_base(base), _clean_base(prefix, what="prefix")
+            return cls(tuple(_parse_git_lines(lines, base=clean_base, prefix=clean_prefix)))
         raise SpecError(f"unknown ignore syntax {syntax!r}: use 'docker' or 'git'")
 
     @classmethod
-    def from_file(cls, path: Path, *, syntax: Syntax = "docker", base: str = "") -> IgnoreRules:
+    def from_file(
+        cls, path: Path, *, syntax: Syntax = "docker", base: str = "", prefix: str = ""
+    ) -> IgnoreRules:
         """Read an ignore file; a missing file gives empty rules.
 
         >>> IgnoreRules.from_file(Path("/nonexistent/.dockerignore")).patterns
@@ -188,7 +218,7 @@ class IgnoreRules:
         except OSError as exc:
             raise SpecError(f"{path}: cannot read ignore file: {exc.strerror}") from exc
         try:
-            return cls.from_lines(text.split("\n"), syntax=syntax, base=base)
+            return cls.from_lines(text.split("\n"), syntax=syntax, base=base, prefix=prefix)
         except SpecError as exc:
             raise SpecError(f"{path}: {exc}") from exc
 
@@ -225,7 +255,9 @@ class IgnoreRules:
         >>> IgnoreRules.from_lines(["build", "!build/keep.txt"]).can_prune("build")
         False
         """
-        return self.is_ignored(reldir, is_dir=True) and self.walker().can_prune(reldir)
+        if not self.is_ignored(reldir, is_dir=True):
+            return False
+        return not any(rule.may_match_below(reldir) for rule in self.rules if rule.negated)
 
     def walker(self) -> Matcher:
         """The walk-time matcher of these rules (built once, then cached on the rules).
@@ -387,7 +419,7 @@ def _skip_go_class_char(pattern: str, i: int, bad: SpecError) -> int:
     return i + 1
 
 
-def _parse_git_lines(lines: Iterable[str], *, base: str) -> Iterable[_GitRule]:
+def _parse_git_lines(lines: Iterable[str], *, base: str, prefix: str) -> Iterable[_GitRule]:
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r\n")
         if number == 1:
@@ -398,15 +430,15 @@ def _parse_git_lines(lines: Iterable[str], *, base: str) -> Iterable[_GitRule]:
             raise SpecError(f"line {number}: bad gitignore pattern {line!r}") from exc
         if compiled.include is None or compiled.regex is None:
             continue
-        yield _GitRule(line=line, base=base, negated=not compiled.include, regex=compiled.regex)
+        yield _GitRule(line, base, not compiled.include, compiled.regex, prefix)
 
 
-def _clean_base(base: str) -> str:
+def _clean_base(base: str, *, what: str = "base") -> str:
     cleaned = posixpath.normpath(base.strip("/")) if base.strip("/") else ""
     if cleaned == ".":
         return ""
     if cleaned == ".." or cleaned.startswith("../"):
-        raise SpecError(f"a .gitignore base must lie inside the context, not {base!r}")
+        raise SpecError(f"a .gitignore {what} must be a path down a tree, not {base!r}")
     return cleaned
 
 
@@ -520,9 +552,10 @@ class Matcher:
         """``is_ignored``'s ranking with the docker rules folded into ``best``: the last rule
         that matched at full strength, or a non-negated one through a parent folder, decides;
         after the latter, a later ``!`` that also matched through a parent re-includes."""
+        tail = "/" if is_dir else ""
         if self._git_filter is not None and not any(
-            rel.startswith(base) and regex.match(rel[len(base) :] + ("/" if is_dir else ""))
-            for base, regex in self._git_filter
+            rel.startswith(base) and regex.match(f"{prefix}{rel[len(base) :]}{tail}")
+            for base, prefix, regex in self._git_filter
         ):
             return self._ignores[best]
         top, strength, weak_negation = best, _PATH_MATCH if best else _NO_MATCH, 0
@@ -592,13 +625,16 @@ def _alternation(
     return regex, (0, *(number for number, _ in ordered))
 
 
-def _git_prefilter(rules: list[tuple[int, _GitRule]]) -> list[tuple[str, re.Pattern[str]]] | None:
-    """Per base folder, one regex that matches when any of its git rules can match."""
-    by_base: dict[str, list[str]] = {}
+def _git_prefilter(
+    rules: list[tuple[int, _GitRule]],
+) -> list[tuple[str, str, re.Pattern[str]]] | None:
+    """Per (base folder, prefix), one regex that matches when any of its git rules can."""
+    groups: dict[tuple[str, str], list[str]] = {}
     for _, rule in rules:
         plain = re.sub(r"\(\?P<\w+>", "(?:", rule.regex.pattern)
-        by_base.setdefault(rule.base + "/" if rule.base else "", []).append(f"(?:{plain})")
+        key = (rule.base + "/" if rule.base else "", rule._prefix_slash)
+        groups.setdefault(key, []).append(f"(?:{plain})")
     try:
-        return [(base, re.compile("|".join(parts))) for base, parts in by_base.items()]
+        return [(b, p, re.compile("|".join(parts))) for (b, p), parts in groups.items()]
     except re.error:
         return None
