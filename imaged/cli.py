@@ -24,8 +24,26 @@ def _err(text: str) -> None:
     click.echo(text, err=True)
 
 
+def _imaged_leaves(group: BaseExceptionGroup[BaseException]) -> list[ImagedError] | None:
+    """The errors in a (nested) exception group when every one is an ImagedError."""
+    leaves: list[ImagedError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _imaged_leaves(exc)
+            if inner is None:
+                return None
+            leaves += inner
+        elif isinstance(exc, ImagedError):
+            leaves.append(exc)
+        else:
+            return None
+    return leaves
+
+
 def handle_errors(func: F) -> F:
-    """Print an ImagedError as one clear message and exit with its code; no crash dump."""
+    """Print an ImagedError as one clear message and exit with its code; no crash dump.
+    A task group's ExceptionGroup of ImagedErrors prints each one and exits with the
+    first one's code; a group holding anything else is a bug and keeps its traceback."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -34,6 +52,13 @@ def handle_errors(func: F) -> F:
         except ImagedError as exc:
             _err(f"error: {exc}")
             sys.exit(exc.exit_code)
+        except ExceptionGroup as group:
+            leaves = _imaged_leaves(group)
+            if not leaves:
+                raise
+            for leaf in leaves:
+                _err(f"error: {leaf}")
+            sys.exit(leaves[0].exit_code)
 
     return wrapper  # type: ignore[return-value]
 

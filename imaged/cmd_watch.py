@@ -53,8 +53,19 @@ async def _run_live(daemon: Daemon) -> None:
 
 
 def _json_line(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event, default=str) + "\n")
-    sys.stdout.flush()
+    """One NDJSON event on stdout. When the reader is gone (piped to ``head``), stdout is
+    pointed at /dev/null, so the exit flush cannot fail again, and the error is raised
+    for the daemon to stop this sink."""
+    try:
+        sys.stdout.write(json.dumps(event, default=str) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+        raise
 
 
 def run_daemon(

@@ -106,6 +106,8 @@ def _text(value: Any) -> str | None:
 
 
 def _path(value: Any) -> Path | None:
+    if isinstance(value, Path):
+        return value.expanduser()
     text = _text(value)
     return Path(text).expanduser() if text else None
 

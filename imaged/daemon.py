@@ -1,27 +1,38 @@
 """The long-running core: load definitions, watch, rehash, schedule, build, push, report.
 
-``Daemon.run`` has three phases, as uvicorn's server does: ``startup`` (state, definitions,
-first reconcile, READY=1), ``main_loop`` (watcher, scheduler, watchdog, reconcile, status
-server) and ``shutdown`` (cancel builds within a bound, save state, STOPPING=1).
+``Daemon.run`` has the phases of uvicorn's server: ``prepare`` (definition paths and the state
+lock, before any task starts, so that failing there is one clear error), ``startup``
+(definitions, first reconcile, READY=1), the main loop (watcher, scheduler, watchdog,
+reconcile, status server) and ``shutdown`` (cancel builds within a bound, save state,
+STOPPING=1). Hashing runs in a worker thread, one tracker call at a time; an unexpected
+error while handling one event is an ``internal_error`` event, never the daemon's end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
 
 from imaged.config import Settings
 from imaged.defsproc import LoadedModule, discover_definition_files, load_module_in_child
 from imaged.engine import abuild
 from imaged.errors import DefinitionError, ImagedError
+from imaged.hashing import DigestCache
 from imaged.image import Image, ParentBase, override_registry
 from imaged.metrics import Metrics
 from imaged.notify import SystemdNotifier
@@ -32,6 +43,36 @@ from imaged.tracker import DigestChange, ImageTracker
 from imaged.watcher import WatchBackend, watch_paths
 
 EventSink = Callable[[dict[str, Any]], None]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+class QuietClock:
+    """The scheduler's clock: monotonic time that stands still while the tracker hashes a
+    batch in its worker thread, so a debounce counts quiet time only. Otherwise a build
+    queued by one batch of a burst starts while the next batch is hashed, and that batch
+    supersedes it at once (on the event loop, hashing used to hold the scheduler back)."""
+
+    def __init__(self) -> None:
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+
+    def __call__(self) -> float:
+        now = time.monotonic() if self._paused_at is None else self._paused_at
+        return now - self._paused_total
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        if self._paused_at is not None:  # nested: the outer pause counts
+            yield
+            return
+        self._paused_at = time.monotonic()
+        try:
+            yield
+        finally:
+            self._paused_total += time.monotonic() - self._paused_at
+            self._paused_at = None
 
 
 @dataclass
@@ -88,7 +129,12 @@ class Daemon:
         self.state = DaemonState()
         self.metrics = Metrics()
         self.store = StateStore(settings.resolved_state_dir)
-        self.tracker = ImageTracker(self.store.load_cache())
+        self.tracker = ImageTracker(DigestCache())  # prepare() loads the saved cache
+        # One tracker call at a time, in a worker thread: the watch loop, the reconcile
+        # loop and a reload may all want it, and the tracker is not thread-safe.
+        self._tracker_lock = anyio.Lock()
+        self._holds_state = False  # the state lock is ours and the state is loaded
+        self._failed_sinks: set[int] = set()
         self.records: dict[str, ImageRecord] = {}
         self.modules: dict[Path, LoadedModule] = {}
         self.module_files: dict[Path, set[Path]] = {}  # files whose edit reloads the module
@@ -99,11 +145,13 @@ class Daemon:
         self._reported_errors: dict[str, str] = {}
         self._last_ignored_event = -1.0
         self._stop = anyio.Event()
+        self._clock = QuietClock()
         self.scheduler = Scheduler(
             self._build,
             self._scheduler_options(),
             parents=self._parents,
             on_event=self._scheduler_event,
+            clock=self._clock,
         )
         self._client: RegistryClient | None = None
         self.status_address: str | None = None
@@ -114,9 +162,40 @@ class Daemon:
         self._sinks.append(sink)
 
     def emit(self, event: str, image: str | None = None, **fields: Any) -> None:
+        """Send one event to every sink; a sink that raises never reaches the caller."""
         payload = {"ts": round(time.time(), 3), "event": event, "image": image, **fields}
-        for sink in self._sinks:
-            sink(payload)
+        for sink in list(self._sinks):
+            try:
+                sink(payload)
+            except Exception as exc:
+                self._sink_failed(sink, exc)
+
+    def _sink_failed(self, sink: EventSink, exc: Exception) -> None:
+        """A sink that cannot write any more (stdout piped to a `head` that exited) is
+        stopped; one that raised otherwise is kept. Either is said once, on stderr."""
+        stopped = isinstance(exc, OSError)
+        if stopped:
+            self._sinks.remove(sink)
+        if id(sink) in self._failed_sinks:
+            return
+        self._failed_sinks.add(id(sink))
+        what = "stopped" if stopped else "raised; later failures are not reported"
+        _say(f"imaged: an event sink {what}: {type(exc).__name__}: {exc}")
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        """An unexpected error while handling one event: reported, and the daemon goes on."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+        log.error("internal error in %s", where, exc_info=exc)
+        self.metrics.events.inc("internal_error")
+        self.emit("internal_error", None, where=where, error=f"{type(exc).__name__}: {exc}", at=at)
+
+    async def _guarded(self, where: str, step: Callable[[], Awaitable[None]]) -> None:
+        """The last line of defence: no bug in one event's handling stops the daemon."""
+        try:
+            await step()
+        except Exception as exc:
+            self._internal_error(where, exc)
 
     def _view(self, name: str) -> ImageView:
         return self.state.images.setdefault(name, ImageView(name))
@@ -180,7 +259,13 @@ class Daemon:
         self.emit("definitions_loaded", None, file=str(path), images=sorted(loaded.images))
 
     async def load_all(self) -> None:
-        files = self.definition_files()
+        try:
+            files = self.definition_files()
+        except DefinitionError as exc:
+            # A definitions folder deleted under a running daemon: keep the last good ones.
+            self.emit("definition_error", None, file=exc.file, line=exc.line, error=str(exc))
+            return
+        roots = self._roots()
         for gone in set(self.module_files) - set(files):
             self.modules.pop(gone, None)
             self.module_files.pop(gone, None)
@@ -188,31 +273,47 @@ class Daemon:
         async with anyio.create_task_group() as tg:
             for path in files:
                 tg.start_soon(self.load_module, path)
-        self._refresh_images()
+        await self._refresh_images(roots_before=roots)
 
-    def _refresh_images(self) -> None:
+    def _merged_images(self) -> dict[str, Image]:
+        """Every module's images; a name defined twice keeps the first module's, in path
+        order, so the outcome never depends on which child finished loading first."""
         images: dict[str, Image] = {}
-        for loaded in self.modules.values():
-            for name, image in loaded.images.items():
-                image = override_registry(image, self.settings.registry)
-                if name in images:
-                    self.emit(
-                        "definition_error",
-                        name,
-                        file=str(loaded.path),
-                        error=f"image name {name!r} is defined in more than one module",
+        owners: dict[str, Path] = {}
+        for path in sorted(self.modules):
+            for name, image in self.modules[path].images.items():
+                if name in owners:
+                    error = (
+                        f"image name {name!r} is defined in both {owners[name]} and {path};"
+                        f" the one in {owners[name]} is used"
                     )
+                    self.emit("definition_error", name, file=str(path), line=None, error=error)
                     continue
-                images[name] = image
-        for name in set(self.images) - set(images):
-            self.scheduler.forget(name)
-            self.state.images.pop(name, None)
-        self.images = images
-        changes = self.tracker.set_images(images)
+                images[name] = override_registry(image, self.settings.registry)
+                owners[name] = path
+        return images
+
+    async def _refresh_images(self, *, roots_before: set[Path] | None = None) -> None:
+        images = self._merged_images()
+        async with self._tracker_lock:
+            roots = self._roots() if roots_before is None else roots_before
+            for name in set(self.images) - set(images):
+                self.scheduler.forget(name)
+                self.state.images.pop(name, None)
+            self.images = images
+            changes = await self._in_tracker(self.tracker.set_images, images)
+            if self._roots() != roots:
+                # Restart watching only when needed: events during a restart are lost.
+                self._roots_changed.set()
+            self._apply_digest_changes(changes, initial=not self.state.ready)
+
+    def _apply_digest_changes(
+        self, changes: dict[str, DigestChange], *, initial: bool = False
+    ) -> None:
         self._report_hash_errors()
-        self._roots_changed.set()
         for change in changes.values():
-            self._digest_moved(change, initial=not self.state.ready)
+            if change.image in self.images:
+                self._digest_moved(change, initial=initial)
 
     def _report_hash_errors(self) -> None:
         """An image with an unreadable input shows as failed until the input is back."""
@@ -252,18 +353,30 @@ class Daemon:
         definitions = self._definition_paths()
         touched = {m for m, files in self.module_files.items() if files & paths}
         if touched:
+            roots = self._roots()
             for path in sorted(touched):
                 await self.load_module(path)
-            self._refresh_images()
+            await self._refresh_images(roots_before=roots)
         other = {p for p in paths if p not in definitions}
         if not other:
             return
-        changes = self.tracker.apply_changes(other)
-        self._report_hash_errors()
-        if not changes:
-            self.emit("nothing_to_do", None, paths=sorted(str(p) for p in other)[:10])
-        for change in changes.values():
-            self._digest_moved(change)
+        async with self._tracker_lock:
+            changes = await self._in_tracker(self.tracker.apply_changes, other)
+            if not changes:
+                self.emit("nothing_to_do", None, paths=sorted(str(p) for p in other)[:10])
+            self._apply_digest_changes(changes)
+
+    async def reconcile_inputs(self) -> None:
+        """Catch the edits the watcher missed: re-stat every input, rebuild what moved."""
+        async with self._tracker_lock:
+            changes = await self._in_tracker(self.tracker.reconcile)
+            self._apply_digest_changes(changes)
+
+    async def _in_tracker(self, call: Callable[..., T], *args: Any) -> T:
+        """One tracker call in a worker thread, so hashing never blocks the event loop; the
+        caller holds ``_tracker_lock``. Builds wait meanwhile (see QuietClock)."""
+        with self._clock.paused():
+            return await anyio.to_thread.run_sync(call, *args)
 
     # -- building -----------------------------------------------------------------------
 
@@ -309,16 +422,22 @@ class Daemon:
         )
 
     async def reconcile(self) -> None:
-        """Ask the registry about every image; queue those whose tag is missing."""
+        """Ask the registry about every image; queue those whose tag is missing. An image
+        without a registry builds only when its state record holds another tag."""
+        async with self._tracker_lock:
+            errors = self.tracker.errors
+            tags = {n: self.tracker.digest_of(n).tag for n in self.images if n not in errors}
+        for name, tag in tags.items():
+            if not self.images[name].registry:
+                self._reconcile_local(name, tag)
         if self._client is None:
             return
-        uris = {n: self.tracker.digest_of(n) for n in self.images if n not in self.tracker.errors}
-        refs = {
-            self.images[n].uri_for(d.tag): n for n, d in uris.items() if self.images[n].registry
-        }
+        refs = {self.images[n].uri_for(t): n for n, t in tags.items() if self.images[n].registry}
         results = await self._client.check_many(list(refs))
         for uri, outcome in results.items():
             name = refs[uri]
+            if name not in self.images:
+                continue  # gone in a reload while the registry answered
             view = self._view(name)
             if outcome is Existence.EXISTS:
                 view.state = "up to date"
@@ -330,17 +449,31 @@ class Daemon:
             else:
                 view.state, view.error = "unknown", str(outcome)
                 self.scheduler.request(name, f"registry did not answer: {outcome}")
-        for name, image in self.images.items():
-            if not image.registry and name in uris:
-                self.scheduler.request(name, "no registry: local build")
+
+    def _reconcile_local(self, name: str, tag: str) -> None:
+        """No registry to ask: the state record is the only truth about what was built."""
+        record = self.records.get(name)
+        if record is None or record.tag != tag:
+            self.scheduler.request(name, "no registry: local build")
+            return
+        view = self._view(name)
+        view.state, view.pushed_at = "up to date", record.pushed_at
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def startup(self) -> None:
+    def prepare(self) -> None:
+        """Before any task starts: find the definition files and take the state lock, so a
+        bad path or a second daemon on the same state is one clear error, and never writes
+        over the state of the daemon that holds the lock."""
+        self.definition_files()
         self.store.lock()
         self.records = self.store.load()
-        await self.load_all()
-        await self.reconcile()
+        self.tracker = ImageTracker(self.store.load_cache())
+        self._holds_state = True
+
+    async def startup(self) -> None:
+        await self._guarded("load_all", self.load_all)
+        await self._guarded("reconcile", self.reconcile)
         self.state.ready = True
         self.notifier.ready(self.status_line())
         self.emit("ready", None, images=len(self.images))
@@ -363,7 +496,7 @@ class Daemon:
             on_ignored=self._ignored,
         ):
             self.metrics.events.inc("batch")
-            await self.handle_paths(batch)
+            await self._guarded("handle_paths", partial(self.handle_paths, batch))
 
     def _ignored(self, paths: set[Path]) -> None:
         """Changes no image depends on (ignored by a rule, or unrelated): counted, and said
@@ -402,15 +535,13 @@ class Daemon:
             return
         while True:
             await anyio.sleep(period)
-            changes = self.tracker.set_images(self.images)
-            for change in changes.values():
-                self._digest_moved(change)
+            await self._guarded("reconcile", self.reconcile_inputs)
 
     async def _signal_loop(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    await self._guarded("reload", self.reload)
                     continue
                 self.emit("stopping", None, signal=signal.Signals(signum).name)
                 self.notifier.stopping()
@@ -433,26 +564,32 @@ class Daemon:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         """startup, main loop until stopped, shutdown."""
-        from imaged.server import serve_status
-
-        async with RegistryClient(insecure_hosts=self.settings.insecure_registries) as client:
-            self._client = client
-            try:
+        self.prepare()
+        try:
+            async with RegistryClient(insecure_hosts=self.settings.insecure_registries) as client:
+                self._client = client
                 with anyio.CancelScope() as scope:
                     self._scope = scope
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self.scheduler.run)
                         await self.startup()
-                        tg.start_soon(self._watch_loop)
-                        tg.start_soon(self._watchdog_loop)
-                        tg.start_soon(self._status_loop)
-                        tg.start_soon(self._reconcile_loop)
-                        if self.settings.status_address:
-                            tg.start_soon(serve_status, self, self.settings.status_address)
-                        if handle_signals:
-                            tg.start_soon(self._signal_loop, scope)
-            finally:
-                await self.shutdown()
+                        self._start_loops(tg, scope, handle_signals=handle_signals)
+        finally:
+            await self.shutdown()
+
+    def _start_loops(
+        self, tg: TaskGroup, scope: anyio.CancelScope, *, handle_signals: bool
+    ) -> None:
+        from imaged.server import serve_status
+
+        tg.start_soon(self._watch_loop)
+        tg.start_soon(self._watchdog_loop)
+        tg.start_soon(self._status_loop)
+        tg.start_soon(self._reconcile_loop)
+        if self.settings.status_address:
+            tg.start_soon(serve_status, self, self.settings.status_address)
+        if handle_signals:
+            tg.start_soon(self._signal_loop, scope)
 
     def stop(self) -> None:
         self._stop.set()
@@ -461,8 +598,21 @@ class Daemon:
             scope.cancel()
 
     async def shutdown(self) -> None:
+        """Save the state and release the lock; nothing when the state was never ours."""
+        if not self._holds_state:
+            return
         # Plain blocking calls: nothing here can be cancelled half-way.
-        self.store.save(self.records)
-        self.store.save_cache(self.tracker.cache)
-        self.store.unlock()
+        self._holds_state = False
+        try:
+            self.store.save(self.records)
+            self.store.save_cache(self.tracker.cache)
+        finally:
+            self.store.unlock()
         self.emit("stopped", None, pid=os.getpid())
+
+
+def _say(text: str) -> None:
+    """One line on stderr for what no event can carry; a closed stderr is not an error."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imaged import layers as L
-from imaged.errors import MissingPathError, SpecError
+from imaged.errors import ImagedError, MissingPathError
 from imaged.files import (
     DIR,
     FileEntry,
@@ -45,6 +45,9 @@ MAX_REASON_FILES = 20
 DEFINITION = "definition"
 
 _TreeKey = tuple[Path, IgnoreRules]
+# What an unreadable input raises: a bad spec or header (ImagedError), or the OS refusing a
+# read (a permission, a file turned into a folder, a file gone between stat and read).
+_INPUT_ERRORS = (ImagedError, OSError)
 
 
 # -- public records ---------------------------------------------------------------------
@@ -326,12 +329,12 @@ class ImageTracker:
     """
 
     def __init__(self, cache: DigestCache | None = None) -> None:
-        self._cache = cache or default_cache()
+        self._cache = default_cache() if cache is None else cache
         self._store = _TreeStore(self._cache)
         self._images: dict[str, Image] = {}
         self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
         self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
-        self._errors: dict[str, SpecError] = {}
+        self._errors: dict[str, ImagedError] = {}
         self._spec_images: dict[_TreeSpec, set[str]] = {}
         self._files: dict[str, set[str]] = {}
         self._ignores: dict[str, set[_TreeSpec]] = {}
@@ -358,16 +361,21 @@ class ImageTracker:
         return changes
 
     def _index(self) -> None:
-        self._spec_images, self._files, self._ignores = {}, {}, {}
+        # Built aside and swapped in whole: watch_roots() and is_relevant() (the watcher's
+        # filter) may read them from the event loop while this runs in a worker thread.
+        spec_images: dict[_TreeSpec, set[str]] = {}
+        files: dict[str, set[str]] = {}
+        ignores: dict[str, set[_TreeSpec]] = {}
         for name, deps in self._deps.items():
             for dep in deps:
                 for path in dep.files:
-                    self._files.setdefault(path, set()).add(name)
+                    files.setdefault(path, set()).add(name)
                 for spec in dep.trees:
-                    self._spec_images.setdefault(spec, set()).add(name)
+                    spec_images.setdefault(spec, set()).add(name)
                     for ignore in spec.ignore_files:
-                        self._ignores.setdefault(str(ignore), set()).add(spec)
-        self._store.keep_only(self._spec_images)
+                        ignores.setdefault(str(ignore), set()).add(spec)
+        self._spec_images, self._files, self._ignores = spec_images, files, ignores
+        self._store.keep_only(spec_images)
 
     # -- queries
 
@@ -377,8 +385,9 @@ class ImageTracker:
         return self._cache
 
     @property
-    def errors(self) -> Mapping[str, SpecError]:
-        """Images that cannot be hashed now (a missing input, a bad ignore file)."""
+    def errors(self) -> Mapping[str, ImagedError]:
+        """Images that cannot be hashed now: a missing input, a bad ignore file or script
+        header, an unreadable file (its OSError wrapped in an ImagedError naming the image)."""
         return dict(self._errors)
 
     def digest_of(self, name: str) -> ImageDigest:
@@ -417,8 +426,10 @@ class ImageTracker:
         if tree is not None and not exists:
             return False  # neither tracked nor present: applying it would change nothing
         try:
-            rules = self._store.rules_of(spec)
-        except SpecError:
+            # Read-only: this runs in the watcher's filter, maybe beside a tracker call.
+            rules = self._store.rules.get(spec)
+            rules = spec.read_rules() if rules is None else rules
+        except _INPUT_ERRORS:
             return True
         return not _excluded(rules, rel, is_dir=os.path.isdir(path))
 
@@ -431,6 +442,37 @@ class ImageTracker:
             self._route(path, batch)
         spec_changes = self._refresh_trees(batch)
         return self._rehash_touched(batch, spec_changes)
+
+    def reconcile(self) -> dict[str, DigestChange]:
+        """Find the edits no event announced: re-stat every tracked folder (no reads for
+        unchanged files), re-read every ignore file, re-stat every single-file input, and
+        retry every image in error. Returns the images whose digest moved.
+
+        >>> # for change in tracker.reconcile().values(): request_build(change.image)
+        """
+        batch = _Batch(files=self._moved_files(), ignores=set(self._ignores), hit=set(self._images))
+        spec_changes = self._refresh_trees(batch, everything=True)
+        batch.ignores = {f for f in batch.ignores if os.path.lexists(f)}  # names in reasons
+        return self._rehash_touched(batch, spec_changes)
+
+    def _moved_files(self) -> set[str]:
+        """Single-file inputs whose content may differ from the last digest's."""
+        known = {
+            path: digest
+            for image in self._digests.values()
+            for layer in image.layers
+            for path, digest in layer.files
+        }
+        moved = set()
+        for path in self._files:
+            try:
+                key = stat_key(os.stat(path))
+            except OSError:
+                moved.add(path)
+                continue
+            if path not in known or self._cache.lookup(path, key) != known[path]:
+                moved.add(path)
+        return moved
 
     def _route(self, path: str, batch: _Batch) -> None:
         for f, names in self._files.items():
@@ -452,8 +494,11 @@ class ImageTracker:
             elif (rel := _inside(path, root)) is not None:
                 batch.rels.setdefault(key, set()).add(rel)
 
-    def _refresh_trees(self, batch: _Batch) -> dict[_TreeSpec, set[str]]:
-        """Update trees in place, rebuild those whose rules or root changed; per-spec changes."""
+    def _refresh_trees(
+        self, batch: _Batch, *, everything: bool = False
+    ) -> dict[_TreeSpec, set[str]]:
+        """Update trees in place (``everything``: re-stat each whole tree), rebuild those whose
+        rules or root changed; per-spec changes."""
         store = self._store
         old_keys = {spec: store.key_of(spec) for spec in self._spec_images}
         snapshots = self._new_rules_snapshots(batch)
@@ -463,15 +508,32 @@ class ImageTracker:
                     if old_keys[spec] == key:
                         snapshots.setdefault(spec, store.trees[key].file_digests())
                 store.drop(key)
-        updated = {
-            key: store.trees[key].update(_with_new_folders(store.trees[key], rels))
-            for key, rels in batch.rels.items()
-            if key in store.trees
-        }
+        updated = self._update_trees(batch, everything=everything)
         out = {spec: self._rebuilt(spec, old) for spec, old in snapshots.items()}
         for spec, old_key in old_keys.items():
-            if spec not in out and old_key is not None and updated.get(old_key):
-                out[spec] = updated[old_key]
+            if spec in out or old_key is None or old_key not in updated:
+                continue
+            changed = updated[old_key]
+            if changed is None or changed:
+                out[spec] = changed or set()  # an empty set still rehashes its images
+        return out
+
+    def _update_trees(self, batch: _Batch, *, everything: bool) -> dict[_TreeKey, set[str] | None]:
+        """The changed relpaths per tree; None for a tree that could not be read (dropped,
+        so the next hash walks it again or records the image's error)."""
+        store = self._store
+        keys = list(store.trees) if everything else [k for k in batch.rels if k in store.trees]
+        out: dict[_TreeKey, set[str] | None] = {}
+        for key in keys:
+            tree = store.trees[key]
+            try:
+                if everything:
+                    out[key] = tree.refresh()
+                else:
+                    out[key] = tree.update(_with_new_folders(tree, batch.rels[key]))
+            except _INPUT_ERRORS:
+                store.drop(key)
+                out[key] = None
         return out
 
     def _new_rules_snapshots(self, batch: _Batch) -> dict[_TreeSpec, dict[str, str]]:
@@ -482,7 +544,7 @@ class ImageTracker:
             old = self._store.rules.get(spec)
             try:
                 new: IgnoreRules | None = spec.read_rules()
-            except SpecError:
+            except _INPUT_ERRORS:
                 new = None
             if new is None or new != old:
                 tree = self._store.peek(spec)
@@ -496,7 +558,7 @@ class ImageTracker:
             return set(old)
         try:
             tree = self._store.tree_of(spec)
-        except SpecError:
+        except _INPUT_ERRORS:
             return set(old)
         return _diff(old, tree.file_digests())
 
@@ -536,8 +598,13 @@ class ImageTracker:
         """Hash one image, recording its error instead of raising."""
         try:
             digest = self._hash_image(self._images[name], memo)
-        except SpecError as exc:
+        except ImagedError as exc:
             self._errors[name] = exc
+            return None
+        except OSError as exc:
+            error = ImagedError(f"image {name!r}: cannot read an input: {exc}")
+            error.__cause__ = exc
+            self._errors[name] = error
             return None
         self._errors.pop(name, None)
         self._digests[name] = digest

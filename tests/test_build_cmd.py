@@ -69,5 +69,7 @@ def test_a_push_that_may_pass_is_transient_but_a_refusal_is_not() -> None:
     from imaged.errors import PushError, is_transient
 
     assert is_transient(PushError("push of r/x:1 failed: received unexpected HTTP status: 503"))
-    assert not is_transient(PushError("push of r/x:1 failed: unauthorized: authentication required"))
+    assert not is_transient(
+        PushError("push of r/x:1 failed: unauthorized: authentication required")
+    )
     assert not is_transient(PushError("push of r/x:1 failed: denied: requested access"))

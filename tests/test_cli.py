@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 from click.testing import CliRunner, Result
 from e2e_support import run_id
 
-from imaged.cli import main
+from imaged.cli import handle_errors, main
 from imaged.dockerfile import render_dockerfile
+from imaged.errors import ConfigError, ImagedError
 from imaged.hashing import hash_image
 from imaged.loader import load_definitions
 
@@ -101,11 +103,16 @@ def test_dockerfile_of_one_image(defs: Path) -> None:
     assert "tomli==2.0.1" in result.stdout
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The real entry point in a child process, to see exactly what a user sees."""
     code = "from imaged.cli import main; main()"
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
     )
 
 
@@ -145,6 +152,92 @@ def test_definition_errors_are_one_clear_message(
     assert proc.stderr.startswith("error: ")
     for fragment in fragments:
         assert fragment in proc.stderr
+
+
+# -- the daemon's start-up errors, and error groups -------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from imaged.state import ImageRecord, StateStore
+store = StateStore(Path(sys.argv[1]))
+store.lock()
+store.save({"api": ImageRecord("api", uri="api:1", tag="1")})
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_watch_of_a_missing_path_is_one_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent"
+    proc = run_cli("watch", str(missing), "--json", IMAGED_STATE_DIR=str(tmp_path / "state"))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr == f"error: {missing}: definition file or folder not found\n"
+    assert not (tmp_path / "state").exists()  # checked before the state was touched
+
+
+def test_watch_on_a_held_state_dir_names_the_holder_and_wipes_nothing(
+    tmp_path: Path, defs: Path
+) -> None:
+    state = tmp_path / "state"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(state)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        saved = (state / "state.json").read_text()
+        proc = run_cli("watch", str(defs), "--json", IMAGED_STATE_DIR=str(state))
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr + proc.stdout
+        assert proc.stderr == f"error: state directory {state} is in use by pid {holder.pid}\n"
+        assert (state / "state.json").read_text() == saved
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(
+    ("group", "code", "lines"),
+    [
+        pytest.param(
+            ExceptionGroup("startup", [ImagedError("first"), ConfigError("second")]),
+            1,
+            ["error: first", "error: second"],
+            id="flat",
+        ),
+        pytest.param(
+            ExceptionGroup("outer", [ExceptionGroup("inner", [ConfigError("bad key")])]),
+            78,
+            ["error: bad key"],
+            id="nested",
+        ),
+    ],
+)
+def test_handle_errors_prints_each_imaged_error_of_a_group(
+    capsys: pytest.CaptureFixture[str],
+    group: ExceptionGroup[Exception],
+    code: int,
+    lines: list[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        handle_errors(_raise)(group)
+    assert exited.value.code == code
+    assert capsys.readouterr().err.splitlines() == lines
+
+
+def test_handle_errors_keeps_the_traceback_of_a_group_with_a_bug() -> None:
+    group = ExceptionGroup("startup", [ImagedError("fine"), KeyError("bug")])
+    with pytest.raises(ExceptionGroup) as raised:
+        handle_errors(_raise)(group)
+    assert raised.value is group
 
 
 # -- building (needs the engine and the test registry) ------------------------------------
@@ -227,3 +320,17 @@ def test_build_exits_non_zero_when_one_image_fails(build_env: Any, tmp_path: Pat
     assert bad["status"] == "failed"
     assert "exit 7" in bad["error"]
     assert "cli-boom" in bad["error"]
+
+
+def test_state_dir_flag_is_accepted(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from imaged.cli import main
+
+    defs = tmp_path / "defs.py"
+    defs.write_text(
+        "from imaged import Image\nimg = Image.from_base('debian:12').clone(name='local-only')\n"
+    )
+    result = CliRunner().invoke(main, ["plan", str(defs), "--state-dir", str(tmp_path / "st")])
+    assert result.exit_code == 0, result.output
+    assert "local-only: local" in result.output

@@ -264,3 +264,10 @@ def test_the_example_config_documents_every_setting() -> None:
     text = example.read_text(encoding="utf-8")
     missing = [s.key for s in SETTINGS if s.key not in text or s.env not in text]
     assert missing == []
+
+
+def test_a_path_from_the_command_line_is_accepted(tmp_path: Path) -> None:
+    from imaged.config import load_settings
+
+    settings = load_settings(overrides={"state_dir": tmp_path / "s"}, environ={}, cwd=tmp_path)
+    assert settings.state_dir == tmp_path / "s"

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from imaged import hashing
 from imaged import layers as L
-from imaged.errors import MissingPathError
+from imaged.errors import ImagedError, MissingPathError
 from imaged.hashing import DigestCache, hash_image
 from imaged.image import Image
 from imaged.tracker import DigestChange, ImageTracker, Reason
@@ -491,3 +493,188 @@ def test_exception_inside_an_ignored_folder_survives_folder_events(
     write(tmp_path / "src/build/sub/keep.txt", "kept, edited\n")
     assert set(tracker.apply_changes([tmp_path / "src/build/sub/keep.txt"])) == {"app"}
     assert_fresh(tracker, {"app": image})
+
+
+# -- unreadable inputs: recorded per image, never raised (review finding 1) ------------------
+
+SCRIPT = '# /// script\n# dependencies = ["httpx"]\n# ///\nprint("hi")\n'
+BAD_HEADER = '# /// script\n# dependencies = ["httpx"\n# ///\nprint("hi")\n'
+
+
+@pytest.fixture
+def script_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Image:
+    monkeypatch.setenv("IMAGED_DEBIAN_BASE", "127.0.0.1:5000/python:{major}.{minor}")
+    script = write(tmp_path / "jobs/job.py", SCRIPT)
+    return Image.from_uv_script(script, name="job", python_version=(3, 11))
+
+
+def _break_header(root: Path) -> tuple[Path, Callable[[], None]]:
+    script = root / "jobs/job.py"
+    return script, lambda: script.write_text(BAD_HEADER)
+
+
+def _reqs_to_folder(root: Path) -> tuple[Path, Callable[[], None]]:
+    reqs = root / "reqs/requirements.txt"
+
+    def swap() -> None:
+        reqs.unlink()
+        reqs.mkdir()
+
+    return reqs, swap
+
+
+@pytest.mark.parametrize(
+    ("break_input", "image", "fragment"),
+    [
+        pytest.param(_break_header, "job", "job.py:2: invalid TOML", id="bad-pep723-header"),
+        pytest.param(_reqs_to_folder, "api", "requirements.txt", id="file-became-a-folder"),
+    ],
+)
+def test_an_unreadable_input_is_an_error_of_its_image_until_it_is_fixed(
+    tracker: ImageTracker,
+    images: dict[str, Image],
+    project: Path,
+    script_image: Image,
+    break_input: Callable[[Path], tuple[Path, Callable[[], None]]],
+    image: str,
+    fragment: str,
+) -> None:
+    images = {**images, "job": script_image}
+    tracker.set_images(images)
+    path, spoil = break_input(project)
+    good = path.read_text()
+    spoil()
+    assert tracker.apply_changes([path]) == {}
+    assert image in tracker.errors
+    assert fragment in str(tracker.errors[image])
+    assert tracker.set_images(images) == {}  # a reload hits the same input: no raise either
+    assert image in tracker.errors
+    with pytest.raises(ImagedError, match=re.escape(fragment)):
+        tracker.digest_of(image)
+    if path.is_dir():
+        path.rmdir()
+    path.write_text(good)
+    assert tracker.apply_changes([path]) == {}  # the last good digest again: nothing to build
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "users"),
+    [
+        pytest.param("src/app/main.py", {"api", "worker", "child"}, id="file-in-a-folder"),
+        pytest.param("reqs/requirements.txt", {"api", "child"}, id="single-file"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_an_error_until_it_can(
+    tracker: ImageTracker,
+    images: dict[str, Image],
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    relpath: str,
+    users: set[str],
+) -> None:
+    edited = write(project / relpath, "edited = 'and now unreadable'\n")
+    real = hashing.read_digest
+
+    def refuse(path: str, size_hint: int = 0) -> str:
+        if path == str(edited):  # root reads any file: chmod cannot make one unreadable
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, size_hint)
+
+    monkeypatch.setattr(hashing, "read_digest", refuse)
+    assert tracker.apply_changes([edited]) == {}
+    assert set(tracker.errors) == users
+    assert "Permission denied" in str(tracker.errors["api"])
+    assert tracker.is_relevant(edited)
+    monkeypatch.setattr(hashing, "read_digest", real)
+    changes = tracker.apply_changes([edited])
+    assert set(changes) == users
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+
+
+# -- reconcile: the edits no event announced (review finding 3) -------------------------------
+
+
+def _age_all_files(root: Path) -> None:
+    """Move every mtime out of the racy window, so an unchanged file is never re-read."""
+    old = time.time() - 60
+    for path in root.rglob("*"):
+        os.utime(path, (old, old), follow_symlinks=False)
+
+
+def test_reconcile_with_nothing_changed_moves_nothing_and_reads_nothing(
+    project: Path, images: dict[str, Image]
+) -> None:
+    _age_all_files(project)
+    cache = DigestCache()
+    tracker = ImageTracker(cache)
+    tracker.set_images(images)
+    reads = cache.reads
+    assert tracker.reconcile() == {}
+    assert cache.reads == reads
+    assert tracker.errors == {}
+
+
+@pytest.mark.parametrize(
+    ("relpath", "text", "moved", "reason"),
+    [
+        pytest.param(
+            "src/app/main.py",
+            "print('edited unseen')\n",
+            {"api", "worker", "child"},
+            Reason("#1 source_folder src/", ("src/app/main.py",)),
+            id="file-in-a-folder",
+        ),
+        pytest.param(
+            "src/app/new/deep.py",
+            "Z = 3\n",
+            {"api", "worker", "child"},
+            Reason("#1 source_folder src/", ("src/app/new", "src/app/new/deep.py")),
+            id="new-folder",
+        ),
+        pytest.param(
+            "reqs/requirements.txt",
+            "httpx\nrich\n",
+            {"api", "child"},
+            Reason("#2 requirements requirements.txt", ("requirements.txt",)),
+            id="single-file",
+        ),
+        pytest.param(
+            "extra.dockerignore",
+            "*.py\n",
+            {"other"},
+            Reason("#1 source_folder lib/", ("extra.dockerignore", "lib/lib.py")),
+            id="ignore-file",  # lib/.dockerignore is absent: not named
+        ),
+    ],
+)
+def test_reconcile_finds_an_edit_the_watcher_never_saw(
+    tracker: ImageTracker,
+    images: dict[str, Image],
+    project: Path,
+    relpath: str,
+    text: str,
+    moved: set[str],
+    reason: Reason,
+) -> None:
+    write(project / relpath, text)  # and no apply_changes: the event was lost
+    changes = tracker.reconcile()
+    assert set(changes) == moved
+    first = min(moved)
+    assert reason in changes[first].reasons
+    assert_fresh(tracker, images)
+    assert tracker.reconcile() == {}
+
+
+def test_reconcile_clears_an_error_fixed_without_an_event(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    shutil.rmtree(project / "lib")
+    assert tracker.reconcile() == {}
+    assert set(tracker.errors) == {"other", "bundle"}
+    write(project / "lib/lib.py", "Y = 2\n")
+    assert tracker.reconcile() == {}  # the same content as the last good digest
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)

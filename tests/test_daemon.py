@@ -1,0 +1,481 @@
+"""The daemon in-process: a scripted watcher, a fake build and fake definition loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from fakes import ScriptedWatchBackend
+from watchfiles import Change
+
+from imaged import hashing
+from imaged.cmd_watch import _json_line
+from imaged.config import Settings
+from imaged.daemon import Daemon
+from imaged.defsproc import LoadedModule
+from imaged.engine import ImageBuild
+from imaged.errors import ImagedError
+from imaged.hashing import DigestCache, hash_image
+from imaged.image import Image
+from imaged.notify import SystemdNotifier
+from imaged.state import ImageRecord, StateStore
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+BASE = "127.0.0.1:5000/base:1"
+SCRIPT = '# /// script\n# dependencies = ["httpx"]\n# ///\nprint("hi")\n'
+BAD_HEADER = '# /// script\n# dependencies = ["httpx"\n# ///\nprint("hi")\n'
+Event = dict[str, Any]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Harness:
+    """Definition modules served by a fake loader, a fake build, and what the daemons said."""
+
+    root: Path
+    modules: dict[Path, dict[str, Image]] = field(default_factory=dict)
+    load_delays: dict[Path, float] = field(default_factory=dict)
+    builds: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    backend: ScriptedWatchBackend = field(default_factory=ScriptedWatchBackend)
+    reconcile_seconds: float = 0.0
+    debounce_ms: int = 0
+
+    def define(self, module: str, **images: Image) -> Path:
+        path = write(self.root / "defs" / module, "import imaged\n").resolve()
+        self.modules[path] = images
+        return path
+
+    def settings(self) -> Settings:
+        return Settings(
+            state_dir=self.root / "state",
+            status_address=None,
+            reconcile_seconds=self.reconcile_seconds,
+            debounce_ms=self.debounce_ms,
+            max_wait_ms=1000,
+            concurrency=2,
+        )
+
+    def daemon(self, *targets: Path) -> Daemon:
+        return Daemon(
+            self.settings(),
+            list(targets) or [self.root / "defs"],
+            on_event=self.events.append,
+            notifier=SystemdNotifier(None),
+            backend=self.backend,
+        )
+
+    def edit(self, path: Path, text: str | None = None) -> None:
+        """Change a file (or not: the caller did) and script the watcher's event for it."""
+        if text is not None:
+            write(path, text)
+        self.backend.steps.append({(Change.modified, str(path))})
+
+    def named(self, name: str, image: str | None = None) -> list[Event]:
+        return [e for e in self.events if e["event"] == name and image in (None, e["image"])]
+
+    async def wait_event(self, name: str, image: str | None = None, *, since: int = 0) -> Event:
+        with anyio.move_on_after(5):
+            while True:
+                for event in self.events[since:]:
+                    if event["event"] == name and image in (None, event["image"]):
+                        return event
+                await anyio.sleep(0.01)
+        raise AssertionError(f"no {name} event for {image}: {self.events[since:]}")
+
+
+@pytest.fixture
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
+    monkeypatch.setenv("IMAGED_DEBIAN_BASE", "127.0.0.1:5000/python:{major}.{minor}")
+    h = Harness(root=tmp_path)
+
+    async def load(path: Path, *, timeout: float) -> LoadedModule:  # noqa: ASYNC109
+        await anyio.sleep(h.load_delays.get(path, 0.0))
+        return LoadedModule(path, dict(h.modules[path]), ())
+
+    async def build(image: Image, *, cache: DigestCache, **_: Any) -> ImageBuild:
+        h.builds.append(image.name)
+        digest = hash_image(image, cache)
+        uri = image.uri_for(digest.tag)
+        return ImageBuild(image.name, uri, digest.tag, digest.digest, status="built")
+
+    monkeypatch.setattr("imaged.daemon.load_module_in_child", load)
+    monkeypatch.setattr("imaged.daemon.abuild", build)
+    return h
+
+
+def source_image(root: Path, name: str = "api") -> Image:
+    write(root / "src/app.py", "print('hi')\n")
+    return Image.from_base(BASE).clone(name=name).with_source_folder(root / "src")
+
+
+async def settle(daemon: Daemon) -> None:
+    with anyio.fail_after(5):
+        while not daemon.scheduler.idle():  # noqa: ASYNC110 - no event says "idle"
+            await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
+    """The daemon's run() in a task, from ready until the block ends."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(daemon.run, handle_signals=False))
+        with anyio.fail_after(5):
+            while not daemon.state.ready:  # noqa: ASYNC110 - no event says "ready"
+                await anyio.sleep(0.01)
+        await settle(daemon)
+        yield daemon
+        daemon.stop()
+
+
+# -- 1: bad input never stops the daemon ------------------------------------------------------
+
+
+Spoil = Callable[[Harness, pytest.MonkeyPatch], tuple[Path, Callable[[], None]]]
+
+
+def _break_header(h: Harness, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Callable[[], None]]:
+    return write(h.root / "jobs/job.py", BAD_HEADER), lambda: None
+
+
+def _refuse_reads(h: Harness, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Callable[[], None]]:
+    script = write(h.root / "jobs/job.py", SCRIPT + "# edited\n")
+    real = hashing.read_digest
+
+    def refuse(path: str, size_hint: int = 0) -> str:
+        if path == str(script):  # root reads any file: chmod cannot make one unreadable
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, size_hint)
+
+    monkeypatch.setattr(hashing, "read_digest", refuse)
+    return script, lambda: monkeypatch.setattr(hashing, "read_digest", real)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "fragment"),
+    [
+        pytest.param(_break_header, "invalid TOML", id="bad-pep723-header"),
+        pytest.param(_refuse_reads, "Permission denied", id="unreadable-file"),
+    ],
+)
+async def test_an_input_gone_bad_is_a_hash_error_until_it_is_fixed(
+    harness: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+    spoil: Spoil,
+    fragment: str,
+) -> None:
+    script = write(harness.root / "jobs/job.py", SCRIPT)
+    job = Image.from_uv_script(script, name="job", python_version=(3, 11))
+    job = job.with_source_folder(harness.root / "jobs", "/jobs")
+    harness.define("a.py", job=job, api=source_image(harness.root))
+    async with running(harness.daemon()) as daemon:
+        assert sorted(harness.builds) == ["api", "job"]
+        spoilt, restore = spoil(harness, monkeypatch)
+        harness.edit(spoilt)
+        error = await harness.wait_event("hash_error", "job")
+        assert fragment in error["error"]
+        assert daemon.state.images["job"].state == "failed"
+        restore()
+        mark = len(harness.events)
+        harness.edit(script, SCRIPT + "# fixed\n")
+        changed = await harness.wait_event("changed", "job", since=mark)
+        assert "source_folder jobs/" in changed["why"]
+        await harness.wait_event("built", "job", since=mark)
+        assert daemon.state.images["job"].state == "up to date"
+    assert harness.named("internal_error") == []
+
+
+async def test_an_unexpected_error_is_an_internal_error_and_the_next_event_is_handled(
+    harness: Harness,
+) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()) as daemon:
+        real = daemon.tracker.apply_changes
+
+        def broken_apply_changes(paths: object) -> object:
+            raise RuntimeError("boom")
+
+        daemon.tracker.apply_changes = broken_apply_changes  # type: ignore[method-assign]
+        harness.edit(harness.root / "src/app.py", "print('one')\n")
+        error = await harness.wait_event("internal_error")
+        assert error["where"] == "handle_paths"
+        assert error["error"] == "RuntimeError: boom"
+        assert "test_daemon.py" in error["at"]
+        assert error["at"].endswith("in broken_apply_changes")
+
+        daemon.tracker.apply_changes = real  # type: ignore[method-assign]
+        mark = len(harness.events)
+        harness.edit(harness.root / "src/app.py", "print('two')\n")
+        await harness.wait_event("built", "api", since=mark)
+    assert harness.builds == ["api", "api"]
+
+
+async def test_reload_with_the_definitions_folder_gone_keeps_the_last_good_images(
+    harness: Harness,
+) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()) as daemon:
+        (harness.root / "defs/a.py").unlink()
+        (harness.root / "defs").rmdir()
+        await daemon.reload()
+        error = await harness.wait_event("definition_error")
+        assert "definition file or folder not found" in error["error"]
+        assert list(daemon.images) == ["api"]
+        assert harness.named("reloaded")[-1]["images"] == 1
+
+
+async def test_a_definition_edit_that_keeps_the_roots_does_not_restart_the_watcher(
+    harness: Harness,
+) -> None:
+    """Events during a restart are lost: an edit saved just after a reload must still count."""
+    api = source_image(harness.root)
+    defs = harness.define("a.py", api=api)
+    async with running(harness.daemon()):
+        assert len(harness.backend.roots) == 1
+        harness.modules[defs] = {"api": api.with_env_vars({"MODE": "new"})}
+        mark = len(harness.events)
+        harness.edit(defs)
+        await harness.wait_event("built", "api", since=mark)
+        assert len(harness.backend.roots) == 1
+
+
+# -- 2: a second daemon on the same state dir --------------------------------------------------
+
+
+async def test_a_second_daemon_on_held_state_fails_cleanly_and_wipes_nothing(
+    harness: Harness,
+) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    first = harness.daemon()
+    async with running(first):
+        saved = first.store.state_path.read_text()
+        assert set(json.loads(saved)["images"]) == {"api"}
+        second = harness.daemon()
+        with pytest.raises(ImagedError, match=rf"in use by pid {os.getpid()}$"):
+            await second.run(handle_signals=False)
+        assert first.store.state_path.read_text() == saved
+    assert set(StateStore(first.store.directory).load()) == {"api"}
+    assert len(harness.named("stopped")) == 1
+
+
+async def test_shutdown_of_a_daemon_that_never_started_writes_nothing(
+    harness: Harness,
+) -> None:
+    daemon = harness.daemon(harness.define("a.py"))
+    await daemon.shutdown()
+    assert not (harness.root / "state").exists()
+    assert harness.events == []
+
+
+async def test_a_missing_definition_path_fails_before_anything_starts(harness: Harness) -> None:
+    daemon = harness.daemon(harness.root / "nowhere.py")
+    with pytest.raises(ImagedError, match=r"nowhere\.py: definition file or folder not found"):
+        await daemon.run(handle_signals=False)
+    assert not (harness.root / "state").exists()
+
+
+# -- 3: the periodic reconcile -------------------------------------------------------------------
+
+
+async def test_the_reconcile_loop_finds_an_edit_the_watcher_missed(harness: Harness) -> None:
+    harness.reconcile_seconds = 0.05
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()):
+        mark = len(harness.events)
+        write(harness.root / "src/pkg/new.py", "X = 1\n")  # no event scripted
+        changed = await harness.wait_event("changed", "api", since=mark)
+        assert "src/pkg/new.py" in changed["why"]
+        await harness.wait_event("built", "api", since=mark)
+    assert harness.builds == ["api", "api"]
+
+
+# -- 4: hashing off the event loop, one tracker call at a time ---------------------------------
+
+
+async def test_tracker_calls_run_in_a_worker_thread_one_at_a_time(harness: Harness) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()) as daemon:
+        loop_thread = threading.get_ident()
+        calls: list[tuple[int, int]] = []  # (thread, calls running at once)
+        running_now = [0]
+
+        def slow(real: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any) -> Any:
+                running_now[0] += 1
+                calls.append((threading.get_ident(), running_now[0]))
+                time.sleep(0.2)
+                running_now[0] -= 1
+                return real(*args)
+
+            return call
+
+        tracker = daemon.tracker
+        tracker.apply_changes = slow(tracker.apply_changes)  # type: ignore[method-assign]
+        tracker.reconcile = slow(tracker.reconcile)  # type: ignore[method-assign]
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        write(harness.root / "src/app.py", "print('edited')\n")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tick)
+            async with anyio.create_task_group() as work:
+                work.start_soon(daemon.handle_paths, {harness.root / "src/app.py"})
+                work.start_soon(daemon.reconcile_inputs)
+            tg.cancel_scope.cancel()
+        assert len(calls) == 2
+        assert all(thread != loop_thread for thread, _ in calls)
+        assert max(at_once for _, at_once in calls) == 1
+        assert ticks >= 20  # the loop ran on while 0.4 s of hashing went on
+        await settle(daemon)
+    assert harness.builds == ["api", "api"]
+
+
+async def test_a_build_waits_while_the_next_batch_of_a_burst_is_hashed(harness: Harness) -> None:
+    harness.debounce_ms = 50
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()) as daemon:
+        real = daemon.tracker.apply_changes
+        calls = 0
+
+        def second_is_slow(paths: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                time.sleep(0.3)  # longer than the debounce: the first batch's build is due
+            return real(paths)
+
+        daemon.tracker.apply_changes = second_is_slow  # type: ignore[method-assign]
+        mark = len(harness.events)
+        harness.edit(harness.root / "src/one.py", "ONE = 1\n")
+        harness.edit(harness.root / "src/two.py", "TWO = 2\n")
+        await harness.wait_event("built", "api", since=mark)
+        await settle(daemon)
+        assert calls == 2
+        assert "src/two.py" in harness.named("building", "api")[-1]["reason"]
+    assert harness.builds == ["api", "api"]
+
+
+# -- 5: a restart with nothing changed builds nothing --------------------------------------------
+
+
+async def test_a_restart_builds_a_local_image_only_when_its_tag_moved(harness: Harness) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()):
+        pass
+    assert harness.builds == ["api"]
+    async with running(harness.daemon()) as daemon:
+        assert daemon.state.images["api"].state == "up to date"
+    assert harness.builds == ["api"]
+    write(harness.root / "src/app.py", "print('changed while stopped')\n")
+    async with running(harness.daemon()):
+        pass
+    assert harness.builds == ["api", "api"]
+    building = harness.named("building", "api")[-1]
+    assert building["reason"] == "no registry: local build"
+
+
+async def test_a_record_with_another_tag_is_rebuilt(harness: Harness) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    store = StateStore(harness.root / "state")
+    store.save({"api": ImageRecord("api", uri="api:old", tag="0" * 32)})
+    async with running(harness.daemon()):
+        pass
+    assert harness.builds == ["api"]
+
+
+# -- 6: one image name in two modules --------------------------------------------------------------
+
+
+async def test_a_name_defined_twice_keeps_the_first_module_in_path_order(
+    harness: Harness,
+) -> None:
+    first = source_image(harness.root).with_env_vars({"FROM": "a"})
+    second = source_image(harness.root).with_env_vars({"FROM": "b"})
+    a = harness.define("a.py", api=first)
+    b = harness.define("b.py", api=second)
+    harness.load_delays[a] = 0.2  # b.py finishes loading first
+    async with running(harness.daemon()) as daemon:
+        assert daemon.images["api"] == first
+    error = harness.named("definition_error", "api")[0]
+    assert error["file"] == str(b)
+    assert str(a) in error["error"]
+    assert str(b) in error["error"]
+
+
+# -- 7: a sink that raises ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "kept", "said"),
+    [
+        pytest.param(BrokenPipeError(32, "Broken pipe"), False, "stopped", id="broken-pipe"),
+        pytest.param(ValueError("bad sink"), True, "raised", id="raising-sink"),
+    ],
+)
+async def test_a_failing_sink_never_stops_the_daemon(
+    harness: Harness,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    kept: bool,
+    said: str,
+) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    daemon = harness.daemon()
+    calls = 0
+
+    def failing(event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    daemon.add_sink(failing)
+    async with running(daemon):
+        harness.edit(harness.root / "src/app.py", "print('edited')\n")
+        await harness.wait_event("built", "api", since=len(harness.events))
+    assert harness.builds == ["api", "api"]
+    assert calls == (len(harness.events) if kept else 1)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "event sink" in line]
+    assert lines == [f"imaged: an event sink {said}{lines[0].split(said, 1)[1]}"]
+    assert type(error).__name__ in lines[0]
+
+
+def test_the_json_sink_on_a_closed_pipe_points_stdout_at_devnull(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = open(write_end, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stdout", stream)
+    try:
+        with pytest.raises(BrokenPipeError):
+            _json_line({"event": "ready"})
+        _json_line({"event": "stopped"})  # the exit flush must not fail again
+    finally:
+        stream.close()
