@@ -78,13 +78,20 @@ def _load(target: str) -> dict[str, Any]:
 @main.command("hash")
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per image.")
+@click.option(
+    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
+)
 @handle_errors
-def hash_command(target: str, as_json: bool) -> None:
+def hash_command(target: str, as_json: bool, registry: str | None) -> None:
     """Print each image's name, URI and content tag. TARGET is PATH[:NAME]."""
+    from imaged.config import load_settings
     from imaged.hashing import hash_image
+    from imaged.image import override_registry
 
+    settings = load_settings(overrides={"registry": registry})
     rows = []
-    for name, image in _load(target).items():
+    for name, found in _load(target).items():
+        image = override_registry(found, settings.registry)  # the URI `imaged build` pushes
         digest = hash_image(image)
         rows.append(
             {
@@ -204,11 +211,12 @@ def watch_command(
 ) -> None:
     """Watch definitions and their inputs; rebuild and push images whose digest moved."""
     from imaged.cmd_watch import pick_mode, run_daemon
-    from imaged.config import load_settings
+    from imaged.config import export_config_file, load_settings
 
     overrides = _daemon_overrides(
         recursive=recursive, registry=registry, state_dir=state_dir, status_address=status_address
     )
+    export_config_file(config_file)
     settings = load_settings(config_file=config_file, overrides=overrides)
     run_daemon(
         paths,
@@ -238,9 +246,10 @@ def daemon_command(
 ) -> None:
     """Run as a service (systemd Type=notify): structured logs, no terminal view."""
     from imaged.cmd_watch import run_daemon
-    from imaged.config import load_settings
+    from imaged.config import export_config_file, load_settings
 
     overrides = _daemon_overrides(recursive=recursive, state_dir=state_dir)
+    export_config_file(config_file)
     settings = load_settings(config_file=config_file, overrides=overrides)
     run_daemon(paths, mode="log", settings=settings, config_file=config_file, overrides=overrides)
 
@@ -268,8 +277,9 @@ def plan_command(
 ) -> None:
     """Dry run: which tags exist, and for the rest which layers differ and why."""
     from imaged.cmd_plan import run_plan
-    from imaged.config import load_settings
+    from imaged.config import export_config_file, load_settings
 
+    export_config_file(config_file)
     settings = load_settings(
         config_file=config_file, overrides=_daemon_overrides(registry=registry, state_dir=state_dir)
     )

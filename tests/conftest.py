@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -63,3 +64,12 @@ def wrong_docker_config_dir(infra: Infra, tmp_path: Path) -> Path:
         user=infra.auth_user,
         password="wrong-" + secrets.token_hex(8),
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_exported_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config` exports IMAGED_CONFIG for definition modules (imaged.config.export_config_file);
+    in-process CLI tests must not leak it into the tests that follow. An empty value means
+    unset, and monkeypatch restores the variable's absence afterwards."""
+    if not os.environ.get("IMAGED_CONFIG"):
+        monkeypatch.setenv("IMAGED_CONFIG", "")

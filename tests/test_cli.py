@@ -334,3 +334,42 @@ def test_state_dir_flag_is_accepted(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["plan", str(defs), "--state-dir", str(tmp_path / "st")])
     assert result.exit_code == 0, result.output
     assert "local-only: local" in result.output
+
+
+def test_hash_shows_the_uri_build_pushes_with_a_registry_override(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from imaged.cli import main
+
+    defs = tmp_path / "defs.py"
+    defs.write_text(
+        "from imaged import Image\n"
+        "img = Image.from_base('debian:12').clone(name='app', registry='a.example:5000')\n"
+    )
+    plain = CliRunner().invoke(main, ["hash", str(defs)])
+    moved = CliRunner().invoke(main, ["hash", str(defs), "--registry", "127.0.0.1:5000"])
+    assert plain.exit_code == moved.exit_code == 0
+    tag = plain.output.split()[-1]
+    assert f"a.example:5000/app:{tag}" in plain.output
+    assert f"127.0.0.1:5000/app:{tag}" in moved.output
+
+
+def test_plan_config_reaches_the_definitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from imaged.cli import main
+
+    config = tmp_path / "ci.toml"
+    config.write_text('debian_base = "ci.local/py:{major}.{minor}"\n')
+    defs = tmp_path / "defs.py"
+    defs.write_text(
+        "from imaged import Image\n"
+        "img = Image.from_debian_base(python_version=(3, 11), name='app')\n"
+        "assert img.base_label == 'ci.local/py:3.11', img.base_label\n"
+    )
+    monkeypatch.delenv("IMAGED_DEBIAN_BASE")  # this module's autouse fixture sets it
+    monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
+    result = CliRunner().invoke(main, ["plan", str(defs), "--config", str(config)])
+    assert result.exit_code == 0, result.output
