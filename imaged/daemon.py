@@ -293,7 +293,7 @@ class Daemon:
                 owners[name] = path
         return images
 
-    async def _refresh_images(self, *, roots_before: set[Path] | None = None) -> None:
+    async def _refresh_images(self, *, roots_before: dict[Path, bool] | None = None) -> None:
         images = self._merged_images()
         async with self._tracker_lock:
             roots = self._roots() if roots_before is None else roots_before
@@ -507,9 +507,10 @@ class Daemon:
             self._last_ignored_event = now
             self.emit("ignored", None, paths=sorted(str(p) for p in paths)[:10], count=len(paths))
 
-    def _roots(self) -> set[Path]:
-        roots = set(self.tracker.watch_roots())
-        roots |= {p.parent for p in self._definition_paths()}
+    def _roots(self) -> dict[Path, bool]:
+        """Each folder to watch and whether recursively (the tracker's flag wins)."""
+        roots = dict.fromkeys({p.parent for p in self._definition_paths()}, False)
+        roots.update(self.tracker.watch_roots())
         self.metrics.watched_paths = len(roots)
         return roots
 

@@ -651,6 +651,32 @@ class ImageDigest:
         return self.digest.removeprefix("sha256:")[:TAG_HEX_CHARS]
 
 
+@dataclass(frozen=True)
+class TreeSource:
+    """A folder a layer (or a Dockerfile base) copies, and where its ignore rules come from:
+    ``folder_rules`` of the root, or only the ``.dockerignore`` of a Dockerfile's context."""
+
+    root: Path
+    extras: tuple[Path, ...] = ()
+    gitignore: bool = False
+    dockerfile_context: bool = False
+
+    def read_rules(self) -> IgnoreRules:
+        if self.dockerfile_context:
+            return IgnoreRules.from_file(self.root / ".dockerignore")
+        return folder_rules(self.root, self.extras, gitignore=self.gitignore)
+
+
+# Serves the TreeIndex of a folder: the process-wide registry by default; the daemon's
+# tracker passes its own, which keeps each tree's rules until an ignore file changes.
+TreeProvider = Callable[[TreeSource, DigestCache], TreeIndex]
+
+
+def _shared_tree(source: TreeSource, cache: DigestCache) -> TreeIndex:
+    """The default TreeProvider: read the rules, then ask ``shared_trees()``."""
+    return shared_trees().tree(source.root, source.read_rules(), cache)
+
+
 @dataclass
 class _Inputs:
     fields: list[object]
@@ -662,9 +688,10 @@ class _Inputs:
 class _Hasher:
     """Computes the inputs of each layer kind. Extra ignore files come from the image."""
 
-    def __init__(self, image: Image, cache: DigestCache) -> None:
+    def __init__(self, image: Image, cache: DigestCache, trees: TreeProvider) -> None:
         self.image = image
         self.cache = cache
+        self.trees = trees
         self.extra_ignores = tuple(
             layer.path for layer in image.layers if isinstance(layer, L.Dockerignore)
         )
@@ -687,8 +714,7 @@ class _Hasher:
     def tree(self, root: Path, *, label: str, gitignore: bool = False) -> TreeIndex:
         if not root.is_dir():
             raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
-        rules = folder_rules(root, self.extra_ignores, gitignore=gitignore)
-        return shared_trees().tree(root, rules, self.cache)
+        return self.trees(TreeSource(root, self.extra_ignores, gitignore), self.cache)
 
     def inputs(self, layer: L.Layer, label: str) -> _Inputs:
         handler = _HANDLERS[type(layer)]
@@ -851,26 +877,23 @@ class _BaseInputs:
     dockerfile_text: str | None = None
 
 
-def _base_inputs(image: Image, cache: DigestCache) -> _BaseInputs:
+def _base_inputs(image: Image, cache: DigestCache, trees: TreeProvider) -> _BaseInputs:
     base = image.base
     if isinstance(base, DebianBase):
         return _BaseInputs(["debian", base.ref, list(base.python_version)], ref=base.ref)
     if isinstance(base, RefBase):
         return _BaseInputs(["ref", base.ref], ref=base.ref)
     if isinstance(base, ParentBase):
-        parent = hash_image(base.image, cache)
+        parent = hash_image(base.image, cache, trees=trees)
         ref = base.image.uri_for(parent.tag) if base.image.name else None
         return _BaseInputs(["parent", parent.digest], ref=ref)
     assert isinstance(base, DockerfileBase)
-    return _dockerfile_inputs(image, base, cache)
+    return _dockerfile_inputs(image, base, cache, trees)
 
 
-def _base_fields(image: Image, cache: DigestCache) -> tuple[list[object], list[TreeIndex]]:
-    inputs = _base_inputs(image, cache)
-    return inputs.fields, inputs.trees
-
-
-def _dockerfile_inputs(image: Image, base: DockerfileBase, cache: DigestCache) -> _BaseInputs:
+def _dockerfile_inputs(
+    image: Image, base: DockerfileBase, cache: DigestCache, trees: TreeProvider
+) -> _BaseInputs:
     try:
         data = base.dockerfile.read_bytes()
         text = data.decode("utf-8")
@@ -882,28 +905,27 @@ def _dockerfile_inputs(image: Image, base: DockerfileBase, cache: DigestCache) -
         raise SpecError(
             f"{base.dockerfile}: cannot read: {exc}", image=image.name, layer="from_dockerfile"
         ) from exc
-    rules = IgnoreRules.from_file(base.context / ".dockerignore")
-    tree = shared_trees().tree(base.context, rules, cache)
+    tree = trees(TreeSource(base.context, dockerfile_context=True), cache)
     relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
     fields: list[object] = ["dockerfile", relname, hashlib.sha256(data).hexdigest(), tree.digest]
     return _BaseInputs(fields, [tree], dockerfile_text=text)
 
 
-def _dockerfile_fields(
-    image: Image, base: DockerfileBase, cache: DigestCache
-) -> tuple[list[object], list[TreeIndex]]:
-    inputs = _dockerfile_inputs(image, base, cache)
-    return inputs.fields, inputs.trees
-
-
-def hash_image(image: Image, cache: DigestCache | None = None) -> ImageDigest:
+def hash_image(
+    image: Image, cache: DigestCache | None = None, *, trees: TreeProvider | None = None
+) -> ImageDigest:
     """Hash an image as its files are now: the base, the platforms, the Python version and
-    each layer's kind and inputs, in order."""
+    each layer's kind and inputs, in order. ``trees`` serves each copied folder's index (and
+    a parent image's); the default reads the rules and asks :func:`shared_trees`.
+
+    >>> # hash_image(image, DigestCache(), trees=lambda source, cache: my_trees[source])
+    """
     cache = cache or default_cache()
-    base_inputs = _base_inputs(image, cache)
+    trees = trees or _shared_tree
+    base_inputs = _base_inputs(image, cache, trees)
     base_fields, base_trees = base_inputs.fields, base_inputs.trees
     base_digest = "sha256:" + sha256_hex(base_fields)
-    hasher = _Hasher(image, cache)
+    hasher = _Hasher(image, cache, trees)
     layer_digests: list[LayerDigest] = []
     for index, layer in enumerate(image.layers):
         label = image.layer_label(index)

@@ -2,7 +2,7 @@
 
 Folders are held as shared :class:`~imaged.hashing.TreeIndex` objects keyed by (root, rules),
 so a one-file edit re-stats one path and rehashes one branch of one tree, never a walk.
-Digests use exactly the encoding of :func:`imaged.hashing.hash_image`.
+Digests come from :func:`imaged.hashing.hash_image` itself, served those trees.
 """
 
 from __future__ import annotations
@@ -14,30 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imaged import layers as L
-from imaged.errors import ImagedError, MissingPathError
+from imaged.errors import ImagedError
 from imaged.files import (
     DIR,
     FileEntry,
-    folder_rules,
     ignore_files_of,
+    is_rules_input,
     stat_entry,
     stat_key,
     walk_files,
 )
 from imaged.hashing import (
-    ENCODING_VERSION,
     DigestCache,
     ImageDigest,
-    LayerDigest,
     TreeIndex,
-    _base_fields,
-    _Hasher,
+    TreeSource,
     default_cache,
-    sha256_hex,
+    hash_image,
 )
 from imaged.ignore import IgnoreRules
 from imaged.image import DockerfileBase, Image, ParentBase
-from imaged.tools import RENDER_VERSION
 
 __all__ = ["DigestChange", "ImageTracker", "Reason"]
 
@@ -89,25 +85,22 @@ class DigestChange:
 # -- what each layer reads --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _TreeSpec:
-    """How a layer copies a folder: the root and where its ignore rules come from."""
+# How a layer copies a folder: the root and where its ignore rules come from.
+_TreeSpec = TreeSource
 
-    root: Path
-    extras: tuple[Path, ...] = ()
-    gitignore: bool = False
-    dockerfile_context: bool = False
 
-    @property
-    def ignore_files(self) -> tuple[Path, ...]:
-        if self.dockerfile_context:
-            return (self.root / ".dockerignore",)
-        return ignore_files_of(self.root, self.extras, gitignore=self.gitignore)
+def _ignore_files(spec: _TreeSpec) -> tuple[Path, ...]:
+    """The ignore files whose edits can change ``spec``'s rules (those that exist now)."""
+    if spec.dockerfile_context:
+        return (spec.root / ".dockerignore",)
+    return ignore_files_of(spec.root, spec.extras, gitignore=spec.gitignore)
 
-    def read_rules(self) -> IgnoreRules:
-        if self.dockerfile_context:
-            return IgnoreRules.from_file(self.root / ".dockerignore")
-        return folder_rules(self.root, self.extras, gitignore=self.gitignore)
+
+def _is_rules_input(spec: _TreeSpec, path: str) -> bool:
+    """True when ``path`` (maybe a new nested ``.gitignore``) can change ``spec``'s rules."""
+    if spec.dockerfile_context:
+        return path == str(spec.root / ".dockerignore")
+    return is_rules_input(spec.root, Path(path), spec.extras, gitignore=spec.gitignore)
 
 
 @dataclass(frozen=True)
@@ -221,6 +214,10 @@ class _TreeStore:
             tree = self.trees[key] = _TrackedTree.build(spec.root, key[1], self.cache)
         return tree
 
+    def provide(self, spec: _TreeSpec, cache: DigestCache) -> TreeIndex:
+        """hash_image's TreeProvider: this store's tree (built with this store's cache)."""
+        return self.tree_of(spec)
+
     def peek(self, spec: _TreeSpec) -> TreeIndex | None:
         rules = self.rules.get(spec)
         return None if rules is None else self.trees.get((spec.root, rules))
@@ -240,19 +237,6 @@ class _TreeStore:
             self.drop(key)
 
 
-class _SharedTreeHasher(_Hasher):
-    """hashing's per-kind handlers, with folders served from the tracker's prebuilt trees."""
-
-    def __init__(self, image: Image, cache: DigestCache, store: _TreeStore) -> None:
-        super().__init__(image, cache)
-        self.store = store
-
-    def tree(self, root: Path, *, label: str, gitignore: bool = False) -> TreeIndex:
-        if not root.is_dir():
-            raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
-        return self.store.tree_of(_TreeSpec(root, self.extra_ignores, gitignore=gitignore))
-
-
 # -- one batch of changes ---------------------------------------------------------------
 
 
@@ -266,6 +250,9 @@ class _Batch:
     ignores: set[str] = field(default_factory=set)
     hit: set[str] = field(default_factory=set)
     new_rules: set[_TreeSpec] = field(default_factory=set)
+    # Specs whose rules may have gained an input the index does not know yet: a new nested
+    # .gitignore, or a new folder that may hold one.
+    suspects: set[_TreeSpec] = field(default_factory=set)
 
 
 def _covers(path: str, target: str) -> bool:
@@ -280,12 +267,16 @@ def _inside(path: str, root: str) -> str | None:
 
 def _excluded(rules: IgnoreRules, rel: str, *, is_dir: bool) -> bool:
     """TreeIndex's own test: a pruned ignored ancestor, or the path itself ignored."""
-    parts = rel.split("/")[:-1]
-    for i in range(len(parts)):
-        ancestor = "/".join(parts[: i + 1])
+    for ancestor in _folders_above(rel):
         if rules.is_ignored(ancestor, is_dir=True) and rules.can_prune(ancestor):
             return True
     return rules.is_ignored(rel, is_dir=is_dir)
+
+
+def _folders_above(rel: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _with_new_folders(tree: TreeIndex, rels: Iterable[str]) -> list[str]:
@@ -372,7 +363,7 @@ class ImageTracker:
                     files.setdefault(path, set()).add(name)
                 for spec in dep.trees:
                     spec_images.setdefault(spec, set()).add(name)
-                    for ignore in spec.ignore_files:
+                    for ignore in _ignore_files(spec):
                         ignores.setdefault(str(ignore), set()).add(spec)
         self._spec_images, self._files, self._ignores = spec_images, files, ignores
         self._store.keep_only(spec_images)
@@ -396,13 +387,18 @@ class ImageTracker:
             raise self._errors[name]
         return self._digests[name]
 
-    def watch_roots(self) -> set[Path]:
-        """The outermost folders to watch: copied folders, and the folder of each single file
-        and ignore file (absent ones included)."""
-        paths = {spec.root for spec in self._spec_images}
-        paths |= {Path(f).parent for f in self._files}
-        paths |= {Path(f).parent for f in self._ignores}
-        return outermost_paths(paths)
+    def watch_roots(self) -> dict[Path, bool]:
+        """The folders to watch, each with whether to watch it recursively: the outermost
+        copied folders (recursive), and the folder of each single file and ignore file
+        (absent ones included) outside them, for its own entries only, so an ancestor's
+        ``.gitignore`` at a monorepo's root does not watch the whole monorepo."""
+        trees = outermost_paths(spec.root for spec in self._spec_images)
+        roots = dict.fromkeys(trees, True)
+        for path in (*self._files, *self._ignores):
+            folder = Path(path).parent
+            if not any(_covers(str(tree), str(folder)) for tree in trees):
+                roots[folder] = False
+        return roots
 
     def is_relevant(self, path: str | os.PathLike[str]) -> bool:
         """True only when some layer depends on ``path``: the watcher's filter."""
@@ -414,7 +410,12 @@ class ImageTracker:
             if _covers(p, root):
                 return True
             rel = _inside(p, root)
-            if rel is not None and self._tracked_in(spec, rel, p):
+            if rel is None:
+                continue
+            # Git reads a .gitignore even when the rules ignore the file itself.
+            if spec.gitignore and rel.rpartition("/")[2] == ".gitignore":
+                return self._read_by_git(spec, rel)
+            if self._tracked_in(spec, rel, p):
                 return True
         return False
 
@@ -441,6 +442,7 @@ class ImageTracker:
         for path in {_norm(p) for p in paths}:
             self._route(path, batch)
         spec_changes = self._refresh_trees(batch)
+        self._reindex_if_rules_moved(batch)
         return self._rehash_touched(batch, spec_changes)
 
     def reconcile(self) -> dict[str, DigestChange]:
@@ -452,8 +454,14 @@ class ImageTracker:
         """
         batch = _Batch(files=self._moved_files(), ignores=set(self._ignores), hit=set(self._images))
         spec_changes = self._refresh_trees(batch, everything=True)
+        self._reindex_if_rules_moved(batch)
         batch.ignores = {f for f in batch.ignores if os.path.lexists(f)}  # names in reasons
         return self._rehash_touched(batch, spec_changes)
+
+    def _reindex_if_rules_moved(self, batch: _Batch) -> None:
+        """A git tree's rules moved: its set of nested .gitignore files may have too."""
+        if any(spec.gitignore for spec in batch.new_rules):
+            self._index()
 
     def _moved_files(self) -> set[str]:
         """Single-file inputs whose content may differ from the last digest's."""
@@ -487,12 +495,33 @@ class ImageTracker:
             root = str(spec.root)
             if _covers(path, root) or _inside(path, root) is not None:
                 batch.hit |= names
+            if spec.gitignore and path not in self._ignores and self._may_add_rules(spec, path):
+                batch.ignores.add(path)
+                batch.suspects.add(spec)
         for key in self._store.trees:
             root = str(key[0])
             if _covers(path, root):
                 batch.roots.add(key)
             elif (rel := _inside(path, root)) is not None:
                 batch.rels.setdefault(key, set()).add(rel)
+
+    def _may_add_rules(self, spec: _TreeSpec, path: str) -> bool:
+        """A new ``.gitignore`` git would read for ``spec``, or a new folder inside it that
+        the rules do not exclude (its ``.gitignore`` event may have come before the watch)."""
+        rel = _inside(path, str(spec.root))
+        if _is_rules_input(spec, path):
+            return rel is None or self._read_by_git(spec, rel)
+        tree, rules = self._store.peek(spec), self._store.rules.get(spec)
+        if rel is None or tree is None or rules is None or rel in tree.entries:
+            return False
+        return os.path.isdir(path) and not _excluded(rules, rel, is_dir=True)
+
+    def _read_by_git(self, spec: _TreeSpec, rel: str) -> bool:
+        """Git reads a nested ``.gitignore`` unless a folder above it is ignored."""
+        rules = self._store.rules.get(spec)
+        return rules is None or not any(
+            rules.is_ignored(folder, is_dir=True) for folder in _folders_above(rel)
+        )
 
     def _refresh_trees(
         self, batch: _Batch, *, everything: bool = False
@@ -540,7 +569,8 @@ class ImageTracker:
         """Re-read the rules of specs whose ignore files were touched; for each spec whose rules
         moved, forget them and keep its old listing to diff against."""
         snapshots: dict[_TreeSpec, dict[str, str]] = {}
-        for spec in {s for f in batch.ignores for s in self._ignores[f]}:
+        touched = {s for f in batch.ignores for s in self._ignores.get(f, ())}
+        for spec in touched | batch.suspects:
             old = self._store.rules.get(spec)
             try:
                 new: IgnoreRules | None = spec.read_rules()
@@ -610,72 +640,10 @@ class ImageTracker:
         self._digests[name] = digest
         return digest
 
-    # -- the digest, as hashing.hash_image computes it
-
     def _hash_image(self, image: Image, memo: dict[Image, ImageDigest]) -> ImageDigest:
-        if image in memo:
-            return memo[image]
-        base_fields, base_trees = self._base_fields(image, memo)
-        base_digest = "sha256:" + sha256_hex(base_fields)
-        hasher = _SharedTreeHasher(image, self._cache, self._store)
-        layer_digests = [_layer_digest(hasher, image, i) for i in range(len(image.layers))]
-        top = [
-            ENCODING_VERSION,
-            RENDER_VERSION,
-            base_digest,
-            list(image.platform),
-            list(image.python_version) if image.python_version else None,
-            [[d.kind, d.digest] for d in layer_digests if d.in_image_digest],
-        ]
-        base_layer = LayerDigest(
-            index=-1,
-            kind="base",
-            label=image.base_label,
-            category="recipe",
-            digest=base_digest,
-            trees=tuple(base_trees),
-        )
-        result = ImageDigest(
-            digest="sha256:" + sha256_hex(top),
-            base=base_digest,
-            layers=(base_layer, *layer_digests) if base_trees else tuple(layer_digests),
-        )
-        memo[image] = result
-        return result
-
-    def _base_fields(
-        self, image: Image, memo: dict[Image, ImageDigest]
-    ) -> tuple[list[object], list[TreeIndex]]:
-        base = image.base
-        if isinstance(base, ParentBase):
-            return ["parent", self._hash_image(base.image, memo).digest], []
-        if not isinstance(base, DockerfileBase):
-            return _base_fields(image, self._cache)
-        if not base.dockerfile.is_file():
-            raise MissingPathError(
-                f"{base.dockerfile} does not exist", image=image.name, layer="from_dockerfile"
-            )
-        dockerfile = self._cache.file_digest(
-            str(base.dockerfile), stat_key(os.stat(base.dockerfile))
-        )
-        tree = self._store.tree_of(_TreeSpec(base.context, dockerfile_context=True))
-        relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
-        return ["dockerfile", relname, dockerfile, tree.digest], [tree]
-
-
-def _layer_digest(hasher: _SharedTreeHasher, image: Image, index: int) -> LayerDigest:
-    layer = image.layers[index]
-    inputs = hasher.inputs(layer, image.layer_label(index))
-    return LayerDigest(
-        index=index,
-        kind=layer.kind,
-        label=layer.describe(),
-        category=layer.category,
-        digest="sha256:" + sha256_hex([layer.kind, inputs.fields]),
-        trees=tuple(inputs.trees),
-        files=tuple(inputs.files),
-        in_image_digest=not isinstance(layer, L.Dockerignore),
-    )
+        if image not in memo:
+            memo[image] = hash_image(image, self._cache, trees=self._store.provide)
+        return memo[image]
 
 
 # -- reasons ----------------------------------------------------------------------------
@@ -702,7 +670,7 @@ def _changed_files(
     names = [Path(f).name for f in dep.files if f in batch.files]
     for spec in dep.trees:
         if spec in batch.new_rules:
-            names += [Path(f).name for f in map(str, spec.ignore_files) if f in batch.ignores]
+            names += [Path(f).name for f in map(str, _ignore_files(spec)) if f in batch.ignores]
         names += [f"{spec.root.name}/{rel}" for rel in spec_changes.get(spec, ())]
     return names
 

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Protocol, cast
 
 import anyio
 import watchfiles
+from anyio.abc import ObjectSendStream
 from watchfiles import Change
 
 __all__ = [
     "RawBatch",
     "RestartFlag",
+    "Roots",
     "StopSignal",
     "WatchBackend",
     "WatchfilesBackend",
     "existing_roots",
     "watch_paths",
+    "watch_plan",
 ]
 
 STEP_MS = 50
 RUST_TIMEOUT_MS = 1_000
 
 RawBatch = set[tuple[Change, str]]
+# What to watch: each folder with whether to watch its whole subtree (True) or only its own
+# entries (False); a plain set of folders means every one recursively.
+Roots = Mapping[Path, bool] | Iterable[Path]
 
 
 class StopSignal(Protocol):
@@ -42,11 +49,18 @@ class RestartFlag(Protocol):
 
 
 class WatchBackend(Protocol):
-    """Yields raw batches of (change, absolute path) until ``stop_event`` is set."""
+    """Yields raw batches of (change, absolute path) until ``stop_event`` is set: from
+    everything below ``paths``, and from the direct entries of each ``shallow`` folder."""
 
     def watch(
-        self, paths: Sequence[Path], *, stop_event: StopSignal, debounce_ms: int, step_ms: int
-    ) -> AsyncIterator[RawBatch]: ...
+        self,
+        paths: Sequence[Path],
+        *,
+        stop_event: StopSignal,
+        debounce_ms: int,
+        step_ms: int,
+        shallow: Sequence[Path] = (),
+    ) -> AsyncGenerator[RawBatch, None]: ...
 
 
 class WatchfilesBackend:
@@ -60,20 +74,53 @@ class WatchfilesBackend:
         self.rust_timeout_ms = rust_timeout_ms
 
     async def watch(
-        self, paths: Sequence[Path], *, stop_event: StopSignal, debounce_ms: int, step_ms: int
+        self,
+        paths: Sequence[Path],
+        *,
+        stop_event: StopSignal,
+        debounce_ms: int,
+        step_ms: int,
+        shallow: Sequence[Path] = (),
+    ) -> AsyncGenerator[RawBatch, None]:
+        groups = [(tuple(g), deep) for g, deep in ((paths, True), (shallow, False)) if g]
+        if len(groups) == 1:  # one awatch needs no merging
+            async for batch in self._awatch(*groups[0], stop_event, debounce_ms, step_ms):
+                yield batch
+            return
+        # watchfiles takes one recursive flag per watcher: run one of each, merged.
+        send, receive = anyio.create_memory_object_stream[RawBatch]()
+        async with anyio.create_task_group() as tg, receive:
+            for group, deep in groups:
+                pump = self._awatch(group, deep, stop_event, debounce_ms, step_ms)
+                tg.start_soon(_forward, pump, send.clone())
+            send.close()
+            async for batch in receive:
+                yield batch
+
+    def _awatch(
+        self,
+        paths: tuple[Path, ...],
+        recursive: bool,
+        stop_event: StopSignal,
+        debounce_ms: int,
+        step_ms: int,
     ) -> AsyncIterator[RawBatch]:
-        changes = watchfiles.awatch(
+        return watchfiles.awatch(
             *paths,
             stop_event=cast("anyio.Event", stop_event),
             debounce=debounce_ms,
             step=step_ms,
-            recursive=True,
+            recursive=recursive,
             watch_filter=None,
             rust_timeout=self.rust_timeout_ms,
             yield_on_timeout=False,
         )
-        async for batch in changes:
-            yield batch
+
+
+async def _forward(batches: AsyncIterator[RawBatch], send: ObjectSendStream[RawBatch]) -> None:
+    async with send:
+        async for batch in batches:
+            await send.send(batch)
 
 
 class _Restart:
@@ -119,9 +166,29 @@ def existing_roots(paths: Iterable[Path]) -> set[Path]:
     """Each path, or its nearest existing parent folder; then only the outermost ones."""
     kept: list[Path] = []
     for path in sorted({_nearest_folder(p) for p in paths}, key=lambda p: len(p.parts)):
-        if not any(path == k or k in path.parents for k in kept):
+        if not _covered(path, kept):
             kept.append(path)
     return set(kept)
+
+
+def _covered(path: Path, folders: Iterable[Path]) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
+def watch_plan(roots: Roots) -> dict[Path, bool]:
+    """The folders to watch now, each with its recursive flag: the outermost existing
+    recursive roots, then each shallow root no recursive one covers. A root that does not
+    exist yet is watched through its nearest existing parent folder, with its own flag.
+
+    >>> # watch_plan({Path("/repo/api"): True, Path("/repo"): False})
+    >>> # {Path("/repo/api"): True, Path("/repo"): False}
+    """
+    flags = dict(roots) if isinstance(roots, Mapping) else dict.fromkeys(roots, True)
+    deep = existing_roots(path for path, recursive in flags.items() if recursive)
+    shallow = {_nearest_folder(path) for path, recursive in flags.items() if not recursive}
+    plan = dict.fromkeys(deep, True)
+    plan.update((folder, False) for folder in shallow if not _covered(folder, deep))
+    return plan
 
 
 async def _wait_until(signal: StopSignal) -> None:
@@ -131,7 +198,7 @@ async def _wait_until(signal: StopSignal) -> None:
 
 
 async def watch_paths(
-    roots: Callable[[], set[Path]],
+    roots: Callable[[], Roots],
     relevant: Callable[[Path], bool],
     *,
     stop_event: StopSignal,
@@ -142,10 +209,12 @@ async def watch_paths(
 ) -> AsyncIterator[set[Path]]:
     """Yield batches of relevant changed absolute paths until ``stop_event`` is set.
 
-    Watching restarts with fresh ``roots()`` when ``restart`` is set, after any batch that
-    changed ``roots()`` (a reload, a root that appeared or disappeared): a root that does not
-    exist yet is watched through its nearest existing parent folder, and ``relevant`` keeps
-    the noise out; ``on_ignored`` hears about each batch that held nothing relevant.
+    ``roots()`` maps each folder to whether to watch it recursively (see :func:`watch_plan`;
+    a plain set watches every folder recursively). Watching restarts with fresh ``roots()``
+    when ``restart`` is set, after any batch that changed the plan (a reload, a root that
+    appeared or disappeared): a root that does not exist yet is watched through its nearest
+    existing parent folder, and ``relevant`` keeps the noise out; ``on_ignored`` hears about
+    each batch that held nothing relevant.
 
     >>> # async for paths in watch_paths(tracker.watch_roots, tracker.is_relevant,
     >>> #                                stop_event=stop): tracker.apply_changes(paths)
@@ -154,20 +223,25 @@ async def watch_paths(
     requests = _Restart(restart)
     while not stop_event.is_set():
         requests.take()
-        watched = existing_roots(roots())
+        watched = watch_plan(roots())
         generation = _GenerationStop(stop_event, requests)
         if not watched:
             await _wait_until(generation)
             continue
         batches = backend.watch(
-            sorted(watched), stop_event=generation, debounce_ms=debounce_ms, step_ms=STEP_MS
+            sorted(p for p, deep in watched.items() if deep),
+            shallow=sorted(p for p, deep in watched.items() if not deep),
+            stop_event=generation,
+            debounce_ms=debounce_ms,
+            step_ms=STEP_MS,
         )
-        async for batch in batches:
-            paths = {Path(path) for _, path in batch}
-            found = {p for p in paths if relevant(p)}
-            if found:
-                yield found
-            elif on_ignored is not None and paths:
-                on_ignored(paths)
-            if existing_roots(roots()) != watched:
-                generation.set()  # the backend returns within step_ms; then we restart
+        async with aclosing(batches):
+            async for batch in batches:
+                paths = {Path(path) for _, path in batch}
+                found = {p for p in paths if relevant(p)}
+                if found:
+                    yield found
+                elif on_ignored is not None and paths:
+                    on_ignored(paths)
+                if watch_plan(roots()) != watched:
+                    generation.set()  # the backend returns within step_ms; then we restart

@@ -391,12 +391,32 @@ def test_missing_single_file_is_an_error_until_it_returns(
 # -- watch roots ------------------------------------------------------------------------
 
 
-def test_watch_roots_are_the_outermost_folders(tracker: ImageTracker, project: Path) -> None:
-    assert tracker.watch_roots() == {project}  # extra.dockerignore lives at the top
+def test_watch_roots_are_the_trees_and_the_folders_of_files_outside_them(
+    tracker: ImageTracker, project: Path
+) -> None:
+    assert tracker.watch_roots() == {
+        **{project / tree: True for tree in ("src", "lib", "svc", "ctx")},
+        project: False,  # extra.dockerignore lives at the top
+        project / "reqs": False,
+    }
     only_src = ImageTracker(DigestCache())
-    image = Image.from_base(BASE).with_source_folder(project / "src")
+    image = Image.from_base(BASE).with_source_folder(project)
     only_src.set_images({"w": image.with_requirements(project / "reqs/requirements.txt")})
-    assert only_src.watch_roots() == {project / "src", project / "reqs"}
+    assert only_src.watch_roots() == {project: True}  # the file is inside the tree
+
+
+def test_ancestor_gitignores_of_a_monorepo_are_watched_shallow(tmp_path: Path) -> None:
+    (tmp_path / ".git/info").mkdir(parents=True)
+    write(tmp_path / ".gitignore", "*.log\n")
+    api = write(tmp_path / "services/api/main.py", "print(1)\n").parent
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"api": bundle(Image.from_base(BASE), api).clone(name="api")})
+    assert tracker.watch_roots() == {
+        api: True,
+        tmp_path: False,
+        tmp_path / "services": False,
+        tmp_path / ".git/info": False,
+    }
 
 
 # -- the invariant, under random edits --------------------------------------------------
@@ -508,7 +528,7 @@ def script_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Image:
     return Image.from_uv_script(script, name="job", python_version=(3, 11))
 
 
-def _break_header(root: Path) -> tuple[Path, Callable[[], None]]:
+def _break_header(root: Path) -> tuple[Path, Callable[[], object]]:
     script = root / "jobs/job.py"
     return script, lambda: script.write_text(BAD_HEADER)
 
@@ -678,3 +698,105 @@ def test_reconcile_clears_an_error_fixed_without_an_event(
     assert tracker.reconcile() == {}  # the same content as the last good digest
     assert tracker.errors == {}
     assert_fresh(tracker, images)
+
+
+# -- nested .gitignore files created after loading ---------------------------------------------
+
+
+def _gitignore_in_existing_folder(root: Path) -> list[Path]:
+    return [write(root / "sub/.gitignore", "x.txt\n")]
+
+
+def _gitignore_in_new_folder(root: Path) -> list[Path]:
+    write(root / "new/x.txt", "x\n")
+    return [root / "new", write(root / "new/.gitignore", "x.txt\n")]
+
+
+def _new_folder_event_only(root: Path) -> list[Path]:
+    """The .gitignore was written before the watcher saw its folder: one event, the folder."""
+    write(root / "new/x.txt", "x\n")
+    write(root / "new/.gitignore", "x.txt\n")
+    return [root / "new"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "folder"),
+    [
+        pytest.param(_gitignore_in_existing_folder, "sub", id="existing-folder"),
+        pytest.param(_gitignore_in_new_folder, "new", id="new-folder"),
+        pytest.param(_new_folder_event_only, "new", id="new-folder-event-only"),
+    ],
+)
+def test_a_nested_gitignore_created_later_applies_at_once(
+    tmp_path: Path, edit: Callable[[Path], list[Path]], folder: str
+) -> None:
+    root = tmp_path / "bundle"
+    write(root / "main.py", "print(1)\n")
+    write(root / "sub/x.txt", "x\n")
+    image = bundle(Image.from_base(BASE), root).clone(name="b")
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"b": image})
+    changed = edit(root)
+    assert all(tracker.is_relevant(p) for p in changed)
+    tracker.apply_changes(changed)
+    assert_fresh(tracker, {"b": image})
+    assert tracker.digest_of("b").digest == hash_image(image, DigestCache()).digest
+    files = tracker.digest_of("b").layers[0].trees[0].file_digests()
+    assert f"{folder}/.gitignore" in files
+    assert f"{folder}/x.txt" not in files
+    # Now indexed as a rules input: deleting it brings the file back.
+    (root / folder / ".gitignore").unlink()
+    tracker.apply_changes([root / folder / ".gitignore"])
+    assert f"{folder}/x.txt" in tracker.digest_of("b").layers[0].trees[0].file_digests()
+    assert_fresh(tracker, {"b": image})
+
+
+def test_a_nested_gitignore_ignored_by_the_rules_still_counts(tmp_path: Path) -> None:
+    root = tmp_path / "bundle"
+    write(root / ".dockerignore", ".gitignore\n")
+    write(root / "sub/x.txt", "x\n")
+    image = bundle(Image.from_base(BASE), root).clone(name="b")
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"b": image})
+    new = write(root / "sub/.gitignore", "x.txt\n")
+    assert tracker.is_relevant(new)
+    assert set(tracker.apply_changes([new])) == {"b"}
+    assert_fresh(tracker, {"b": image})
+
+
+# -- the tracker hashes through hash_image ----------------------------------------------------
+
+
+def test_build_inputs_match_a_fresh_hash(tmp_path: Path, script_image: Image) -> None:
+    """What the build uses as read (base ref, Dockerfile text, script deps) matches too."""
+    write(tmp_path / "ctx/Dockerfile", "FROM scratch\n")
+    images = {
+        "docker": Image.from_dockerfile(tmp_path / "ctx/Dockerfile", None, "docker"),
+        "job": script_image,
+        "child": Image.from_base(script_image).with_commands("true").clone(name="child"),
+    }
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images(images)
+    for name, image in images.items():
+        fresh, tracked = hash_image(image, DigestCache()), tracker.digest_of(name)
+        assert (tracked.base_ref, tracked.dockerfile_text) == (
+            fresh.base_ref,
+            fresh.dockerfile_text,
+        )
+        assert [d.values for d in tracked.layers] == [d.values for d in fresh.layers]
+    assert tracker.digest_of("docker").dockerfile_text == "FROM scratch\n"
+    assert any(d.values for d in tracker.digest_of("job").layers)
+    assert tracker.digest_of("child").base_ref == script_image.uri_for(tracker.digest_of("job").tag)
+
+
+def test_a_gitignore_inside_an_ignored_folder_is_not_read(tmp_path: Path) -> None:
+    root = tmp_path / "bundle"
+    write(root / ".gitignore", "node_modules/\n")
+    write(root / "main.py", "print(1)\n")
+    image = bundle(Image.from_base(BASE), root).clone(name="b")
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"b": image})
+    inner = write(root / "node_modules/pkg/.gitignore", "*\n")
+    assert not tracker.is_relevant(inner)
+    assert tracker.apply_changes([inner]) == {}
+    assert_fresh(tracker, {"b": image})

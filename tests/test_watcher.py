@@ -17,10 +17,12 @@ from imaged.image import Image
 from imaged.tracker import DigestChange, ImageTracker
 from imaged.watcher import (
     RestartFlag,
+    Roots,
     WatchBackend,
     WatchfilesBackend,
     existing_roots,
     watch_paths,
+    watch_plan,
 )
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +39,7 @@ def _py_only(path: Path) -> bool:
 
 
 async def collect(
-    roots: Callable[[], set[Path]],
+    roots: Callable[[], Roots],
     backend: WatchBackend,
     *,
     want: int,
@@ -191,19 +193,54 @@ def test_existing_roots(tmp_path: Path, given: list[str], expected: list[str]) -
     assert existing_roots(tmp_path / g for g in given) == {tmp_path / e for e in expected}
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        pytest.param({"a": False}, {"a": False}, id="shallow"),
+        pytest.param({"a": True, "a/b": False}, {"a": True}, id="shallow-inside-recursive"),
+        pytest.param({"a/b/gone": False, "a": True}, {"a": True}, id="missing-inside-recursive"),
+        pytest.param({"a/b": True, "a": False}, {"a/b": True, "a": False}, id="shallow-ancestor"),
+        pytest.param({"a/b/missing": False}, {"a/b": False}, id="missing-uses-parent"),
+        pytest.param({"a/missing": True, "a": False}, {"a": True}, id="missing-recursive"),
+        pytest.param({"a": False, "a/b": False}, {"a": False, "a/b": False}, id="shallow-nest"),
+    ],
+)
+def test_watch_plan(tmp_path: Path, given: dict[str, bool], expected: dict[str, bool]) -> None:
+    (tmp_path / "a/b").mkdir(parents=True)
+    plan = watch_plan({tmp_path / g: deep for g, deep in given.items()})
+    assert plan == {tmp_path / e: deep for e, deep in expected.items()}
+
+
+def test_a_plain_set_of_roots_is_all_recursive(tmp_path: Path) -> None:
+    assert watch_plan({tmp_path}) == {tmp_path: True}
+
+
+async def test_shallow_roots_reach_the_backend_apart(tmp_path: Path) -> None:
+    deep = tmp_path / "src"
+    deep.mkdir()
+    backend = ScriptedWatchBackend([batch((Change.modified, tmp_path / "a.py"))])
+    got = await collect(lambda: {deep: True, tmp_path: False}, backend, want=1)
+    assert got == [{tmp_path / "a.py"}]
+    assert (backend.roots, backend.shallow) == ([(deep,)], [(tmp_path,)])
+
+
 # -- with real inotify ------------------------------------------------------------------
 
 
-async def _watch_real(src: Path, edit: Callable[[], object], *, within: float) -> list[set[Path]]:
+async def _watch_real(
+    src: Path | Roots, edit: Callable[[], object], *, within: float, want: int = 1
+) -> list[set[Path]]:
     stop = anyio.Event()
     batches: list[set[Path]] = []
+    roots = {src} if isinstance(src, Path) else src
 
     async def consume() -> None:
         async for found in watch_paths(
-            lambda: {src}, _py_only, stop_event=stop, backend=WatchfilesBackend()
+            lambda: roots, _py_only, stop_event=stop, backend=WatchfilesBackend()
         ):
             batches.append(found)
-            stop.set()
+            if len(batches) >= want:
+                stop.set()
 
     with anyio.fail_after(within + 3):
         async with anyio.create_task_group() as tg:
@@ -237,6 +274,31 @@ async def test_real_backend_ignores_irrelevant_and_outside_paths(tmp_path: Path)
         (outside / "other.py").write_text("x")
 
     assert await _watch_real(src, edit, within=1.0) == []
+
+
+async def test_real_backend_shallow_root_sees_its_own_files_only(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    own, deeper = tmp_path / "own.py", tmp_path / "sub/deeper.py"
+
+    def edit() -> None:
+        deeper.write_text("x")
+        own.write_text("x")
+
+    got = await _watch_real({tmp_path: False}, edit, within=1.0, want=2)
+    assert set().union(*got) == {own}
+
+
+async def test_real_backend_merges_recursive_and_shallow_roots(tmp_path: Path) -> None:
+    (tmp_path / "src/pkg").mkdir(parents=True)
+    top, deep = tmp_path / "top.py", tmp_path / "src/pkg/deep.py"
+
+    def edit() -> None:
+        top.write_text("x")
+        deep.write_text("x")
+
+    roots = {tmp_path / "src": True, tmp_path: False}
+    got = await _watch_real(roots, edit, within=2.0, want=2)
+    assert set().union(*got) == {top, deep}
 
 
 async def test_real_backend_feeds_the_tracker_one_move_per_atomic_save(tmp_path: Path) -> None:
