@@ -7,11 +7,14 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from imaged.errors import ImagedError
+
+if TYPE_CHECKING:
+    from imaged.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,12 +78,36 @@ def _load(target: str) -> dict[str, Any]:
     return load_definitions(target)
 
 
+_config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Config file [env IMAGED_CONFIG].",
+)
+_registry_option = click.option(
+    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
+)
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory [env IMAGED_STATE_DIR].",
+)
+
+
+def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
+    """Settings for a command, with ``--config`` exported to definition modules too."""
+    from imaged.config import export_config_file, load_settings
+
+    export_config_file(config_file)
+    return load_settings(config_file=config_file, overrides=overrides)
+
+
 @main.command("hash")
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per image.")
-@click.option(
-    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
-)
+@_registry_option
 @handle_errors
 def hash_command(target: str, as_json: bool, registry: str | None) -> None:
     """Print each image's name, URI and content tag. TARGET is PATH[:NAME]."""
@@ -134,9 +161,7 @@ def dockerfile_command(target: str) -> None:
     "--dry-run", is_flag=True, help="Print Dockerfile, context and command; build nothing."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
-@click.option(
-    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
-)
+@_registry_option
 @click.option(
     "--builder", default=None, help="local, remote, or an entry point [env IMAGED_BUILDER]."
 )
@@ -175,28 +200,12 @@ def _daemon_overrides(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-_config_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Config file [env IMAGED_CONFIG].",
-)
-
-
 @main.command("watch")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="NDJSON events instead of the live view.")
 @click.option("--recursive", is_flag=True, default=None, help="Search folders recursively.")
-@click.option(
-    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="State directory [env IMAGED_STATE_DIR].",
-)
+@_registry_option
+@_state_dir_option
 @click.option("--status-address", default=None, help="127.0.0.1:PORT [env IMAGED_STATUS_ADDRESS].")
 @_config_option
 @handle_errors
@@ -211,13 +220,11 @@ def watch_command(
 ) -> None:
     """Watch definitions and their inputs; rebuild and push images whose digest moved."""
     from imaged.cmd_watch import pick_mode, run_daemon
-    from imaged.config import export_config_file, load_settings
 
     overrides = _daemon_overrides(
         recursive=recursive, registry=registry, state_dir=state_dir, status_address=status_address
     )
-    export_config_file(config_file)
-    settings = load_settings(config_file=config_file, overrides=overrides)
+    settings = _settings(config_file, overrides)
     run_daemon(
         paths,
         mode=pick_mode(as_json),
@@ -230,12 +237,7 @@ def watch_command(
 @main.command("daemon")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--recursive", is_flag=True, default=None, help="Search folders recursively.")
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="State directory [env IMAGED_STATE_DIR].",
-)
+@_state_dir_option
 @_config_option
 @handle_errors
 def daemon_command(
@@ -246,26 +248,17 @@ def daemon_command(
 ) -> None:
     """Run as a service (systemd Type=notify): structured logs, no terminal view."""
     from imaged.cmd_watch import run_daemon
-    from imaged.config import export_config_file, load_settings
 
     overrides = _daemon_overrides(recursive=recursive, state_dir=state_dir)
-    export_config_file(config_file)
-    settings = load_settings(config_file=config_file, overrides=overrides)
+    settings = _settings(config_file, overrides)
     run_daemon(paths, mode="log", settings=settings, config_file=config_file, overrides=overrides)
 
 
 @main.command("plan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
-@click.option(
-    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="State directory [env IMAGED_STATE_DIR].",
-)
+@_registry_option
+@_state_dir_option
 @_config_option
 @handle_errors
 def plan_command(
@@ -277,12 +270,8 @@ def plan_command(
 ) -> None:
     """Dry run: which tags exist, and for the rest which layers differ and why."""
     from imaged.cmd_plan import run_plan
-    from imaged.config import export_config_file, load_settings
 
-    export_config_file(config_file)
-    settings = load_settings(
-        config_file=config_file, overrides=_daemon_overrides(registry=registry, state_dir=state_dir)
-    )
+    settings = _settings(config_file, _daemon_overrides(registry=registry, state_dir=state_dir))
     sys.exit(run_plan(paths, settings=settings, as_json=as_json))
 
 
