@@ -606,6 +606,7 @@ class Daemon:
         self._holds_state = False
         try:
             self.store.save(self.records)
+            self.tracker.cache.prune_missing()
             self.store.save_cache(self.tracker.cache)
         finally:
             self.store.unlock()

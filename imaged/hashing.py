@@ -119,6 +119,17 @@ class DigestCache:
             self.entries[path] = (key, recorded, digest)
         return digest
 
+    def prune_missing(self) -> int:
+        """Forget files that no longer exist (renamed or deleted), so a long-running daemon's
+        persisted cache does not grow without bound. Returns how many were dropped."""
+        with self._lock:
+            paths = list(self.entries)
+        gone = [p for p in paths if not os.path.lexists(p)]
+        with self._lock:
+            for path in gone:
+                self.entries.pop(path, None)
+        return len(gone)
+
     def read_many(self, wanted: list[tuple[str, tuple[int, ...]]]) -> list[str | None]:
         """Read and record the digests of files the cache could not answer, in order;
         None for a file that vanished since it was listed (an editor's temp file)."""

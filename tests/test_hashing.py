@@ -769,3 +769,13 @@ def test_a_file_that_vanishes_between_walk_and_read_is_left_out(
     monkeypatch.setattr(hashing, "read_digest", real)
     assert [e.relpath for e in index.listing()] == ["keep.txt"]
     assert index.digest == TreeIndex.build(tmp_path, IgnoreRules(), DigestCache()).digest
+
+
+def test_prune_missing_forgets_deleted_files_only(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("keep")
+    (tmp_path / "gone.txt").write_text("gone")
+    cache = DigestCache()
+    TreeIndex.build(tmp_path, IgnoreRules(), cache)
+    (tmp_path / "gone.txt").unlink()
+    assert cache.prune_missing() == 1
+    assert list(cache.entries) == [str(tmp_path / "keep.txt")]
