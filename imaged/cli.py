@@ -140,15 +140,20 @@ def hash_command(target: str, as_json: bool, registry: str | None) -> None:
 
 @main.command("dockerfile")
 @click.argument("target")
+@_registry_option
 @handle_errors
-def dockerfile_command(target: str) -> None:
+def dockerfile_command(target: str, registry: str | None) -> None:
     """Print the Dockerfile imaged would build for PATH:NAME."""
+    from imaged.config import load_settings
     from imaged.dockerfile import render_dockerfile
+    from imaged.image import override_registry
 
     images = _load(target)
     if len(images) != 1:
         raise click.UsageError(f"pick one image with PATH:NAME (images: {', '.join(images)})")
     (image,) = images.values()
+    # The registry `imaged build` would use, so a parent image's FROM names the same URI.
+    image = override_registry(image, load_settings(overrides={"registry": registry}).registry)
     sys.stdout.write(render_dockerfile(image).dockerfile)
 
 

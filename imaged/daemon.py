@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -487,16 +488,20 @@ class Daemon:
         return f"{len(self.images)} images: {parts}" if parts else f"{len(self.images)} images"
 
     async def _watch_loop(self) -> None:
-        async for batch in watch_paths(
+        batches = watch_paths(
             self._roots,
             self._relevant,
             stop_event=self._stop,
             backend=self.backend,
             restart=self._roots_changed,
             on_ignored=self._ignored,
-        ):
-            self.metrics.events.inc("batch")
-            await self._guarded("handle_paths", partial(self.handle_paths, batch))
+        )
+        # aclosing: a cancel inside handle_paths must close the generator (and the task group
+        # the backend holds open) in this task, not later from the garbage collector.
+        async with aclosing(batches):
+            async for batch in batches:
+                self.metrics.events.inc("batch")
+                await self._guarded("handle_paths", partial(self.handle_paths, batch))
 
     def _ignored(self, paths: set[Path]) -> None:
         """Changes no image depends on (ignored by a rule, or unrelated): counted, and said

@@ -31,6 +31,7 @@ from imaged.secrets import ca_bundle_secret, resolve_secrets
 
 EventSink = Callable[[dict[str, Any]], None]
 MAX_STAGE_ATTEMPTS = 3
+_BUILT_LOCALLY: set[str] = set()  # URIs this process built into the engine (no registry)
 
 
 @dataclass
@@ -148,13 +149,19 @@ async def _ensure_parent(
         raise SpecError(
             "its base image has no name; give it one with .clone(name=...)", image=image.name
         )
+
+    def as_parent(event: dict[str, Any]) -> None:
+        # The parent's progress must not read as the child's (its build_done is not ours).
+        if on_event is not None:
+            on_event({**event, "event": f"parent_{event.get('event')}", "image": image.name})
+
     parent = await abuild(
         base.image,
         settings=settings,
         registry_client=client,
         builder=builder,
         cache=cache,
-        on_event=on_event,
+        on_event=as_parent,
     )
     _emit(on_event, "parent_ready", image, parent=parent.uri, status=parent.status)
 
@@ -197,6 +204,12 @@ async def abuild(
     result.builder = chosen.name
     if dry_run:
         return _dry_run(image, digest, chosen, result)
+    if not image.registry and not force and result.uri in _BUILT_LOCALLY:
+        # Content-addressed: built into the engine by this process already (a parent shared
+        # by several children). Images with a registry ask the registry instead.
+        result.status, result.skipped = "skipped", True
+        _emit(on_event, "skipped", image, uri=result.uri)
+        return result
     if image.registry and not force:
         t0 = time.perf_counter()
         exists = (checked or {}).get(result.uri)
@@ -216,6 +229,8 @@ async def abuild(
         on_event=on_event,
     )
     await _build_and_push(image, chosen, settings, cache, force, result, on_event)
+    if not result.pushed:
+        _BUILT_LOCALLY.add(result.uri)
     result.timings["total"] = time.perf_counter() - started
     return result
 

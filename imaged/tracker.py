@@ -413,8 +413,12 @@ class ImageTracker:
             if rel is None:
                 continue
             # Git reads a .gitignore even when the rules ignore the file itself.
-            if spec.gitignore and rel.rpartition("/")[2] == ".gitignore":
-                return self._read_by_git(spec, rel)
+            if (
+                spec.gitignore
+                and rel.rpartition("/")[2] == ".gitignore"
+                and self._read_by_git(spec, rel)
+            ):
+                return True
             if self._tracked_in(spec, rel, p):
                 return True
         return False

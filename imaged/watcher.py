@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -9,7 +10,6 @@ from typing import Protocol, cast
 
 import anyio
 import watchfiles
-from anyio.abc import ObjectSendStream
 from watchfiles import Change
 
 __all__ = [
@@ -82,20 +82,17 @@ class WatchfilesBackend:
         step_ms: int,
         shallow: Sequence[Path] = (),
     ) -> AsyncGenerator[RawBatch, None]:
-        groups = [(tuple(g), deep) for g, deep in ((paths, True), (shallow, False)) if g]
-        if len(groups) == 1:  # one awatch needs no merging
-            async for batch in self._awatch(*groups[0], stop_event, debounce_ms, step_ms):
-                yield batch
-            return
-        # watchfiles takes one recursive flag per watcher: run one of each, merged.
-        send, receive = anyio.create_memory_object_stream[RawBatch]()
-        async with anyio.create_task_group() as tg, receive:
-            for group, deep in groups:
-                pump = self._awatch(group, deep, stop_event, debounce_ms, step_ms)
-                tg.start_soon(_forward, pump, send.clone())
-            send.close()
-            async for batch in receive:
-                yield batch
+        # One recursive watcher over every root; events below a shallow root's own entries
+        # are dropped here. (Two watchers merged through a task group would mean yielding
+        # inside a task group, which an async generator cannot do safely: a cancel while the
+        # consumer handles a batch would close it from the wrong task.)
+        roots = (*paths, *shallow)
+        deep = [str(p) for p in paths]
+        flat = [str(p) for p in shallow]
+        async for batch in self._awatch(roots, True, stop_event, debounce_ms, step_ms):
+            kept = {(c, p) for c, p in batch if _wanted(p, deep, flat)}
+            if kept:
+                yield kept
 
     def _awatch(
         self,
@@ -117,10 +114,12 @@ class WatchfilesBackend:
         )
 
 
-async def _forward(batches: AsyncIterator[RawBatch], send: ObjectSendStream[RawBatch]) -> None:
-    async with send:
-        async for batch in batches:
-            await send.send(batch)
+def _wanted(path: str, deep: Sequence[str], shallow: Sequence[str]) -> bool:
+    """Below a deep root at any depth, or a direct entry (or the folder) of a shallow one."""
+    if any(path == root or path.startswith(root + os.sep) for root in deep):
+        return True
+    parent = os.path.dirname(path)
+    return any(path == root or parent == root for root in shallow)
 
 
 class _Restart:
@@ -206,7 +205,7 @@ async def watch_paths(
     debounce_ms: int = 50,
     restart: RestartFlag | None = None,
     on_ignored: Callable[[set[Path]], None] | None = None,
-) -> AsyncIterator[set[Path]]:
+) -> AsyncGenerator[set[Path], None]:
     """Yield batches of relevant changed absolute paths until ``stop_event`` is set.
 
     ``roots()`` maps each folder to whether to watch it recursively (see :func:`watch_plan`;

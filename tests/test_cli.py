@@ -373,3 +373,17 @@ def test_plan_config_reaches_the_definitions(
     monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
     result = CliRunner().invoke(main, ["plan", str(defs), "--config", str(config)])
     assert result.exit_code == 0, result.output
+
+
+def test_dockerfile_names_the_parent_in_the_overridden_registry(tmp_path: Path) -> None:
+    defs = tmp_path / "defs.py"
+    defs.write_text(
+        "from imaged import Image\n"
+        "parent = Image.from_base('debian:12').clone(name='parent', registry='a.example:5000')\n"
+        "child = Image.from_base(parent).clone(name='child', registry='a.example:5000')\n"
+    )
+    result = CliRunner().invoke(
+        main, ["dockerfile", f"{defs}:child", "--registry", "127.0.0.1:5000"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("FROM 127.0.0.1:5000/parent:")

@@ -330,3 +330,51 @@ async def test_real_backend_feeds_the_tracker_one_move_per_atomic_save(tmp_path:
     assert len(changes) == 1
     assert changes[0].reasons[0].files == ("src/main.py",)
     assert tracker.digest_of("app").digest == hash_image(image, DigestCache()).digest
+
+
+async def test_cancelled_while_handling_a_batch_closes_cleanly_with_mixed_roots(
+    tmp_path: Path,
+) -> None:
+    """The daemon's pattern: with a recursive and a shallow root the real backend yields from
+    inside a task group, so the consumer must close the generator itself (aclosing) when it
+    is cancelled mid-batch; otherwise the garbage collector closes it from another task and
+    anyio raises "exit a cancel scope that isn't the current task's"."""
+    import gc
+    from contextlib import aclosing
+
+    deep, shallow = tmp_path / "deep", tmp_path / "shallow"
+    deep.mkdir()
+    shallow.mkdir()
+    stop = anyio.Event()
+    first = anyio.Event()
+    got: list[set[Path]] = []
+
+    async def consume() -> None:
+        batches = watch_paths(
+            lambda: {deep: True, shallow: False},
+            lambda _p: True,
+            stop_event=stop,
+            backend=WatchfilesBackend(),
+            debounce_ms=50,
+        )
+        async with aclosing(batches):
+            async for batch in batches:
+                got.append(batch)
+                first.set()
+                await anyio.sleep(30)  # still handling it when the stop comes
+
+    async def poke() -> None:
+        await anyio.sleep(0.5)
+        (deep / "x").write_text("1")
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            tg.start_soon(poke)
+            with anyio.move_on_after(5):
+                await first.wait()
+            scope.cancel()
+    gc.collect()
+    await anyio.sleep(0.2)
+    assert got
+    assert deep / "x" in got[0]
