@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Protocol, cast
@@ -89,29 +89,20 @@ class WatchfilesBackend:
         roots = (*paths, *shallow)
         deep = [str(p) for p in paths]
         flat = [str(p) for p in shallow]
-        async for batch in self._awatch(roots, True, stop_event, debounce_ms, step_ms):
-            kept = {(c, p) for c, p in batch if _wanted(p, deep, flat)}
-            if kept:
-                yield kept
-
-    def _awatch(
-        self,
-        paths: tuple[Path, ...],
-        recursive: bool,
-        stop_event: StopSignal,
-        debounce_ms: int,
-        step_ms: int,
-    ) -> AsyncIterator[RawBatch]:
-        return watchfiles.awatch(
-            *paths,
+        batches = watchfiles.awatch(
+            *roots,
             stop_event=cast("anyio.Event", stop_event),
             debounce=debounce_ms,
             step=step_ms,
-            recursive=recursive,
+            recursive=True,
             watch_filter=None,
             rust_timeout=self.rust_timeout_ms,
             yield_on_timeout=False,
         )
+        async for batch in batches:
+            kept = {(c, p) for c, p in batch if _wanted(p, deep, flat)}
+            if kept:
+                yield kept
 
 
 def _wanted(path: str, deep: Sequence[str], shallow: Sequence[str]) -> bool:
