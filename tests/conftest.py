@@ -73,3 +73,18 @@ def _no_exported_config(monkeypatch: pytest.MonkeyPatch) -> None:
     unset, and monkeypatch restores the variable's absence afterwards."""
     if not os.environ.get("IMAGED_CONFIG"):
         monkeypatch.setenv("IMAGED_CONFIG", "")
+
+
+@pytest.fixture
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No IMAGED_* setting leaks in from the environment, and the cwd is an empty folder
+    with no config file; returns that folder."""
+    from imaged.config import SETTINGS
+
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.env, raising=False)
+    monkeypatch.delenv("IMAGED_CONFIG", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd

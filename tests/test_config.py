@@ -18,15 +18,9 @@ from imaged.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def clean_env(isolated_settings: Path) -> Path:
     """No IMAGED_* variable leaks in, and the cwd is an empty folder."""
-    for setting in SETTINGS:
-        monkeypatch.delenv(setting.env, raising=False)
-    monkeypatch.delenv("IMAGED_CONFIG", raising=False)
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    return cwd
+    return isolated_settings
 
 
 def test_defaults_with_no_file_and_no_env() -> None:

@@ -14,7 +14,6 @@ import pytest
 
 from imaged import Image, Secret
 from imaged import layers as L
-from imaged.config import SETTINGS
 from imaged.errors import MissingPathError, ScriptHeaderError, SpecError
 from imaged.image import DebianBase, DockerfileBase, ParentBase, RefBase
 from imaged.pep723 import read_script_metadata
@@ -94,15 +93,9 @@ PROJECT_FILES = {
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def isolated(isolated_settings: Path) -> Path:
     """No IMAGED_* settings leak in; the cwd is an empty folder with no config."""
-    for setting in SETTINGS:
-        monkeypatch.delenv(setting.env, raising=False)
-    monkeypatch.delenv("IMAGED_CONFIG", raising=False)
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    return cwd
+    return isolated_settings
 
 
 def write_tree(root: Path, files: dict[str, str]) -> None:
