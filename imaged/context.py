@@ -143,8 +143,8 @@ def _staged_type(st: os.stat_result) -> str:
 
 
 def _remove_stale(root: Path, wanted: dict[str, Wanted], prefix: str = "") -> dict[str, str]:
-    """Delete what the plan does not want; return what stays: its type, and for a file
-    ``file:<mtime_ns>:<size>`` so that a staged copy is trusted only if it is untouched."""
+    """Delete what the plan does not want; return what stays: its type, and for a file its
+    :func:`_fingerprint`, so that a staged copy is trusted only while it is untouched."""
     staged: dict[str, str] = {}
     with os.scandir(os.path.join(root, prefix) if prefix else root) as it:
         entries = list(it)
@@ -156,7 +156,7 @@ def _remove_stale(root: Path, wanted: dict[str, Wanted], prefix: str = "") -> di
         if want is None or want.type != kind:
             _remove(Path(entry.path))
             continue
-        staged[rel] = f"{FILE}:{st.st_mtime_ns}" if kind == FILE else kind
+        staged[rel] = _fingerprint(st) if kind == FILE else kind
         if kind == DIR:
             staged.update(_remove_stale(root, wanted, rel))
     return staged
@@ -200,12 +200,20 @@ def _place(
         _check_mode(want)
 
 
+def _fingerprint(st: os.stat_result) -> str:
+    """What a staged file looked like when the manifest was written: any write, chmod, utime
+    or replacement since moves its inode or ctime, which nobody can set back."""
+    return f"{FILE}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
+
+
 def _still_staged(want: Wanted, known: list[object] | None, staged: str | None) -> bool:
-    """The staged copy holds ``want``'s bytes: the manifest says so and its mtime is the one
-    staging gave those bytes (a copy edited in place since, or of no known digest, is not)."""
-    if want.digest is None or known != want.key():
+    """The staged copy holds ``want``'s bytes: the manifest says so, its mtime is the one
+    staging gives those bytes, and it is the very file the manifest saw (not edited since)."""
+    if want.digest is None or known is None or known[:-1] != want.key():
         return False
-    return staged == f"{FILE}:{staged_mtime_ns(want.digest)}"
+    return staged == known[-1] and str(known[-1]).startswith(
+        f"{FILE}:{staged_mtime_ns(want.digest)}:"
+    )
 
 
 def _check_mode(want: Wanted) -> None:
@@ -238,7 +246,11 @@ def stage_context(rendered: RenderedImage, root: Path) -> Path:
     for rel in sorted(wanted):
         _place(root, rel, wanted[rel], known.get(rel), staged.get(rel))
     _normalise_folders(root, wanted)
-    manifest = {rel: w.key() for rel, w in wanted.items() if w.type == FILE}
+    manifest = {
+        rel: [*w.key(), _fingerprint(os.lstat(root / rel))]
+        for rel, w in wanted.items()
+        if w.type == FILE
+    }
     path = _manifest_path(root)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest), encoding="utf-8")

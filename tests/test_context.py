@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-import hashlib
 
 from imaged.context import FIXED_MTIME, stage_context, staged_mtime_ns
 from imaged.dockerfile import RenderedImage, render_dockerfile
@@ -158,6 +157,18 @@ def test_a_staged_copy_edited_in_place_is_rewritten(project: Path, tmp_path: Pat
     stage_context(plan(project), tmp_path / "ctx")
     assert staged.read_text(encoding="utf-8") == "x = 1\n"
     assert os.lstat(staged).st_mtime_ns == _content_mtime(staged)
+
+
+def test_a_staged_copy_edited_with_its_mtime_set_back_is_rewritten(
+    project: Path, tmp_path: Path
+) -> None:
+    stage_context(plan(project), tmp_path / "ctx")
+    staged = tmp_path / "ctx/layers/1/pkg/mod.py"
+    before = os.lstat(staged)
+    staged.write_text("y = 2\n", encoding="utf-8")
+    os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as staged
+    stage_context(plan(project), tmp_path / "ctx")
+    assert staged.read_text(encoding="utf-8") == "x = 1\n"
 
 
 def test_an_unchanged_file_is_not_rewritten(project: Path, tmp_path: Path) -> None:
