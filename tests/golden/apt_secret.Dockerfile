@@ -3,5 +3,5 @@ RUN --mount=type=cache,id=imaged-apt-cache,target=/var/cache/apt,sharing=locked 
     APT_CA=""; if [ -f /run/secrets/imaged_build_ca ]; then APT_CA="-o Acquire::https::CAInfo=/run/secrets/imaged_build_ca"; fi \
     && export APT_TOKEN="$(cat /run/secrets/apt.token)" \
     && apt-get $APT_CA update \
-    && DEBIAN_FRONTEND=noninteractive apt-get $APT_CA install -y --no-install-recommends git
+    && DEBIAN_FRONTEND=noninteractive apt-get $APT_CA install -y --no-install-recommends -- git
 LABEL dev.imaged.digest=sha256:62e1cc8d143a0229a78e6839b28dfdc1bf4378ff30ba135d99e0f1fabca7cd7c
