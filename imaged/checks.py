@@ -154,7 +154,8 @@ def _layer_fields(where: _Where, layer: L.Layer) -> None:
     elif isinstance(layer, L.Workdir):
         _workdir(where, layer.path)
     elif isinstance(layer, L.SourceFolder):
-        _text(where, "copy destination", layer.target)  # dst and the folder's own name
+        _text(where, "copy destination", layer.dst)
+        _text(where, "folder name", layer.src.name)  # the destination ends in it
     elif isinstance(layer, L.SourceFiles | L.CodeBundle):
         _text(where, "copy destination", layer.dst)
 
