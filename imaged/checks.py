@@ -9,11 +9,17 @@ Refused, with a SpecError naming the image, the layer and the value:
 * a base reference, image name or registry with characters no reference has (white space,
   quotes, ``\\``, ``$``...), a platform that is not ``os/arch[/variant]``, a secret mount
   target outside ``/[A-Za-z0-9._@+/-]*`` (it sits in a ``--mount=`` list and a shell line),
-  an environment variable name that is not ``[A-Za-z_][A-Za-z0-9_]*``.
+  an environment variable name that is not ``[A-Za-z_][A-Za-z0-9_]*``, a workdir ending in
+  ``\\`` (it would join the next instruction to WORKDIR).
 
 Fields that are options by design (``extra_args`` of pip/uv/poetry) may start with ``-`` but
 not hold a line break. Commands are shell by design: only NUL is refused; one with a line
 break renders in the JSON exec form (see :func:`needs_exec_form`).
+
+Not checked, because they reach neither the Dockerfile nor an argv: host paths of
+requirements, pyproject and lock files, ignore files and a ``from_dockerfile`` file (bound
+or staged under fixed names), the names of copied files (context paths only) and secret
+keys and groups (made into ``[A-Za-z0-9_.-]`` BuildKit ids).
 
 Called when an Image is made (definition time) and again by ``render_dockerfile``. Pure.
 """

@@ -386,6 +386,15 @@ def test_render_refuses_what_slipped_past_definition(
         render_dockerfile(image)
 
 
+def test_copied_file_names_stay_out_of_the_dockerfile(tmp_path: Path) -> None:
+    """A file's own name is a context path, never rendered: an odd name is not refused."""
+    odd = tmp_path / "a\nRUN touch pwned"
+    odd.write_text("x")
+    rendered = render_dockerfile(base().with_source_file(odd, "/etc/app"))
+    assert "pwned" not in rendered.dockerfile
+    assert rendered.listing() == ["layers/0/a\nRUN touch pwned"]
+
+
 def test_from_json_is_checked() -> None:
     data = base().with_workdir("/app").to_json()
     data["layers"][0]["path"] = "/app" + PWN
