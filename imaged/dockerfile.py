@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from imaged import layers as L
+from imaged.checks import (
+    check_dependencies,
+    check_image,
+    check_reference,
+    layer_label,
+    needs_exec_form,
+)
 from imaged.errors import SpecError
 from imaged.hashing import ImageDigest, LayerDigest, TreeIndex, hash_image
 from imaged.image import DockerfileBase, Image
@@ -196,15 +203,21 @@ def _apt(r: _Renderer, index: int, layer: Any) -> None:
                 _APT_PRELUDE,
                 *exports,
                 "apt-get $APT_CA update",
-                f"DEBIAN_FRONTEND=noninteractive apt-get $APT_CA install -y --no-install-recommends {pkgs}",
+                f"DEBIAN_FRONTEND=noninteractive apt-get $APT_CA install -y --no-install-recommends -- {pkgs}",
             ],
         )
     )
 
 
+def _install_args(opts: L.PipOptions, packages: tuple[str, ...]) -> str:
+    """Options, then ``--``, then the requirements: none can be read as an option."""
+    return " ".join(shlex.quote(a) for a in [*_pip_args(opts), "--", *packages])
+
+
 def _pip(r: _Renderer, index: int, layer: Any) -> None:
-    args = " ".join(shlex.quote(a) for a in [*_pip_args(layer.pip), *layer.packages])
-    r.python_run(layer.secret_mounts, [f"{UV} pip install {args}"])
+    r.python_run(
+        layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, layer.packages)}"]
+    )
 
 
 def _requirements(r: _Renderer, index: int, layer: Any) -> None:
@@ -272,15 +285,15 @@ def _uv_script(r: _Renderer, index: int, layer: Any) -> None:
         r.lines.append(f"# {layer.script.name} declares no dependencies")
         r.ensure_uv()
         return
-    args = " ".join(shlex.quote(a) for a in [*_pip_args(layer.pip), *deps])
-    r.python_run(layer.secret_mounts, [f"{UV} pip install {args}"])
+    check_dependencies(deps, image=r.image.name, layer=layer_label(index, layer))
+    r.python_run(layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, deps)}"])
 
 
 def _commands(r: _Renderer, index: int, layer: Any) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     for command in layer.commands:
-        if "\n" in command or "\r" in command:
+        if needs_exec_form(command):
             r.lines.append(_run_exec_form(mounts, "\n".join([*exports, command])))
         elif mounts:
             r.lines.append(_run(mounts, [*exports, command]))
@@ -356,6 +369,7 @@ def render_dockerfile(image: Image, digest: ImageDigest | None = None) -> Render
 
     >>> # render_dockerfile(Image.from_base("debian:12").with_workdir("/app")).dockerfile
     """
+    check_image(image)  # the backstop: an Image made without its constructors is vetted too
     digest = digest or hash_image(image)
     base = image.base
     if isinstance(base, DockerfileBase):
@@ -365,7 +379,9 @@ def render_dockerfile(image: Image, digest: ImageDigest | None = None) -> Render
         rendered.context.append(ContextItem(dest=".", tree=tree, digest=tree.digest))
         return rendered
     r = _Renderer(image, digest)
-    r.lines.append(f"FROM {base_reference(image, digest)}")
+    ref = base_reference(image, digest)
+    check_reference(ref, what="base reference", image=image.name, layer="base")
+    r.lines.append(f"FROM {ref}")
     for index, layer in enumerate(image.layers):
         _RENDERERS[type(layer)](r, index, layer)
     r.lines.append(f"LABEL dev.imaged.digest={digest.digest}")

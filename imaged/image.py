@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from imaged import layers as L
+from imaged.checks import check_dependencies, check_image
 from imaged.errors import SpecError
 
 if TYPE_CHECKING:
@@ -184,6 +185,7 @@ class Image:
         obj = object.__new__(cls)
         for slot in cls.__slots__:
             object.__setattr__(obj, slot, values[slot])
+        check_image(obj)  # every string bound for the Dockerfile or an argv, at definition
         return obj
 
     def _evolve(self, **changes: Any) -> Image:
@@ -306,8 +308,9 @@ class Image:
         from imaged.pep723 import read_script_metadata
 
         path = _resolve(script, where="from_uv_script")
-        if path.is_file():
-            read_script_metadata(path)  # fail early on a malformed header
+        if path.is_file():  # fail early on a malformed header or an option as a dependency
+            deps = read_script_metadata(path).dependencies
+            check_dependencies(deps, image=name, layer="#1 uv_script")
         version = _python_version(python_version)
         layer = L.UvScript(
             script=path,

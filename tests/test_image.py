@@ -453,9 +453,9 @@ def test_env_var_values_are_kept_exactly() -> None:
     ],
 )
 def test_env_var_values_that_a_dockerfile_cannot_hold_are_refused(value: str) -> None:
-    with pytest.raises(SpecError, match="line breaks") as info:
+    with pytest.raises(SpecError, match="line break or NUL") as info:
         ref_image().with_env_vars({"X": value})
-    assert info.value.layer == "env_vars"
+    assert info.value.layer == "#1 env_vars"
 
 
 def test_source_file_basename_collision() -> None:
