@@ -204,20 +204,28 @@ def test_dockerfile_context_file_and_dockerfile(infra: Any, tmp_path: Path) -> N
 # -- metadata and history ----------------------------------------------------------------
 
 
+# Each step: (x.txt's new same-size text, x.txt's mode, keep.txt's mode), one build each.
+MODE_STEPS = [
+    ("x1\n", 0o755, 0o644),  # the edited file also turns executable
+    ("x2\n", 0o644, 0o644),  # ... and back
+    ("x3\n", 0o644, 0o755),  # another file's mode changes in the build of the edit
+]
+
+
 def test_same_size_edit_with_mode_change(infra: Any, tmp_path: Path) -> None:
     src = source_tree(tmp_path / "src")
     image = plain(infra, "mode").with_source_folder(src, "/app", copy_contents_only=True)
-    spec = ProbeSpec(paths=["/app/x.txt"], texts=["/app/x.txt"])
-    facts = probe_image(infra.docker_cli, pushed(infra, image), spec)
-    assert (facts["texts"]["/app/x.txt"], facts["modes"]["/app/x.txt"]) == ("x0\n", "0o644")
-    rewrite(src / "x.txt", "x1\n")
-    (src / "x.txt").chmod(0o755)
-    facts = probe_image(infra.docker_cli, pushed(infra, image), spec)
-    assert (facts["texts"]["/app/x.txt"], facts["modes"]["/app/x.txt"]) == ("x1\n", "0o755")
-    rewrite(src / "x.txt", "x2\n")
-    (src / "x.txt").chmod(0o644)
-    facts = probe_image(infra.docker_cli, pushed(infra, image), spec)
-    assert (facts["texts"]["/app/x.txt"], facts["modes"]["/app/x.txt"]) == ("x2\n", "0o644")
+    paths = ["/app/x.txt", "/app/sub/keep.txt"]
+    uris = [pushed(infra, image)]
+    for text, x_mode, keep_mode in MODE_STEPS:
+        rewrite(src / "x.txt", text)
+        (src / "x.txt").chmod(x_mode)
+        (src / "sub" / "keep.txt").chmod(keep_mode)
+        uris.append(pushed(infra, image))
+        facts = probe_image(infra.docker_cli, uris[-1], ProbeSpec(paths=paths, texts=paths))
+        assert facts["texts"] == {paths[0]: text, paths[1]: "keep\n"}
+        assert facts["modes"] == {paths[0]: oct(x_mode), paths[1]: oct(keep_mode)}
+    assert len(set(uris)) == len(uris)
 
 
 def test_a_b_a(infra: Any, tmp_path: Path) -> None:
