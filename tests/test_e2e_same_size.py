@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import DATA, ProbeSpec, RefusingBuilder, probe_image, pull_fresh, run_id
+from e2e_support import (
+    DATA,
+    ProbeSpec,
+    RefusingBuilder,
+    docker,
+    probe_image,
+    pull_fresh,
+    run_id,
+)
 
 from imaged import Image, build
 from imaged.loader import load_definitions
@@ -131,6 +139,27 @@ def test_source_folder(infra: Any, tmp_path: Path, derive: bool) -> None:
     if derive:
         want["/derived.txt"] = "x1\n"
     assert texts(infra, second, *paths) == want
+
+
+def test_source_folder_on_the_remote_builder(
+    infra: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The context streams to another engine, whose BuildKit keeps its own copy. COPY only:
+    the test infra's remote engine has no network for RUN steps."""
+    if infra.remote_docker_host is None:
+        pytest.fail("the test infra has no remote engine")
+    monkeypatch.setenv("IMAGED_BUILDER", "remote")
+    monkeypatch.setenv("IMAGED_DOCKER_HOST", infra.remote_docker_host)
+    src = source_tree(tmp_path / "src")
+    image = plain(infra, "remote").with_source_folder(src, "/app", copy_contents_only=True)
+    paths = ("/app/x.txt", "/app/sub/keep.txt")
+    first = pushed(infra, image)
+    assert texts(infra, first, *paths) == {paths[0]: "x0\n", paths[1]: "keep\n"}
+    rewrite(src / "x.txt", "x1\n")
+    second = pushed(infra, image)
+    assert second != first
+    assert texts(infra, second, *paths) == {paths[0]: "x1\n", paths[1]: "keep\n"}
+    docker(infra.docker_cli, "image", "inspect", second, env=infra.remote_docker_env())
 
 
 def test_source_files(infra: Any, tmp_path: Path) -> None:
