@@ -82,13 +82,13 @@ def shown_path(path: str | os.PathLike[str] | None) -> str:
     """A path for a message: one longer than the OS accepts is cut in the middle, with its
     length, so the error stays readable.
 
-    >>> shown_path("/src/" + "d" * 300)[:12], len(shown_path("/src/" + "d" * 300)) < 200
+    >>> shown_path("/src/" + "d" * 300)[:12], len(shown_path("/src/" + "d" * 300)) < 250
     ('/src/ddddddd', True)
     """
     text = os.fspath(path) if path is not None else "?"
     if len(text) <= _LONG_PATH:
         return text
-    return f"{text[:60]}...{text[-60:]} ({len(text)} characters)"
+    return f"{text[:120]}...{text[-60:]} ({len(text)} characters)"
 
 
 def os_reason(exc: OSError) -> str:
