@@ -734,8 +734,8 @@ class _Hasher:
         try:
             st = os.stat(path) if follow else os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
-                raise MissingPathError(
-                    f"{path} is {kind_of(st.st_mode)}, not a regular file",
+                raise SpecError(
+                    f"{shown_path(path)}: cannot read: {kind_of(st.st_mode)}, not a regular file",
                     image=self.image.name,
                     layer=label,
                 )
