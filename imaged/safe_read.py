@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _CHUNK = 1 << 20
 _LONG_PATH = 240
 
@@ -32,7 +32,7 @@ _KINDS = (
 
 def kind_of(mode: int) -> str:
     """What a non-regular file is, for an error message."""
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
 
 
 def open_regular(path: str | Path) -> int:
@@ -79,8 +79,8 @@ def _size(limit: int) -> str:
 
 
 def shown_path(path: str | os.PathLike[str] | None) -> str:
-    """A path for a message: one longer than the OS accepts is cut in the middle, with its
-    length, so the error stays readable.
+    """A path for a message: a very long one (past PATH_MAX, 4096 on Linux) is cut in the
+    middle and given its length, so the error stays readable.
 
     >>> shown_path("/src/" + "d" * 300)[:12], len(shown_path("/src/" + "d" * 300)) < 250
     ('/src/ddddddd', True)
