@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imaged.errors import ConfigError
+from imaged.safe_read import read_regular
 
 DEFAULT_DEBIAN_BASE = "python:{major}.{minor}-slim-bookworm"
 SYSTEM_CONFIG = Path("/etc/imaged/imaged.toml")
@@ -294,7 +295,7 @@ def find_config_file(explicit: Path | None = None, *, cwd: Path | None = None) -
 
 def _has_tool_table(pyproject: Path) -> bool:
     try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular(pyproject).decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False
     return isinstance(data.get("tool", {}).get("imaged"), dict)
@@ -303,7 +304,7 @@ def _has_tool_table(pyproject: Path) -> bool:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The ``imaged`` table of a config file (``[tool.imaged]`` for pyproject.toml)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError("config file not found", file=str(path)) from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

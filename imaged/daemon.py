@@ -426,8 +426,8 @@ class Daemon:
         """Ask the registry about every image; queue those whose tag is missing. An image
         without a registry builds only when its state record holds another tag."""
         async with self._tracker_lock:
-            errors = self.tracker.errors
-            tags = {n: self.tracker.digest_of(n).tag for n in self.images if n not in errors}
+            digests = self.tracker.digests()
+            tags = {n: digests[n].tag for n in self.images if n in digests}
         for name, tag in tags.items():
             if not self.images[name].registry:
                 self._reconcile_local(name, tag)

@@ -26,6 +26,7 @@ import anyio.abc
 
 from imaged.errors import DefinitionError, SpecError
 from imaged.image import Image
+from imaged.safe_read import read_regular
 
 STDERR_TAIL_LINES = 20
 SKIPPED_DIRS = frozenset({"__pycache__", ".venv", "site-packages", "node_modules"})
@@ -47,7 +48,7 @@ class LoadedModule:
 
 def _mentions_imaged(path: Path) -> bool:
     try:
-        return _MENTIONS_IMAGED.search(path.read_bytes()) is not None
+        return _MENTIONS_IMAGED.search(read_regular(path)) is not None
     except OSError:
         return False
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imaged.ignore import STANDARD_IGNORES, Folder, IgnoreRules, Matcher
+from imaged.ignore import MAX_IGNORE_FILE_BYTES, STANDARD_IGNORES, Folder, IgnoreRules, Matcher
+from imaged.safe_read import read_regular
 
 FILE, SYMLINK, DIR = "f", "l", "d"
 StatKey = tuple[int, int, int, int, int]
@@ -197,14 +198,19 @@ def _info_exclude(repo: Path) -> Path:
     if not dotgit.is_file():
         return dotgit / "info" / "exclude"
     try:
-        text = dotgit.read_text(encoding="utf-8").strip()
+        text = _read_small(dotgit)
         gitdir = repo / text.removeprefix("gitdir:").strip()
         common = gitdir / "commondir"
         if common.is_file():
-            gitdir = gitdir / common.read_text(encoding="utf-8").strip()
+            gitdir = gitdir / _read_small(common)
     except (OSError, UnicodeDecodeError):
         return dotgit / "info" / "exclude"  # unreadable: watch where it would normally be
     return Path(os.path.normpath(gitdir / "info" / "exclude"))
+
+
+def _read_small(path: Path) -> str:
+    """A one-line git pointer file (``.git`` of a worktree, ``commondir``), stripped."""
+    return read_regular(path, limit=MAX_IGNORE_FILE_BYTES).decode("utf-8").strip()
 
 
 def _outer_git_files(folder: Path) -> list[tuple[Path, str]]:

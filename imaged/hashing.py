@@ -35,6 +35,7 @@ from imaged.files import (
 )
 from imaged.ignore import IgnoreRules
 from imaged.image import DebianBase, DockerfileBase, Image, ParentBase, RefBase
+from imaged.safe_read import kind_of, open_regular, os_reason, read_regular, shown_path
 from imaged.tools import POETRY_VERSION, RENDER_VERSION, UV_VERSION
 
 ENCODING_VERSION = "imaged-digest-v1"
@@ -42,7 +43,6 @@ TAG_HEX_CHARS = 32
 RACY_WINDOW_NS = 2_000_000_000
 EXEC_SUFFIX = "+x"
 _CHUNK = 1 << 20
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _U64 = struct.Struct(">Q").pack
 
 
@@ -163,13 +163,13 @@ def _read_if_present(path: str, size_hint: int) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raise SpecError(f"{shown_path(path)}: cannot read: {os_reason(exc)}") from exc
 
 
 def read_digest(path: str, size_hint: int = 0) -> str:
     """The sha256 hex of a file's content; ``size_hint`` (its stat size) lets a small file
-    be read with one system call."""
-    fd = os.open(path, _READ_FLAGS)
+    be read with one system call. Only a regular file is read (see ``safe_read``)."""
+    fd = open_regular(path)
     try:
         first = os.read(fd, size_hint + 1 if 0 < size_hint < _CHUNK else _CHUNK)
         h = hashlib.sha256(first)
@@ -683,6 +683,29 @@ class TreeSource:
 TreeProvider = Callable[[TreeSource, DigestCache], TreeIndex]
 
 
+def provide_tree(
+    trees: TreeProvider,
+    source: TreeSource,
+    cache: DigestCache,
+    *,
+    image: str | None,
+    layer: str,
+) -> TreeIndex:
+    """``trees(source, cache)``, with an unreadable ignore file or folder (a permission, a
+    path over PATH_MAX, a symlink loop) raised as a SpecError naming the image and layer."""
+    try:
+        return trees(source, cache)
+    except SpecError as exc:
+        if exc.image is not None:
+            raise
+        raise type(exc)(str(exc), image=image, layer=layer) from exc
+    except OSError as exc:
+        where = shown_path(exc.filename or source.root)
+        raise SpecError(
+            f"{where}: cannot read: {os_reason(exc)}", image=image, layer=layer
+        ) from exc
+
+
 def _shared_tree(source: TreeSource, cache: DigestCache) -> TreeIndex:
     """The default TreeProvider: read the rules, then ask ``shared_trees()``."""
     return shared_trees().tree(source.root, source.read_rules(), cache)
@@ -711,7 +734,11 @@ class _Hasher:
         try:
             st = os.stat(path) if follow else os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(f"{path} is not a regular file")
+                raise SpecError(
+                    f"{shown_path(path)}: cannot read: {kind_of(st.st_mode)}, not a regular file",
+                    image=self.image.name,
+                    layer=label,
+                )
             return self.cache.file_digest(str(path), stat_key(st))
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise MissingPathError(
@@ -719,13 +746,16 @@ class _Hasher:
             ) from exc
         except OSError as exc:
             raise SpecError(
-                f"{path}: cannot read: {exc.strerror or exc}", image=self.image.name, layer=label
+                f"{shown_path(path)}: cannot read: {os_reason(exc)}",
+                image=self.image.name,
+                layer=label,
             ) from exc
 
     def tree(self, root: Path, *, label: str, gitignore: bool = False) -> TreeIndex:
         if not root.is_dir():
             raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
-        return self.trees(TreeSource(root, self.extra_ignores, gitignore), self.cache)
+        source = TreeSource(root, self.extra_ignores, gitignore)
+        return provide_tree(self.trees, source, self.cache, image=self.image.name, layer=label)
 
     def inputs(self, layer: L.Layer, label: str) -> _Inputs:
         handler = _HANDLERS[type(layer)]
@@ -759,7 +789,7 @@ def check_requirements(path: Path, *, image: str | None, label: str) -> None:
     one, so ``-r other.txt`` or ``-e .`` would fail inside the build, or build content the
     digest does not cover."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_regular(path).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return  # the hash of the file reports it, with the path
     for number, raw in enumerate(lines, start=1):
@@ -906,17 +936,21 @@ def _dockerfile_inputs(
     image: Image, base: DockerfileBase, cache: DigestCache, trees: TreeProvider
 ) -> _BaseInputs:
     try:
-        data = base.dockerfile.read_bytes()
+        data = read_regular(base.dockerfile)
         text = data.decode("utf-8")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise MissingPathError(
             f"{base.dockerfile} is not a readable file", image=image.name, layer="from_dockerfile"
         ) from exc
     except (OSError, UnicodeDecodeError) as exc:
+        reason = os_reason(exc) if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
         raise SpecError(
-            f"{base.dockerfile}: cannot read: {exc}", image=image.name, layer="from_dockerfile"
+            f"{shown_path(base.dockerfile)}: cannot read: {reason}",
+            image=image.name,
+            layer="from_dockerfile",
         ) from exc
-    tree = trees(TreeSource(base.context, dockerfile_context=True), cache)
+    source = TreeSource(base.context, dockerfile_context=True)
+    tree = provide_tree(trees, source, cache, image=image.name, layer="from_dockerfile")
     relname = os.path.relpath(base.dockerfile, base.context).replace(os.sep, "/")
     fields: list[object] = ["dockerfile", relname, hashlib.sha256(data).hexdigest(), tree.digest]
     return _BaseInputs(fields, [tree], dockerfile_text=text)

@@ -14,10 +14,14 @@ from typing import Literal, Protocol
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
 from imaged.errors import SpecError
+from imaged.safe_read import os_reason, read_regular, shown_path
 
 __all__ = ["STANDARD_IGNORES", "Folder", "IgnoreRules", "Matcher"]
 
 Syntax = Literal["docker", "git"]
+
+MAX_IGNORE_FILE_BYTES = 4 << 20
+"""An ignore file larger than this is refused (a mistake, or a link to something endless)."""
 
 STANDARD_IGNORES: tuple[str, ...] = (
     "**/.git",
@@ -204,19 +208,23 @@ class IgnoreRules:
     def from_file(
         cls, path: Path, *, syntax: Syntax = "docker", base: str = "", prefix: str = ""
     ) -> IgnoreRules:
-        """Read an ignore file; a missing file gives empty rules.
+        """Read an ignore file; a missing file gives empty rules. A symlink is followed
+        only to a regular file; a FIFO, device, socket or folder, or a file larger than
+        ``MAX_IGNORE_FILE_BYTES``, is a SpecError naming the file (never a blocking read).
 
         >>> IgnoreRules.from_file(Path("/nonexistent/.dockerignore")).patterns
         ()
         """
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            data = read_regular(path, limit=MAX_IGNORE_FILE_BYTES)
+            text = data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
         except FileNotFoundError:
             return cls()
         except UnicodeDecodeError as exc:
             raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except OSError as exc:
-            raise SpecError(f"{path}: cannot read ignore file: {exc.strerror}") from exc
+            reason = os_reason(exc)
+            raise SpecError(f"{shown_path(path)}: cannot read ignore file: {reason}") from exc
         try:
             return cls.from_lines(text.split("\n"), syntax=syntax, base=base, prefix=prefix)
         except SpecError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from imaged.errors import ScriptHeaderError
+from imaged.safe_read import os_reason, read_regular
 
 # The reference regex of PEP 723, verbatim: https://peps.python.org/pep-0723/#reference-implementation
 BLOCK_REGEX = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
@@ -39,9 +40,11 @@ EMPTY = ScriptMetadata(dependencies=(), requires_python=None, header="", start_l
 def read_script_metadata(path: Path) -> ScriptMetadata:
     """Read `path` (UTF-8, optional BOM, LF or CRLF) and parse its `script` block."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_regular(path).decode("utf-8-sig")
     except OSError as exc:
-        raise ScriptHeaderError(f"cannot read the script: {exc.strerror}", file=str(path)) from exc
+        raise ScriptHeaderError(
+            f"cannot read the script: {os_reason(exc)}", file=str(path)
+        ) from exc
     except UnicodeDecodeError as exc:
         raise ScriptHeaderError(f"the script is not UTF-8: {exc.reason}", file=str(path)) from exc
     return parse_script_metadata(text, file=str(path))

@@ -8,6 +8,7 @@ Digests come from :func:`imaged.hashing.hash_image` itself, served those trees.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from imaged.ignore import IgnoreRules
 from imaged.image import DockerfileBase, Image, ParentBase
 
 __all__ = ["DigestChange", "ImageTracker", "Reason"]
+
+log = logging.getLogger(__name__)
 
 MAX_REASON_FILES = 20
 DEFINITION = "definition"
@@ -90,10 +93,16 @@ _TreeSpec = TreeSource
 
 
 def _ignore_files(spec: _TreeSpec) -> tuple[Path, ...]:
-    """The ignore files whose edits can change ``spec``'s rules (those that exist now)."""
+    """The ignore files whose edits can change ``spec``'s rules (those that exist now).
+    When the rules cannot be read (a bad ignore file, an unreadable folder: that image's
+    error), the files at the root, so that fixing them is seen."""
     if spec.dockerfile_context:
         return (spec.root / ".dockerignore",)
-    return ignore_files_of(spec.root, spec.extras, gitignore=spec.gitignore)
+    try:
+        return ignore_files_of(spec.root, spec.extras, gitignore=spec.gitignore)
+    except _INPUT_ERRORS:
+        root_files = (spec.root / ".gitignore",) if spec.gitignore else ()
+        return (spec.root / ".dockerignore", *root_files, *spec.extras)
 
 
 def _is_rules_input(spec: _TreeSpec, path: str) -> bool:
@@ -381,6 +390,10 @@ class ImageTracker:
         header, an unreadable file (its OSError wrapped in an ImagedError naming the image)."""
         return dict(self._errors)
 
+    def digests(self) -> dict[str, ImageDigest]:
+        """The current digest of every image that has one (not those in error)."""
+        return {n: d for n, d in self._digests.items() if n not in self._errors}
+
     def digest_of(self, name: str) -> ImageDigest:
         """The current digest; raises the image's error while an input is missing."""
         if name in self._errors:
@@ -636,9 +649,11 @@ class ImageTracker:
             self._errors[name] = exc
             return None
         except OSError as exc:
-            error = ImagedError(f"image {name!r}: cannot read an input: {exc}")
-            error.__cause__ = exc
-            self._errors[name] = error
+            self._errors[name] = _wrapped(name, "cannot read an input", exc)
+            return None
+        except Exception as exc:  # a bug must not stop the other images from hashing
+            log.error("unexpected error while hashing image %r", name, exc_info=exc)
+            self._errors[name] = _wrapped(name, "unexpected error while hashing", exc)
             return None
         self._errors.pop(name, None)
         self._digests[name] = digest
@@ -648,6 +663,12 @@ class ImageTracker:
         if image not in memo:
             memo[image] = hash_image(image, self._cache, trees=self._store.provide)
         return memo[image]
+
+
+def _wrapped(name: str, what: str, exc: Exception) -> ImagedError:
+    error = ImagedError(f"image {name!r}: {what}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 # -- reasons ----------------------------------------------------------------------------

@@ -10,6 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bad_inputs import (
+    DENIED_REASON,
+    DEVICE_REASON,
+    FIFO_REASON,
+    TOO_LONG_REASON,
+    MakeBadInput,
+    deep_path,
+    dev_zero_ignore_file,
+    fifo_ignore_file,
+    locked_folder,
+    unlock,
+    without_root_reads,
+)
 from click.testing import CliRunner, Result
 from e2e_support import run_id
 
@@ -18,6 +31,7 @@ from imaged.dockerfile import render_dockerfile
 from imaged.errors import ConfigError, ImagedError
 from imaged.hashing import hash_image
 from imaged.loader import load_definitions
+from imaged.safe_read import shown_path
 
 REGISTRY = "registry.example:5000"
 DEFS = f"""
@@ -387,3 +401,79 @@ def test_dockerfile_names_the_parent_in_the_overridden_registry(tmp_path: Path) 
     )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("FROM 127.0.0.1:5000/parent:")
+
+
+# -- inputs that are not plain files and folders (issue 11) ---------------------------------
+
+BAD_INPUT_DEFS = f"""
+from imaged import Image
+
+base = Image.from_base("{REGISTRY}/base:1")
+bad = base.clone(name="bad", registry="{REGISTRY}").with_source_folder("src", "/app")
+good = base.clone(name="good", registry="{REGISTRY}").with_source_folder("other", "/app")
+"""
+BAD_LAYER = "image 'bad', layer #1 source_folder src/"
+
+
+def bad_input_project(tmp_path: Path, make: MakeBadInput) -> tuple[Path, Path]:
+    """Definitions of ``bad`` (copies ``src``, which holds the bad input) and ``good``."""
+    for folder in ("src", "other"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "app.py").write_text("print('hi')\n")
+    (tmp_path / "images.py").write_text(BAD_INPUT_DEFS)
+    return tmp_path / "images.py", make(tmp_path / "src")
+
+
+def run_cli_confined(*args: str) -> subprocess.CompletedProcess[str]:
+    """run_cli in a child that cannot read a mode-000 folder even as root, with its memory
+    capped; a hang fails the test at the timeout instead of stalling the suite."""
+    return subprocess.run(
+        [sys.executable, "-c", "from imaged.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        preexec_fn=without_root_reads,
+    )
+
+
+def _expected(bad: Path, reason: str) -> str:
+    return f"{BAD_LAYER}: {shown_path(bad)}: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        pytest.param(fifo_ignore_file, FIFO_REASON, id="fifo-dockerignore"),
+        pytest.param(dev_zero_ignore_file, DEVICE_REASON, id="dev-zero-dockerignore"),
+        pytest.param(locked_folder, DENIED_REASON, id="mode-000-folder"),
+    ],
+)
+@pytest.mark.parametrize("command", ["hash", "build"])
+def test_a_bad_input_is_one_clear_error_and_exit_1(
+    tmp_path: Path, make: MakeBadInput, reason: str, command: str
+) -> None:
+    defs, bad = bad_input_project(tmp_path, make)
+    try:
+        extra = ["--dry-run"] if command == "build" else []
+        proc = run_cli_confined(command, str(defs), *extra)
+    finally:
+        if make is locked_folder:
+            unlock(bad)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if command == "hash":
+        assert proc.stderr == f"error: {_expected(bad, reason)}\n"
+    else:  # every image is tried: the good one still renders
+        assert proc.stderr == f"bad: FAILED: {_expected(bad, reason)}\n"
+        assert "# good: registry.example:5000/good:" in proc.stdout
+
+
+def test_a_path_longer_than_path_max_is_one_clear_error(tmp_path: Path) -> None:
+    defs, _ = bad_input_project(tmp_path, deep_path)
+    proc = run_cli_confined("hash", str(defs))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {BAD_LAYER}: {tmp_path}/src/ddd")
+    assert proc.stderr.endswith(f" characters): {TOO_LONG_REASON}\n")
+    assert len(proc.stderr) < 400  # the 4 KiB path is shortened

@@ -16,10 +16,12 @@ from typing import Any
 
 import anyio
 import pytest
+from bad_inputs import FIFO_REASON, fifo_ignore_file
 from fakes import ScriptedWatchBackend
 from watchfiles import Change
 
 from imaged import hashing
+from imaged import tracker as tracker_module
 from imaged.cmd_watch import _json_line
 from imaged.config import Settings
 from imaged.daemon import Daemon
@@ -230,6 +232,51 @@ async def test_an_unexpected_error_is_an_internal_error_and_the_next_event_is_ha
         harness.edit(harness.root / "src/app.py", "print('two')\n")
         await harness.wait_event("built", "api", since=mark)
     assert harness.builds == ["api", "api"]
+
+
+@pytest.mark.timeout(15)  # a blocking read of the FIFO would hang the startup
+async def test_a_fifo_ignore_file_fails_its_image_only_and_the_daemon_starts(
+    harness: Harness,
+) -> None:
+    bad = source_image(harness.root, "bad")
+    fifo = fifo_ignore_file(harness.root / "src")
+    write(harness.root / "other/app.py", "print('other')\n")
+    good = Image.from_base(BASE).clone(name="good").with_source_folder(harness.root / "other")
+    harness.define("a.py", bad=bad, good=good)
+    async with running(harness.daemon()) as daemon:
+        assert harness.named("ready")
+        assert harness.builds == ["good"]
+        error = await harness.wait_event("hash_error", "bad")
+        assert error["error"] == f"image 'bad', layer #1 source_folder src/: {fifo}: {FIFO_REASON}"
+        assert daemon.state.images["bad"].state == "failed"
+        assert daemon.state.images["good"].state == "up to date"
+        fifo.unlink()
+        mark = len(harness.events)
+        harness.edit(fifo, "*.log\n")
+        await harness.wait_event("built", "bad", since=mark)
+    assert harness.named("internal_error") == []
+
+
+async def test_an_unexpected_hashing_error_of_one_image_spares_the_first_reconcile(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tracker_module.hash_image
+
+    def hash_or_fail(image: Image, *args: Any, **kwargs: Any) -> Any:
+        if image.name == "bad":
+            raise RuntimeError("boom")
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(tracker_module, "hash_image", hash_or_fail)
+    write(harness.root / "other/app.py", "print('other')\n")
+    good = Image.from_base(BASE).clone(name="good").with_source_folder(harness.root / "other")
+    harness.define("a.py", bad=source_image(harness.root, "bad"), good=good)
+    async with running(harness.daemon()) as daemon:
+        assert harness.builds == ["good"]
+        error = await harness.wait_event("hash_error", "bad")
+        assert error["error"] == "image 'bad': unexpected error while hashing: RuntimeError: boom"
+        assert daemon.state.images["bad"].state == "failed"
+    assert harness.named("internal_error") == []
 
 
 async def test_reload_with_the_definitions_folder_gone_keeps_the_last_good_images(

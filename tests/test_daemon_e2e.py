@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bad_inputs import FIFO_REASON, fifo_ignore_file
 from daemon_support import (
     CLI,
     DaemonProcess,
@@ -259,6 +260,37 @@ def test_broken_definition_keeps_last_good_images_and_recovers(
     time.sleep(SETTLE)
     assert builds_after(daemon, mark, project.names) == {alpha: 1, beta: 0, gamma: 0}
     assert status_json(daemon)["modules"][str(project.defs.resolve())] is None
+
+
+def test_a_fifo_ignore_file_fails_its_images_and_the_others_build(
+    project: Project, watch: Callable[..., DaemonProcess]
+) -> None:
+    """Issue 11: a FIFO read as ``.dockerignore`` used to hang the first hash: no ``ready``,
+    no /status, nothing built, unrelated images included."""
+    alpha, beta, gamma = project.names
+    fifo = project.shared / ".dockerignore"
+    fifo.unlink()
+    fifo_ignore_file(project.shared)
+    daemon = watch(project.defs)
+    daemon.wait_event(is_event("ready"), 30)
+    daemon.wait_event(is_event("pushed", gamma), BUILD_TIMEOUT)
+    errors = {e["image"]: e["error"] for e in daemon.matching(is_event("hash_error"))}
+    assert set(errors) == {alpha, beta}
+    assert (
+        errors[alpha] == f"image {alpha!r}, layer #2 source_folder shared/: {fifo}: {FIFO_REASON}"
+    )
+    status = status_json(daemon)
+    views = {v["name"]: v for v in status["images"]}
+    assert status["ready"] is True
+    assert (views[alpha]["state"], views[alpha]["error"]) == ("failed", errors[alpha])
+    assert views[gamma]["state"] == "up to date"
+
+    mark = daemon.mark()
+    fifo.unlink()
+    fifo.write_text("scratch.log\n")
+    daemon.wait_all([done(alpha), done(beta)], BUILD_TIMEOUT, since=mark)
+    views = {v["name"]: v for v in status_json(daemon)["images"]}
+    assert {views[n]["state"] for n in project.names} == {"up to date"}
 
 
 # -- 5-6: bursts and supersede --------------------------------------------------------------

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imaged import Image
+from imaged.errors import SpecError
 from imaged.files import FILE
 from imaged.hashing import DigestCache, TreeIndex, encode, hash_image, sha256_hex
 from imaged.ignore import IgnoreRules
@@ -779,3 +780,53 @@ def test_prune_missing_forgets_deleted_files_only(tmp_path: Path) -> None:
     (tmp_path / "gone.txt").unlink()
     assert cache.prune_missing() == 1
     assert list(cache.entries) == [str(tmp_path / "keep.txt")]
+
+
+# -- single-file inputs that are not regular files (issue 11) ---------------------------
+
+
+def _requirements(root: Path) -> tuple[Image, Path, str]:
+    fifo = root / "requirements.txt"
+    return Image.from_base("debian:12").with_requirements(fifo), fifo, "requirements"
+
+
+def _uv_lock(root: Path) -> tuple[Image, Path, str]:
+    (root / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+    image = Image.from_base("debian:12").with_uv_project(root / "pyproject.toml")
+    return image, root / "uv.lock", "uv_project"
+
+
+def _pyproject(root: Path) -> tuple[Image, Path, str]:
+    (root / "uv.lock").write_text("version = 1\n")
+    image = Image.from_base("debian:12").with_uv_project(root / "pyproject.toml")
+    return image, root / "pyproject.toml", "uv_project"
+
+
+def _dockerfile(root: Path) -> tuple[Image, Path, str]:
+    return (
+        Image.from_dockerfile(root / "Dockerfile", root, "d"),
+        root / "Dockerfile",
+        "from_dockerfile",
+    )
+
+
+@pytest.mark.timeout(10)  # a blocking open of the FIFO would hang here
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(_requirements, id="requirements"),
+        pytest.param(_uv_lock, id="uv-lock"),
+        pytest.param(_pyproject, id="pyproject"),
+        pytest.param(_dockerfile, id="dockerfile"),
+    ],
+)
+def test_a_fifo_where_a_file_is_read_is_a_spec_error(
+    tmp_path: Path, make: Callable[[Path], tuple[Image, Path, str]]
+) -> None:
+    image, fifo, layer = make(tmp_path)
+    os.mkfifo(fifo)
+    with pytest.raises(SpecError) as info:
+        hash_image(image.clone(name="x"), DigestCache())
+    assert info.value.image == "x"
+    assert layer in str(info.value.layer)
+    assert f"{fifo}: cannot read: a named pipe (FIFO), not a regular file" in str(info.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pathspec
@@ -10,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imaged.errors import SpecError
-from imaged.ignore import STANDARD_IGNORES, IgnoreRules
+from imaged.ignore import MAX_IGNORE_FILE_BYTES, STANDARD_IGNORES, IgnoreRules
 
 
 def docker(*lines: str) -> IgnoreRules:
@@ -331,6 +333,53 @@ def test_from_file_bad_pattern_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("ok\n\n[oops\n", encoding="utf-8")
     with pytest.raises(SpecError, match=r"\.gitignore: line 3"):
         IgnoreRules.from_file(path)
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _link(target: str) -> Callable[[Path], None]:
+    return lambda path: path.symlink_to(target)
+
+
+def _oversized(path: Path) -> None:
+    path.write_bytes(b"a" * (MAX_IGNORE_FILE_BYTES + 1))
+
+
+@pytest.mark.timeout(10)  # a blocking open of the FIFO would hang here
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        pytest.param(_fifo, "a named pipe (FIFO), not a regular file", id="fifo"),
+        pytest.param(_link("/dev/zero"), "a character device, not a regular file", id="dev-zero"),
+        pytest.param(
+            _link(".dockerignore"),
+            "too many levels of symbolic links (a symlink loop)",
+            id="symlink-loop",
+        ),
+        pytest.param(_oversized, "larger than the limit of 4 MiB", id="over-the-cap"),
+    ],
+)
+def test_from_file_refuses_what_is_not_a_small_regular_file(
+    tmp_path: Path, make: Callable[[Path], None], reason: str
+) -> None:
+    path = tmp_path / ".dockerignore"
+    make(path)
+    with pytest.raises(SpecError) as info:
+        IgnoreRules.from_file(path)
+    assert str(info.value) == f"{path}: cannot read ignore file: {reason}"
+
+
+def test_from_file_follows_a_link_to_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "shared.ignore").write_text("*.log\n")
+    (tmp_path / ".dockerignore").symlink_to("shared.ignore")
+    assert IgnoreRules.from_file(tmp_path / ".dockerignore").patterns == ("*.log",)
+
+
+def test_from_file_keeps_a_lone_cr_as_a_line_break(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_bytes(b"*.log\r*.tmp\r\n")
+    assert IgnoreRules.from_file(tmp_path / ".dockerignore").patterns == ("*.log", "*.tmp")
 
 
 def test_from_file_git_syntax_with_base(tmp_path: Path) -> None:

@@ -10,11 +10,20 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from bad_inputs import (
+    DENIED_REASON,
+    FIFO_REASON,
+    TOO_LONG_REASON,
+    deep_path,
+    fifo_ignore_file,
+)
 
 from imaged import hashing
 from imaged import layers as L
+from imaged import tracker as tracker_module
 from imaged.errors import ImagedError, MissingPathError
 from imaged.hashing import DigestCache, hash_image
 from imaged.image import Image
@@ -612,6 +621,111 @@ def test_a_file_that_cannot_be_read_is_an_error_until_it_can(
     assert set(changes) == users
     assert tracker.errors == {}
     assert_fresh(tracker, images)
+
+
+# -- special files, unreadable folders, long paths: one image's error only (issue 11) ----------
+
+
+def _fifo_dockerignore(root: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    (root / "src/.dockerignore").unlink()
+    fifo_ignore_file(root / "src")
+    return lambda: (root / "src/.dockerignore").unlink()
+
+
+def _refuse_listing(relpath: str) -> Callable[[Path, pytest.MonkeyPatch], Callable[[], None]]:
+    """``relpath`` cannot be listed: os.scandir raises as for a mode-000 folder (root lists
+    any folder; the real mode-000 case runs in a child in test_cli and test_daemon_e2e)."""
+
+    def spoil(root: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+        locked, real = str(root / relpath), os.scandir
+
+        def scandir(path: Any = ".") -> Any:
+            if os.fspath(path) == locked:
+                raise PermissionError(13, "Permission denied", locked)
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+        return lambda: monkeypatch.setattr(os, "scandir", real)
+
+    return spoil
+
+
+def _deep_path(root: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    deep_path(root / "src/app")
+    return lambda: shutil.rmtree(root / "src/app" / ("d" * 250))
+
+
+@pytest.mark.timeout(20)  # a FIFO opened for reading would block here
+@pytest.mark.parametrize(
+    ("spoil", "users", "fragment"),
+    [
+        pytest.param(
+            _fifo_dockerignore,
+            {"api", "worker", "child"},
+            f"src/.dockerignore: {FIFO_REASON}",
+            id="fifo-dockerignore",
+        ),
+        pytest.param(
+            _refuse_listing("src/app"),
+            {"api", "worker", "child"},
+            f"src/app: {DENIED_REASON}",
+            id="unreadable-folder",
+        ),
+        pytest.param(
+            _refuse_listing("lib/sub"),
+            {"other", "bundle"},
+            f"lib/sub: {DENIED_REASON}",
+            id="unreadable-folder-of-a-code-bundle",
+        ),
+        pytest.param(_deep_path, {"api", "worker", "child"}, TOO_LONG_REASON, id="path-max"),
+    ],
+)
+def test_a_bad_input_at_load_is_an_error_of_its_images_only(
+    images: dict[str, Image],
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spoil: Callable[[Path, pytest.MonkeyPatch], Callable[[], None]],
+    users: set[str],
+    fragment: str,
+) -> None:
+    (project / "lib/sub").mkdir()
+    restore = spoil(project, monkeypatch)
+    tracker = ImageTracker(DigestCache())
+    first = tracker.set_images(images)
+    assert set(first) == set(images) - users
+    assert set(tracker.errors) == users
+    for name in users:
+        owner = "api" if name == "child" else name  # child's error is its parent's
+        message = str(tracker.errors[name])
+        assert message.startswith(f"image {owner!r}, layer #"), message
+        assert fragment in message
+    restore()
+    if not (project / "src/.dockerignore").exists():
+        write(project / "src/.dockerignore", "*.log\n.dockerignore\n")
+    moved = tracker.reconcile()
+    assert set(moved) == users
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+
+
+def test_an_unexpected_error_hashing_one_image_spares_the_others(
+    images: dict[str, Image], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = tracker_module.hash_image
+
+    def hash_or_fail(image: Image, *args: Any, **kwargs: Any) -> Any:
+        if image.name == "other":
+            raise RuntimeError("boom")
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(tracker_module, "hash_image", hash_or_fail)
+    tracker = ImageTracker(DigestCache())
+    assert set(tracker.set_images(images)) == set(images) - {"other"}
+    assert str(tracker.errors["other"]) == (
+        "image 'other': unexpected error while hashing: RuntimeError: boom"
+    )
+    assert set(tracker.digests()) == set(images) - {"other"}
+    assert "unexpected error while hashing image 'other'" in caplog.text
 
 
 # -- reconcile: the edits no event announced (review finding 3) -------------------------------

@@ -1,0 +1,80 @@
+"""Inputs that are not plain files and folders (issue 11), made for real in a source folder,
+and a way to run a child process in which root cannot read an unreadable folder."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+from collections.abc import Callable
+from pathlib import Path
+
+FIFO_REASON = "cannot read ignore file: a named pipe (FIFO), not a regular file"
+DEVICE_REASON = "cannot read ignore file: a character device, not a regular file"
+DENIED_REASON = "cannot read: Permission denied"
+TOO_LONG_REASON = "cannot read: the path is longer than the operating system allows (PATH_MAX)"
+
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+_MEMORY_CAP = 2 << 30
+
+
+def fifo_ignore_file(src: Path) -> Path:
+    """``src/.dockerignore`` as a named pipe nobody writes to (an open() would block)."""
+    os.mkfifo(src / ".dockerignore")
+    return src / ".dockerignore"
+
+
+def dev_zero_ignore_file(src: Path) -> Path:
+    """``src/.dockerignore`` linked to ``/dev/zero`` (a read would never end)."""
+    (src / ".dockerignore").symlink_to("/dev/zero")
+    return src / ".dockerignore"
+
+
+def locked_folder(src: Path) -> Path:
+    """``src/locked``, mode 000 (root still reads it unless it drops its capabilities)."""
+    locked = src / "locked"
+    locked.mkdir()
+    (locked / "secret.py").write_text("x = 1\n")
+    locked.chmod(0)
+    return locked
+
+
+def deep_path(src: Path, *, depth: int = 20) -> Path:
+    """Folders nested below ``src`` until the path is longer than PATH_MAX (4096), made
+    through descriptors (no single call sees the whole path); the deepest holds a file."""
+    name = "d" * 250
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        leaf = os.open("leaf.py", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    path = src.joinpath(*[name] * depth)
+    assert len(str(path)) > os.pathconf("/", "PC_PATH_MAX")
+    return path
+
+
+def unlock(folder: Path) -> None:
+    """Make ``locked_folder`` removable again (pytest's tmp_path clean-up)."""
+    folder.chmod(0o755)
+
+
+def without_root_reads() -> None:
+    """For ``preexec_fn``: the child cannot read what its mode forbids, even as root (it
+    drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its bounding set, so the program
+    it runs never has them), and its memory is capped, so an endless read fails fast."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+            if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+    resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_CAP, _MEMORY_CAP))
+
+
+MakeBadInput = Callable[[Path], Path]
