@@ -74,6 +74,8 @@ def needs_exec_form(command: str) -> bool:
 
 
 def _text(where: _Where, what: str, value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
     found = _BREAK.search(value)
     if found:
         raise where.fail(

@@ -804,7 +804,7 @@ def _pyproject(root: Path) -> tuple[Image, Path, str]:
 
 def _dockerfile(root: Path) -> tuple[Image, Path, str]:
     return (
-        Image.from_dockerfile(root / "Dockerfile", root, "d"),
+        Image.from_dockerfile(root / "Dockerfile", None, "d"),
         root / "Dockerfile",
         "from_dockerfile",
     )
