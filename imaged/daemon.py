@@ -50,14 +50,18 @@ log = logging.getLogger(__name__)
 
 
 class QuietClock:
-    """The scheduler's clock: monotonic time that stands still while the tracker hashes a
-    batch in its worker thread, so a debounce counts quiet time only. Otherwise a build
-    queued by one batch of a burst starts while the next batch is hashed, and that batch
-    supersedes it at once (on the event loop, hashing used to hold the scheduler back)."""
+    """The scheduler's clock: monotonic time that stands still while the daemon has a batch
+    of changes in hand (from its arrival at the watcher, through the relevance filter and the
+    tracker's hashing, until it is handled) and while the tracker hashes, so a debounce counts
+    quiet time only. Otherwise a build queued by one batch of a burst starts while the next
+    batch is filtered or hashed, and that batch supersedes it at once (issue 11, item 7).
+    Pauses may overlap (the watch loop and the reconcile loop): time stands still while any
+    one is open."""
 
     def __init__(self) -> None:
         self._paused_at: float | None = None
         self._paused_total = 0.0
+        self._holds = 0
 
     def __call__(self) -> float:
         now = time.monotonic() if self._paused_at is None else self._paused_at
@@ -65,15 +69,16 @@ class QuietClock:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        if self._paused_at is not None:  # nested: the outer pause counts
-            yield
-            return
-        self._paused_at = time.monotonic()
+        if self._holds == 0:
+            self._paused_at = time.monotonic()
+        self._holds += 1
         try:
             yield
         finally:
-            self._paused_total += time.monotonic() - self._paused_at
-            self._paused_at = None
+            self._holds -= 1
+            if self._holds == 0 and self._paused_at is not None:
+                self._paused_total += time.monotonic() - self._paused_at
+                self._paused_at = None
 
 
 @dataclass
@@ -495,6 +500,7 @@ class Daemon:
             backend=self.backend,
             restart=self._roots_changed,
             on_ignored=self._ignored,
+            busy=self._clock.paused,
         )
         # aclosing: a cancel inside handle_paths must close the generator (and the task group
         # the backend holds open) in this task, not later from the garbage collector.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -196,6 +196,7 @@ async def watch_paths(
     debounce_ms: int = 50,
     restart: RestartFlag | None = None,
     on_ignored: Callable[[set[Path]], None] | None = None,
+    busy: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> AsyncGenerator[set[Path], None]:
     """Yield batches of relevant changed absolute paths until ``stop_event`` is set.
 
@@ -204,7 +205,10 @@ async def watch_paths(
     when ``restart`` is set, after any batch that changed the plan (a reload, a root that
     appeared or disappeared): a root that does not exist yet is watched through its nearest
     existing parent folder, and ``relevant`` keeps the noise out; ``on_ignored`` hears about
-    each batch that held nothing relevant.
+    each batch that held nothing relevant. ``busy()`` is entered when a batch arrives from
+    the backend and left when the caller asks for the next one: a batch is in hand from
+    before its filtering until the caller has handled it (the daemon's quiet period leaves
+    that time out, so a burst's next batch is never mistaken for quiet).
 
     >>> # async for paths in watch_paths(tracker.watch_roots, tracker.is_relevant,
     >>> #                                stop_event=stop): tracker.apply_changes(paths)
@@ -227,11 +231,13 @@ async def watch_paths(
         )
         async with aclosing(batches):
             async for batch in batches:
-                paths = {Path(path) for _, path in batch}
-                found = {p for p in paths if relevant(p)}
-                if found:
-                    yield found
-                elif on_ignored is not None and paths:
-                    on_ignored(paths)
+                # A plain context manager, not a cancel scope: it may stay open over a yield.
+                with busy():
+                    paths = {Path(path) for _, path in batch}
+                    found = {p for p in paths if relevant(p)}
+                    if found:
+                        yield found
+                    elif on_ignored is not None and paths:
+                        on_ignored(paths)
                 if watch_plan(roots()) != watched:
                     generation.set()  # the backend returns within step_ms; then we restart

@@ -24,7 +24,7 @@ from imaged import hashing
 from imaged import tracker as tracker_module
 from imaged.cmd_watch import _json_line
 from imaged.config import Settings
-from imaged.daemon import Daemon
+from imaged.daemon import Daemon, QuietClock
 from imaged.defsproc import LoadedModule
 from imaged.engine import ImageBuild
 from imaged.errors import ImagedError
@@ -427,6 +427,49 @@ async def test_a_build_waits_while_the_next_batch_of_a_burst_is_hashed(harness: 
         assert calls == 2
         assert "src/two.py" in harness.named("building", "api")[-1]["reason"]
     assert harness.builds == ["api", "api"]
+
+
+async def test_a_burst_whose_next_batch_is_filtered_past_the_quiet_period_builds_once(
+    harness: Harness,
+) -> None:
+    # Issue 11, item 7: the relevance filter runs on the event loop, and for a batch of
+    # 2,000 paths it takes longer than the quiet period. That time is not quiet: the next
+    # batch of the burst is in hand, and the first batch's build must not start meanwhile.
+    harness.debounce_ms = 50
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()) as daemon:
+        real = daemon.tracker.is_relevant
+        second = harness.root / "src/two.py"
+
+        def slow_for_the_second(path: Any) -> bool:
+            if Path(path) == second:
+                time.sleep(0.2)  # four quiet periods, as 2,000 paths take on a busy machine
+            return real(path)
+
+        daemon.tracker.is_relevant = slow_for_the_second  # type: ignore[method-assign]
+        mark = len(harness.events)
+        harness.edit(harness.root / "src/one.py", "ONE = 1\n")
+        harness.edit(second, "TWO = 2\n")
+        await harness.wait_event("built", "api", since=mark)
+        await settle(daemon)
+        kinds = [e["event"] for e in harness.events[mark:] if e["image"] == "api"]
+        assert kinds == ["changed", "queued", "changed", "building", "built"]
+        assert "src/two.py" in harness.named("building", "api")[-1]["reason"]
+    assert harness.builds == ["api", "api"]
+
+
+def test_the_quiet_clock_stands_still_while_any_of_overlapping_pauses_is_open() -> None:
+    clock = QuietClock()
+    first, second = clock.paused(), clock.paused()
+    first.__enter__()
+    frozen = clock()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the watch loop is done; the reconcile still hashes
+    time.sleep(0.05)
+    assert clock() == frozen
+    second.__exit__(None, None, None)
+    time.sleep(0.05)
+    assert clock() >= frozen + 0.04
 
 
 # -- 5: a restart with nothing changed builds nothing --------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
@@ -104,6 +106,48 @@ async def test_batches_with_nothing_relevant_are_reported_as_ignored(tmp_path: P
     assert got == [{tmp_path / "a.py"}]
     # Only the batch that held nothing relevant; a mixed batch is not "ignored".
     assert ignored == [{tmp_path / "b.pyc", tmp_path / "x.log"}]
+
+
+async def test_a_batch_is_busy_from_its_arrival_until_the_caller_asks_for_the_next(
+    tmp_path: Path,
+) -> None:
+    log: list[str] = []
+
+    @contextlib.contextmanager
+    def busy() -> Iterator[None]:
+        log.append("enter")
+        try:
+            yield
+        finally:
+            log.append("leave")
+
+    def relevant(path: Path) -> bool:
+        log.append(f"filter {path.name}")
+        return path.suffix == ".py"
+
+    steps: list[Step] = [
+        batch((Change.added, tmp_path / "a.py")),
+        batch((Change.added, tmp_path / "x.log")),
+        batch((Change.added, tmp_path / "b.py")),
+    ]
+    stop = anyio.Event()
+    batches = watch_paths(
+        lambda: {tmp_path},
+        relevant,
+        stop_event=stop,
+        backend=ScriptedWatchBackend(steps),
+        busy=busy,
+    )
+    async with aclosing(batches):
+        assert await anext(batches) == {tmp_path / "a.py"}
+        log.append("handled a.py")  # the caller's work on a batch counts as busy
+        assert await anext(batches) == {tmp_path / "b.py"}
+        log.append("handled b.py")
+    assert log == [
+        *("enter", "filter a.py", "handled a.py", "leave"),
+        *("enter", "filter x.log", "leave"),  # an ignored batch is busy while it is filtered
+        *("enter", "filter b.py", "handled b.py", "leave"),  # closing the stream leaves too
+    ]
 
 
 @pytest.mark.parametrize(
