@@ -31,15 +31,13 @@ from anyio.abc import Process
 from imaged.builder import BuildOutcome, BuildOutput, BuildRequest, EventCallback, SecretSource
 from imaged.config import ENV_VARS, Settings
 from imaged.errors import BuildError, ConfigError, EngineError, PushError
+from imaged.failures import classify_output
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
 TERMINATE_GRACE = 5.0
 _SHM = "/dev/shm"  # noqa: S108 - only the parent of a private mkdtemp folder
 _SECRET_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_UNREACHABLE = re.compile(
-    r"cannot connect to the docker daemon|error during connect|failed to dial grpc", re.IGNORECASE
-)
 _NO_BUILDX = re.compile(r"buildx component is missing|'buildx' is not a docker command", re.I)
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 _QUIET_PUSH_STATUSES = frozenset({"Pushing", "Preparing", "Waiting"})
@@ -374,8 +372,10 @@ class LocalBuilder:
         self, request: BuildRequest, cli: DockerCli, output: BuildOutput
     ) -> EngineError | BuildError:
         lines = output.lines
-        if unreachable := next((line for line in lines if _UNREACHABLE.search(line)), None):
-            return self.unreachable(unreachable.strip())
+        verdict = classify_output(lines)
+        if verdict.transient and not verdict.evidence.startswith("#"):
+            # The CLI's own line, not a step's: its connection to the engine failed.
+            return self.unreachable(verdict.evidence)
         message = f"docker build failed ({cli.path})"
         if any(_NO_BUILDX.search(line) for line in lines):
             message += (
@@ -387,6 +387,7 @@ class LocalBuilder:
             image=request.image_name,
             instruction=output.instruction,
             output_tail=output.tail,
+            transient=verdict.transient,
         )
 
     async def _image_id(self, request: BuildRequest) -> str | None:
