@@ -112,7 +112,7 @@ FAILURES = [
         "import sys\nsys.exit(4)\n",
         "images.py",
         2,
-        "SystemExit: 4",
+        r"called sys\.exit\(4\)",
         id="sys-exit",
     ),
 ]
