@@ -32,6 +32,7 @@ from imaged.builder import BuildOutcome, BuildOutput, BuildRequest, EventCallbac
 from imaged.config import ENV_VARS, Settings
 from imaged.errors import BuildError, ConfigError, EngineError, PushError
 from imaged.failures import classify_output
+from imaged.secrets import without_secrets
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
@@ -59,12 +60,13 @@ class DockerCli:
 
 
 def _probe_cli(path: str) -> DockerCli | None:
+    env = without_secrets(os.environ)
     try:
         out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=20, check=True
+            [path, "--version"], capture_output=True, text=True, timeout=20, check=True, env=env
         ).stdout
         buildx = subprocess.run(
-            [path, "buildx", "version"], capture_output=True, timeout=20, check=False
+            [path, "buildx", "version"], capture_output=True, timeout=20, check=False, env=env
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -263,7 +265,8 @@ class LocalBuilder:
         return ()
 
     def cli_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The build CLI's environment: secrets reach it as files (``--secret src=``) only."""
+        env = without_secrets(os.environ)
         env.update(DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
         return env
 
