@@ -32,12 +32,12 @@ from imaged.builder import BuildOutcome, BuildOutput, BuildRequest, EventCallbac
 from imaged.config import ENV_VARS, Settings
 from imaged.errors import BuildError, ConfigError, EngineError, PushError
 from imaged.failures import classify_output
+from imaged.scratch import SCRATCH_PREFIX, mark_owner, scratch_parent
 from imaged.secrets import without_secrets
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
 TERMINATE_GRACE = 5.0
-_SHM = "/dev/shm"  # noqa: S108 - only the parent of a private mkdtemp folder
 _SECRET_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _NO_BUILDX = re.compile(r"buildx component is missing|'buildx' is not a docker command", re.I)
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
@@ -150,11 +150,12 @@ class Scratch:
 
 @contextmanager
 def open_scratch(secrets: tuple[SecretSource, ...]) -> Iterator[Scratch]:
-    """Write secret values to 0600 files in a fresh 0700 folder; remove it all on exit."""
-    # tmpfs keeps values off disks; mkdtemp makes a fresh 0700 folder, so a shared parent is safe.
-    base = _SHM if os.access(_SHM, os.W_OK) else None
-    folder = tempfile.mkdtemp(prefix="imaged-build-", dir=base)
+    """Write secret values to 0600 files in a fresh 0700 folder; remove it all on exit.
+    The folder names its owner, so a later start sweeps it if this process is killed."""
+    # mkdtemp makes a fresh 0700 folder, so a shared parent is safe.
+    folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch_parent())
     try:
+        mark_owner(folder)
         paths: dict[str, str] = {}
         for index, secret in enumerate(secrets):
             path = os.path.join(folder, f"secret-{index}")

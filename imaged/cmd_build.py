@@ -15,6 +15,7 @@ from imaged.engine import ImageBuild, abuild
 from imaged.errors import ImagedError
 from imaged.image import Image, override_registry
 from imaged.registry import Existence, RegistryClient
+from imaged.scratch import sweep_stale_scratch
 
 
 def _line(result: ImageBuild) -> str:
@@ -123,6 +124,7 @@ def run_build(
     config_file: Path | None,
 ) -> int:
     """Returns the number of images that failed."""
+    sweep_stale_scratch()  # secret files a killed build left behind
     export_config_file(config_file)
     images = load_target(target, echo=lambda line: click.echo(line, err=True))
 
