@@ -3,7 +3,8 @@
 The SDK only reaches the legacy builder, so builds go through a docker CLI: ``docker buildx build``
 when the buildx plugin is there, else a classic CLI (before 23.0) whose built-in BuildKit works
 with ``DOCKER_BUILDKIT=1``. Secret values go to 0600 files in a private 0700 folder, deleted
-when the build ends: the ``env=`` form of ``--secret`` would spare the files, but one variable
+when the build ends (or swept by :mod:`imaged.scratch` after a SIGKILL), never to a child's
+environment: the ``env=`` form of ``--secret`` would spare the files, but one variable
 is capped at 128 KiB on Linux (a CA bundle is bigger) and cannot hold a NUL byte.
 """
 

@@ -14,6 +14,9 @@ ImagedError                      every error imaged raises on purpose (CLI exit 
 ├── ContextChangedError          files changed while the context was staged (retry)
 └── BuildError                   a build step failed: carries the instruction and output tail
     └── PushError                the engine failed to push
+
+Whether an error is transient (retried with backoff) is read from one table,
+:mod:`imaged.failures`, by whoever raises it.
 """
 
 from __future__ import annotations
