@@ -3,7 +3,8 @@
 The SDK only reaches the legacy builder, so builds go through a docker CLI: ``docker buildx build``
 when the buildx plugin is there, else a classic CLI (before 23.0) whose built-in BuildKit works
 with ``DOCKER_BUILDKIT=1``. Secret values go to 0600 files in a private 0700 folder, deleted
-when the build ends: the ``env=`` form of ``--secret`` would spare the files, but one variable
+when the build ends (or swept by :mod:`imaged.scratch` after a SIGKILL), never to a child's
+environment: the ``env=`` form of ``--secret`` would spare the files, but one variable
 is capped at 128 KiB on Linux (a CA bundle is bigger) and cannot hold a NUL byte.
 """
 
@@ -31,15 +32,14 @@ from anyio.abc import Process
 from imaged.builder import BuildOutcome, BuildOutput, BuildRequest, EventCallback, SecretSource
 from imaged.config import ENV_VARS, Settings
 from imaged.errors import BuildError, ConfigError, EngineError, PushError
+from imaged.failures import classify_output
+from imaged.scratch import SCRATCH_PREFIX, mark_owner, scratch_parent
+from imaged.secrets import without_secrets
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
 TERMINATE_GRACE = 5.0
-_SHM = "/dev/shm"  # noqa: S108 - only the parent of a private mkdtemp folder
 _SECRET_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_UNREACHABLE = re.compile(
-    r"cannot connect to the docker daemon|error during connect|failed to dial grpc", re.IGNORECASE
-)
 _NO_BUILDX = re.compile(r"buildx component is missing|'buildx' is not a docker command", re.I)
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 _QUIET_PUSH_STATUSES = frozenset({"Pushing", "Preparing", "Waiting"})
@@ -61,12 +61,13 @@ class DockerCli:
 
 
 def _probe_cli(path: str) -> DockerCli | None:
+    env = without_secrets(os.environ)
     try:
         out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=20, check=True
+            [path, "--version"], capture_output=True, text=True, timeout=20, check=True, env=env
         ).stdout
         buildx = subprocess.run(
-            [path, "buildx", "version"], capture_output=True, timeout=20, check=False
+            [path, "buildx", "version"], capture_output=True, timeout=20, check=False, env=env
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -150,11 +151,12 @@ class Scratch:
 
 @contextmanager
 def open_scratch(secrets: tuple[SecretSource, ...]) -> Iterator[Scratch]:
-    """Write secret values to 0600 files in a fresh 0700 folder; remove it all on exit."""
-    # tmpfs keeps values off disks; mkdtemp makes a fresh 0700 folder, so a shared parent is safe.
-    base = _SHM if os.access(_SHM, os.W_OK) else None
-    folder = tempfile.mkdtemp(prefix="imaged-build-", dir=base)
+    """Write secret values to 0600 files in a fresh 0700 folder; remove it all on exit.
+    The folder names its owner, so a later start sweeps it if this process is killed."""
+    # mkdtemp makes a fresh 0700 folder, so a shared parent is safe.
+    folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch_parent())
     try:
+        mark_owner(folder)
         paths: dict[str, str] = {}
         for index, secret in enumerate(secrets):
             path = os.path.join(folder, f"secret-{index}")
@@ -265,7 +267,8 @@ class LocalBuilder:
         return ()
 
     def cli_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        """The build CLI's environment: secrets reach it as files (``--secret src=``) only."""
+        env = without_secrets(os.environ)
         env.update(DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
         return env
 
@@ -374,8 +377,10 @@ class LocalBuilder:
         self, request: BuildRequest, cli: DockerCli, output: BuildOutput
     ) -> EngineError | BuildError:
         lines = output.lines
-        if unreachable := next((line for line in lines if _UNREACHABLE.search(line)), None):
-            return self.unreachable(unreachable.strip())
+        verdict = classify_output(lines)
+        if verdict.transient and not verdict.evidence.startswith("#"):
+            # The CLI's own line, not a step's: its connection to the engine failed.
+            return self.unreachable(verdict.evidence)
         message = f"docker build failed ({cli.path})"
         if any(_NO_BUILDX.search(line) for line in lines):
             message += (
@@ -387,6 +392,7 @@ class LocalBuilder:
             image=request.image_name,
             instruction=output.instruction,
             output_tail=output.tail,
+            transient=verdict.transient,
         )
 
     async def _image_id(self, request: BuildRequest) -> str | None:

@@ -73,9 +73,11 @@ def main() -> None:
 
 
 def _load(target: str) -> dict[str, Any]:
-    from imaged.loader import load_definitions
+    """The images of ``PATH[:NAME]``, imported in a child interpreter: a module that exits
+    is an error, and what it prints goes to stderr, never into our stdout (``--json``)."""
+    from imaged.defsproc import load_target
 
-    return load_definitions(target)
+    return load_target(target, echo=_err)
 
 
 _config_option = click.option(

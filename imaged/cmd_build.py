@@ -10,11 +10,12 @@ import anyio
 import click
 
 from imaged.config import Settings, export_config_file, load_settings
+from imaged.defsproc import load_target
 from imaged.engine import ImageBuild, abuild
 from imaged.errors import ImagedError
 from imaged.image import Image, override_registry
-from imaged.loader import load_definitions
 from imaged.registry import Existence, RegistryClient
+from imaged.scratch import sweep_stale_scratch
 
 
 def _line(result: ImageBuild) -> str:
@@ -123,8 +124,9 @@ def run_build(
     config_file: Path | None,
 ) -> int:
     """Returns the number of images that failed."""
+    sweep_stale_scratch()  # secret files a killed build left behind
     export_config_file(config_file)
-    images = load_definitions(target)
+    images = load_target(target, echo=lambda line: click.echo(line, err=True))
 
     async def main() -> int:
         return await _build_all(

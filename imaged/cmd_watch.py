@@ -16,6 +16,7 @@ import click
 from imaged.config import Settings, load_settings
 from imaged.daemon import Daemon, DaemonState
 from imaged.log import configure_logging, log_event
+from imaged.scratch import sweep_stale_scratch
 
 _STYLE = {
     "up to date": "green",
@@ -78,6 +79,7 @@ def run_daemon(
 ) -> None:
     """mode: "live" (rich view), "json" (NDJSON events on stdout) or "log" (structlog)."""
     configure_logging(json_output=None if mode != "log" else not sys.stderr.isatty())
+    sweep_stale_scratch()  # secret files a killed build left behind
 
     def reload() -> Settings:
         return load_settings(config_file=config_file, overrides=overrides)

@@ -16,8 +16,8 @@ import signal
 import sys
 import sysconfig
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class LoadedModule:
     path: Path
     images: dict[str, Image]
     imported_files: tuple[Path, ...]
+    variables: dict[str, str] = field(default_factory=dict)  # variable name -> image name
 
 
 # -- discovery -----------------------------------------------------------------------------
@@ -86,7 +87,11 @@ def discover_definition_files(paths: Sequence[Path], *, recursive: bool = False)
 
 
 def _child_env(python: str | None) -> dict[str, str]:
-    env = dict(os.environ)
+    """The environment of the child: ours, without build secrets (user code runs there and
+    never needs their values), and with this imaged importable."""
+    from imaged.secrets import without_secrets
+
+    env = without_secrets(os.environ)
     if python is None:
         # Same interpreter: make sure the child imports this very imaged, even from a checkout.
         parts = [str(_IMAGED_DIR.parent), env.get("PYTHONPATH", "")]
@@ -100,13 +105,23 @@ async def _read_all(stream: anyio.abc.ByteReceiveStream, sink: bytearray) -> Non
         sink.extend(chunk)
 
 
-async def _read_tail(stream: anyio.abc.ByteReceiveStream, sink: collections.deque[str]) -> None:
+OutputEcho = Callable[[str], None]
+
+
+async def _read_tail(
+    stream: anyio.abc.ByteReceiveStream, sink: collections.deque[str], echo: OutputEcho | None
+) -> None:
     pending = b""
     async for chunk in stream:
         *lines, pending = (pending + chunk).split(b"\n")
-        sink.extend(line.decode(errors="replace") for line in lines)
+        for line in lines:
+            sink.append(line.decode(errors="replace"))
+            if echo is not None:
+                echo(sink[-1])
     if pending:
         sink.append(pending.decode(errors="replace"))
+        if echo is not None:
+            echo(sink[-1])
 
 
 def _kill_group(process: anyio.abc.Process) -> None:
@@ -115,7 +130,12 @@ def _kill_group(process: anyio.abc.Process) -> None:
 
 
 async def _run_child(
-    command: list[str], *, cwd: Path, env: dict[str, str], limit_s: float
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    limit_s: float,
+    echo: OutputEcho | None = None,
 ) -> tuple[int | None, bytes, list[str]]:
     """Run the child; returns (exit code or None on timeout, stdout, last stderr lines)."""
     out = bytearray()
@@ -128,7 +148,7 @@ async def _run_child(
             with anyio.move_on_after(limit_s):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_read_all, process.stdout, out)
-                    tg.start_soon(_read_tail, process.stderr, err)
+                    tg.start_soon(_read_tail, process.stderr, err, echo)
                     await process.wait()
                 return process.returncode, bytes(out), list(err)
             _kill_group(process)
@@ -143,7 +163,7 @@ def _exit_description(code: int) -> str:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(-code).name}"
         return f"was killed by signal {-code}"
-    return f"exited with code {code}"
+    return f"exited with code {code} (os._exit() in the module?)"
 
 
 def _parse_result(path: Path, code: int, stdout: bytes, stderr: list[str]) -> LoadedModule:
@@ -160,10 +180,11 @@ def _parse_result(path: Path, code: int, stdout: bytes, stderr: list[str]) -> Lo
     try:
         images = {name: Image.from_json(data) for name, data in doc["images"].items()}
         files = tuple(Path(p) for p in doc["imported_files"])
+        variables = {str(k): str(v) for k, v in doc.get("variables", {}).items()}
     except (SpecError, KeyError, TypeError, AttributeError) as exc:
         # e.g. a python= interpreter whose imaged writes another spec version
         raise DefinitionError(f"unreadable loader result: {exc}", file=str(path)) from exc
-    return LoadedModule(path=path, images=images, imported_files=files)
+    return LoadedModule(path=path, images=images, imported_files=files, variables=variables)
 
 
 async def load_module_in_child(
@@ -171,11 +192,13 @@ async def load_module_in_child(
     *,
     timeout: float = 30.0,  # noqa: ASYNC109 - a timeout is a DefinitionError, not a cancellation
     python: str | None = None,
+    echo: OutputEcho | None = None,
 ) -> LoadedModule:
     """Import a definition file in a fresh interpreter and return its images.
 
-    Every failure (syntax error, exception, crash, timeout, no or duplicate images) is a
-    :class:`DefinitionError` naming the file and, when known, the line.
+    Every failure (syntax error, exception, ``sys.exit`` or ``os._exit``, crash, timeout, no
+    or duplicate images) is a :class:`DefinitionError` naming the file and, when known, the
+    line. What the module prints arrives on the child's stderr; ``echo`` gets each line.
 
     >>> loaded = await load_module_in_child(Path("deploy/images.py"))  # doctest: +SKIP
     >>> sorted(loaded.images)  # doctest: +SKIP
@@ -186,11 +209,29 @@ async def load_module_in_child(
         raise DefinitionError("definition file not found", file=str(file))
     command = [python or sys.executable, "-P", "-m", "imaged.defsproc", str(file)]
     code, stdout, stderr = await _run_child(
-        command, cwd=file.parent, env=_child_env(python), limit_s=timeout
+        command, cwd=file.parent, env=_child_env(python), limit_s=timeout, echo=echo
     )
     if code is None:
         raise DefinitionError(f"loading timed out after {timeout:g} s", file=str(file))
     return _parse_result(file, code, stdout, stderr)
+
+
+def load_target(
+    target: str, *, timeout: float = 30.0, echo: OutputEcho | None = None
+) -> dict[str, Image]:
+    """``PATH[:NAME]``'s images, loaded in a child as the daemon loads them: the CLI's way.
+
+    A module that exits, prints or reads secrets cannot end, corrupt or see the caller.
+    """
+    from imaged.loader import parse_target, select_images
+
+    chosen = parse_target(target)
+
+    async def load() -> LoadedModule:
+        return await load_module_in_child(chosen.path, timeout=timeout, echo=echo)
+
+    loaded = anyio.run(load)
+    return select_images(loaded.images, chosen, variables=loaded.variables)
 
 
 # -- the child side ----------------------------------------------------------------------
@@ -245,15 +286,17 @@ def _error_doc(exc: BaseException, file: Path) -> dict[str, Any]:
 
 
 def _load(file: Path) -> dict[str, Any]:
-    from imaged.loader import collect_images, import_definition
+    from imaged.loader import collect_images, image_variables, import_definition
 
-    images = collect_images(import_definition(file), file=file)
+    module = import_definition(file)
+    images = collect_images(module, file=file)
     if not images:
         raise DefinitionError("defines no named Image at module level", file=str(file))
     return {
         "ok": True,
         "images": {name: image.to_json() for name, image in images.items()},
         "imported_files": [str(p) for p in imported_local_files(file)],
+        "variables": image_variables(module, images),
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from imaged.errors import ConfigError, RegistryAuthError
+from imaged.secrets import without_secrets
 
 __all__ = ["Credentials", "credentials_for", "load_docker_config", "normalize_registry_host"]
 
@@ -105,6 +106,7 @@ def run_credential_helper(helper: str, server_url: str) -> Credentials | None:
             text=True,
             timeout=_HELPER_TIMEOUT,
             check=False,
+            env=without_secrets(os.environ),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RegistryAuthError(f"credential helper {program} could not run: {exc}") from None

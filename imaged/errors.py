@@ -14,9 +14,14 @@ ImagedError                      every error imaged raises on purpose (CLI exit 
 ├── ContextChangedError          files changed while the context was staged (retry)
 └── BuildError                   a build step failed: carries the instruction and output tail
     └── PushError                the engine failed to push
+
+Whether an error is transient (retried with backoff) is read from one table,
+:mod:`imaged.failures`, by whoever raises it.
 """
 
 from __future__ import annotations
+
+from imaged.failures import classify
 
 
 class ImagedError(Exception):
@@ -107,7 +112,11 @@ class ContextChangedError(ImagedError):
 
 
 class BuildError(ImagedError):
-    """A build failed; carries the failing instruction and the last lines of output."""
+    """A build failed; carries the failing instruction and the last lines of output.
+
+    ``transient`` is what :mod:`imaged.failures` made of the output: a registry that dropped
+    the connection while BuildKit pulled is worth a retry, a RUN that exited non-zero is not.
+    """
 
     def __init__(
         self,
@@ -116,7 +125,9 @@ class BuildError(ImagedError):
         image: str | None = None,
         instruction: str | None = None,
         output_tail: str = "",
+        transient: bool = False,
     ) -> None:
+        self._transient = transient
         self.image = image
         self.instruction = instruction
         self.output_tail = output_tail
@@ -127,20 +138,22 @@ class BuildError(ImagedError):
             parts.append("last output:\n" + output_tail)
         super().__init__("\n".join(parts))
 
+    @property
+    def transient(self) -> bool:
+        return self._transient
+
 
 class PushError(BuildError):
     """The engine failed to push the image.
 
-    Transient (retried with backoff by the daemon) unless the registry refused the
-    credentials: a 5xx, a timeout or a dropped connection may pass; a denial will not.
+    Transient or not as :func:`imaged.failures.classify` reads its message: a 5xx, a timeout
+    or a dropped connection may pass (retried with backoff by the daemon); a denial, bad
+    credentials or another 4xx will not.
     """
-
-    _REFUSALS = ("unauthorized", "denied", "authentication required", "forbidden")
 
     @property
     def transient(self) -> bool:
-        text = str(self).lower()
-        return not any(word in text for word in self._REFUSALS)
+        return classify(str(self)).transient
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -66,6 +66,12 @@ def import_definition(path: Path) -> ModuleType:
     except Exception as exc:
         where, line = _user_frame(exc, file)
         raise DefinitionError(f"{type(exc).__name__}: {exc}", file=where, line=line) from exc
+    except SystemExit as exc:  # even sys.exit(0): a definition that exits defined nothing
+        where, line = _user_frame(exc, file)
+        message = (
+            f"SystemExit: the module called sys.exit({exc.code!r}); a definition must not exit"
+        )
+        raise DefinitionError(message, file=where, line=line) from exc
     finally:
         if sys.path and sys.path[0] == str(file.parent):
             sys.path.pop(0)
@@ -107,22 +113,38 @@ def collect_images(module: ModuleType, *, file: Path) -> dict[str, Image]:
     return images
 
 
+def select_images(
+    images: dict[str, Image], target: Target, *, variables: dict[str, str] | None = None
+) -> dict[str, Image]:
+    """The images ``target`` asks for: all of them, or the one it names (by image name, or
+    by the variable that holds it: ``variables`` maps variable names to image names)."""
+    file = str(target.path.resolve())
+    if target.name is None:
+        if not images:
+            raise DefinitionError("defines no named Image at module level", file=file)
+        return images
+    name = target.name if target.name in images else (variables or {}).get(target.name)
+    if name is None or name not in images:
+        known = ", ".join(sorted(images)) or "none"
+        raise DefinitionError(f"no image named {target.name!r} (images: {known})", file=file)
+    return {name: images[name]}
+
+
+def image_variables(module: ModuleType, images: dict[str, Image]) -> dict[str, str]:
+    """Module-level variable name -> image name, for each variable holding one of ``images``."""
+    return {
+        var: value.name
+        for var, value in vars(module).items()
+        if isinstance(value, Image) and value.name in images
+    }
+
+
 def load_definitions(target: Target | str) -> dict[str, Image]:
-    """Import a definition file and return its images (one, when the target names it)."""
+    """Import a definition file in this process and return its images (one, when the target
+    names it). The CLI loads in a child instead: :func:`imaged.defsproc.load_target`."""
     if isinstance(target, str):
         target = parse_target(target)
     file = target.path.resolve()
     module = import_definition(file)
     images = collect_images(module, file=file)
-    if target.name is not None and target.name not in images:
-        value = getattr(module, target.name, None)
-        if isinstance(value, Image) and value.name in images:
-            return {value.name: images[value.name]}
-    if target.name is None:
-        if not images:
-            raise DefinitionError("defines no named Image at module level", file=str(file))
-        return images
-    if target.name not in images:
-        known = ", ".join(sorted(images)) or "none"
-        raise DefinitionError(f"no image named {target.name!r} (images: {known})", file=str(file))
-    return {target.name: images[target.name]}
+    return select_images(images, target, variables=image_variables(module, images))

@@ -28,6 +28,7 @@ from imaged.errors import (
     RegistryUnavailable,
     SpecError,
 )
+from imaged.failures import status_is_transient
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",
@@ -316,7 +317,7 @@ class RegistryClient:
         raise self._status_error(ref.registry, str(ref), code)
 
     def _status_error(self, registry: str, what: str, code: int) -> RegistryError:
-        if code >= 500 or code == 429:
+        if status_is_transient(code):
             return RegistryUnavailable(
                 f"registry {registry} at {self.base_url(registry)} answered HTTP {code} for "
                 f"{what}: whether it exists is unknown (never assume it exists)"

@@ -15,6 +15,17 @@ from imaged.layers import Secret
 SECRET_ENV_PREFIX = "IMAGED_SECRET_"
 
 
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without build secrets (``IMAGED_SECRET_*``) or where their files are
+    (``IMAGED_SECRETS_DIR``): the environment of every child that does not read them.
+
+    >>> without_secrets({"IMAGED_SECRET_TOK": "x", "IMAGED_SECRETS_DIR": "/s", "HOME": "/r"})
+    {'HOME': '/r'}
+    """
+    hidden = ENV_VARS["secrets_dir"]
+    return {k: v for k, v in environ.items() if not k.startswith(SECRET_ENV_PREFIX) and k != hidden}
+
+
 def secret_file(secret: Secret, secrets_dir: Path) -> Path:
     """Where a secret's file lives: ``<secrets_dir>/<group>/<key>`` or ``<secrets_dir>/<key>``."""
     return secrets_dir / secret.group / secret.key if secret.group else secrets_dir / secret.key

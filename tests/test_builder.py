@@ -579,6 +579,36 @@ def test_cli_sees_secret_files_that_vanish_afterwards(tmp_path: Path) -> None:
     assert not any(Path(src).exists() for src in srcs)
 
 
+def test_no_docker_cli_child_sees_a_secret_value_or_the_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The value is in our environment (as IMAGED_SECRET_TOK) and reaches the build as a file.
+    monkeypatch.setenv("IMAGED_SECRET_TOK", SECRET_VALUE)
+    monkeypatch.setenv("IMAGED_SECRETS_DIR", str(tmp_path / "secrets"))
+    dumps = tmp_path / "envs"
+    script = tmp_path / "docker"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "=== $1" >> {dumps}; env >> {dumps}\n'
+        'if [ "$1" = "--version" ]; then echo "Docker version 20.10.24, build abc"; exit 0; fi\n'
+        'if [ "$1" = "buildx" ]; then exit 1; fi\n'
+        'echo "#5 ERROR: executor failed running [/bin/sh -c false]: exit code: 1"; exit 1\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("IMAGED_DOCKER_CLI", str(script))
+    with pytest.raises(BuildError):
+        anyio.run(LocalBuilder(Settings()).build, _request(tmp_path))
+    text = dumps.read_text()
+    assert [line for line in text.splitlines() if line.startswith("===")] == [
+        "=== --version",
+        "=== buildx",
+        "=== build",
+    ]
+    assert "DOCKER_BUILDKIT=1" in text  # the dump is of the real environment
+    assert SECRET_VALUE not in text
+    assert "IMAGED_SECRET" not in text
+
+
 def test_cli_cannot_connect_is_engine_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -152,6 +152,36 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
             id="raising-function",
         ),
         pytest.param(DEFS, ":gamma", ["no image named 'gamma'", "alpha, beta"], id="unknown-name"),
+        pytest.param(
+            DEFS + "import sys\nsys.exit(0)\n",
+            "",
+            ["images.py:13", "called sys.exit(0)"],
+            id="sys-exit-0",
+        ),
+        pytest.param(
+            "import sys\nsys.exit('bye')\n",
+            "",
+            ["images.py:2", "sys.exit('bye')"],
+            id="sys-exit-text",
+        ),
+        pytest.param(
+            DEFS + "raise SystemExit\n",
+            "",
+            ["images.py:12", "sys.exit(None)"],
+            id="raise-systemexit",
+        ),
+        pytest.param(
+            DEFS + "import os\nos._exit(0)\n",
+            "",
+            ["images.py: definition loader exited with code 0", "os._exit()"],
+            id="os-exit-0",
+        ),
+        pytest.param(
+            "from imaged import Image\nX = 1\n",
+            "",
+            ["images.py: defines no named Image"],
+            id="no-image",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["hash", "dockerfile", "build"])
@@ -166,6 +196,59 @@ def test_definition_errors_are_one_clear_message(
     assert proc.stderr.startswith("error: ")
     for fragment in fragments:
         assert fragment in proc.stderr
+
+
+PRINTING_DEFS = (
+    """
+import os, subprocess, sys
+print("hello from print")
+os.write(1, b"hello from fd 1\\n")
+subprocess.run([sys.executable, "-c", "print('hello from a child')"], check=True)
+"""
+    + DEFS
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "parse"),
+    [
+        pytest.param(("hash", "--json"), json.loads, id="hash-json"),
+        pytest.param(("hash",), str.splitlines, id="hash"),
+        pytest.param(
+            ("build", "--dry-run", "--json"),
+            lambda out: [json.loads(line) for line in out.splitlines()],
+            id="build-dry-run-json",
+        ),
+    ],
+)
+def test_definition_output_goes_to_stderr_never_into_stdout(
+    tmp_path: Path, args: tuple[str, ...], parse: Any
+) -> None:
+    path = tmp_path / "images.py"
+    path.write_text(PRINTING_DEFS)
+    proc = run_cli(*args, str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "hello" not in proc.stdout
+    assert len(parse(proc.stdout)) == 2
+    for said in ("hello from print", "hello from fd 1", "hello from a child"):
+        assert said in proc.stderr
+
+
+def test_dockerfile_output_is_only_the_dockerfile(tmp_path: Path) -> None:
+    path = tmp_path / "images.py"
+    path.write_text(PRINTING_DEFS)
+    proc = run_cli("dockerfile", f"{path}:beta")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"FROM {REGISTRY}/base:1")
+    assert "hello" not in proc.stdout
+
+
+def test_a_target_may_name_the_variable_holding_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "images.py"
+    path.write_text(DEFS + "second = beta\n")
+    proc = run_cli("hash", f"{path}:second")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("beta\t")
 
 
 # -- the daemon's start-up errors, and error groups -------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import time
@@ -10,7 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from imaged.defsproc import LoadedModule, discover_definition_files, load_module_in_child
+from imaged.defsproc import (
+    LoadedModule,
+    discover_definition_files,
+    load_module_in_child,
+    load_target,
+)
 from imaged.errors import DefinitionError
 from imaged.loader import load_definitions
 
@@ -112,7 +118,7 @@ FAILURES = [
         "import sys\nsys.exit(4)\n",
         "images.py",
         2,
-        "SystemExit: 4",
+        r"called sys\.exit\(4\)",
         id="sys-exit",
     ),
 ]
@@ -233,3 +239,27 @@ def test_result_from_another_imaged_version_is_a_definition_error(tmp_path: Path
 
     with pytest.raises(DefinitionError, match="unreadable loader result: unsupported spec"):
         anyio.run(run)
+
+
+def test_the_loader_child_sees_no_secret_value_or_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGED_SECRET_TOKEN", "value-that-must-not-leak")
+    monkeypatch.setenv("IMAGED_SECRETS_DIR", str(tmp_path / "secrets"))
+    monkeypatch.setenv("IMAGED_REGISTRY", "127.0.0.1:5000")
+    dump = tmp_path / "env.json"
+    text = f"import json, os\nopen({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))\n"
+    load(write(tmp_path, "images.py", text + GOOD))
+    seen = json.loads(dump.read_text())
+    assert seen["IMAGED_REGISTRY"] == "127.0.0.1:5000"  # other settings still reach it
+    assert not [k for k in seen if k.startswith("IMAGED_SECRET")]
+    assert "value-that-must-not-leak" not in dump.read_text()
+
+
+def test_load_target_selects_by_name_or_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "images.py", GOOD + "alias = worker\n")
+    write(tmp_path, "job.py", "print(1)\n")
+    assert list(load_target(str(path))) == ["api", "worker"]
+    assert list(load_target(f"{path}:alias")) == ["worker"]
+    with pytest.raises(DefinitionError, match=r"no image named 'nope' \(images: api, worker\)"):
+        load_target(f"{path}:nope")
