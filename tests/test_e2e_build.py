@@ -308,7 +308,7 @@ def test_secret_is_readable_in_build_and_leaks_nowhere(
                 'mkdir -p /out && printf %s "$TOK" | sha256sum | cut -d" " -f1 > /out/env.sha256',
                 'sha256sum /run/secrets/tok | cut -d" " -f1 > /out/file.sha256',
             ],
-            secret_mounts=Secret("tok", env_var="TOK"),
+            secret_mounts=Secret("tok", as_env_var="TOK"),
         )
     )
     events: list[dict[str, Any]] = []

@@ -353,7 +353,7 @@ def test_source_file_exec_bit_and_name(project: Path) -> None:
 def test_code_bundle_ignores_standard_and_gitignore(project: Path) -> None:
     (project / ".gitignore").write_text("secret.env\n")
     (project / "images.py").write_text(
-        "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('/code')\n"
+        "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('all', '/code')\n"
     )
     spec = importlib.util.spec_from_file_location("imaged_test_bundle", project / "images.py")
     assert spec is not None

@@ -377,13 +377,24 @@ def test_folder_swapped_in_by_rename_is_rebuilt(
 def test_missing_single_file_is_an_error_until_it_returns(
     tracker: ImageTracker, images: dict[str, Image], project: Path
 ) -> None:
-    lock = project / "svc/uv.lock"
-    text = lock.read_text()
-    lock.unlink()
-    assert tracker.apply_changes([lock]) == {}
+    pyproject = project / "svc/pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.unlink()
+    assert tracker.apply_changes([pyproject]) == {}
     assert set(tracker.errors) == {"svc"}
-    write(lock, text)
-    assert tracker.apply_changes([lock]) == {}  # back to the last good digest: nothing to build
+    write(pyproject, text)
+    assert tracker.apply_changes([pyproject]) == {}  # the last good digest: nothing to build
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+
+
+def test_deleted_uv_lock_floats_and_the_tracker_agrees(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    lock = project / "svc/uv.lock"
+    lock.unlink()
+    changes = tracker.apply_changes([lock])
+    assert set(changes) == {"svc"}
     assert tracker.errors == {}
     assert_fresh(tracker, images)
 

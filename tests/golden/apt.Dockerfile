@@ -3,4 +3,4 @@ RUN --mount=type=cache,id=imaged-apt-cache,target=/var/cache/apt,sharing=locked 
     APT_CA=""; if [ -f /run/secrets/imaged_build_ca ]; then APT_CA="-o Acquire::https::CAInfo=/run/secrets/imaged_build_ca"; fi \
     && apt-get $APT_CA update \
     && DEBIAN_FRONTEND=noninteractive apt-get $APT_CA install -y --no-install-recommends curl ca-certificates
-LABEL dev.imaged.digest=sha256:6f6718096f59ece9321da2b1824bf52bd7d606d2844c218a672241378ff4a3f4
+LABEL dev.imaged.digest=sha256:0207d5236a2e2d2d73b75dba843fe426b0fc50583f2af904795b09da6ff01f65

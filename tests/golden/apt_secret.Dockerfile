@@ -4,4 +4,4 @@ RUN --mount=type=cache,id=imaged-apt-cache,target=/var/cache/apt,sharing=locked 
     && export APT_TOKEN="$(cat /run/secrets/apt.token)" \
     && apt-get $APT_CA update \
     && DEBIAN_FRONTEND=noninteractive apt-get $APT_CA install -y --no-install-recommends git
-LABEL dev.imaged.digest=sha256:62e1cc8d143a0229a78e6839b28dfdc1bf4378ff30ba135d99e0f1fabca7cd7c
+LABEL dev.imaged.digest=sha256:b642e4f3a4a99a5ff5d72f203ef6f014743b36089f98ee7814234735fdebffb5

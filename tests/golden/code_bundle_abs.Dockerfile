@@ -1,3 +1,3 @@
 FROM base:1
 COPY layers/0/ /workspace/
-LABEL dev.imaged.digest=sha256:2b6959a9b6b79c2b622c3f9772d4ede7784ea3b2209e624f665b266c96cf8477
+LABEL dev.imaged.digest=sha256:c101a2eb85b2fc945cc0e92bda5cb2e93ffff458eafda637be8cd644852f6552

@@ -1,3 +1,3 @@
 FROM base:1
 COPY layers/0/ ./
-LABEL dev.imaged.digest=sha256:93a64115e1a494740530895c61fbd8828a744f3210e9824ebfe6ee18b6523dcd
+LABEL dev.imaged.digest=sha256:88d28961ac1951288fbd98036a8eff9233c267bbde86a04374788bfb1a0e0720

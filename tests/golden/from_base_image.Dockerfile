@@ -1,3 +1,3 @@
-FROM reg.example/app:f3d5bdb567a07d9759783025176eb01e
+FROM reg.example/app:3892edb1fa63d89ed2ac113fbac069a5
 WORKDIR /x
-LABEL dev.imaged.digest=sha256:c74407fe1bac7a36e90915d992492edd91b11b9709405d5045afc819e8c644c3
+LABEL dev.imaged.digest=sha256:8e983f9075769e94b8b0054e3498b408b77d3150194e114b22cd4124bf908f5c

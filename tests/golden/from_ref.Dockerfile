@@ -1,3 +1,3 @@
 FROM busybox:1.36
 WORKDIR /x
-LABEL dev.imaged.digest=sha256:e06d768b71d7733fe6da289ae32deb1c349b284cf0cfc5be5984fbbd4607b0c0
+LABEL dev.imaged.digest=sha256:72adb30f12b73aab918840f38aab7e3978cce909e8c506cbfdd83868e16e1335

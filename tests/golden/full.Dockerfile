@@ -19,4 +19,4 @@ WORKDIR /app
 COPY layers/5/ /app/src/
 COPY layers/6/ /etc/app/
 RUN python -c 'import fastapi'
-LABEL dev.imaged.digest=sha256:646b820a7ed755763aedb4435251282134c095709b71db126fafbbc92a6ee9c5
+LABEL dev.imaged.digest=sha256:fe9ef9749184da2945b58bf8cf961b45ee4beb3028de7334d67362166a024c85

@@ -7,4 +7,4 @@ RUN --mount=type=cache,id=imaged-pip,target=/root/.cache/pip --mount=type=secret
 RUN --mount=type=cache,id=imaged-uv,target=/root/.cache/uv --mount=type=secret,id=imaged_build_ca,target=/run/secrets/imaged_build_ca --mount=type=bind,source=inputs/0/requirements.txt,target=/tmp/imaged-inputs/0/requirements.txt \
     if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
     && /opt/venv/bin/uv pip install -r /tmp/imaged-inputs/0/requirements.txt
-LABEL dev.imaged.digest=sha256:641f5ffad8f8bd3ddacdef4e6a15c97bbc8507bc1aa40da83f8b89bd594d08d1
+LABEL dev.imaged.digest=sha256:d8ebc874c9cace977ee0e1f6824a69a781a0a91cc2fcdfbd94992c1f35e33920

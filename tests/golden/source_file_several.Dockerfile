@@ -1,3 +1,3 @@
 FROM registry.invalid/python:3.11-slim-bookworm
 COPY layers/0/ /usr/local/etc/
-LABEL dev.imaged.digest=sha256:4724a7e2ce0b261ab762e29fb0fc20515ba1bc66dfa13fd74cb2caa979a96188
+LABEL dev.imaged.digest=sha256:5799b8f81f41cf518b3b57de61cede0b17952a79f78b07af188b444fba99079e

@@ -1,3 +1,3 @@
 FROM registry.invalid/python:3.11-slim-bookworm
 COPY layers/0/ src/
-LABEL dev.imaged.digest=sha256:f6d5863e32285b552cbbfb2f6c4b72f8b3f086f910e994b333a09ddb0206f5f0
+LABEL dev.imaged.digest=sha256:64cddc6c811eccba6cf1f056c8b481c52329b4605709bd7155d97e3c5c215401

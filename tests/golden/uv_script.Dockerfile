@@ -7,4 +7,4 @@ RUN --mount=type=cache,id=imaged-pip,target=/root/.cache/pip --mount=type=secret
 RUN --mount=type=cache,id=imaged-uv,target=/root/.cache/uv --mount=type=secret,id=imaged_build_ca,target=/run/secrets/imaged_build_ca \
     if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
     && /opt/venv/bin/uv pip install attrs==23.2.0 'rich>=13'
-LABEL dev.imaged.digest=sha256:59dc1e32a4cb6cae3a2a8468e4339ebf9112b4b94bb2eb7484b043f1a920aba1
+LABEL dev.imaged.digest=sha256:5c096d0962dec3f599bb8118fef760bbb8c0501aa076e447a9799a5142c73efb

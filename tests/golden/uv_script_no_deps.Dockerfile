@@ -5,4 +5,4 @@ RUN --mount=type=cache,id=imaged-pip,target=/root/.cache/pip --mount=type=secret
     if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
     && { [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv; } \
     && /opt/venv/bin/python -m pip install --disable-pip-version-check uv==0.13.8
-LABEL dev.imaged.digest=sha256:7db6861160330786df71b24c5a4f1fba42a9bf858f9e132bc0b856490d264c2f
+LABEL dev.imaged.digest=sha256:26bb6579f5284748c4bf113d051fa61f0fdc64d67012c6ab47b1bb28d1427e70
