@@ -126,7 +126,7 @@ PROJECT: Tree = {
     "requirements.txt": ("rich\n", False),
     "pyproject.toml": ('[project]\nname = "p"\nversion = "0"\n', False),
     "uv.lock": ("version = 1\n", False),
-    "extra.dockerignore": ("*.tmp\n", False),
+    "extra.dockerignore": ("src/*.tmp\n", False),  # anchored at its folder
     "unreferenced.txt": ("nobody reads me\n", False),
 }
 
@@ -199,7 +199,9 @@ MOVES = [
     pytest.param(chmod("src/app.py", 0o755), id="chmod-plus-x"),
     pytest.param(chmod("src/run.sh", 0o644), id="chmod-minus-x"),
     pytest.param(symlink("src/link", "app.py"), id="added-symlink"),
-    pytest.param(edit("extra.dockerignore", "*.tmp\napp.py\n"), id="ignore-file-drops-file"),
+    pytest.param(
+        edit("extra.dockerignore", "src/*.tmp\nsrc/app.py\n"), id="ignore-file-drops-file"
+    ),
     pytest.param(edit("extra.dockerignore", "# nothing\n"), id="ignore-file-readds-file"),
     pytest.param(edit("src/.dockerignore", "*.tmp\n"), id="folder-dockerignore"),
     pytest.param(edit("uv.lock", "version = 2\n"), id="lock-edit"),
@@ -223,8 +225,8 @@ STAYS = [
     pytest.param(edit("src/__pycache__/app.cpython-311.pyc", "x"), id="edit-standard-ignored"),
     pytest.param(edit("src/new.tmp", "x"), id="add-ignored"),
     pytest.param(edit("unreferenced.txt", "changed\n"), id="edit-unreferenced"),
-    pytest.param(edit("extra.dockerignore", "*.tmp\n# a comment\n"), id="ignore-comment"),
-    pytest.param(edit("extra.dockerignore", "*.tmp\n*.nomatch\n"), id="ignore-no-effect"),
+    pytest.param(edit("extra.dockerignore", "src/*.tmp\n# a comment\n"), id="ignore-comment"),
+    pytest.param(edit("extra.dockerignore", "src/*.tmp\n*.nomatch\n"), id="ignore-no-effect"),
     pytest.param(chmod("src/app.py", 0o600), id="chmod-644-to-600"),
     pytest.param(chmod("src/run.sh", 0o700), id="chmod-755-to-700"),
 ]
