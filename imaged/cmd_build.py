@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from imaged.config import Settings, export_config_file, load_settings
 from imaged.engine import ImageBuild, abuild
 from imaged.errors import ImagedError
 from imaged.image import Image, override_registry
-from imaged.loader import load_definitions
+from imaged.loader import load_targets
 from imaged.registry import Existence, RegistryClient
 
 
@@ -114,8 +115,9 @@ def _ordered(images: dict[str, Image]) -> list[tuple[str, Image]]:
 
 
 def run_build(
-    target: str,
+    targets: str | Sequence[str],
     *,
+    recursive: bool | None = None,
     force: bool,
     dry_run: bool,
     as_json: bool,
@@ -124,7 +126,8 @@ def run_build(
 ) -> int:
     """Returns the number of images that failed."""
     export_config_file(config_file)
-    images = load_definitions(target)
+    deep = load_settings(config_file=config_file).recursive if recursive is None else recursive
+    images = load_targets((targets,) if isinstance(targets, str) else targets, recursive=deep)
 
     async def main() -> int:
         return await _build_all(

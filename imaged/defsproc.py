@@ -248,7 +248,7 @@ def _load(file: Path) -> dict[str, Any]:
 
     images = collect_images(import_definition(file), file=file)
     if not images:
-        raise DefinitionError("defines no named Image at module level", file=str(file))
+        raise DefinitionError("defines no Image at module level", file=str(file))
     return {
         "ok": True,
         "images": {name: image.to_json() for name, image in images.items()},

@@ -109,7 +109,7 @@ def kitchen(infra: Any, module_env: None, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp("kitchen")
     src = write_tree(tmp / "appsrc", SOURCE_FILES)
     (src / "pkg").chmod(0o700)
-    (tmp / "extra.ignore").write_text("*.bak\n")
+    (tmp / "extra.ignore").write_text("appsrc/*.bak\n")  # from its own folder, as Docker
     (tmp / "extra.cfg").write_text("extra=1\n")
     image = (
         Image.from_debian_base(
