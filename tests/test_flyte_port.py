@@ -174,3 +174,31 @@ def test_ported_images_build_and_run(
     uv = probe_image(cli, built["port-uv"], ProbeSpec(dists=["iniconfig", "six"]))
     assert uv["versions"]["iniconfig"]
     assert uv["versions"]["six"]
+
+
+@pytest.mark.parametrize(
+    ("source", "names"),
+    [
+        pytest.param("images = {'web': BASE.with_workdir('/w')}\n", {"web"}, id="dict-key"),
+        pytest.param(
+            "pair = (BASE.with_workdir('/a'), BASE.with_workdir('/b'))\n",
+            {"pair-0", "pair-1"},
+            id="tuple",
+        ),
+        pytest.param("ml_base = BASE.with_workdir('/m')\n", {"ml-base"}, id="variable"),
+        pytest.param(
+            "class Env:\n    image = BASE.with_workdir('/x')\n", {"base"}, id="class-skipped"
+        ),
+        pytest.param(
+            "BASE2 = BASE.with_workdir('/x').clone(name='x')\nalias = BASE2\n",
+            {"x"},
+            id="same-image-twice",
+        ),
+    ],
+)
+def test_discovery_names_unnamed_images_by_where_they_are(
+    tmp_path: Path, source: str, names: set[str]
+) -> None:
+    header = "from imaged import Image\nBASE = Image.from_base('127.0.0.1:5000/py:3')\n"
+    (tmp_path / "images.py").write_text(header + source)
+    assert set(load_definitions(str(tmp_path / "images.py"))) == names
