@@ -65,6 +65,12 @@ async def _build_all(
             "note: images without a registry are built into the local engine only, not pushed",
             err=True,
         )
+    for name in sorted(n for n, i in images.items() if i.registry_secret is not None):
+        click.echo(
+            f"note: {name}: registry_secret is not read yet; pulls and pushes use the build "
+            "host's docker credentials (docker login)",
+            err=True,
+        )
     failed = 0
     async with RegistryClient(insecure_hosts=settings.insecure_registries) as client:
         checked = {} if force or dry_run else await _check_all(images, settings, client)

@@ -202,3 +202,12 @@ def test_discovery_names_unnamed_images_by_where_they_are(
     header = "from imaged import Image\nBASE = Image.from_base('127.0.0.1:5000/py:3')\n"
     (tmp_path / "images.py").write_text(header + source)
     assert set(load_definitions(str(tmp_path / "images.py"))) == names
+
+
+def test_build_says_registry_secret_is_not_read(tmp_path: Path, isolated_settings: Path) -> None:
+    root = port(tmp_path)
+    result = CliRunner().invoke(
+        cli_main, ["build", "--dry-run", f"{root / 'images.py'}:port-vendor"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "port-vendor: registry_secret is not read yet" in result.stderr
