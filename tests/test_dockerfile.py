@@ -88,7 +88,7 @@ def make_tree(root: Path) -> Path:
     _write(root / "files/a.txt", "a\n")
     _write(root / "files/b.cfg", "[b]\n")
     _write(root / "files/tool.sh", "#!/bin/sh\n", 0o755)
-    _write(root / "extra.dockerignore", "*.tmp\n")
+    _write(root / "extra.dockerignore", "src/*.tmp\n")  # paths from its own folder
     _write(root / "bundle/pyproject.toml", '[project]\nname = "bundle"\nversion = "1"\n')
     _write(root / "bundle/app/main.py", "print('main')\n")
     _write(root / "bundle/.gitignore", "build/\n")
