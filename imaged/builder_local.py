@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -328,8 +328,12 @@ class LocalBuilder:
     def describe_command(self, request: BuildRequest) -> tuple[str, ...]:
         """The argv a build would run, secret files shown as placeholders."""
         placeholders = {s.id: f"<temp file for secret {s.id}>" for s in request.secrets}
+        cli = self.cli()
+        if len(request.platforms) > 1:
+            # A dry run builds nothing: show the buildx build it needs, whatever CLI is here.
+            cli, request = replace(cli, buildx=True), replace(request, push=True)
         return build_argv(
-            self.cli(),
+            cli,
             request,
             secret_files=placeholders,
             global_args=self.cli_global_args(),

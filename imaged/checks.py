@@ -120,8 +120,8 @@ def _pip(where: _Where, opts: L.PipOptions) -> None:
 def _secrets(where: _Where, secrets: tuple[L.Secret, ...]) -> None:
     for secret in secrets:
         _matches(where, "secret mount target", secret.target, _MOUNT_TARGET, "an absolute path")
-        if secret.env_var is not None:
-            _matches(where, "secret env_var", secret.env_var, _ENV_NAME, "a variable name")
+        if secret.as_env_var is not None:
+            _matches(where, "secret as_env_var", secret.as_env_var, _ENV_NAME, "a variable name")
 
 
 def _env(where: _Where, env: tuple[tuple[str, str], ...]) -> None:

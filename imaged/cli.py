@@ -80,6 +80,22 @@ def _load(target: str) -> dict[str, Any]:
     return load_target(target, echo=_err)
 
 
+def _load_all(targets: tuple[str, ...], recursive: bool | None) -> dict[str, Any]:
+    from imaged.config import load_settings
+    from imaged.loader import load_targets
+
+    deep = load_settings().recursive if recursive is None else recursive
+    return load_targets(targets, recursive=deep, echo=_err)
+
+
+_recursive_option = click.option(
+    "--recursive",
+    is_flag=True,
+    default=None,
+    help="Search folders recursively [env IMAGED_RECURSIVE].",
+)
+
+
 _config_option = click.option(
     "--config",
     "config_file",
@@ -107,19 +123,22 @@ def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
 
 
 @main.command("hash")
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per image.")
 @_registry_option
+@_recursive_option
 @handle_errors
-def hash_command(target: str, as_json: bool, registry: str | None) -> None:
-    """Print each image's name, URI and content tag. TARGET is PATH[:NAME]."""
+def hash_command(
+    targets: tuple[str, ...], as_json: bool, registry: str | None, recursive: bool | None
+) -> None:
+    """Print each image's name, URI and content tag. TARGETS are PATH[:NAME] or folders."""
     from imaged.config import load_settings
     from imaged.hashing import hash_image
     from imaged.image import override_registry
 
     settings = load_settings(overrides={"registry": registry})
     rows = []
-    for name, found in _load(target).items():
+    for name, found in _load_all(targets, recursive).items():
         image = override_registry(found, settings.registry)  # the URI `imaged build` pushes
         digest = hash_image(image)
         rows.append(
@@ -160,7 +179,7 @@ def dockerfile_command(target: str, registry: str | None) -> None:
 
 
 @main.command("build")
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True)
 @click.option(
     "--force", is_flag=True, help="Rebuild without the build cache, even if the tag exists."
 )
@@ -179,21 +198,24 @@ def dockerfile_command(target: str, registry: str | None) -> None:
     default=None,
     help="Config file [env IMAGED_CONFIG].",
 )
+@_recursive_option
 @handle_errors
 def build_command(
-    target: str,
+    targets: tuple[str, ...],
     force: bool,
     dry_run: bool,
     as_json: bool,
     registry: str | None,
     builder: str | None,
     config_file: Path | None,
+    recursive: bool | None,
 ) -> None:
-    """Build and push the images of PATH[:NAME] whose content tag is missing."""
+    """Build and push the images of PATH[:NAME] (or folders) whose content tag is missing."""
     from imaged.cmd_build import run_build
 
     failed = run_build(
-        target,
+        targets,
+        recursive=recursive,
         force=force,
         dry_run=dry_run,
         as_json=as_json,

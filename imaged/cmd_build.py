@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,10 @@ import anyio
 import click
 
 from imaged.config import Settings, export_config_file, load_settings
-from imaged.defsproc import load_target
 from imaged.engine import ImageBuild, abuild
 from imaged.errors import ImagedError
 from imaged.image import Image, override_registry
+from imaged.loader import load_targets
 from imaged.registry import Existence, RegistryClient
 from imaged.scratch import sweep_stale_scratch
 
@@ -63,6 +64,12 @@ async def _build_all(
     if not dry_run and not settings.registry and any(not i.registry for i in images.values()):
         click.echo(
             "note: images without a registry are built into the local engine only, not pushed",
+            err=True,
+        )
+    for name in sorted(n for n, i in images.items() if i.registry_secret is not None):
+        click.echo(
+            f"note: {name}: registry_secret is not read yet; pulls and pushes use the build "
+            "host's docker credentials (docker login)",
             err=True,
         )
     failed = 0
@@ -115,8 +122,9 @@ def _ordered(images: dict[str, Image]) -> list[tuple[str, Image]]:
 
 
 def run_build(
-    target: str,
+    targets: str | Sequence[str],
     *,
+    recursive: bool | None = None,
     force: bool,
     dry_run: bool,
     as_json: bool,
@@ -126,7 +134,12 @@ def run_build(
     """Returns the number of images that failed."""
     sweep_stale_scratch()  # secret files a killed build left behind
     export_config_file(config_file)
-    images = load_target(target, echo=lambda line: click.echo(line, err=True))
+    deep = load_settings(config_file=config_file).recursive if recursive is None else recursive
+    images = load_targets(
+        (targets,) if isinstance(targets, str) else targets,
+        recursive=deep,
+        echo=lambda line: click.echo(line, err=True),
+    )
 
     async def main() -> int:
         return await _build_all(

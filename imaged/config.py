@@ -37,6 +37,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Reference template for from_debian_base, with {major} and {minor}.",
     ),
     Setting("registry", "IMAGED_REGISTRY", "Registry that overrides every image's registry."),
+    Setting(
+        "default_platforms",
+        "IMAGED_DEFAULT_PLATFORMS",
+        "Comma-separated platforms of an image that names none (default linux/amd64).",
+    ),
+    Setting(
+        "image_refs",
+        "IMAGED_IMAGE_REFS",
+        "Images Image.from_ref_name resolves: a table name = reference, or 'name=ref,...'.",
+    ),
     Setting("builder", "IMAGED_BUILDER", "Builder name: local, remote, or an entry point."),
     Setting("docker_cli", "IMAGED_DOCKER_CLI", "Path of the docker CLI used for BuildKit builds."),
     Setting(
@@ -181,6 +191,26 @@ def _per_image_ms(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((str(k), _non_negative_int(v)) for k, v in value.items()))
 
 
+def _image_refs(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+            raise ValueError("expected name=reference pairs separated by commas")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str) and v.strip() for v in value.values()
+    ):
+        raise TypeError("expected a table of name = image reference")
+    return tuple(sorted((str(k), v.strip()) for k, v in value.items()))
+
+
+def _platform_list(value: Any) -> tuple[str, ...]:
+    items = _strings(value)
+    if not items or any(item.count("/") not in (1, 2) for item in items):
+        raise ValueError("expected platforms such as linux/amd64,linux/arm64")
+    return items
+
+
 def _supersede(value: Any) -> str:
     if value not in ("cancel", "queue"):
         raise ValueError("must be 'cancel' or 'queue'")
@@ -208,6 +238,8 @@ class Settings:
 
     debian_base: str = DEFAULT_DEBIAN_BASE
     registry: str | None = None
+    default_platforms: tuple[str, ...] = ("linux/amd64",)
+    image_refs: tuple[tuple[str, str], ...] = ()
     builder: str = "local"
     docker_cli: str | None = None
     docker_host: str | None = None
@@ -239,6 +271,20 @@ class Settings:
                 f"bad template {self.debian_base!r}: {exc}", key="debian_base", file=self.source
             ) from exc
 
+    def image_ref(self, name: str) -> str:
+        """The reference ``image_refs`` gives ``name`` (Image.from_ref_name)."""
+        refs = dict(self.image_refs)
+        if name not in refs:
+            known = ", ".join(sorted(refs)) or "none"
+            raise ConfigError(
+                f"no image reference named {name!r} (known: {known}); add it to the config "
+                f'file as [image_refs] {name} = "registry/repo:tag", or to '
+                f"{ENV_VARS['image_refs']} as {name}=registry/repo:tag",
+                key="image_refs",
+                file=self.source,
+            )
+        return refs[name]
+
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir or _default_state_dir()
@@ -247,6 +293,8 @@ class Settings:
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "debian_base": lambda v: _text(v) or DEFAULT_DEBIAN_BASE,
     "registry": _text,
+    "default_platforms": _platform_list,
+    "image_refs": _image_refs,
     "builder": lambda v: _text(v) or "local",
     "docker_cli": _text,
     "docker_host": _text,

@@ -291,7 +291,7 @@ def _load(file: Path) -> dict[str, Any]:
     module = import_definition(file)
     images = collect_images(module, file=file)
     if not images:
-        raise DefinitionError("defines no named Image at module level", file=str(file))
+        raise DefinitionError("defines no Image at module level", file=str(file))
     return {
         "ok": True,
         "images": {name: image.to_json() for name, image in images.items()},

@@ -98,7 +98,7 @@ def _pip_args(opts: L.PipOptions) -> list[str]:
 
 def _secret_mounts(secrets: tuple[L.Secret, ...]) -> tuple[list[str], list[str]]:
     mounts = [f"--mount=type=secret,id={s.id},target={s.target}" for s in secrets]
-    exports = [f'export {s.env_var}="$(cat {s.target})"' for s in secrets if s.env_var]
+    exports = [f'export {s.as_env_var}="$(cat {s.target})"' for s in secrets if s.as_env_var]
     return mounts, exports
 
 
@@ -238,7 +238,7 @@ def _project_mounts(
         tree = d.trees[0]
         dest = f"inputs/{index}/project"
         r.out.context.append(ContextItem(dest=dest, tree=tree, digest=tree.digest))
-        if lock != layer.pyproject.parent / lock_name:
+        if lock != layer.pyproject.parent / lock_name and _file_digest(d, lock) is not None:
             # An explicit lock file elsewhere is the one hashed: it replaces the tree's own.
             r.out.context.append(
                 ContextItem(dest=f"{dest}/{lock_name}", file=lock, digest=_file_digest(d, lock))
@@ -246,20 +246,21 @@ def _project_mounts(
         workdir = f"{MOUNT_ROOT}/{index}/project"
         # Staged from the hashed tree; rw so a build backend may write, writes are dropped.
         return [f"--mount=type=bind,source={dest},target={workdir},rw"], workdir
-    mounts = [
-        r.bind(index, layer.pyproject, "pyproject.toml", _file_digest(d, layer.pyproject)),
-        r.bind(index, lock, lock_name, _file_digest(d, lock)),
-    ]
+    mounts = [r.bind(index, layer.pyproject, "pyproject.toml", _file_digest(d, layer.pyproject))]
+    if _file_digest(d, lock) is not None:  # an absent uv.lock was hashed as absent: floating
+        mounts.append(r.bind(index, lock, lock_name, _file_digest(d, lock)))
     return mounts, f"{MOUNT_ROOT}/{index}"
 
 
 def _uv_project(r: _Renderer, index: int, layer: Any) -> None:
     mounts, workdir = _project_mounts(r, index, layer, layer.uvlock, "uv.lock")
     args = " ".join(shlex.quote(a) for a in _pip_args(layer.pip))
-    steps = [
-        f"cd {workdir}",
-        f"{UV} sync --locked --inexact --no-dev --no-install-project {args}".rstrip(),
-    ]
+    locked = _file_digest(r.layer_digest(index), layer.uvlock) is not None
+    # uv sync's own defaults (the dev group too), as Flyte runs it; a lock pins the result.
+    pin = "--locked " if locked and "--frozen" not in layer.pip.extra_args else ""
+    steps = [f"cd {workdir}", f"{UV} sync {pin}--inexact --no-install-project {args}".rstrip()]
+    if not locked:
+        steps.append("rm -f uv.lock")  # the lock uv wrote stays out of the layer
     if layer.mode == "install_project":
         steps.append(f"{UV} pip install --no-deps {args} .".replace("  ", " "))
     r.python_run(layer.secret_mounts, steps, tuple(mounts))
@@ -272,7 +273,8 @@ def _poetry_project(r: _Renderer, index: int, layer: Any) -> None:
     steps = [
         f"cd {workdir}",
         "export POETRY_VIRTUALENVS_CREATE=false POETRY_NO_INTERACTION=1",
-        f"{POETRY_HOME}/bin/poetry install --no-root --only main --no-ansi {extra}".rstrip(),
+        # poetry install's default: every group that is not optional.
+        f"{POETRY_HOME}/bin/poetry install --no-root --no-ansi {extra}".rstrip(),
     ]
     if layer.mode == "install_project":
         steps.append(f"{UV} pip install --no-deps .")

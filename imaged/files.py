@@ -174,8 +174,18 @@ GITIGNORE = ".gitignore"
 def _docker_rules(folder: Path, extra_ignore_files: Sequence[Path]) -> IgnoreRules:
     rules = IgnoreRules.from_file(folder / ".dockerignore")
     for path in extra_ignore_files:
-        rules = rules + IgnoreRules.from_file(path)
+        rules = rules + IgnoreRules.from_file(path, prefix=anchor_prefix(folder, path))
     return rules
+
+
+def anchor_prefix(folder: Path, ignore_file: Path) -> str:
+    """``folder``'s path from the ignore file's folder, as Docker reads a context's
+    ``.dockerignore``; "" when ``folder`` is that folder, or lies outside it (then the
+    patterns are read from ``folder`` itself, as if it were the context)."""
+    anchor, target = _absolute(ignore_file).parent, _absolute(folder)
+    if anchor == target or anchor not in target.parents:
+        return ""
+    return target.relative_to(anchor).as_posix()
 
 
 def _absolute(path: Path) -> Path:

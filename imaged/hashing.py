@@ -671,12 +671,17 @@ class TreeSource:
     extras: tuple[Path, ...] = ()
     gitignore: bool = False
     dockerfile_context: bool = False
+    modules_only: bool = False  # a code bundle's "loaded_modules": Python files only
 
     def read_rules(self) -> IgnoreRules:
         if self.dockerfile_context:
             return IgnoreRules.from_file(self.root / ".dockerignore")
-        return folder_rules(self.root, self.extras, gitignore=self.gitignore)
+        rules = folder_rules(self.root, self.extras, gitignore=self.gitignore)
+        # First, so every ignore file (and the standard ignores) still apply after it.
+        return MODULES_ONLY + rules if self.modules_only else rules
 
+
+MODULES_ONLY = IgnoreRules.from_lines(["**", "!**/*.py"])
 
 # Serves the TreeIndex of a folder: the process-wide registry by default; the daemon's
 # tracker passes its own, which keeps each tree's rules until an ignore file changes.
@@ -751,10 +756,12 @@ class _Hasher:
                 layer=label,
             ) from exc
 
-    def tree(self, root: Path, *, label: str, gitignore: bool = False) -> TreeIndex:
+    def tree(
+        self, root: Path, *, label: str, gitignore: bool = False, modules_only: bool = False
+    ) -> TreeIndex:
         if not root.is_dir():
             raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
-        source = TreeSource(root, self.extra_ignores, gitignore)
+        source = TreeSource(root, self.extra_ignores, gitignore, modules_only=modules_only)
         return provide_tree(self.trees, source, self.cache, image=self.image.name, layer=label)
 
     def inputs(self, layer: L.Layer, label: str) -> _Inputs:
@@ -767,7 +774,7 @@ def _pip_fields(opts: L.PipOptions) -> list[object]:
 
 
 def _secret_fields(secrets: tuple[L.Secret, ...]) -> list[object]:
-    return [[s.key, s.group, s.mount, s.env_var] for s in secrets]
+    return [[s.key, s.group, s.mount, s.as_env_var] for s in secrets]
 
 
 def _apt(h: _Hasher, layer: Any, label: str) -> _Inputs:
@@ -813,11 +820,18 @@ def _requirements(h: _Hasher, layer: Any, label: str) -> _Inputs:
     )
 
 
-def _project(h: _Hasher, layer: Any, label: str, lock: Path, tool: str) -> _Inputs:
+def _project(
+    h: _Hasher, layer: Any, label: str, lock: Path, tool: str, *, lock_optional: bool = False
+) -> _Inputs:
     pyproject = h.file(layer.pyproject, label=label)
-    lock_digest = h.file(lock, label=label)
+    files = [(str(layer.pyproject), pyproject)]
+    if lock_optional and not os.path.lexists(lock):
+        lock_digest = "absent"  # floating: resolved at build time, as unpinned pip packages are
+    else:
+        lock_digest = h.file(lock, label=label)
+        files.append((str(lock), lock_digest))
     fields: list[object] = [tool, layer.mode, pyproject, lock_digest]
-    inputs = _Inputs(fields, files=[(str(layer.pyproject), pyproject), (str(lock), lock_digest)])
+    inputs = _Inputs(fields, files=files)
     if layer.mode == "install_project":
         tree = h.tree(layer.pyproject.parent, label=label, gitignore=True)
         fields.append(tree.digest)
@@ -826,7 +840,9 @@ def _project(h: _Hasher, layer: Any, label: str, lock: Path, tool: str) -> _Inpu
 
 
 def _uv_project(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    inputs = _project(h, layer, label, layer.uvlock, f"uv=={UV_VERSION}")
+    inputs = _project(
+        h, layer, label, layer.uvlock, f"uv=={UV_VERSION}", lock_optional=not layer.lock_required
+    )
     inputs.fields += [_pip_fields(layer.pip), _secret_fields(layer.secret_mounts)]
     return inputs
 
@@ -882,8 +898,8 @@ def _source_files(h: _Hasher, layer: Any, label: str) -> _Inputs:
 
 
 def _code_bundle(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    tree = h.tree(layer.root, label=label, gitignore=True)
-    return _Inputs([layer.dst, tree.digest], trees=[tree])
+    tree = h.tree(layer.root, label=label, gitignore=True, modules_only=layer.copy_style != "all")
+    return _Inputs([layer.dst, layer.copy_style, tree.digest], trees=[tree])
 
 
 def _dockerignore(h: _Hasher, layer: Any, label: str) -> _Inputs:

@@ -74,18 +74,29 @@ class _Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class _DockerRule:
-    """One `.dockerignore` pattern, matched like moby/patternmatcher's `MatchesOrParentMatches`."""
+    """One `.dockerignore` pattern, matched like moby/patternmatcher's `MatchesOrParentMatches`.
+
+    A rule of an ignore file in an ancestor folder has a `prefix`: the copied folder's path
+    relative to the ignore file's folder, so the rule matches `prefix/relpath`, as Docker
+    matches a context's `.dockerignore` against paths from the context root.
+    """
 
     pattern: str
     negated: bool
     kind: _Kind = field(compare=False)
     regex: re.Pattern[str] | None = field(compare=False, repr=False)
+    prefix: str = ""
 
     @property
     def text(self) -> str:
-        return f"!{self.pattern}" if self.negated else self.pattern
+        line = f"!{self.pattern}" if self.negated else self.pattern
+        if self.prefix:
+            return "/".join([".."] * (self.prefix.count("/") + 1)) + f": {line}"
+        return line
 
     def match(self, relpath: str, *, is_dir: bool) -> int:
+        if self.prefix:
+            relpath = f"{self.prefix}/{relpath}" if relpath else self.prefix
         if self._matches(relpath):
             return _PATH_MATCH
         parts = relpath.split("/")[:-1]
@@ -105,6 +116,8 @@ class _DockerRule:
         return self.regex.match(path) is not None
 
     def may_match_below(self, reldir: str) -> bool:
+        if self.prefix:
+            reldir = f"{self.prefix}/{reldir}" if reldir else self.prefix
         below = reldir + "/"
         if self.kind is _Kind.SUFFIX:
             return True
@@ -195,10 +208,10 @@ class IgnoreRules:
         (False, ('../..: /api/.env',))
         """
         if syntax == "docker":
-            if base.strip("/.") or prefix.strip("/."):
-                where = base or prefix
-                raise SpecError(f"a .dockerignore applies to the context root, not {where!r}")
-            return cls(tuple(_parse_docker_lines(lines)))
+            if base.strip("/."):
+                raise SpecError(f"a .dockerignore applies to the context root, not {base!r}")
+            clean_prefix = _clean_base(prefix, what="prefix")
+            return cls(tuple(_parse_docker_lines(lines, prefix=clean_prefix)))
         if syntax == "git":
             clean_base, clean_prefix = _clean_base(base), _clean_base(prefix, what="prefix")
             return cls(tuple(_parse_git_lines(lines, base=clean_base, prefix=clean_prefix)))
@@ -282,13 +295,13 @@ class IgnoreRules:
         return self._matcher
 
 
-def _parse_docker_lines(lines: Iterable[str]) -> Iterable[_DockerRule]:
+def _parse_docker_lines(lines: Iterable[str], *, prefix: str = "") -> Iterable[_DockerRule]:
     for number, line in enumerate(lines, start=1):
         pattern = _read_docker_line(line, first=number == 1)
         if pattern is None:
             continue
         try:
-            yield _compile_docker(pattern)
+            yield _compile_docker(pattern, prefix=prefix)
         except SpecError as exc:
             raise SpecError(f"line {number}: {exc}") from exc
 
@@ -312,7 +325,7 @@ def _read_docker_line(line: str, *, first: bool) -> str | None:
     return f"!{pattern}" if negated else pattern
 
 
-def _compile_docker(line: str) -> _DockerRule:
+def _compile_docker(line: str, *, prefix: str = "") -> _DockerRule:
     """A rule from a ReadAll line, as moby/patternmatcher's `New` and `Pattern.compile` build it."""
     # New cleans again with the "!" still on: so "!/" (from ReadAll) becomes the illegal "!".
     pattern = _go_clean(line.strip())
@@ -323,7 +336,7 @@ def _compile_docker(line: str) -> _DockerRule:
         pattern = pattern[1:]
     _check_go_match_syntax(pattern)
     kind, regex = _translate_docker(pattern)
-    return _DockerRule(pattern=pattern, negated=negated, kind=kind, regex=regex)
+    return _DockerRule(pattern=pattern, negated=negated, kind=kind, regex=regex, prefix=prefix)
 
 
 def _go_clean(path: str) -> str:
@@ -484,8 +497,11 @@ class Matcher:
         name_rules: list[tuple[int, str]] = []
         self._path_rules: list[tuple[int, _DockerRule, str]] = []
         self._git: list[tuple[int, _GitRule]] = []
+        anchored: dict[str, list[tuple[int, str]]] = {}
         for number, rule in enumerate(rules, start=1):
-            if isinstance(rule, _DockerRule):
+            if isinstance(rule, _DockerRule) and rule.prefix:
+                anchored.setdefault(rule.prefix + "/", []).append((number, _docker_source(rule)))
+            elif isinstance(rule, _DockerRule):
                 source = _docker_source(rule)
                 if _depends_on_name_only(rule):
                     name_rules.append((number, source))
@@ -497,6 +513,8 @@ class Matcher:
             self._name_re, self._name_groups = _alternation(name_rules)
             _alternation([(n, source) for n, _, source in self._path_rules])
             self._git_filter = _git_prefilter(self._git)
+            # Rules of an ignore file above the root: matched against "prefix/rel".
+            self._anchored = [(p, *_alternation(sources)) for p, sources in anchored.items()]
             self.exact = True
         except re.error:
             self.exact = False  # a pattern that only compiles on its own: ask is_ignored
@@ -504,10 +522,11 @@ class Matcher:
     def folder(self, reldir: str) -> Folder:
         """The state of any folder, from scratch (``""`` is the root)."""
         best = 0
-        if reldir:
-            for number, rule in enumerate(self._reference.rules, start=1):
-                if isinstance(rule, _DockerRule) and rule.match(reldir, is_dir=True):
-                    best = number
+        for number, rule in enumerate(self._reference.rules, start=1):
+            # At the root only an anchored rule can match: its prefix, or a parent of it.
+            anchored = isinstance(rule, _DockerRule) and (reldir or rule.prefix)
+            if anchored and rule.match(reldir, is_dir=True):
+                best = number
         return self._make_folder(reldir, best)
 
     def enter(self, folder: Folder, name: str, best: int) -> Folder:
@@ -528,6 +547,10 @@ class Matcher:
             hit = folder.paths.fullmatch(rel)
             if hit is not None and folder.groups[hit.lastindex or 0] > best:
                 best = folder.groups[hit.lastindex or 0]
+        for prefix, regex, groups in self._anchored:
+            hit = regex.fullmatch(prefix + rel) if regex is not None else None
+            if hit is not None and groups[hit.lastindex or 0] > best:
+                best = groups[hit.lastindex or 0]
         if self._git:
             return self._decide_with_git(rel, best, is_dir=is_dir), best
         return self._ignores[best], best

@@ -108,15 +108,25 @@ def _strings(items: Sequence[object], *, where: str) -> tuple[str, ...]:
 
 
 def _pip_options(
-    index_url: str | None, extra_index_urls: Iterable[str], pre: bool, extra_args: Iterable[str]
+    index_url: str | None,
+    extra_index_urls: str | Iterable[str] | None,
+    pre: bool,
+    extra_args: str | Iterable[str] | None,
 ) -> L.PipOptions:
-    extras = (
-        tuple(extra_index_urls) if not isinstance(extra_index_urls, str) else (extra_index_urls,)
-    )
-    args = tuple(extra_args) if not isinstance(extra_args, str) else tuple(extra_args.split())
+    extras = (extra_index_urls,) if isinstance(extra_index_urls, str) else extra_index_urls
     return L.PipOptions(
-        index_url=index_url, extra_index_urls=extras, pre=bool(pre), extra_args=args
+        index_url=index_url,
+        extra_index_urls=tuple(extras or ()),
+        pre=bool(pre),
+        extra_args=_args(extra_args),
     )
+
+
+def _args(extra_args: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Flyte passes ``extra_args`` as one string; a sequence of words works too."""
+    if isinstance(extra_args, str):
+        return tuple(extra_args.split())
+    return tuple(extra_args or ())
 
 
 def _python_version(value: object) -> tuple[int, int]:
@@ -128,12 +138,19 @@ def _python_version(value: object) -> tuple[int, int]:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return (value[0], value[1])
-    raise TypeError(f"python_version must be a (major, minor) tuple of ints, got {value!r}")
+    hint = ""
+    if isinstance(value, str | float) and str(value).count(".") == 1:
+        major, _, minor = str(value).partition(".")
+        if major.isdigit() and minor.isdigit():
+            hint = f"; write python_version=({int(major)}, {int(minor)})"
+    raise TypeError(f"python_version must be a (major, minor) tuple of ints, got {value!r}{hint}")
 
 
 def _platforms(value: object) -> tuple[str, ...]:
     if value is None:
-        return DEFAULT_PLATFORM
+        from imaged.config import load_settings
+
+        return load_settings(cwd=_caller_dir()).default_platforms
     items = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
     for item in items:
         if not isinstance(item, str) or "/" not in item:
@@ -163,7 +180,16 @@ class Image:
     True
     """
 
-    __slots__ = ("base", "extendable", "layers", "name", "platform", "registry", "source_file")
+    __slots__ = (
+        "base",
+        "extendable",
+        "layers",
+        "name",
+        "platform",
+        "registry",
+        "registry_secret",
+        "source_file",
+    )
 
     name: str | None
     registry: str | None
@@ -172,6 +198,7 @@ class Image:
     layers: tuple[L.Layer, ...]
     extendable: bool
     source_file: str | None
+    registry_secret: L.Secret | None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError(
@@ -213,12 +240,16 @@ class Image:
         return f"<Image {self.name or '(unnamed)'} from {self.base_label}: [{kinds}]>"
 
     # -- constructors -------------------------------------------------------------------
+    # Parameter names, order and kinds are Flyte 2's ``flyte.Image`` (tests/test_flyte_api.py).
 
     @classmethod
     def from_debian_base(
         cls,
         python_version: tuple[int, int] | None = None,
+        flyte_version: str | None = None,
+        install_flyte: bool | None = None,
         registry: str | None = None,
+        registry_secret: str | L.Secret | None = None,
         name: str | None = None,
         platform: str | Sequence[str] | None = None,
     ) -> Image:
@@ -226,12 +257,14 @@ class Image:
 
         The reference comes from the ``debian_base`` setting (``IMAGED_DEBIAN_BASE``),
         a template such as ``127.0.0.1:5000/python:{major}.{minor}-slim-bookworm``.
+        Unlike Flyte, the ``flyte`` package is not installed unless ``install_flyte=True``
+        or a ``flyte_version`` is given (imaged is not Flyte's runtime).
         """
         from imaged.config import load_settings
 
         version = _python_version(python_version)
         ref = load_settings(cwd=_caller_dir()).debian_base_for(*version)
-        return cls._make(
+        image = cls._make(
             name=name,
             registry=registry,
             base=DebianBase(ref=ref, python_version=version),
@@ -239,7 +272,9 @@ class Image:
             layers=(),
             extendable=True,
             source_file=_caller_file(),
+            registry_secret=_registry_secret(registry_secret),
         )
+        return _with_flyte(image, install_flyte, flyte_version)
 
     @classmethod
     def from_base(
@@ -262,6 +297,28 @@ class Image:
             layers=(),
             extendable=True,
             source_file=_caller_file(),
+            registry_secret=None,
+        )
+
+    @classmethod
+    def from_ref_name(cls, name: str = "default") -> Image:
+        """The image the config's ``image_refs`` table names ``name`` (Flyte's image refs).
+
+        >>> # imaged.toml:  [image_refs]  prebuilt = "127.0.0.1:5000/tools:1.4"
+        >>> # Image.from_ref_name("prebuilt").with_pip_packages("rich")
+        """
+        from imaged.config import load_settings
+
+        ref = load_settings(cwd=_caller_dir()).image_ref(name)
+        return cls._make(
+            name=name,
+            registry=None,
+            base=RefBase(ref=ref),
+            platform=_platforms(None),
+            layers=(),
+            extendable=True,
+            source_file=_caller_file(),
+            registry_secret=None,
         )
 
     @classmethod
@@ -270,7 +327,6 @@ class Image:
         file: str | os.PathLike[str],
         registry: str | None,
         name: str,
-        *,
         platform: str | Sequence[str] | None = None,
     ) -> Image:
         """An image built from a Dockerfile; its context is the folder holding the file.
@@ -286,6 +342,7 @@ class Image:
             layers=(),
             extendable=False,
             source_file=_caller_file(),
+            registry_secret=None,
         )
 
     @classmethod
@@ -295,13 +352,14 @@ class Image:
         *,
         name: str,
         registry: str | None = None,
+        registry_secret: str | L.Secret | None = None,
         python_version: tuple[int, int] | None = None,
         index_url: str | None = None,
-        extra_index_urls: Iterable[str] = (),
+        extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
-        extra_args: Iterable[str] = (),
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = (),
+        extra_args: str | Iterable[str] | None = None,
         platform: str | Sequence[str] | None = None,
+        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
     ) -> Image:
         """A Debian Python image holding the dependencies of a PEP 723 script's header."""
         from imaged.config import load_settings
@@ -328,21 +386,27 @@ class Image:
             layers=(layer,),
             extendable=True,
             source_file=_caller_file(),
+            registry_secret=_registry_secret(registry_secret),
         )
 
     # -- layers -------------------------------------------------------------------------
 
     def _with(self, layer: L.Layer) -> Image:
-        if not self.extendable:
+        if isinstance(self.base, DockerfileBase):
             raise ValueError(
                 f"image {self.name!r} is not extendable: it is built from a Dockerfile "
                 f"({self.base_label}), and imaged does not parse Dockerfiles. Edit the "
                 "Dockerfile instead, or start a new image with Image.from_base(...)"
             )
+        if not self.extendable:
+            raise ValueError(
+                f"image {self.name!r} is not extendable: it was cloned with "
+                "extendable=False. Use .clone(extendable=True) to add layers to it"
+            )
         return self._evolve(layers=(*self.layers, layer))
 
     def with_apt_packages(
-        self, *packages: str, secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = ()
+        self, *packages: str, secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None
     ) -> Image:
         """Install Debian packages with apt."""
         pkgs = _strings(packages, where="with_apt_packages")
@@ -355,10 +419,10 @@ class Image:
         self,
         *packages: str,
         index_url: str | None = None,
-        extra_index_urls: Iterable[str] = (),
+        extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
-        extra_args: Iterable[str] = (),
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = (),
+        extra_args: str | Iterable[str] | None = None,
+        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
     ) -> Image:
         """Install Python packages: ``img.with_pip_packages("fastapi", "uvicorn")``."""
         pkgs = _strings(packages, where="with_pip_packages")
@@ -375,12 +439,11 @@ class Image:
     def with_requirements(
         self,
         file: str | os.PathLike[str],
-        *,
         index_url: str | None = None,
-        extra_index_urls: Iterable[str] = (),
+        extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
-        extra_args: Iterable[str] = (),
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = (),
+        extra_args: str | Iterable[str] | None = None,
+        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
     ) -> Image:
         """Install the packages of a ``requirements.txt`` file."""
         path = _resolve(file, where="with_requirements")
@@ -405,7 +468,7 @@ class Image:
     def with_commands(
         self,
         commands: str | Sequence[str],
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = (),
+        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
     ) -> Image:
         """Run shell commands, each as its own step of one layer."""
         items = (commands,) if isinstance(commands, str) else tuple(commands)
@@ -418,15 +481,20 @@ class Image:
             )
         )
 
-    def with_workdir(self, path: str) -> Image:
+    def with_workdir(self, workdir: str) -> Image:
         """Set the working directory (an absolute path inside the image)."""
-        if not isinstance(path, str) or not PurePosixPath(path).is_absolute():
+        if not isinstance(workdir, str) or not PurePosixPath(workdir).is_absolute():
+            hint = (
+                f"; write with_workdir({'/' + workdir.lstrip('./')!r})"
+                if isinstance(workdir, str) and workdir.strip("./")
+                else ""
+            )
             raise SpecError(
-                f"workdir must be an absolute POSIX path, got {path!r}",
+                f"workdir must be an absolute POSIX path, got {workdir!r}{hint}",
                 image=self.name,
                 layer="workdir",
             )
-        return self._with(L.Workdir(path=path))
+        return self._with(L.Workdir(path=workdir))
 
     def with_source_folder(
         self, src: str | os.PathLike[str], dst: str = ".", copy_contents_only: bool = False
@@ -455,28 +523,42 @@ class Image:
             raise SpecError("with_source_file needs at least one file", image=self.name)
         return self._with(L.SourceFiles(files=paths, dst=_dst(dst)))
 
-    def with_code_bundle(self, dst: str = ".") -> Image:
-        """Copy the project that defines this image (nearest pyproject.toml, else its folder)."""
+    def with_code_bundle(self, copy_style: L.CopyStyle = "loaded_modules", dst: str = ".") -> Image:
+        """Bake the project that defines this image (nearest pyproject.toml, else its folder)
+        into it: ``"all"`` its files, ``"loaded_modules"`` (Flyte's default) its Python
+        modules only. Both are filtered by the ignore files."""
+        if copy_style not in L.COPY_STYLES:
+            hint = (
+                f"; to copy into {copy_style!r}, write dst={copy_style!r}"
+                if (isinstance(copy_style, str) and copy_style.startswith(("/", ".")))
+                else ""
+            )
+            raise SpecError(
+                f"copy_style must be one of {L.COPY_STYLES}, got {copy_style!r}{hint}",
+                image=self.name,
+                layer="code_bundle",
+            )
         root = _find_project_root(_caller_dir())
-        return self._with(L.CodeBundle(root=root, dst=_dst(dst)))
+        return self._with(L.CodeBundle(root=root, dst=_dst(dst), copy_style=copy_style))
 
     def with_dockerignore(self, path: str | os.PathLike[str]) -> Image:
-        """Apply extra ``.dockerignore`` rules to every folder this image copies."""
+        """Apply a ``.dockerignore`` to every folder this image copies, its patterns read
+        relative to the ignore file's own folder (Docker's build-context rule)."""
         return self._with(L.Dockerignore(path=_resolve(path, where="with_dockerignore")))
 
     def with_uv_project(
         self,
         pyproject_file: str | os.PathLike[str],
         uvlock: str | os.PathLike[str] | None = None,
-        project_install_mode: L.InstallMode = "dependencies_only",
-        *,
         index_url: str | None = None,
-        extra_index_urls: Iterable[str] = (),
+        extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
-        extra_args: Iterable[str] = (),
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = (),
+        extra_args: str | Iterable[str] | None = None,
+        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
+        project_install_mode: L.InstallMode = "dependencies_only",
     ) -> Image:
-        """Install a uv project's locked dependencies (and the project, in install_project)."""
+        """Install a uv project's dependencies as ``uv sync`` does by default (the ``dev``
+        group included), from ``uv.lock`` when there is one; ``extra_args`` reach uv sync."""
         pyproject = _resolve(pyproject_file, where="with_uv_project")
         lock = _resolve(uvlock, where="with_uv_project") if uvlock else pyproject.parent / "uv.lock"
         return self._with(
@@ -486,6 +568,7 @@ class Image:
                 mode=_mode(project_install_mode),
                 pip=_pip_options(index_url, extra_index_urls, pre, extra_args),
                 secret_mounts=L.normalize_secrets(secret_mounts, where="with_uv_project"),
+                lock_required=uvlock is not None,
             )
         )
 
@@ -493,37 +576,97 @@ class Image:
         self,
         pyproject_file: str | os.PathLike[str],
         poetry_lock: str | os.PathLike[str] | None = None,
-        extra_args: Iterable[str] = (),
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = (),
+        extra_args: str | Iterable[str] | None = None,
+        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
         project_install_mode: L.InstallMode = "dependencies_only",
     ) -> Image:
-        """Install a poetry project's locked dependencies with a pinned poetry."""
+        """Install a poetry project's locked dependencies as ``poetry install`` does by
+        default (every non-optional group) with a pinned poetry."""
         pyproject = _resolve(pyproject_file, where="with_poetry_project")
         lock = (
             _resolve(poetry_lock, where="with_poetry_project")
             if poetry_lock
             else pyproject.parent / "poetry.lock"
         )
-        args = tuple(extra_args) if not isinstance(extra_args, str) else tuple(extra_args.split())
         return self._with(
             L.PoetryProject(
                 pyproject=pyproject,
                 poetry_lock=lock,
                 mode=_mode(project_install_mode),
-                extra_args=args,
+                extra_args=_args(extra_args),
                 secret_mounts=L.normalize_secrets(secret_mounts, where="with_poetry_project"),
             )
         )
 
+    def with_local_v2(self) -> Image:
+        """Flyte's own development hook (install the flyte wheel built from its checkout):
+        refused, since imaged has no flyte checkout to build from."""
+        raise SpecError(
+            "with_local_v2() installs a flyte wheel built from Flyte's own source tree; "
+            "imaged does not build flyte. Use Image.from_debian_base(flyte_version='2.x.y') "
+            "or .with_pip_packages('flyte==2.x.y') instead",
+            image=self.name,
+        )
+
     def clone(
-        self, registry: str | None = None, name: str | None = None, extendable: bool | None = None
+        self,
+        registry: str | None = None,
+        registry_secret: str | L.Secret | None = None,
+        name: str | None = None,
+        base_image: str | None = None,
+        python_version: tuple[int, int] | None = None,
+        addl_layer: L.Layer | None = None,
+        extendable: bool | None = None,
+        platform: str | Sequence[str] | None = None,
     ) -> Image:
-        """A copy with a new registry, name or extendability; layers are kept."""
-        return self._evolve(
+        """A copy with a new registry, name, base, Python, platform or extendability;
+        layers are kept, and ``addl_layer`` (an ``imaged.layers`` layer) is appended."""
+        image = self._evolve(
             registry=self.registry if registry is None else registry,
             name=self.name if name is None else name,
-            extendable=self.extendable if extendable is None else extendable,
+            registry_secret=self.registry_secret
+            if registry_secret is None
+            else _registry_secret(registry_secret),
+            base=self._cloned_base(base_image, python_version),
+            platform=self.platform if platform is None else _platforms(platform),
         )
+        if addl_layer is not None:
+            if not isinstance(addl_layer, L.Layer):
+                raise TypeError(
+                    f"clone(addl_layer=...) takes an imaged layer, got {addl_layer!r}; "
+                    "use the with_* methods instead"
+                )
+            image = image._with(addl_layer)
+        return image if extendable is None else image._evolve(extendable=bool(extendable))
+
+    def _cloned_base(self, base_image: str | None, python_version: object) -> Base:
+        base = self.base
+        if isinstance(base, DockerfileBase) and (base_image or python_version):
+            raise SpecError(
+                "a from_dockerfile image takes its base and Python from its Dockerfile; "
+                "edit the Dockerfile instead",
+                image=self.name,
+            )
+        if python_version is not None:
+            if not isinstance(base, DebianBase):
+                raise SpecError(
+                    f"clone(python_version=...) changes the Python of a from_debian_base "
+                    f"image; this one is built on {self.base_label}, whose Python is its own. "
+                    "Start from Image.from_debian_base(python_version=...) instead",
+                    image=self.name,
+                )
+            from imaged.config import load_settings
+
+            version = _python_version(python_version)
+            ref = load_settings(cwd=_caller_dir()).debian_base_for(*version)
+            base = DebianBase(ref=ref, python_version=version)
+        if base_image is not None:
+            if not isinstance(base_image, str) or not base_image.strip():
+                raise TypeError(f"base_image must be an image reference, got {base_image!r}")
+            if isinstance(base, DebianBase):
+                return DebianBase(ref=base_image.strip(), python_version=base.python_version)
+            return RefBase(ref=base_image.strip())
+        return base
 
     # -- inspection ---------------------------------------------------------------------
 
@@ -600,6 +743,7 @@ class Image:
             "layers": [L.layer_to_json(layer) for layer in self.layers],
             "extendable": self.extendable,
             "source_file": self.source_file,
+            "registry_secret": L.secret_to_json(self.registry_secret),
         }
 
     @classmethod
@@ -617,6 +761,7 @@ class Image:
             layers=tuple(L.layer_from_json(item) for item in data["layers"]),
             extendable=bool(data["extendable"]),
             source_file=data.get("source_file"),
+            registry_secret=L.secret_from_json(data.get("registry_secret")),
         )
 
     def dumps(self) -> str:
@@ -638,6 +783,25 @@ def override_registry(image: Image, registry: str | None) -> Image:
     if isinstance(base, ParentBase):
         image = image._evolve(base=ParentBase(image=override_registry(base.image, registry)))
     return image if image.registry == registry else image.clone(registry=registry)
+
+
+def _registry_secret(value: object) -> L.Secret | None:
+    """Flyte's ``registry_secret``: a secret name or a Secret holding registry credentials."""
+    if value is None or isinstance(value, L.Secret):
+        return value
+    if isinstance(value, str) and value.strip():
+        return L.Secret(key=value.strip())
+    raise TypeError(f"registry_secret must be a secret name or a Secret, got {value!r}")
+
+
+def _with_flyte(image: Image, install: bool | None, version: str | None) -> Image:
+    """The ``flyte`` package from the package index, when asked for (off by default)."""
+    if install is False or (install is None and version is None):
+        return image
+    if version is not None and (not isinstance(version, str) or not version.strip()):
+        raise TypeError(f"flyte_version must be a version string, got {version!r}")
+    package = f"flyte=={version.strip()}" if version else "flyte"
+    return image._with(L.PipPackages(packages=(package,)))
 
 
 def _dst(dst: str) -> str:

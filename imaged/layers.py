@@ -23,6 +23,8 @@ from imaged.errors import SpecError
 Category = Literal["recipe", "files"]
 InstallMode = Literal["dependencies_only", "install_project"]
 INSTALL_MODES: tuple[str, ...] = ("dependencies_only", "install_project")
+CopyStyle = Literal["loaded_modules", "all"]
+COPY_STYLES: tuple[str, ...] = ("loaded_modules", "all")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
@@ -32,28 +34,35 @@ _SECRET_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 class Secret:
     """A build secret: its *value* never enters a layer, the digest, a log or an argv.
 
-    During a build the value comes from the build host: the environment variable
-    ``IMAGED_SECRET_<ID>`` (``<ID>`` is :attr:`env_name`), else the file
-    ``<secrets_dir>/<group>/<key>`` (``IMAGED_SECRETS_DIR``).
-    Inside the RUN step it is a file at ``mount`` (default ``/run/secrets/<id>``) and, when
-    ``env_var`` is set, also exported as that variable for the step only.
+    The fields are Flyte 2's ``flyte.Secret``. During a build the value comes from the
+    build host: the environment variable ``IMAGED_SECRET_<ID>`` (``<ID>`` is
+    :attr:`env_name`), else the file ``<secrets_dir>/<group>/<key>`` (``IMAGED_SECRETS_DIR``).
+    Inside the RUN step it is a file at ``mount`` (default ``/run/secrets/<id>``) and, as in
+    Flyte, the variable ``as_env_var`` for that step only. Without ``mount`` or
+    ``as_env_var`` the variable is ``GROUP_KEY`` upper-cased (``Secret("hf-token")`` gives
+    ``$HF_TOKEN``); with only ``mount``, there is no variable.
 
-    >>> Secret("token", group="github", env_var="GITHUB_TOKEN").id
-    'github.token'
+    >>> Secret("token", group="github").as_env_var
+    'GITHUB_TOKEN'
     """
 
     key: str
     group: str | None = None
     mount: str | None = None
-    env_var: str | None = None
+    as_env_var: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
             raise SpecError(f"Secret key must be a non-empty string, got {self.key!r}")
-        if self.env_var is not None and not _ENV_NAME.match(self.env_var):
-            raise SpecError(f"Secret {self.key!r}: env_var {self.env_var!r} is not a valid name")
         if self.mount is not None and not PurePosixPath(self.mount).is_absolute():
             raise SpecError(f"Secret {self.key!r}: mount {self.mount!r} must be an absolute path")
+        if self.as_env_var is None and self.mount is None:
+            object.__setattr__(self, "as_env_var", _default_env_name(self))
+        elif self.as_env_var is not None and not _ENV_NAME.match(self.as_env_var):
+            raise SpecError(
+                f"Secret {self.key!r}: as_env_var {self.as_env_var!r} is not a valid name; "
+                "use letters, digits and _, not starting with a digit"
+            )
 
     @property
     def id(self) -> str:
@@ -73,6 +82,24 @@ class Secret:
 
 
 SecretSpec = str | Secret
+
+# Variables a build step relies on: a secret named like one must not replace it unasked.
+_RESERVED_ENV = frozenset(
+    {"PATH", "HOME", "SHELL", "PWD", "IFS", "USER", "TERM", "LANG", "TMPDIR", "VIRTUAL_ENV"}
+)
+
+
+def _default_env_name(secret: Secret) -> str:
+    """Flyte's default variable: ``GROUP_KEY`` upper-cased, other characters as ``_``."""
+    raw = f"{secret.group}_{secret.key}" if secret.group else secret.key
+    name = re.sub(r"[^A-Za-z0-9_]", "_", raw).upper()
+    if not _ENV_NAME.match(name) or name in _RESERVED_ENV or name.startswith("IMAGED_"):
+        raise SpecError(
+            f"Secret {secret.key!r} would be exported as ${name}, which is not a usable "
+            f"variable name for a build step; pass as_env_var='MY_{name.lstrip('0123456789_')}' "
+            "(any valid name), or mount='/run/secrets/...' for a file only"
+        )
+    return name
 
 
 def normalize_secrets(value: object, *, where: str) -> tuple[Secret, ...]:
@@ -164,6 +191,7 @@ class UvProject(Layer):
     mode: InstallMode = "dependencies_only"
     pip: PipOptions = field(default_factory=PipOptions)
     secret_mounts: tuple[Secret, ...] = ()
+    lock_required: bool = False  # an explicit uvlock= must exist; the default may be absent
 
     def describe(self) -> str:
         return f"uv_project {self.pyproject.parent.name}/ ({self.mode})"
@@ -282,9 +310,10 @@ class CodeBundle(Layer):
     category: ClassVar[Category] = "files"
     root: Path = Path()
     dst: str = "."
+    copy_style: CopyStyle = "all"
 
     def describe(self) -> str:
-        return f"code_bundle {self.root.name}/"
+        return f"code_bundle {self.root.name}/ ({self.copy_style})"
 
     def input_paths(self) -> tuple[Path, ...]:
         return (self.root,)
@@ -350,6 +379,14 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_json(v) for v in value]
     return value
+
+
+def secret_to_json(secret: Secret | None) -> dict[str, Any] | None:
+    return None if secret is None else _to_json(secret)
+
+
+def secret_from_json(data: dict[str, Any] | None) -> Secret | None:
+    return None if data is None else Secret(**data)
 
 
 def layer_to_json(layer: Layer) -> dict[str, Any]:

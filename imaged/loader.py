@@ -1,19 +1,25 @@
 """Load image definitions from a Python module: ``path/to/images.py[:NAME]``.
 
-A definition module exposes images as module-level ``Image`` objects that have a name.
-An image that is only a stage of another module-level image with the same name (the
-``base`` of ``api = base.with_pip_packages(...)``) is not an image of its own; two
-unrelated images with one name are an error.
+A definition module exposes images at module level: as variables, inside lists, tuples
+and dicts, or as the ``image`` of an object (a Flyte ``TaskEnvironment(name=..., image=...)``).
+An image without a name takes one from where it was found: the environment's ``name``, the
+dict key, ``<variable>-<index>`` in a list, else the variable (lower case, ``_`` as ``-``).
+An image that is only a stage of another found image (the ``base`` of
+``api = base.with_pip_packages(...)``) is not an image of its own; two unrelated images
+with one name are an error.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from imaged.errors import DefinitionError
 from imaged.image import Image
@@ -88,15 +94,82 @@ def _is_stage_of(candidate: Image, other: Image) -> bool:
     )
 
 
+def default_name(text: str) -> str:
+    """An image name from a variable, key or environment name: ``ml_train`` -> ``ml-train``."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower().replace("_", "-")).strip("-._")
+    return name or "image"
+
+
+def _environment_image(value: Any) -> tuple[Image, str | None] | None:
+    """An object's ``image`` (a Flyte environment's), and its ``name`` when it has one."""
+    if isinstance(value, type | ModuleType) or callable(value):
+        return None
+    try:
+        image, name = getattr(value, "image", None), getattr(value, "name", None)
+    except Exception:  # a property of the user's that fails is not our business
+        return None
+    if not isinstance(image, Image):
+        return None
+    return image, name if isinstance(name, str) and name else None
+
+
+def _found(var: str, value: Any) -> Iterator[tuple[str, Image, str]]:
+    """(where, image, default name) for every image ``value`` holds."""
+    if isinstance(value, Image):
+        yield var, value, default_name(var)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if isinstance(item, Image):
+                yield f"{var}[{index}]", item, default_name(f"{var}-{index}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, Image):
+                yield f"{var}[{key!r}]", item, default_name(str(key))
+    elif (env := _environment_image(value)) is not None:
+        yield f"{var}.image", env[0], default_name(env[1] or var)
+
+
+def _candidates(module: ModuleType) -> list[tuple[str, Image]]:
+    """Every image the module holds, unnamed ones named by where they were found; an unnamed
+    stage of another found image is dropped (it is built as part of that image)."""
+    raw = [
+        f
+        for var, value in vars(module).items()
+        if not var.startswith("_")
+        for f in _found(var, value)
+    ]
+    everything = [image for _, image, _ in raw]
+    out: list[tuple[str, Image]] = []
+    for where, image, name in raw:
+        if image.name:
+            out.append((where, image))
+        elif not any(_built_within(image, other) for other in everything):
+            out.append((where, image.clone(name=name)))
+    return out
+
+
+def _built_within(candidate: Image, other: Image) -> bool:
+    """An unnamed ``candidate`` is part of ``other``: a stage of it, or it renamed."""
+    return (
+        candidate is not other
+        and candidate.base == other.base
+        and len(candidate.layers) <= len(other.layers)
+        and other.layers[: len(candidate.layers)] == candidate.layers
+        and (other.name is not None or len(candidate.layers) < len(other.layers))
+    )
+
+
 def collect_images(module: ModuleType, *, file: Path) -> dict[str, Image]:
-    """The named images a module defines, by image name, in definition order."""
+    """The images a module defines, by image name, in definition order."""
     found: dict[str, list[tuple[str, Image]]] = {}
-    for var, value in vars(module).items():
-        if isinstance(value, Image) and value.name and not var.startswith("_"):
-            found.setdefault(value.name, []).append((var, value))
+    for var, value in _candidates(module):
+        assert value.name is not None
+        found.setdefault(value.name, []).append((var, value))
     images: dict[str, Image] = {}
     for name, entries in found.items():
         unique = {id(img): (var, img) for var, img in entries}
+        # The same spec found twice (a variable and an environment) is one image.
+        unique = {img: (var, img) for var, img in unique.values()}  # type: ignore[misc]
         finals = [
             (v, img)
             for v, img in unique.values()
@@ -121,7 +194,7 @@ def select_images(
     file = str(target.path.resolve())
     if target.name is None:
         if not images:
-            raise DefinitionError("defines no named Image at module level", file=file)
+            raise DefinitionError("defines no Image at module level", file=file)
         return images
     name = target.name if target.name in images else (variables or {}).get(target.name)
     if name is None or name not in images:
@@ -148,3 +221,41 @@ def load_definitions(target: Target | str) -> dict[str, Image]:
     module = import_definition(file)
     images = collect_images(module, file=file)
     return select_images(images, target, variables=image_variables(module, images))
+
+
+def load_targets(
+    targets: Sequence[str], *, recursive: bool = False, echo: Callable[[str], None] | None = None
+) -> dict[str, Image]:
+    """The images of several ``PATH[:NAME]`` targets; a folder gives every definition file
+    in it (with ``recursive``, below it too), as ``imaged plan`` and ``watch`` read them.
+
+    Each file is loaded in a child (:func:`imaged.defsproc.load_target`): a module that
+    exits, prints or reads secrets cannot end, corrupt or see the caller; ``echo`` gets
+    what it printed."""
+    from imaged.defsproc import discover_definition_files, load_target
+
+    images: dict[str, Image] = {}
+    origin: dict[str, Path] = {}
+    for text in targets:
+        target = parse_target(text)
+        files = (
+            [target.path]
+            if target.name
+            else discover_definition_files([target.path], recursive=recursive)
+        )
+        if not files:
+            more = "" if recursive else "; pass --recursive to search the folders below it"
+            raise DefinitionError(
+                f"no definition file (a .py that imports imaged){more}", file=text
+            )
+        for file in files:
+            text_of_file = f"{file}:{target.name}" if target.name else str(file)
+            for name, image in load_target(text_of_file, echo=echo).items():
+                if name in images and images[name] != image:
+                    raise DefinitionError(
+                        f"image {name!r} is also defined in {origin[name]}; give each "
+                        "image its own name",
+                        file=str(file.resolve()),
+                    )
+                images[name], origin[name] = image, file.resolve()
+    return images

@@ -5,7 +5,8 @@ from __future__ import annotations
 UV_VERSION = "0.13.8"
 POETRY_VERSION = "1.8.5"
 # Bump when the rendered Dockerfile or the staged context for the same spec changes what gets
-# built. 2: staged files carry content-derived mtimes (#7); every tag pushed before may hold
-# stale bytes after a same-size edit, so none of them is trusted again.
+# built. 2: staged files carry content-derived mtimes (#7), so no tag pushed before (which may
+# hold stale bytes after a same-size edit) is trusted again; Flyte's secret variables and the
+# uv/poetry default groups (#10).
 RENDER_VERSION = 2
 VENV = "/opt/venv"

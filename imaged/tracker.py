@@ -126,7 +126,7 @@ def _tree_of_layer(layer: L.Layer, extras: tuple[Path, ...]) -> _TreeSpec | None
     if isinstance(layer, L.SourceFolder):
         return _TreeSpec(layer.src, extras)
     if isinstance(layer, L.CodeBundle):
-        return _TreeSpec(layer.root, extras, gitignore=True)
+        return _TreeSpec(layer.root, extras, gitignore=True, modules_only=layer.copy_style != "all")
     if isinstance(layer, L.UvProject | L.PoetryProject) and layer.mode == "install_project":
         return _TreeSpec(layer.pyproject.parent, extras, gitignore=True)
     return None

@@ -25,6 +25,8 @@ def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
         return [(layer.input_paths()[0], "folder")]
     if isinstance(layer, L.UvProject | L.PoetryProject):
         paths = [(p, "file") for p in layer.input_paths()[:2]]
+        if isinstance(layer, L.UvProject) and not layer.lock_required:
+            paths = paths[:1] if not layer.uvlock.exists() else paths  # floating without a lock
         return paths + (
             [(layer.pyproject.parent, "folder")] if layer.mode == "install_project" else []
         )

@@ -159,7 +159,7 @@ FIELDS = [
         id="file-dst",
     ),
     pytest.param(
-        lambda v: base().with_code_bundle(v),
+        lambda v: base().with_code_bundle(dst=v),
         "/srv",
         "/srv\x0c",
         NAME,

@@ -179,7 +179,7 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         pytest.param(
             "from imaged import Image\nX = 1\n",
             "",
-            ["images.py: defines no named Image"],
+            ["images.py: defines no Image"],
             id="no-image",
         ),
     ],

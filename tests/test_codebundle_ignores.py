@@ -29,7 +29,7 @@ MONOREPO = {
     "services/top.txt": "",
     "services/api/pyproject.toml": "[project]\nname = 'api'\n",
     "services/api/images.py": (
-        "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('/code')\n"
+        "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('all', '/code')\n"
     ),
     "services/api/.dockerignore": "*.log\n",
     "services/api/.env": "TOKEN=hunter2\n",

@@ -113,7 +113,7 @@ FAILURES = [
         "duplicate image name 'x'",
         id="duplicate-names",
     ),
-    pytest.param(HEADER, "images.py", None, "no named Image", id="no-images"),
+    pytest.param("from imaged import Image\n", "images.py", None, "no Image", id="no-images"),
     pytest.param(
         "import sys\nsys.exit(4)\n",
         "images.py",

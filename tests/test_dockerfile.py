@@ -88,7 +88,7 @@ def make_tree(root: Path) -> Path:
     _write(root / "files/a.txt", "a\n")
     _write(root / "files/b.cfg", "[b]\n")
     _write(root / "files/tool.sh", "#!/bin/sh\n", 0o755)
-    _write(root / "extra.dockerignore", "*.tmp\n")
+    _write(root / "extra.dockerignore", "src/*.tmp\n")  # paths from its own folder
     _write(root / "bundle/pyproject.toml", '[project]\nname = "bundle"\nversion = "1"\n')
     _write(root / "bundle/app/main.py", "print('main')\n")
     _write(root / "bundle/.gitignore", "build/\n")
@@ -107,7 +107,7 @@ def code_bundle_image(root: Path, dst: str) -> Image:
     """Call ``with_code_bundle`` from a definition file inside the fixture project."""
     defs = root / "bundle/defs.py"
     namespace: dict[str, Any] = {}
-    source = DEFS + f"image = Image.from_base('base:1').with_code_bundle({dst!r})\n"
+    source = DEFS + f"image = Image.from_base('base:1').with_code_bundle('all', {dst!r})\n"
     exec(compile(source, str(defs), "exec"), namespace)
     image = namespace["image"]
     assert isinstance(image, Image)
@@ -137,7 +137,7 @@ CASES: list[Any] = [
     pytest.param(lambda r: debian().with_apt_packages("curl", "ca-certificates"), id="apt"),
     pytest.param(
         lambda r: debian().with_apt_packages(
-            "git", secret_mounts=[Secret("token", group="apt", env_var="APT_TOKEN")]
+            "git", secret_mounts=[Secret("token", group="apt", as_env_var="APT_TOKEN")]
         ),
         id="apt_secret",
     ),
@@ -195,7 +195,7 @@ CASES: list[Any] = [
         lambda r: debian().with_commands(
             "curl -H @/run/secrets/hdr https://example.invalid",
             secret_mounts=[
-                Secret("token", group="gh", env_var="GITHUB_TOKEN"),
+                Secret("token", group="gh", as_env_var="GITHUB_TOKEN"),
                 Secret("hdr", mount="/run/secrets/hdr"),
             ],
         ),

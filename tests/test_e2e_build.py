@@ -109,7 +109,7 @@ def kitchen(infra: Any, module_env: None, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp("kitchen")
     src = write_tree(tmp / "appsrc", SOURCE_FILES)
     (src / "pkg").chmod(0o700)
-    (tmp / "extra.ignore").write_text("*.bak\n")
+    (tmp / "extra.ignore").write_text("appsrc/*.bak\n")  # from its own folder, as Docker
     (tmp / "extra.cfg").write_text("extra=1\n")
     image = (
         Image.from_debian_base(
@@ -308,7 +308,7 @@ def test_secret_is_readable_in_build_and_leaks_nowhere(
                 'mkdir -p /out && printf %s "$TOK" | sha256sum | cut -d" " -f1 > /out/env.sha256',
                 'sha256sum /run/secrets/tok | cut -d" " -f1 > /out/file.sha256',
             ],
-            secret_mounts=Secret("tok", env_var="TOK"),
+            secret_mounts=Secret("tok", as_env_var="TOK"),
         )
     )
     events: list[dict[str, Any]] = []

@@ -130,7 +130,7 @@ def test_folder_rules_layering(tmp_path: Path) -> None:
             "app/extra.tmp": "",
             "app/__pycache__/m.pyc": "",
             "app/main.py": "",
-            "extra.ignore": "*.tmp\n",
+            "extra.ignore": "app/*.tmp\n",  # read from its own folder, as Docker does
         },
     )
     app = tmp_path / "app"

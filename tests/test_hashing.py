@@ -127,7 +127,7 @@ PROJECT: Tree = {
     "requirements.txt": ("rich\n", False),
     "pyproject.toml": ('[project]\nname = "p"\nversion = "0"\n', False),
     "uv.lock": ("version = 1\n", False),
-    "extra.dockerignore": ("*.tmp\n", False),
+    "extra.dockerignore": ("src/*.tmp\n", False),  # anchored at its folder
     "unreferenced.txt": ("nobody reads me\n", False),
 }
 
@@ -200,7 +200,9 @@ MOVES = [
     pytest.param(chmod("src/app.py", 0o755), id="chmod-plus-x"),
     pytest.param(chmod("src/run.sh", 0o644), id="chmod-minus-x"),
     pytest.param(symlink("src/link", "app.py"), id="added-symlink"),
-    pytest.param(edit("extra.dockerignore", "*.tmp\napp.py\n"), id="ignore-file-drops-file"),
+    pytest.param(
+        edit("extra.dockerignore", "src/*.tmp\nsrc/app.py\n"), id="ignore-file-drops-file"
+    ),
     pytest.param(edit("extra.dockerignore", "# nothing\n"), id="ignore-file-readds-file"),
     pytest.param(edit("src/.dockerignore", "*.tmp\n"), id="folder-dockerignore"),
     pytest.param(edit("uv.lock", "version = 2\n"), id="lock-edit"),
@@ -224,8 +226,8 @@ STAYS = [
     pytest.param(edit("src/__pycache__/app.cpython-311.pyc", "x"), id="edit-standard-ignored"),
     pytest.param(edit("src/new.tmp", "x"), id="add-ignored"),
     pytest.param(edit("unreferenced.txt", "changed\n"), id="edit-unreferenced"),
-    pytest.param(edit("extra.dockerignore", "*.tmp\n# a comment\n"), id="ignore-comment"),
-    pytest.param(edit("extra.dockerignore", "*.tmp\n*.nomatch\n"), id="ignore-no-effect"),
+    pytest.param(edit("extra.dockerignore", "src/*.tmp\n# a comment\n"), id="ignore-comment"),
+    pytest.param(edit("extra.dockerignore", "src/*.tmp\n*.nomatch\n"), id="ignore-no-effect"),
     pytest.param(chmod("src/app.py", 0o600), id="chmod-644-to-600"),
     pytest.param(chmod("src/run.sh", 0o700), id="chmod-755-to-700"),
 ]
@@ -354,7 +356,7 @@ def test_source_file_exec_bit_and_name(project: Path) -> None:
 def test_code_bundle_ignores_standard_and_gitignore(project: Path) -> None:
     (project / ".gitignore").write_text("secret.env\n")
     (project / "images.py").write_text(
-        "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('/code')\n"
+        "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('all', '/code')\n"
     )
     spec = importlib.util.spec_from_file_location("imaged_test_bundle", project / "images.py")
     assert spec is not None

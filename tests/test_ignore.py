@@ -245,6 +245,34 @@ def test_docker_rejects_base() -> None:
         IgnoreRules.from_lines(["x"], base="sub")
 
 
+@pytest.mark.parametrize(
+    ("lines", "path", "expected"),
+    [
+        pytest.param(["src/data.bin"], "data.bin", True, id="path-from-the-file"),
+        pytest.param(["src/data.bin"], "other.bin", False, id="other-file"),
+        pytest.param(["data.bin"], "data.bin", False, id="top-level-only"),
+        pytest.param(["*.log"], "x.log", False, id="star-is-one-level"),
+        pytest.param(["**/*.log"], "deep/x.log", True, id="any-depth"),
+        pytest.param(["src"], "a.py", True, id="the-folder-itself"),
+        pytest.param(["src/*", "!src/keep"], "keep", False, id="exception"),
+        pytest.param(["src/*", "!src/keep"], "drop", True, id="exception-others"),
+    ],
+)
+def test_docker_rules_read_from_the_ignore_files_folder(
+    lines: list[str], path: str, expected: bool
+) -> None:
+    """An ignore file one folder up sees the copied folder as ``src/``, as Docker does."""
+    rules = IgnoreRules.from_lines(lines, prefix="src")
+    assert rules.is_ignored(path) is expected
+    matcher = rules.walker()
+    folder, ignored = matcher.folder(""), None
+    for depth, name in enumerate(path.split("/"), start=1):
+        rel = "/".join(path.split("/")[:depth])
+        ignored, best = matcher.child(folder, name, rel, is_dir=rel != path)
+        folder = matcher.enter(folder, name, best)
+    assert ignored is expected
+
+
 PRUNE_CASES = [
     pytest.param(["build"], "build", True, id="plain"),
     pytest.param(["**/__pycache__"], "a/b/__pycache__", True, id="nested"),

@@ -56,10 +56,11 @@ DEFINITIONS = textwrap.dedent("""\
     every = (
         base.with_apt_packages("curl", "git", secret_mounts="apt_token")
         .with_pip_packages("rich", "httpx", secret_mounts=[Secret("tok", group="pypi",
-                           env_var="PIP_TOKEN"), "other"], **PIP)
+                           as_env_var="PIP_TOKEN"), "other"], **PIP)
         .with_requirements("requirements.txt", **PIP)
         .with_uv_project("pyproject.toml", **PIP)
-        .with_uv_project("pyproject.toml", "uv.lock", "install_project", secret_mounts="u")
+        .with_uv_project("pyproject.toml", "uv.lock", secret_mounts="u",
+                         project_install_mode="install_project")
         .with_poetry_project("pyproject.toml", extra_args=["--only", "main"],
                              project_install_mode="install_project")
         .with_commands(["echo a", "echo b"], secret_mounts=Secret("k", mount="/run/k"))
@@ -68,7 +69,7 @@ DEFINITIONS = textwrap.dedent("""\
         .with_source_folder("src", "/app")
         .with_source_folder("src", "/flat", copy_contents_only=True)
         .with_source_file(["a.py", "b.py"], "/app")
-        .with_code_bundle("/code")
+        .with_code_bundle("all", "/code")
         .with_dockerignore("extra.dockerignore")
     )
     script = Image.from_uv_script("script.py", name="script", registry=REG, **PIP)
@@ -484,7 +485,9 @@ def test_workdir_must_be_absolute(path: str) -> None:
         pytest.param("tok", (Secret("tok"),), id="str"),
         pytest.param(Secret("tok", group="g"), (Secret("tok", group="g"),), id="secret"),
         pytest.param(
-            ["a", Secret("b", env_var="B")], (Secret("a"), Secret("b", env_var="B")), id="list"
+            ["a", Secret("b", as_env_var="B")],
+            (Secret("a"), Secret("b", as_env_var="B")),
+            id="list",
         ),
         pytest.param(None, (), id="none"),
     ],
@@ -555,7 +558,7 @@ def test_code_bundle_root_is_nearest_pyproject(tmp_path: Path) -> None:
         {
             "pyproject.toml": "",
             "pkg/deploy/images.py": (
-                "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('/code')\n"
+                "from imaged import Image\nimg = Image.from_base('r:1').with_code_bundle('all', '/code')\n"
             ),
         },
     )

@@ -11,7 +11,7 @@ from imaged import layers as L
 from imaged.errors import SpecError
 
 P = Path("/abs/proj")
-SECRETS = (L.Secret("token", group="gh", mount="/run/t", env_var="GH_TOKEN"), L.Secret("k"))
+SECRETS = (L.Secret("token", group="gh", mount="/run/t", as_env_var="GH_TOKEN"), L.Secret("k"))
 PIP = L.PipOptions(
     index_url="https://i/simple",
     extra_index_urls=("https://e",),
@@ -140,7 +140,7 @@ def test_secret_names(secret: L.Secret, sid: str, env_name: str, target: str) ->
     "kwargs",
     [
         pytest.param({"key": ""}, id="empty-key"),
-        pytest.param({"key": "k", "env_var": "1BAD"}, id="bad-env-var"),
+        pytest.param({"key": "k", "as_env_var": "1BAD"}, id="bad-env-var"),
         pytest.param({"key": "k", "mount": "relative/path"}, id="relative-mount"),
     ],
 )

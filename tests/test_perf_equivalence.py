@@ -103,6 +103,10 @@ def make_rules(docker: list[str], git: list[str], order: str) -> IgnoreRules:
     except SpecError:
         assume(False)
         raise
+    if order == "anchored":  # an ignore file one folder up: the root is "x" from there
+        return IgnoreRules.from_lines(docker, prefix="x") + g
+    if order == "docker+anchored":
+        return d + IgnoreRules.from_lines(git, prefix="ab/x")
     return {"docker": d, "git": g, "docker+git": d + g, "git+docker": g + d}[order]
 
 
@@ -131,7 +135,9 @@ def relpaths(entries: list[FileEntry]) -> list[tuple[str, str]]:
 
 
 _RULE_SETS = st.tuples(
-    _LINES, _LINES, st.sampled_from(["docker", "git", "docker+git", "git+docker"])
+    _LINES,
+    _LINES,
+    st.sampled_from(["docker", "git", "docker+git", "git+docker", "anchored", "docker+anchored"]),
 )
 
 

@@ -133,5 +133,5 @@ def test_a_build_killed_with_sigkill_leaves_secrets_that_the_next_build_sweeps(
         check=False,
     )
     assert done.returncode == 1
-    assert "defines no named Image" in done.stderr
+    assert "defines no Image" in done.stderr
     assert not folder.exists()

@@ -132,7 +132,7 @@ def test_folders_copied_with_the_same_rules_share_one_tree(
 def test_a_rules_edit_splits_a_shared_tree(
     tracker: ImageTracker, images: dict[str, Image], project: Path
 ) -> None:
-    ignore = write(project / "extra.dockerignore", "*.tmp\n")
+    ignore = write(project / "extra.dockerignore", "lib/*.tmp\n")  # from its own folder
     assert tracker.apply_changes([ignore]) == {}  # lib/ holds no *.tmp file
     lib_folder = tracker.digest_of("other").layers[0].trees[0]
     lib_bundle = tracker.digest_of("bundle").layers[0].trees[0]
@@ -247,7 +247,7 @@ def test_requirements_edit_names_the_file(
 @pytest.mark.parametrize(
     ("text", "moves"),
     [
-        pytest.param("# extra rules\n*.md\n", True, id="list-changes"),
+        pytest.param("# extra rules\nlib/*.md\n", True, id="list-changes"),
         pytest.param("# extra rules, reworded\n\n", False, id="comment-only"),
     ],
 )
@@ -386,13 +386,24 @@ def test_folder_swapped_in_by_rename_is_rebuilt(
 def test_missing_single_file_is_an_error_until_it_returns(
     tracker: ImageTracker, images: dict[str, Image], project: Path
 ) -> None:
-    lock = project / "svc/uv.lock"
-    text = lock.read_text()
-    lock.unlink()
-    assert tracker.apply_changes([lock]) == {}
+    pyproject = project / "svc/pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.unlink()
+    assert tracker.apply_changes([pyproject]) == {}
     assert set(tracker.errors) == {"svc"}
-    write(lock, text)
-    assert tracker.apply_changes([lock]) == {}  # back to the last good digest: nothing to build
+    write(pyproject, text)
+    assert tracker.apply_changes([pyproject]) == {}  # the last good digest: nothing to build
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+
+
+def test_deleted_uv_lock_floats_and_the_tracker_agrees(
+    tracker: ImageTracker, images: dict[str, Image], project: Path
+) -> None:
+    lock = project / "svc/uv.lock"
+    lock.unlink()
+    changes = tracker.apply_changes([lock])
+    assert set(changes) == {"svc"}
     assert tracker.errors == {}
     assert_fresh(tracker, images)
 
@@ -777,7 +788,7 @@ def test_reconcile_with_nothing_changed_moves_nothing_and_reads_nothing(
         ),
         pytest.param(
             "extra.dockerignore",
-            "*.py\n",
+            "lib/*.py\n",
             {"other"},
             Reason("#1 source_folder lib/", ("extra.dockerignore", "lib/lib.py")),
             id="ignore-file",  # lib/.dockerignore is absent: not named
@@ -914,3 +925,31 @@ def test_a_gitignore_inside_an_ignored_folder_is_not_read(tmp_path: Path) -> Non
     assert not tracker.is_relevant(inner)
     assert tracker.apply_changes([inner]) == {}
     assert_fresh(tracker, {"b": image})
+
+
+def test_a_root_dockerignore_reads_paths_from_its_folder_and_the_tracker_agrees(
+    tmp_path: Path,
+) -> None:
+    """Docker's rule: a root ``.dockerignore`` line ``src/data.bin`` keeps ``src/data.bin``
+    out of ``with_source_folder("src")``; edits of it move the digest, hashed and tracked."""
+    write(tmp_path / "src/app.py", "print(1)\n")
+    write(tmp_path / "src/data.bin", "big\n")
+    write(tmp_path / "src/deep/data.bin", "kept: the line names one path\n")
+    ignore = write(tmp_path / ".dockerignore", "src/data.bin\n")
+    image = (
+        Image.from_base(BASE)
+        .clone(name="api")
+        .with_source_folder(tmp_path / "src", "/app")
+        .with_dockerignore(ignore)
+    )
+    listing = [e.relpath for e in hash_image(image, DigestCache()).layers[0].trees[0].listing()]
+    assert listing == ["app.py", "deep", "deep/data.bin"]
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"api": image})
+    write(ignore, "src/**/data.bin\n")
+    changes = tracker.apply_changes([ignore])
+    assert changes["api"].reasons[0].files == (".dockerignore", "src/deep/data.bin")
+    assert_fresh(tracker, {"api": image})
+    write(tmp_path / "src/data.bin", "edited, still ignored\n")
+    assert tracker.apply_changes([tmp_path / "src/data.bin"]) == {}
+    assert_fresh(tracker, {"api": image})

@@ -1,3 +1,3 @@
 FROM base:1
 COPY layers/0/ ./
-LABEL dev.imaged.digest=sha256:8a0d711b44a04957ea7407f5244715dccdef0fedcb6eb504b3f5afc488ab4843
+LABEL dev.imaged.digest=sha256:88d28961ac1951288fbd98036a8eff9233c267bbde86a04374788bfb1a0e0720

@@ -12,5 +12,5 @@ RUN --mount=type=cache,id=imaged-uv,target=/root/.cache/uv --mount=type=secret,i
     if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
     && cd /tmp/imaged-inputs/0 \
     && export POETRY_VIRTUALENVS_CREATE=false POETRY_NO_INTERACTION=1 \
-    && /opt/poetry/bin/poetry install --no-root --only main --no-ansi
+    && /opt/poetry/bin/poetry install --no-root --no-ansi
 LABEL dev.imaged.digest=sha256:9117964b20c7a23f08ae885f70d8e2f863ea8adeb20658dff17f8fcca21f8002

@@ -12,6 +12,6 @@ RUN --mount=type=cache,id=imaged-uv,target=/root/.cache/uv --mount=type=secret,i
     if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
     && cd /tmp/imaged-inputs/0/project \
     && export POETRY_VIRTUALENVS_CREATE=false POETRY_NO_INTERACTION=1 \
-    && /opt/poetry/bin/poetry install --no-root --only main --no-ansi --with docs \
+    && /opt/poetry/bin/poetry install --no-root --no-ansi --with docs \
     && /opt/venv/bin/uv pip install --no-deps .
 LABEL dev.imaged.digest=sha256:8cbcfc9d8575b03576648ae1e90220c5cda373e6fc36ab6f7561e2b2df1b87e9

@@ -7,5 +7,5 @@ RUN --mount=type=cache,id=imaged-pip,target=/root/.cache/pip --mount=type=secret
 RUN --mount=type=cache,id=imaged-uv,target=/root/.cache/uv --mount=type=secret,id=imaged_build_ca,target=/run/secrets/imaged_build_ca --mount=type=bind,source=inputs/0/pyproject.toml,target=/tmp/imaged-inputs/0/pyproject.toml --mount=type=bind,source=inputs/0/uv.lock,target=/tmp/imaged-inputs/0/uv.lock \
     if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
     && cd /tmp/imaged-inputs/0 \
-    && /opt/venv/bin/uv sync --locked --inexact --no-dev --no-install-project
+    && /opt/venv/bin/uv sync --locked --inexact --no-install-project
 LABEL dev.imaged.digest=sha256:abf41687c40a6d0182ce887219d541d3414e93748f9323860e2847a28e5eca1b

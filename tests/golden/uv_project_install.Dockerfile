@@ -7,6 +7,6 @@ RUN --mount=type=cache,id=imaged-pip,target=/root/.cache/pip --mount=type=secret
 RUN --mount=type=cache,id=imaged-uv,target=/root/.cache/uv --mount=type=secret,id=imaged_build_ca,target=/run/secrets/imaged_build_ca --mount=type=bind,source=inputs/0/project,target=/tmp/imaged-inputs/0/project,rw \
     if [ -f /run/secrets/imaged_build_ca ]; then export SSL_CERT_FILE=/run/secrets/imaged_build_ca PIP_CERT=/run/secrets/imaged_build_ca REQUESTS_CA_BUNDLE=/run/secrets/imaged_build_ca; fi \
     && cd /tmp/imaged-inputs/0/project \
-    && /opt/venv/bin/uv sync --locked --inexact --no-dev --no-install-project --index-url https://pypi.internal/simple \
+    && /opt/venv/bin/uv sync --locked --inexact --no-install-project --index-url https://pypi.internal/simple \
     && /opt/venv/bin/uv pip install --no-deps --index-url https://pypi.internal/simple .
 LABEL dev.imaged.digest=sha256:4f701be1ffce7e0c16358c351ad82271907b91c05878e72ca16e86386da8a59f
