@@ -109,6 +109,8 @@ def _edit(rng: random.Random, root: Path, *, same_size: bool) -> Mutation:
     path = _pick(rng, root, "f")
     if path is None:
         return _new_file(rng, root)
+    if path.name == ".dockerignore":  # kept as text: random bytes there are a SpecError
+        return _ignore_edit(rng, root)
     old = path.read_bytes()
     if same_size and old:
         new = bytes((b + rng.randrange(1, 26)) % 256 for b in old)
