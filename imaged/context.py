@@ -3,11 +3,16 @@
 Every file copied is re-hashed in the same pass; a file whose content moved since it was
 hashed aborts staging with ContextChangedError, so content is never pushed under a tag
 that does not describe it. Modes are normalised (0644, 0755 when executable, folders
-0755) and mtimes fixed, so the built layers depend only on what the digest covers.
+0755), so the built layers depend only on what the digest covers.
 
 Staging is incremental: a context folder kept at a stable path remembers, in a manifest
 written only after a complete stage, which content it holds; a one-file edit rewrites one
-file, and BuildKit (which keys its incremental context transfer on the folder) sends one.
+file. BuildKit's context transfer is incremental too, and it decides what to resend by
+metadata only (fsutil resends a file whose size, mtime, mode, owner or link target
+differ from its copy, never by content). So a staged file's mtime is a function of its
+bytes (:func:`staged_mtime_ns`): every content change moves it, identical content keeps it,
+and the built layer still depends only on what the digest covers (issue #7: with one fixed
+mtime for every file, a same-size edit was pushed under the new tag with the old bytes).
 """
 
 from __future__ import annotations
@@ -25,7 +30,12 @@ from imaged.errors import ContextChangedError
 from imaged.files import DIR, FILE, SYMLINK
 from imaged.hashing import EXEC_SUFFIX
 
-FIXED_MTIME = 946_684_800  # 2000-01-01T00:00:00Z
+FIXED_MTIME = 946_684_800  # 2000-01-01T00:00:00Z: folders and symlinks
+_EPOCH_NS = FIXED_MTIME * 1_000_000_000
+# Staged file mtimes spread over 2**59 ns (about 18 years from 2000-01-01): in the past, so no
+# tool warns of a future date, and wide enough that two contents of one size sharing an
+# mtime (the only way BuildKit could keep a stale copy) has odds of 2**-59 per edit.
+_SPAN_NS = 1 << 59
 MANIFEST = ".imaged-staged.json"
 _CHUNK = 1 << 20
 
@@ -84,6 +94,15 @@ def _add_parents(wanted: dict[str, Wanted], rel: str, *, include_self: bool) -> 
         wanted.setdefault("/".join(parts[:i]), Wanted(type=DIR))
 
 
+def staged_mtime_ns(digest: str) -> int:
+    """The mtime, in nanoseconds, of a staged file whose content has sha256 ``digest``.
+
+    >>> staged_mtime_ns("00" * 32) == FIXED_MTIME * 10**9
+    True
+    """
+    return _EPOCH_NS + int(digest[:16], 16) % _SPAN_NS
+
+
 def _copy_verified(src: str, dst: str, expected: str | None, *, executable: bool) -> None:
     h = hashlib.sha256()
     tmp = f"{dst}.imaged-tmp"
@@ -99,7 +118,8 @@ def _copy_verified(src: str, dst: str, expected: str | None, *, executable: bool
         _unlink(tmp)
         raise ContextChangedError(f"{src} changed after it was hashed")
     os.chmod(tmp, 0o755 if executable else 0o644)
-    os.utime(tmp, (FIXED_MTIME, FIXED_MTIME))
+    mtime_ns = staged_mtime_ns(h.hexdigest())
+    os.utime(tmp, ns=(mtime_ns, mtime_ns))
     os.replace(tmp, dst)
 
 
@@ -119,22 +139,24 @@ def _staged_type(st: os.stat_result) -> str:
         return SYMLINK
     if stat.S_ISDIR(st.st_mode):
         return DIR
-    return FILE if st.st_mtime == FIXED_MTIME and stat.S_ISREG(st.st_mode) else "stale"
+    return FILE if stat.S_ISREG(st.st_mode) else "stale"
 
 
 def _remove_stale(root: Path, wanted: dict[str, Wanted], prefix: str = "") -> dict[str, str]:
-    """Delete what the plan does not want; return what stays, by type."""
+    """Delete what the plan does not want; return what stays: its type, and for a file
+    ``file:<mtime_ns>:<size>`` so that a staged copy is trusted only if it is untouched."""
     staged: dict[str, str] = {}
     with os.scandir(os.path.join(root, prefix) if prefix else root) as it:
         entries = list(it)
     for entry in entries:
         rel = f"{prefix}/{entry.name}" if prefix else entry.name
         want = wanted.get(rel)
-        kind = _staged_type(entry.stat(follow_symlinks=False))
+        st = entry.stat(follow_symlinks=False)
+        kind = _staged_type(st)
         if want is None or want.type != kind:
             _remove(Path(entry.path))
             continue
-        staged[rel] = kind
+        staged[rel] = f"{FILE}:{st.st_mtime_ns}" if kind == FILE else kind
         if kind == DIR:
             staged.update(_remove_stale(root, wanted, rel))
     return staged
@@ -172,10 +194,18 @@ def _place(
         os.utime(path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
         return
     assert want.source is not None
-    if known != want.key() or staged != FILE:
+    if not _still_staged(want, known, staged):
         _copy_verified(want.source, str(path), want.digest, executable=want.executable)
     if want.check_mode:
         _check_mode(want)
+
+
+def _still_staged(want: Wanted, known: list[object] | None, staged: str | None) -> bool:
+    """The staged copy holds ``want``'s bytes: the manifest says so and its mtime is the one
+    staging gave those bytes (a copy edited in place since, or of no known digest, is not)."""
+    if want.digest is None or known != want.key():
+        return False
+    return staged == f"{FILE}:{staged_mtime_ns(want.digest)}"
 
 
 def _check_mode(want: Wanted) -> None:

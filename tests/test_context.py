@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from imaged.context import FIXED_MTIME, stage_context
+import hashlib
+
+from imaged.context import FIXED_MTIME, stage_context, staged_mtime_ns
 from imaged.dockerfile import RenderedImage, render_dockerfile
 from imaged.errors import ContextChangedError
 from imaged.hashing import hash_image
@@ -90,12 +92,81 @@ def test_modes_are_normalised(project: Path, tmp_path: Path, relpath: str, mode:
     assert stat.S_IMODE(os.lstat(tmp_path / "ctx" / relpath).st_mode) == mode
 
 
-def test_tree_mtimes_are_fixed(project: Path, tmp_path: Path) -> None:
+def _content_mtime(path: Path) -> int:
+    return staged_mtime_ns(hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_file_mtimes_follow_content_and_the_rest_are_fixed(project: Path, tmp_path: Path) -> None:
     stage_context(plan(project), tmp_path / "ctx")
     tree = tmp_path / "ctx/layers/1"
     for path in [tree, *tree.rglob("*")]:
-        assert os.lstat(path).st_mtime == FIXED_MTIME, path
-    assert os.lstat(tmp_path / "ctx/inputs/0/requirements.txt").st_mtime == FIXED_MTIME
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            assert st.st_mtime_ns == _content_mtime(path), path
+        else:
+            assert st.st_mtime == FIXED_MTIME, path
+    bound = tmp_path / "ctx/inputs/0/requirements.txt"
+    assert os.lstat(bound).st_mtime_ns == _content_mtime(bound)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        pytest.param(b"x0\n", b"x1\n", id="one_byte"),
+        pytest.param(b"six==1.16.0\n", b"six==1.17.0\n", id="version_bump"),
+        pytest.param(b"", b"", id="empty_twice"),
+    ],
+)
+def test_equal_content_equal_mtime_and_any_other_content_moves_it(a: bytes, b: bytes) -> None:
+    digest = hashlib.sha256
+    assert staged_mtime_ns(digest(a).hexdigest()) == staged_mtime_ns(digest(a).hexdigest())
+    if a != b:
+        assert staged_mtime_ns(digest(a).hexdigest()) != staged_mtime_ns(digest(b).hexdigest())
+
+
+def test_staged_mtimes_lie_in_the_past_after_2000() -> None:
+    low, high = staged_mtime_ns("00" * 32), staged_mtime_ns("ff" * 32)
+    assert FIXED_MTIME * 10**9 <= low < high < 1_577_836_800 * 10**9  # 2020-01-01
+
+
+@pytest.mark.parametrize(
+    ("source", "staged"),
+    [
+        pytest.param("src/pkg/mod.py", "layers/1/pkg/mod.py", id="tree_file"),
+        pytest.param("requirements.txt", "inputs/0/requirements.txt", id="bound_file"),
+        pytest.param("notes.txt", "layers/2/notes.txt", id="source_file"),
+    ],
+)
+def test_a_same_size_edit_restages_with_a_new_mtime(
+    project: Path, tmp_path: Path, source: str, staged: str
+) -> None:
+    stage_context(plan(project), tmp_path / "ctx")
+    before = os.lstat(tmp_path / "ctx" / staged)
+    original = (project / source).read_bytes()
+    (project / source).write_bytes(original[:-2] + b"Z\n")
+    stage_context(plan(project), tmp_path / "ctx")
+    after = os.lstat(tmp_path / "ctx" / staged)
+    assert (tmp_path / "ctx" / staged).read_bytes() == original[:-2] + b"Z\n"
+    assert after.st_size == before.st_size
+    assert after.st_mtime_ns != before.st_mtime_ns
+
+
+def test_a_staged_copy_edited_in_place_is_rewritten(project: Path, tmp_path: Path) -> None:
+    stage_context(plan(project), tmp_path / "ctx")
+    staged = tmp_path / "ctx/layers/1/pkg/mod.py"
+    staged.write_text("y = 2\n", encoding="utf-8")  # same size, fresh mtime
+    stage_context(plan(project), tmp_path / "ctx")
+    assert staged.read_text(encoding="utf-8") == "x = 1\n"
+    assert os.lstat(staged).st_mtime_ns == _content_mtime(staged)
+
+
+def test_an_unchanged_file_is_not_rewritten(project: Path, tmp_path: Path) -> None:
+    stage_context(plan(project), tmp_path / "ctx")
+    staged = tmp_path / "ctx/layers/1/pkg/mod.py"
+    inode = os.lstat(staged).st_ino
+    _edit(project / "src/tool.sh")
+    stage_context(plan(project), tmp_path / "ctx")
+    assert os.lstat(staged).st_ino == inode
 
 
 def test_every_staged_folder_is_normalised(
