@@ -77,12 +77,15 @@ def _listed(root: Path, kind: str) -> list[Path]:
     for folder, dirs, names in os.walk(root):
         for name in dirs + names:
             path = Path(folder, name)
-            is_link = path.is_symlink()
-            if (kind == "l" and is_link) or (not is_link and kind == "d" and path.is_dir()):
-                out.append(path)
-            elif kind == "f" and not is_link and path.is_file():
+            if _kind_of(path) == kind:
                 out.append(path)
     return sorted(out)
+
+
+def _kind_of(path: Path) -> str:
+    if path.is_symlink():
+        return "l"
+    return "d" if path.is_dir() else "f" if path.is_file() else "other"
 
 
 def _pick(rng: random.Random, root: Path, kind: str) -> Path | None:
@@ -369,7 +372,9 @@ def tree_diff(want: Mapping[str, Node], got: Mapping[str, Node]) -> list[str]:
     lines = []
     for path in sorted(want.keys() | got.keys()):
         if want.get(path) != got.get(path):
-            lines.append(f"{path}: want {want.get(path) or 'nothing'}, got {got.get(path) or 'nothing'}")
+            lines.append(
+                f"{path}: want {want.get(path) or 'nothing'}, got {got.get(path) or 'nothing'}"
+            )
     return lines
 
 
