@@ -197,6 +197,12 @@ def _parent(relpath: str) -> str:
     return relpath.rpartition("/")[0]
 
 
+def _escapes(relpath: str) -> bool:
+    """True for a path that leaves the root (``..`` or ``../x``); a name such as ``..data``
+    (Kubernetes ConfigMap mounts) or ``...`` is an ordinary entry."""
+    return relpath == ".." or relpath.startswith("../")
+
+
 def _ancestors(relpath: str) -> list[str]:
     parts = relpath.split("/")[:-1]
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -375,7 +381,7 @@ class TreeIndex:
         changed: set[str] = set()
         for rel in relpaths:
             rel = rel.strip("/")
-            if rel and not rel.startswith(".."):
+            if rel and not _escapes(rel):
                 changed |= self._update_one(rel)
         return changed
 
