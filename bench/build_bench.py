@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from imaged import Image  # noqa: E402
-from imaged.engine import abuild  # noqa: E402
-from imaged.registry import Existence, RegistryClient  # noqa: E402
+from imaged.pipeline.build import abuild  # noqa: E402
+from imaged.registry.client import Existence, RegistryClient  # noqa: E402
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 EXISTING_IMAGES = 50

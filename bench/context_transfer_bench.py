@@ -36,7 +36,7 @@ from build_bench import configure, load_state, make_tree  # noqa: E402
 
 from imaged import Image  # noqa: E402
 from imaged.config import Settings, load_settings  # noqa: E402
-from imaged.engine import abuild  # noqa: E402
+from imaged.pipeline.build import abuild  # noqa: E402
 
 MARK = b"EDIT-"  # every file starts with "file N": the edit overwrites its first 10 bytes
 

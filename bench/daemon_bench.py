@@ -43,10 +43,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imaged.hashing import DigestCache, hash_image  # noqa: E402
-from imaged.image import Image  # noqa: E402
-from imaged.loader import load_definitions  # noqa: E402
-from imaged.registry import MANIFEST_MEDIA_TYPES  # noqa: E402
+from imaged.definitions.loader import load_definitions  # noqa: E402
+from imaged.digest.hashing import DigestCache, hash_image  # noqa: E402
+from imaged.registry.client import MANIFEST_MEDIA_TYPES  # noqa: E402
+from imaged.spec.image import Image  # noqa: E402
 
 Event = dict[str, Any]
 DEBOUNCE_MS = 50
@@ -130,7 +130,7 @@ class DaemonRun:
     """``imaged watch --json`` as a subprocess; its events, each with its arrival time."""
 
     def __init__(self, defs: Path, *, registry: str, env: dict[str, str], log: Path) -> None:
-        argv = [sys.executable, "-c", "from imaged.cli import main; main()"]
+        argv = [sys.executable, "-c", "from imaged.cli.main import main; main()"]
         argv += ["watch", str(defs), "--json", "--registry", registry]
         full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         self.log = log

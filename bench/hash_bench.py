@@ -31,10 +31,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imaged.files import folder_rules
-from imaged.hashing import DigestCache, TreeIndex, hash_image, shared_trees
-from imaged.ignore import IgnoreRules
-from imaged.image import Image
+from imaged.digest.files import folder_rules
+from imaged.digest.hashing import DigestCache, TreeIndex, hash_image, shared_trees
+from imaged.digest.ignore import IgnoreRules
+from imaged.spec.image import Image
 
 T = TypeVar("T")
 

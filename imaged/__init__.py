@@ -13,11 +13,11 @@ from imaged.errors import (
     RegistryError,
     SpecError,
 )
-from imaged.image import Image
-from imaged.layers import Secret
+from imaged.spec.image import Image
+from imaged.spec.layers import Secret
 
 if TYPE_CHECKING:
-    from imaged.engine import ImageBuild, abuild, build
+    from imaged.pipeline.build import ImageBuild, abuild, build
 
 __all__ = [
     "BuildError",
@@ -37,10 +37,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # The build engine pulls in I/O libraries: import it only when asked for, so a
+    # The build pipeline pulls in I/O libraries: import it only when asked for, so a
     # definition module that does `from imaged import Image` stays light.
     if name in ("build", "abuild", "ImageBuild"):
-        from imaged import engine
+        from imaged.pipeline import build as pipeline
 
-        return getattr(engine, name)
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'imaged' has no attribute {name!r}")

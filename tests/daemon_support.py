@@ -18,8 +18,8 @@ from typing import IO, Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-# `python -m imaged.cli` has no __main__ guard: call the console entry point directly.
-CLI = [sys.executable, "-c", "import sys; from imaged.cli import main; sys.exit(main())"]
+# `python -m imaged.cli.main` has no __main__ guard: call the console entry point directly.
+CLI = [sys.executable, "-c", "import sys; from imaged.cli.main import main; sys.exit(main())"]
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imaged.builder import BuildOutcome, BuildRequest, EventCallback
+from imaged.builders.base import BuildOutcome, BuildRequest, EventCallback
 
 DATA = Path(__file__).resolve().parent / "data"
 

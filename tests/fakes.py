@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 
-from imaged.watcher import RawBatch, StopSignal
+from imaged.daemon.watcher import RawBatch, StopSignal
 
 Step = RawBatch | Callable[[], object]
 

@@ -8,9 +8,9 @@ from typing import Any
 import anyio
 import pytest
 
-import imaged.cmd_build as cmd_build
+import imaged.cli.build as cmd_build
 from imaged import Image
-from imaged.registry import Existence
+from imaged.registry.client import Existence
 
 
 class FakeRegistry:

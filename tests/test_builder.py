@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 import pytest
 
-from imaged import builder_local
-from imaged.builder import (
+from imaged.builders import local as builder_local
+from imaged.builders.base import (
     BuildOutput,
     BuildRequest,
     SecretSource,
@@ -25,7 +25,7 @@ from imaged.builder import (
     get_builder,
     parse_failed_instruction,
 )
-from imaged.builder_local import (
+from imaged.builders.local import (
     DEFAULT_ENGINE,
     DockerCli,
     LocalBuilder,
@@ -33,12 +33,12 @@ from imaged.builder_local import (
     find_docker_cli,
     open_scratch,
 )
-from imaged.builder_remote import RemoteBuilder
+from imaged.builders.remote import RemoteBuilder
 from imaged.config import Settings
-from imaged.dockerfile import CA_SECRET_ID
 from imaged.errors import BuildError, ConfigError, EngineError, SecretError
-from imaged.layers import Secret
-from imaged.secrets import ca_bundle_secret, resolve_secret, resolve_secrets
+from imaged.pipeline.secrets import ca_bundle_secret, resolve_secret, resolve_secrets
+from imaged.render.dockerfile import CA_SECRET_ID
+from imaged.spec.layers import Secret
 
 SECRET_VALUE = "s3cr3t-VALUE-7f1c"
 CLASSIC = DockerCli(path="/usr/bin/docker", version="20.10.24", buildx=False)

@@ -14,13 +14,13 @@ import anyio
 import httpx
 import pytest
 
-from imaged.builder import BuildOutcome, BuildRequest, SecretSource
-from imaged.builder_local import LocalBuilder
-from imaged.builder_remote import RemoteBuilder
+from imaged.builders.base import BuildOutcome, BuildRequest, SecretSource
+from imaged.builders.local import LocalBuilder
+from imaged.builders.remote import RemoteBuilder
 from imaged.config import Settings
-from imaged.dockerfile import CA_SECRET_ID
 from imaged.errors import BuildError, EngineError
-from imaged.secrets import ca_bundle_secret
+from imaged.pipeline.secrets import ca_bundle_secret
+from imaged.render.dockerfile import CA_SECRET_ID
 
 pytestmark = pytest.mark.docker
 

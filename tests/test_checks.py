@@ -1,4 +1,4 @@
-"""imaged.checks: every string bound for the Dockerfile or a tool's argv, valid and hostile.
+"""imaged.spec.checks: every string bound for the Dockerfile or a tool's argv, valid and hostile.
 
 Each row names one field, a value that must pass and a hostile one that must be refused when
 the Image is defined, with a SpecError naming the image, the layer and the value. The real
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from imaged import Image, Secret
-from imaged import image as image_module
-from imaged.checks import LINE_BREAKS, has_line_break, needs_exec_form
-from imaged.dockerfile import render_dockerfile
 from imaged.errors import SpecError
+from imaged.render.dockerfile import render_dockerfile
+from imaged.spec import image as image_module
+from imaged.spec.checks import LINE_BREAKS, has_line_break, needs_exec_form
 
 Make = Callable[[str], Image]
 NAME = "app"

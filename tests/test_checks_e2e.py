@@ -1,7 +1,7 @@
 """End to end: the injection payloads of issue 11 against the real engine, and a legitimate
 apt + pip install that still builds with ``--`` before the packages.
 
-Each payload built into /pwned (or made uv fetch from evil.invalid) before imaged.checks
+Each payload built into /pwned (or made uv fetch from evil.invalid) before imaged.spec.checks
 existed; the test builds it for real if it is ever accepted again, so a regression shows as
 the planted file, not as a missing error.
 """
@@ -16,8 +16,8 @@ import pytest
 from e2e_support import docker, run_id
 
 from imaged import Image, build
-from imaged import image as image_module
 from imaged.errors import BuildError, SpecError
+from imaged.spec import image as image_module
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 

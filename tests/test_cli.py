@@ -26,11 +26,11 @@ from bad_inputs import (
 from click.testing import CliRunner, Result
 from e2e_support import run_id
 
-from imaged.cli import handle_errors, main
-from imaged.dockerfile import render_dockerfile
+from imaged.cli.main import handle_errors, main
+from imaged.definitions.loader import load_definitions
+from imaged.digest.hashing import hash_image
 from imaged.errors import ConfigError, ImagedError
-from imaged.hashing import hash_image
-from imaged.loader import load_definitions
+from imaged.render.dockerfile import render_dockerfile
 from imaged.safe_read import shown_path
 
 REGISTRY = "registry.example:5000"
@@ -119,7 +119,7 @@ def test_dockerfile_of_one_image(defs: Path) -> None:
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The real entry point in a child process, to see exactly what a user sees."""
-    code = "from imaged.cli import main; main()"
+    code = "from imaged.cli.main import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -256,7 +256,7 @@ def test_a_target_may_name_the_variable_holding_an_image(tmp_path: Path) -> None
 HOLDER = """
 import sys, time
 from pathlib import Path
-from imaged.state import ImageRecord, StateStore
+from imaged.daemon.store import ImageRecord, StateStore
 store = StateStore(Path(sys.argv[1]))
 store.lock()
 store.save({"api": ImageRecord("api", uri="api:1", tag="1")})
@@ -422,7 +422,7 @@ def test_build_exits_non_zero_when_one_image_fails(build_env: Any, tmp_path: Pat
 def test_state_dir_flag_is_accepted(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from imaged.cli import main
+    from imaged.cli.main import main
 
     defs = tmp_path / "defs.py"
     defs.write_text(
@@ -436,7 +436,7 @@ def test_state_dir_flag_is_accepted(tmp_path: Path) -> None:
 def test_hash_shows_the_uri_build_pushes_with_a_registry_override(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from imaged.cli import main
+    from imaged.cli.main import main
 
     defs = tmp_path / "defs.py"
     defs.write_text(
@@ -456,7 +456,7 @@ def test_plan_config_reaches_the_definitions(
 ) -> None:
     from click.testing import CliRunner
 
-    from imaged.cli import main
+    from imaged.cli.main import main
 
     config = tmp_path / "ci.toml"
     config.write_text('debian_base = "ci.local/py:{major}.{minor}"\n')
@@ -511,7 +511,7 @@ def run_cli_confined(*args: str) -> subprocess.CompletedProcess[str]:
     """run_cli in a child that cannot read a mode-000 folder even as root, with its memory
     capped; a hang fails the test at the timeout instead of stalling the suite."""
     return subprocess.run(
-        [sys.executable, "-c", "from imaged.cli import main; main()", *args],
+        [sys.executable, "-c", "from imaged.cli.main import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=30,

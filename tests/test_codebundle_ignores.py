@@ -12,16 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imaged import Image
-from imaged.dockerfile import render_dockerfile
-from imaged.files import (
+from imaged.digest.files import (
     FILE,
     folder_rules,
     ignore_files_of,
     is_rules_input,
     list_files,
 )
-from imaged.hashing import hash_image
-from imaged.ignore import IgnoreRules
+from imaged.digest.hashing import hash_image
+from imaged.digest.ignore import IgnoreRules
+from imaged.render.dockerfile import render_dockerfile
 
 MONOREPO = {
     ".gitignore": ".env\n*.secret\n",

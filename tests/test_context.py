@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from imaged.context import FIXED_MTIME, stage_context, staged_mtime_ns
-from imaged.dockerfile import RenderedImage, render_dockerfile
+from imaged.digest.hashing import hash_image
 from imaged.errors import ContextChangedError
-from imaged.hashing import hash_image
-from imaged.image import Image
+from imaged.render.context import FIXED_MTIME, stage_context, staged_mtime_ns
+from imaged.render.dockerfile import RenderedImage, render_dockerfile
+from imaged.spec.image import Image
 
 
 def _write(path: Path, text: str, mode: int) -> None:

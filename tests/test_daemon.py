@@ -20,18 +20,18 @@ from bad_inputs import FIFO_REASON, fifo_ignore_file
 from fakes import ScriptedWatchBackend
 from watchfiles import Change
 
-from imaged import hashing
-from imaged import tracker as tracker_module
-from imaged.cmd_watch import _json_line
+from imaged.cli.watch import _json_line
 from imaged.config import Settings
-from imaged.daemon import Daemon, QuietClock
-from imaged.defsproc import LoadedModule
-from imaged.engine import ImageBuild
+from imaged.daemon import tracker as tracker_module
+from imaged.daemon.core import Daemon, QuietClock
+from imaged.daemon.notify import SystemdNotifier
+from imaged.daemon.store import ImageRecord, StateStore
+from imaged.definitions.child import LoadedModule
+from imaged.digest import hashing
+from imaged.digest.hashing import DigestCache, hash_image
 from imaged.errors import ImagedError
-from imaged.hashing import DigestCache, hash_image
-from imaged.image import Image
-from imaged.notify import SystemdNotifier
-from imaged.state import ImageRecord, StateStore
+from imaged.pipeline.build import ImageBuild
+from imaged.spec.image import Image
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -123,8 +123,8 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
         uri = image.uri_for(digest.tag)
         return ImageBuild(image.name, uri, digest.tag, digest.digest, status="built")
 
-    monkeypatch.setattr("imaged.daemon.load_module_in_child", load)
-    monkeypatch.setattr("imaged.daemon.abuild", build)
+    monkeypatch.setattr("imaged.daemon.core.load_module_in_child", load)
+    monkeypatch.setattr("imaged.daemon.core.abuild", build)
     return h
 
 

@@ -31,8 +31,8 @@ from daemon_support import (
 )
 from e2e_support import DATA, docker, pull_fresh, run_id, skopeo_inspect
 
-from imaged.hashing import hash_image
-from imaged.loader import load_definitions
+from imaged.definitions.loader import load_definitions
+from imaged.digest.hashing import hash_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
 

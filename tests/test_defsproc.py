@@ -1,4 +1,4 @@
-"""Tests for imaged.defsproc: loading definitions in a child interpreter, and discovery."""
+"""Tests for imaged.definitions.child: loading definitions in a child interpreter, and discovery."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from imaged.defsproc import (
+from imaged.definitions.child import (
     LoadedModule,
     discover_definition_files,
     load_module_in_child,
     load_target,
 )
+from imaged.definitions.loader import load_definitions
 from imaged.errors import DefinitionError
-from imaged.loader import load_definitions
 
 HEADER = 'from imaged import Image\nBASE = Image.from_base("127.0.0.1:5000/python:3.11")\n'
 GOOD = HEADER + textwrap.dedent("""\
@@ -194,7 +194,7 @@ TREE = {
     "lookalike.py": "import imaged_extras\n",
     "notes.txt": "import imaged\n",
     "sub/jobs.py": "import imaged\n",
-    "sub/deeper/more.py": "from imaged.image import Image\n",
+    "sub/deeper/more.py": "from imaged.spec.image import Image\n",
     ".hidden/x.py": "import imaged\n",
     "__pycache__/y.py": "import imaged\n",
     ".venv/lib/z.py": "import imaged\n",

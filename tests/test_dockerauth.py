@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from imaged.dockerauth import Credentials, credentials_for, load_docker_config
 from imaged.errors import ConfigError, RegistryAuthError
+from imaged.registry.auth import Credentials, credentials_for, load_docker_config
 
 FAKE_HELPER = """\
 #!{python}

@@ -18,13 +18,19 @@ from typing import Any
 
 import pytest
 
-from imaged.context import stage_context
-from imaged.dockerfile import CA_SECRET_ID, CA_TARGET, RenderedImage, quote_env, render_dockerfile
+from imaged.digest.hashing import hash_image
 from imaged.errors import SpecError
-from imaged.hashing import hash_image
-from imaged.image import Image
-from imaged.layers import Secret
-from imaged.tools import POETRY_VERSION, UV_VERSION
+from imaged.render.context import stage_context
+from imaged.render.dockerfile import (
+    CA_SECRET_ID,
+    CA_TARGET,
+    RenderedImage,
+    quote_env,
+    render_dockerfile,
+)
+from imaged.spec.image import Image
+from imaged.spec.layers import Secret
+from imaged.spec.pins import POETRY_VERSION, UV_VERSION
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +68,7 @@ POETRY_PYPROJECT = (
     '[tool.poetry]\nname = "poetrydemo"\nversion = "0.1.0"\ndescription = ""\nauthors = []\n'
 )
 SCRIPT = '# /// script\n# dependencies = ["attrs==23.2.0", "rich>=13"]\n# ///\nprint("hi")\n'
-DEFS = "from imaged.image import Image\n"
+DEFS = "from imaged import Image\n"
 
 
 def make_tree(root: Path) -> Path:

@@ -30,10 +30,10 @@ from e2e_support import (
 )
 
 from imaged import Image, Secret, build
-from imaged.cli import main as cli_main
+from imaged.cli.main import main as cli_main
+from imaged.definitions.loader import load_definitions
+from imaged.digest.hashing import hash_image
 from imaged.errors import BuildError, RegistryAuthError, RegistryUnavailable
-from imaged.hashing import hash_image
-from imaged.loader import load_definitions
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

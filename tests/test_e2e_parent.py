@@ -10,7 +10,7 @@ import pytest
 from e2e_support import docker, run_id
 
 from imaged import Image, build
-from imaged.dockerfile import base_reference
+from imaged.render.dockerfile import base_reference
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 RUN = run_id()

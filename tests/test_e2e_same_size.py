@@ -29,7 +29,7 @@ from e2e_support import (
 )
 
 from imaged import Image, build
-from imaged.loader import load_definitions
+from imaged.definitions.loader import load_definitions
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from private_engine import PrivateEngine, open_private_engine
 
-from imaged.builder_remote import RemoteBuilder
+from imaged.builders.remote import RemoteBuilder
 from imaged.config import Settings
-from imaged.engine import abuild
+from imaged.daemon.scheduler import Scheduler, SchedulerOptions
 from imaged.errors import EngineError, is_transient
-from imaged.image import Image
-from imaged.scheduler import Scheduler, SchedulerOptions
+from imaged.pipeline.build import abuild
+from imaged.spec.image import Image
 
 pytestmark = pytest.mark.docker
 RUN_SECONDS = 3

@@ -1,4 +1,4 @@
-"""Tests for imaged.files: the one filtered, sorted, non-following file list."""
+"""Tests for imaged.digest.files: the one filtered, sorted, non-following file list."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imaged.files import (
+from imaged.digest.files import (
     DIR,
     FILE,
     SYMLINK,
@@ -19,7 +19,7 @@ from imaged.files import (
     stat_entry,
     walk_files,
 )
-from imaged.ignore import IgnoreRules
+from imaged.digest.ignore import IgnoreRules
 
 
 def make_tree(root: Path, files: dict[str, str]) -> None:

@@ -19,11 +19,11 @@ from click.testing import CliRunner
 from e2e_support import DATA, ProbeSpec, docker, probe_image, run_id
 
 from imaged import build
-from imaged.cli import main as cli_main
-from imaged.dockerfile import render_dockerfile
-from imaged.hashing import DigestCache, hash_image
-from imaged.image import Image, override_registry
-from imaged.loader import load_definitions
+from imaged.cli.main import main as cli_main
+from imaged.definitions.loader import load_definitions
+from imaged.digest.hashing import DigestCache, hash_image
+from imaged.render.dockerfile import render_dockerfile
+from imaged.spec.image import Image, override_registry
 
 FLYTE_IMPORT = "from flyte import Image, Secret, TaskEnvironment\n"
 OUR_IMPORT = "from imaged import Image, Secret; from port_env import TaskEnvironment\n"

@@ -1,4 +1,4 @@
-"""Tests for imaged.hashing: the canonical encoding, image digests, the digest cache, TreeIndex."""
+"""Tests for imaged.digest.hashing: the canonical encoding, image digests, the digest cache, TreeIndex."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imaged import Image
+from imaged.digest.files import FILE
+from imaged.digest.hashing import DigestCache, TreeIndex, encode, hash_image, sha256_hex
+from imaged.digest.ignore import IgnoreRules
 from imaged.errors import SpecError
-from imaged.files import FILE
-from imaged.hashing import DigestCache, TreeIndex, encode, hash_image, sha256_hex
-from imaged.ignore import IgnoreRules
 
 Tree = dict[str, tuple[str, bool]]  # relpath -> (content, executable)
 Op = Callable[[Path], object]
@@ -622,7 +622,7 @@ def test_update_after_digest_without_walk(tmp_path: Path, monkeypatch: pytest.Mo
     def no_walk(*args: object, **kwargs: object) -> None:
         raise AssertionError("update of a file must not walk the tree")
 
-    monkeypatch.setattr("imaged.hashing.walk_files", no_walk)
+    monkeypatch.setattr("imaged.digest.hashing.walk_files", no_walk)
     assert index.update(["d/g/h.txt"]) == {"d/g/h.txt"}
     monkeypatch.undo()
     assert index.digest == fresh(tmp_path).digest
@@ -756,7 +756,7 @@ def test_random_tree_digest_ignores_order_and_location(tree: Tree) -> None:
 def test_a_file_that_vanishes_between_walk_and_read_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import imaged.hashing as hashing
+    import imaged.digest.hashing as hashing
 
     (tmp_path / "keep.txt").write_text("keep")
     (tmp_path / ".main.py.swp").write_text("editor temp file")

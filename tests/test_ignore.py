@@ -1,4 +1,4 @@
-"""Tests for imaged.ignore: .dockerignore parity with moby/patternmatcher, gitignore, pruning."""
+"""Tests for imaged.digest.ignore: .dockerignore parity with moby/patternmatcher, gitignore, pruning."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imaged.digest.ignore import MAX_IGNORE_FILE_BYTES, STANDARD_IGNORES, IgnoreRules
 from imaged.errors import SpecError
-from imaged.ignore import MAX_IGNORE_FILE_BYTES, STANDARD_IGNORES, IgnoreRules
 
 
 def docker(*lines: str) -> IgnoreRules:

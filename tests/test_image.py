@@ -1,4 +1,4 @@
-"""Tests for imaged.image: constructors, immutable with_* layers, path resolution, JSON, validate."""
+"""Tests for imaged.spec.image: constructors, immutable with_* layers, path resolution, JSON, validate."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from types import ModuleType
 import pytest
 
 from imaged import Image, Secret
-from imaged import layers as L
 from imaged.errors import MissingPathError, ScriptHeaderError, SpecError
-from imaged.image import DebianBase, DockerfileBase, ParentBase, RefBase
-from imaged.pep723 import read_script_metadata
+from imaged.spec import layers as L
+from imaged.spec.image import DebianBase, DockerfileBase, ParentBase, RefBase
+from imaged.spec.pep723 import read_script_metadata
 
 With = Callable[[Image], Image]
 
@@ -762,8 +762,8 @@ def test_repr_and_labels(tmp_path: Path) -> None:
 
 
 def test_override_registry_moves_the_parent_chain_too() -> None:
-    from imaged.dockerfile import base_reference
-    from imaged.image import ParentBase, override_registry
+    from imaged.render.dockerfile import base_reference
+    from imaged.spec.image import ParentBase, override_registry
 
     parent = Image.from_base("debian:12").clone(name="parent", registry="a.example:5000")
     child = Image.from_base(parent).clone(name="child", registry="a.example:5000")

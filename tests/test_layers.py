@@ -1,4 +1,4 @@
-"""Tests for imaged.layers: secrets, env var checks, labels, inputs and the JSON form."""
+"""Tests for imaged.spec.layers: secrets, env var checks, labels, inputs and the JSON form."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imaged import layers as L
 from imaged.errors import SpecError
+from imaged.spec import layers as L
 
 P = Path("/abs/proj")
 SECRETS = (L.Secret("token", group="gh", mount="/run/t", as_env_var="GH_TOKEN"), L.Secret("k"))
@@ -191,7 +191,7 @@ def test_env_var_non_str_value(value: object) -> None:
 
 
 def test_env_var_names_and_values_are_left_to_imaged_checks() -> None:
-    """Names and line breaks are refused by imaged.checks, which names the image too."""
+    """Names and line breaks are refused by imaged.spec.checks, which names the image too."""
     assert L.check_env_vars({"1A": "x\ny"}) == (("1A", "x\ny"),)
     with pytest.raises(TypeError, match="name must be a str"):
         L.check_env_vars({1: "v"})

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from imaged.metrics import Counter, Histogram, Metrics
+from imaged.daemon.metrics import Counter, Histogram, Metrics
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _SAMPLE = re.compile(rf"^({_NAME})(?:\{{(.*)\}})? (\S+)$")

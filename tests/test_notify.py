@@ -1,4 +1,4 @@
-"""Tests for imaged.notify against real unix datagram sockets."""
+"""Tests for imaged.daemon.notify against real unix datagram sockets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imaged.notify import SystemdNotifier
+from imaged.daemon.notify import SystemdNotifier
 
 Send = Callable[[SystemdNotifier], bool]
 
@@ -118,7 +118,7 @@ def test_send_errors_are_logged_once_and_swallowed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
-    with caplog.at_level(logging.WARNING, logger="imaged.notify"):
+    with caplog.at_level(logging.WARNING, logger="imaged.daemon.notify"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
     assert len([r for r in caplog.records if "cannot notify systemd" in r.getMessage()]) == 1

@@ -1,4 +1,4 @@
-"""Tests for imaged.pep723: the PEP 723 `# /// script` block parser."""
+"""Tests for imaged.spec.pep723: the PEP 723 `# /// script` block parser."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imaged.errors import ImagedError, ScriptHeaderError
-from imaged.pep723 import ScriptMetadata, parse_script_metadata, read_script_metadata
+from imaged.spec.pep723 import ScriptMetadata, parse_script_metadata, read_script_metadata
 
 VALID = """\
 #!/usr/bin/env python3

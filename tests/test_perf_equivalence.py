@@ -12,9 +12,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from imaged.errors import SpecError
-from imaged.files import DIR, FILE, SYMLINK, FileEntry, stat_entry, walk_files
-from imaged.hashing import (
+from imaged.digest.files import DIR, FILE, SYMLINK, FileEntry, stat_entry, walk_files
+from imaged.digest.hashing import (
     DigestCache,
     TreeIndex,
     encode,
@@ -22,7 +21,8 @@ from imaged.hashing import (
     read_digest,
     sha256_hex,
 )
-from imaged.ignore import STANDARD_IGNORES, IgnoreRules
+from imaged.digest.ignore import STANDARD_IGNORES, IgnoreRules
+from imaged.errors import SpecError
 
 # -- references: the definitions the fast code must agree with --------------------------
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from imaged.cli import main as cli_main
-from imaged.cmd_plan import _layer_diff
-from imaged.hashing import hash_image
-from imaged.image import Image
-from imaged.loader import load_definitions
-from imaged.state import ImageRecord, StateStore
+from imaged.cli.main import main as cli_main
+from imaged.cli.plan import _layer_diff
+from imaged.daemon.store import ImageRecord, StateStore
+from imaged.definitions.loader import load_definitions
+from imaged.digest.hashing import hash_image
+from imaged.spec.image import Image
 
 pytestmark = pytest.mark.timeout(300)
 

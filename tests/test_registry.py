@@ -22,7 +22,7 @@ from imaged.errors import (
     RegistryUnavailable,
     SpecError,
 )
-from imaged.registry import (
+from imaged.registry.client import (
     MANIFEST_MEDIA_TYPES,
     Existence,
     ImageRef,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from imaged import Image
-from imaged.dockerfile import base_reference, render_dockerfile
+from imaged.digest.hashing import hash_image
 from imaged.errors import SpecError
-from imaged.hashing import hash_image
+from imaged.render.dockerfile import base_reference, render_dockerfile
 
 HEADER = '# /// script\n# dependencies = ["{dep}"]\n# ///\nprint("hi")\n'
 
@@ -85,7 +85,7 @@ def test_an_input_that_became_a_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_an_explicit_lock_file_is_the_one_staged_in_install_project_mode(tmp_path: Path) -> None:
-    from imaged.context import stage_context
+    from imaged.render.context import stage_context
 
     project = tmp_path / "proj"
     project.mkdir()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from imaged import Image
-from imaged.files import folder_rules
-from imaged.hashing import (
+from imaged.digest.files import folder_rules
+from imaged.digest.hashing import (
     DigestCache,
     TreeIndex,
     TreeRegistry,

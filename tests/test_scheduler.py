@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
+from imaged.daemon.scheduler import Scheduler, SchedulerOptions
 from imaged.errors import BuildError, EngineError, RegistryUnavailable
-from imaged.scheduler import Scheduler, SchedulerOptions
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
@@ -322,7 +322,7 @@ async def test_transient_errors_retry_with_growing_backoff_then_reset(
         jitter.append((low, high))
         return high
 
-    monkeypatch.setattr("imaged.scheduler.random.uniform", uniform)
+    monkeypatch.setattr("imaged.daemon.scheduler.random.uniform", uniform)
     errors = [EngineError("engine down"), RegistryUnavailable("503"), EngineError("down")]
     build = FakeBuild(script={"a": list(errors)})
     events: list[dict[str, Any]] = []

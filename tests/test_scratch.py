@@ -1,4 +1,4 @@
-"""Tests for imaged.scratch: build folders holding secrets are swept once their owner is gone."""
+"""Tests for imaged.pipeline.scratch: build folders holding secrets are swept once their owner is gone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from imaged.scratch import (
+from imaged.pipeline.scratch import (
     OWNER_FILE,
     SCRATCH_PREFIX,
     UNMARKED_GRACE,
@@ -73,8 +73,8 @@ def test_mark_owner_records_pid_and_start_time(tmp_path: Path) -> None:
 KILLED_BUILD = """
 import anyio, sys
 from pathlib import Path
-from imaged.builder import BuildRequest, SecretSource
-from imaged.builder_local import LocalBuilder
+from imaged.builders.base import BuildRequest, SecretSource
+from imaged.builders.local import LocalBuilder
 from imaged.config import Settings
 
 context = Path(sys.argv[2])
@@ -123,7 +123,7 @@ def test_a_build_killed_with_sigkill_leaves_secrets_that_the_next_build_sweeps(
     # The next `imaged build` sweeps it before anything else (here: a definition with no image).
     defs = tmp_path / "images.py"
     defs.write_text("X = 1\n")
-    code = "from imaged.cli import main; main()"
+    code = "from imaged.cli.main import main; main()"
     done = subprocess.run(
         [sys.executable, "-c", code, "build", str(defs)],
         env=env,

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from test_metrics import check_histogram, parse_exposition
 
-from imaged.cli import main as cli_main
+from imaged.cli.main import main as cli_main
 from imaged.config import load_settings
-from imaged.daemon import Daemon
+from imaged.daemon.core import Daemon
+from imaged.daemon.metrics import Metrics
+from imaged.daemon.server import serve_status
 from imaged.errors import ConfigError
-from imaged.metrics import Metrics
-from imaged.server import serve_status
 
 pytestmark = pytest.mark.timeout(20)
 

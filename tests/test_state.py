@@ -1,4 +1,4 @@
-"""Tests for imaged.state: records and digest cache on disk, atomic writes, the lock."""
+"""Tests for imaged.daemon.store: records and digest cache on disk, atomic writes, the lock."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from imaged.daemon.store import ImageRecord, StateStore
+from imaged.digest.hashing import DigestCache
 from imaged.errors import ImagedError
-from imaged.hashing import DigestCache
-from imaged.state import ImageRecord, StateStore
 
 RECORDS = {
     "api": ImageRecord(
@@ -82,7 +82,7 @@ def test_corrupt_files_are_moved_aside(
 ) -> None:
     (tmp_path / name).write_text(text)
     store = StateStore(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="imaged.state"):
+    with caplog.at_level(logging.WARNING, logger="imaged.daemon.store"):
         if name == "state.json":
             assert store.load() == {}
         else:
@@ -97,7 +97,7 @@ def test_corrupt_files_are_moved_aside(
 HOLDER = textwrap.dedent("""\
     import sys, time
     from pathlib import Path
-    from imaged.state import StateStore
+    from imaged.daemon.store import StateStore
     StateStore(Path(sys.argv[1])).lock()
     print("locked", flush=True)
     time.sleep(60)

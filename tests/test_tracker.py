@@ -1,4 +1,4 @@
-"""Tests for imaged.tracker: events -> affected layers -> incremental digests -> reasons."""
+"""Tests for imaged.daemon.tracker: events -> affected layers -> incremental digests -> reasons."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from bad_inputs import (
     fifo_ignore_file,
 )
 
-from imaged import hashing
-from imaged import layers as L
-from imaged import tracker as tracker_module
+from imaged.daemon import tracker as tracker_module
+from imaged.daemon.tracker import DigestChange, ImageTracker, Reason
+from imaged.digest import hashing
+from imaged.digest.hashing import DigestCache, hash_image
 from imaged.errors import ImagedError, MissingPathError
-from imaged.hashing import DigestCache, hash_image
-from imaged.image import Image
-from imaged.tracker import DigestChange, ImageTracker, Reason
+from imaged.spec import layers as L
+from imaged.spec.image import Image
 
 BASE = "127.0.0.1:5000/base:1"
 

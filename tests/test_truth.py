@@ -27,9 +27,9 @@ from truth_support import (
 
 from imaged import Image, build
 from imaged.config import load_settings
-from imaged.files import folder_rules
-from imaged.hashing import DigestCache, TreeIndex, hash_image
-from imaged.tracker import ImageTracker
+from imaged.daemon.tracker import ImageTracker
+from imaged.digest.files import folder_rules
+from imaged.digest.hashing import DigestCache, TreeIndex, hash_image
 
 
 def fresh_index(root: Path, rules: Any) -> TreeIndex:

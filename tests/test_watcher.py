@@ -1,4 +1,4 @@
-"""Tests for imaged.watcher: filtering, restarts, missing roots, and real inotify."""
+"""Tests for imaged.daemon.watcher: filtering, restarts, missing roots, and real inotify."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ import pytest
 from fakes import ScriptedWatchBackend, Step
 from watchfiles import Change
 
-from imaged.hashing import DigestCache, hash_image
-from imaged.image import Image
-from imaged.tracker import DigestChange, ImageTracker
-from imaged.watcher import (
+from imaged.daemon.tracker import DigestChange, ImageTracker
+from imaged.daemon.watcher import (
     RestartFlag,
     Roots,
     WatchBackend,
@@ -26,6 +24,8 @@ from imaged.watcher import (
     watch_paths,
     watch_plan,
 )
+from imaged.digest.hashing import DigestCache, hash_image
+from imaged.spec.image import Image
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imaged import Image
-from imaged.files import folder_rules
+from imaged.digest.files import folder_rules
 
 # Names a tree may hold: spaces, non-ASCII, and names that start with dots (``..data`` is
 # how a Kubernetes ConfigMap mount lays out its files).

@@ -1,3 +1,3 @@
 FROM base:1
 COPY layers/0/ ./
-LABEL dev.imaged.digest=sha256:88d28961ac1951288fbd98036a8eff9233c267bbde86a04374788bfb1a0e0720
+LABEL dev.imaged.digest=sha256:35250c3717f4f5a0e631945d3d337f22c0f359fa2a6a4b314dd81f8927dd851d

@@ -1,0 +1,1 @@
+"""BuildKit/Docker builders behind one protocol; they know build requests, not Images."""

@@ -1,0 +1,195 @@
+"""The builder interface the engine calls, builder selection, and BuildKit output parsing.
+
+A builder turns a staged build context into an image in an engine and, when asked, pushes it.
+``local`` and ``remote`` ship with imaged; other builders register an entry point in the group
+``imaged.builders`` whose object is called with the :class:`~imaged.config.Settings`.
+This module imports no I/O library: the builders themselves load lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from imaged.config import ENV_VARS, Settings
+from imaged.errors import ConfigError
+
+ENTRY_POINT_GROUP = "imaged.builders"
+BUILTIN_BUILDERS: dict[str, str] = {
+    "local": "imaged.builders.local:LocalBuilder",
+    "remote": "imaged.builders.remote:RemoteBuilder",
+}
+OUTPUT_TAIL_LINES = 40
+
+EventCallback = Callable[[dict[str, object]], None]
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """A secret's value, resolved on the build host: never logged, never on an argv."""
+
+    id: str
+    value: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One build: a staged context, the Dockerfile inside it, and where the result goes."""
+
+    image_name: str
+    context_dir: Path
+    dockerfile: Path
+    tags: tuple[str, ...]
+    platforms: tuple[str, ...] = ()
+    secrets: tuple[SecretSource, ...] = ()
+    no_cache: bool = False
+    push: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.tags:
+            raise ValueError(f"BuildRequest for {self.image_name!r} needs at least one tag")
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    """What a build produced and how long it took."""
+
+    image_id: str | None
+    manifest_digest: str | None
+    build_seconds: float
+    push_seconds: float
+    command: tuple[str, ...]
+
+
+@runtime_checkable
+class Builder(Protocol):
+    """Builds images. ``check`` raises EngineError naming the engine when it is unreachable."""
+
+    name: str
+
+    async def check(self) -> dict[str, str]: ...
+
+    async def build(
+        self, request: BuildRequest, *, on_event: EventCallback | None = None
+    ) -> BuildOutcome: ...
+
+    def describe_command(self, request: BuildRequest) -> tuple[str, ...]: ...
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_builders() -> list[str]:
+    """Every builder name :func:`get_builder` accepts, sorted."""
+    return sorted(set(BUILTIN_BUILDERS) | set(_entry_points()))
+
+
+def _load_factory(name: str) -> object:
+    target = BUILTIN_BUILDERS.get(name)
+    if target is not None:
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    entry = _entry_points().get(name)
+    if entry is None:
+        raise ConfigError(
+            f"unknown builder {name!r}; available: {', '.join(available_builders())}",
+            key="builder",
+        )
+    try:
+        return entry.load()
+    except Exception as exc:
+        raise ConfigError(
+            f"builder {name!r} ({entry.value}) failed to load: {exc}", key="builder"
+        ) from exc
+
+
+def get_builder(name: str | None, settings: Settings) -> Builder:
+    """The builder called ``name`` (default: ``settings.builder``, ``IMAGED_BUILDER``).
+
+    >>> get_builder("local", Settings()).name
+    'local'
+    """
+    chosen = name or settings.builder or "local"
+    factory = _load_factory(chosen)
+    if not callable(factory):
+        raise ConfigError(f"builder {chosen!r} is not callable: {factory!r}", key="builder")
+    builder = factory(settings)
+    if not isinstance(builder, Builder):
+        raise ConfigError(
+            f"builder {chosen!r} does not implement check/build/describe_command "
+            f"(set with {ENV_VARS['builder']})",
+            key="builder",
+        )
+    return builder
+
+
+# BuildKit plain progress: "#5 [2/2] RUN make", "#5 ERROR: ...", " > [2/2] RUN make:".
+_STEP_HEADER = re.compile(r"^#(\d+) (\[[^\]]+\] .+)$")
+_STEP_ERROR = re.compile(r"^#(\d+) ERROR:? ")
+_ERROR_SUMMARY = re.compile(r"^ > (\[[^\]]+\] .+):$")
+_PARSE_ERROR = re.compile(r"dockerfile parse error (line \d+: .+)$", re.IGNORECASE)
+_FINAL_ERROR = re.compile(r"^(ERROR: .+|.*executor failed running \[.+)$")
+
+
+class BuildOutput:
+    """Follows BuildKit ``--progress=plain`` output: keeps the tail and finds the failed step.
+
+    Step headers are remembered as they stream by, so the failing instruction is found even when
+    its header scrolled out of the tail long before the error.
+    """
+
+    def __init__(self, *, tail_lines: int = OUTPUT_TAIL_LINES) -> None:
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self._headers: dict[str, str] = {}
+        self._failed_step: str | None = None
+        self._summary: str | None = None
+        self._parse_error: str | None = None
+        self._final: str | None = None
+
+    def add(self, raw: str) -> None:
+        """Record one output line."""
+        line = raw.rstrip("\r\n")
+        self._tail.append(line)
+        if match := _STEP_HEADER.match(line):
+            self._headers[match[1]] = match[2]
+        elif (match := _STEP_ERROR.match(line)) and match[1] in self._headers:
+            self._failed_step = self._failed_step or self._headers[match[1]]
+        elif match := _ERROR_SUMMARY.match(line):
+            self._summary = self._summary or match[1]
+        elif match := _PARSE_ERROR.search(line):
+            self._parse_error = f"Dockerfile {match[1]}"
+        elif _FINAL_ERROR.match(line):
+            self._final = self._final or line.strip()
+
+    @property
+    def tail(self) -> str:
+        """The last lines, joined."""
+        return "\n".join(self._tail)
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return tuple(self._tail)
+
+    @property
+    def instruction(self) -> str | None:
+        """The failing step (``[2/3] RUN make``), else the error summary BuildKit printed."""
+        return self._failed_step or self._summary or self._parse_error or self._final
+
+
+def parse_failed_instruction(lines: Iterable[str]) -> str | None:
+    """The Dockerfile instruction that failed, from BuildKit ``--progress=plain`` output.
+
+    >>> parse_failed_instruction(["#5 [2/2] RUN false", "#5 ERROR: exit code: 1"])
+    '[2/2] RUN false'
+    """
+    output = BuildOutput()
+    for line in lines:
+        output.add(line)
+    return output.instruction

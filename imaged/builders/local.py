@@ -1,0 +1,493 @@
+"""The local builder: BuildKit builds through the docker CLI, tag and push through the Docker SDK.
+
+The SDK only reaches the legacy builder, so builds go through a docker CLI: ``docker buildx build``
+when the buildx plugin is there, else a classic CLI (before 23.0) whose built-in BuildKit works
+with ``DOCKER_BUILDKIT=1``. Secret values go to 0600 files in a private 0700 folder, deleted
+when the build ends (or swept by :mod:`imaged.pipeline.scratch` after a SIGKILL), never to a child's
+environment: the ``env=`` form of ``--secret`` would spare the files, but one variable
+is capped at 128 KiB on Linux (a CA bundle is bigger) and cannot hold a NUL byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from anyio.abc import Process
+
+from imaged.builders.base import (
+    BuildOutcome,
+    BuildOutput,
+    BuildRequest,
+    EventCallback,
+    SecretSource,
+)
+from imaged.config import ENV_VARS, Settings
+from imaged.errors import BuildError, ConfigError, EngineError, PushError
+from imaged.failures import classify_output
+from imaged.pipeline.scratch import SCRATCH_PREFIX, mark_owner, scratch_parent
+from imaged.pipeline.secrets import without_secrets
+
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
+TERMINATE_GRACE = 5.0
+_SECRET_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_NO_BUILDX = re.compile(r"buildx component is missing|'buildx' is not a docker command", re.I)
+_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+_QUIET_PUSH_STATUSES = frozenset({"Pushing", "Preparing", "Waiting"})
+
+
+@dataclass(frozen=True)
+class DockerCli:
+    """A probed docker CLI: its path, client version and whether ``buildx`` works."""
+
+    path: str
+    version: str
+    buildx: bool
+
+    @property
+    def builtin_buildkit(self) -> bool:
+        """Classic CLIs before 23.0 build with BuildKit themselves (``DOCKER_BUILDKIT=1``)."""
+        major = self.version.split(".", 1)[0]
+        return major.isdigit() and int(major) < 23
+
+
+def _probe_cli(path: str) -> DockerCli | None:
+    env = without_secrets(os.environ)
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=20, check=True, env=env
+        ).stdout
+        buildx = subprocess.run(
+            [path, "buildx", "version"], capture_output=True, timeout=20, check=False, env=env
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"version ([0-9][^,\s]*)", out)
+    return DockerCli(path=path, version=match[1] if match else "", buildx=buildx.returncode == 0)
+
+
+@lru_cache(maxsize=8)
+def find_docker_cli(explicit: str | None = None) -> DockerCli:
+    """The docker CLI to build with: ``explicit`` if given, else the best one installed.
+
+    Preference: a CLI with buildx, then a classic CLI with built-in BuildKit, then any.
+    The probe result is cached per ``explicit`` value.
+    """
+    if explicit:
+        found = _probe_cli(shutil.which(explicit) or explicit)
+        if found is None:
+            raise ConfigError(f"{explicit!r} is not a working docker CLI", key="docker_cli")
+        return found
+    paths = {os.path.realpath(p): p for c in CLI_CANDIDATES if (p := shutil.which(c))}
+    probed = [cli for p in paths.values() if (cli := _probe_cli(p)) is not None]
+    for usable in (lambda c: c.buildx, lambda c: c.builtin_buildkit, lambda c: True):
+        for cli in probed:
+            if usable(cli):
+                return cli
+    raise ConfigError(
+        f"no docker CLI found; install one or set {ENV_VARS['docker_cli']}", key="docker_cli"
+    )
+
+
+def build_argv(
+    cli: DockerCli,
+    request: BuildRequest,
+    *,
+    secret_files: Mapping[str, str],
+    global_args: tuple[str, ...] = (),
+    metadata_file: str | None = None,
+) -> tuple[str, ...]:
+    """The docker argv for a build; secrets appear as ``id=X,src=FILE`` only, never values."""
+    multi = len(request.platforms) > 1
+    if multi and not cli.buildx:
+        raise BuildError(
+            f"building for several platforms ({', '.join(request.platforms)}) needs docker "
+            f"buildx, and {cli.path} has none",
+            image=request.image_name,
+        )
+    if multi and not request.push:
+        raise BuildError(
+            "a multi-platform image cannot be loaded into the engine; build it with push",
+            image=request.image_name,
+        )
+    argv = [cli.path, *global_args, *(("buildx", "build") if cli.buildx else ("build",))]
+    argv += ["--progress=plain", "-f", str(request.dockerfile)]
+    for tag in request.tags:
+        argv += ["-t", tag]
+    if request.platforms:
+        argv += ["--platform", ",".join(request.platforms)]
+    if request.no_cache:
+        argv.append("--no-cache")
+    for secret in request.secrets:
+        if not _SECRET_ID.match(secret.id):
+            raise BuildError(f"invalid secret id {secret.id!r}", image=request.image_name)
+        argv += ["--secret", f"id={secret.id},src={secret_files[secret.id]}"]
+    if cli.buildx:
+        argv += ["--push", "--metadata-file", metadata_file or "METADATA"] if multi else ["--load"]
+    argv.append(str(request.context_dir))
+    return tuple(argv)
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A private folder for one build: the secret files and the buildx metadata file."""
+
+    folder: str
+    secret_paths: dict[str, str]
+
+    @property
+    def metadata_file(self) -> str:
+        return os.path.join(self.folder, "metadata.json")
+
+
+@contextmanager
+def open_scratch(secrets: tuple[SecretSource, ...]) -> Iterator[Scratch]:
+    """Write secret values to 0600 files in a fresh 0700 folder; remove it all on exit.
+    The folder names its owner, so a later start sweeps it if this process is killed."""
+    # mkdtemp makes a fresh 0700 folder, so a shared parent is safe.
+    folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch_parent())
+    try:
+        mark_owner(folder)
+        paths: dict[str, str] = {}
+        for index, secret in enumerate(secrets):
+            path = os.path.join(folder, f"secret-{index}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secret.value)
+            paths[secret.id] = path
+        yield Scratch(folder=folder, secret_paths=paths)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_metadata_digest(path: str) -> str | None:
+    """``containerimage.digest`` from a buildx ``--metadata-file`` (multi-platform pushes)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            digest = json.load(handle).get("containerimage.digest")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def _emit(on_event: EventCallback | None, event: dict[str, object]) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+def _emit_from_thread(on_event: EventCallback | None, event: dict[str, object]) -> None:
+    if on_event is None:
+        return
+    with suppress(RuntimeError):  # the event loop is gone: the caller was cancelled
+        anyio.from_thread.run_sync(on_event, event)
+
+
+def _signal_group(process: Process, signum: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+async def _terminate(process: Process) -> None:
+    """SIGTERM the CLI's process group, SIGKILL it after a grace period, and reap it."""
+    if process.returncode is None:
+        _signal_group(process, signal.SIGTERM)
+        with anyio.move_on_after(TERMINATE_GRACE):
+            await process.wait()
+    if process.returncode is None:
+        _signal_group(process, signal.SIGKILL)
+        await process.wait()
+
+
+async def _pump(process: Process, output: BuildOutput, on_event: EventCallback | None) -> None:
+    assert process.stdout is not None
+    pending = b""
+    async for chunk in process.stdout:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            output.add(line)
+            _emit(on_event, {"event": "build_output", "line": line})
+    if pending:
+        output.add(pending.decode("utf-8", "replace"))
+
+
+async def run_cli(
+    argv: tuple[str, ...], *, env: Mapping[str, str], on_event: EventCallback | None = None
+) -> tuple[int, BuildOutput]:
+    """Run a docker CLI build to its end; on cancellation, stop it and re-raise."""
+    output = BuildOutput()
+    process = await anyio.open_process(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        start_new_session=True,
+    )
+    try:
+        await _pump(process, output, on_event)
+        return await process.wait(), output
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _terminate(process)
+            await process.aclose()
+
+
+class LocalBuilder:
+    """Builds in the engine the docker CLI and SDK find by default (``DOCKER_HOST`` or the socket).
+
+    >>> LocalBuilder(Settings()).name
+    'local'
+    """
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def engine_address(self) -> str:
+        return str(self.client_kwargs().get("base_url") or DEFAULT_ENGINE)
+
+    def cli(self) -> DockerCli:
+        """The docker CLI (``IMAGED_DOCKER_CLI``, else probed once and cached)."""
+        return find_docker_cli(self.settings.docker_cli or os.environ.get(ENV_VARS["docker_cli"]))
+
+    def cli_global_args(self) -> tuple[str, ...]:
+        return ()
+
+    def cli_env(self) -> dict[str, str]:
+        """The build CLI's environment: secrets reach it as files (``--secret src=``) only."""
+        env = without_secrets(os.environ)
+        env.update(DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
+        return env
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """SDK client arguments: ``DOCKER_HOST``, else the CLI's current context (Docker Desktop)."""
+        from docker.context.config import get_current_context_name
+        from docker.utils import kwargs_from_env
+
+        if os.environ.get("DOCKER_HOST"):
+            return dict(kwargs_from_env())
+        context = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
+        if context and context != "default":
+            return context_client_kwargs(context)
+        return dict(kwargs_from_env())
+
+    def api(self) -> Any:
+        """A connected ``docker.APIClient`` (blocking); EngineError when unreachable."""
+        import docker
+        import requests
+
+        try:
+            return docker.APIClient(
+                version="auto", timeout=self.settings.push_timeout, **self.client_kwargs()
+            )
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self.unreachable(exc) from exc
+
+    def unreachable(self, detail: object) -> EngineError:
+        return EngineError(f"Docker engine at {self.engine_address} is unreachable: {detail}")
+
+    async def check(self) -> dict[str, str]:
+        """Ping the engine and report versions: engine address, server, API, CLI, buildx."""
+        info = await anyio.to_thread.run_sync(self._check_sync)
+        cli = await anyio.to_thread.run_sync(self.cli)
+        info.update(cli=cli.path, cli_version=cli.version, buildx="yes" if cli.buildx else "no")
+        return info
+
+    def _check_sync(self) -> dict[str, str]:
+        import docker
+        import requests
+
+        api = self.api()
+        try:
+            api.ping()
+            version = api.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self.unreachable(exc) from exc
+        finally:
+            api.close()
+        return {
+            "builder": self.name,
+            "engine": self.engine_address,
+            "server_version": str(version.get("Version", "")),
+            "api_version": str(version.get("ApiVersion", "")),
+        }
+
+    def describe_command(self, request: BuildRequest) -> tuple[str, ...]:
+        """The argv a build would run, secret files shown as placeholders."""
+        placeholders = {s.id: f"<temp file for secret {s.id}>" for s in request.secrets}
+        cli = self.cli()
+        if len(request.platforms) > 1:
+            # A dry run builds nothing: show the buildx build it needs, whatever CLI is here.
+            cli, request = replace(cli, buildx=True), replace(request, push=True)
+        return build_argv(
+            cli,
+            request,
+            secret_files=placeholders,
+            global_args=self.cli_global_args(),
+            metadata_file="<temp metadata file>",
+        )
+
+    async def build(
+        self, request: BuildRequest, *, on_event: EventCallback | None = None
+    ) -> BuildOutcome:
+        """Build with BuildKit through the CLI, then push every tag when ``request.push``."""
+        cli = await anyio.to_thread.run_sync(self.cli)
+        started = time.monotonic()
+        with open_scratch(request.secrets) as scratch:
+            argv = build_argv(
+                cli,
+                request,
+                secret_files=scratch.secret_paths,
+                global_args=self.cli_global_args(),
+                metadata_file=scratch.metadata_file,
+            )
+            _emit(on_event, {"event": "build_started", "image": request.image_name, "argv": argv})
+            code, output = await run_cli(argv, env=self.cli_env(), on_event=on_event)
+            if code != 0:
+                raise self._build_failure(request, cli, output)
+            pushed_digest = _read_metadata_digest(scratch.metadata_file)
+        build_seconds = time.monotonic() - started
+        _emit(
+            on_event,
+            {
+                "event": "build_done",
+                "image": request.image_name,
+                "seconds": round(build_seconds, 3),
+            },
+        )
+        if pushed_digest is not None or not request.push:
+            image_id = None if pushed_digest else await self._image_id(request)
+            return BuildOutcome(image_id, pushed_digest, build_seconds, 0.0, argv)
+        started = time.monotonic()
+        image_id, digest = await anyio.to_thread.run_sync(
+            self._push_sync, request, on_event, abandon_on_cancel=True
+        )
+        return BuildOutcome(image_id, digest, build_seconds, time.monotonic() - started, argv)
+
+    def _build_failure(
+        self, request: BuildRequest, cli: DockerCli, output: BuildOutput
+    ) -> EngineError | BuildError:
+        lines = output.lines
+        verdict = classify_output(lines)
+        if verdict.transient and not verdict.evidence.startswith("#"):
+            # The CLI's own line, not a step's: its connection to the engine failed.
+            return self.unreachable(verdict.evidence)
+        message = f"docker build failed ({cli.path})"
+        if any(_NO_BUILDX.search(line) for line in lines):
+            message += (
+                f": this CLI needs the buildx plugin for BuildKit; install it or point "
+                f"{ENV_VARS['docker_cli']} at a CLI with buildx or a classic CLI before 23.0"
+            )
+        return BuildError(
+            message,
+            image=request.image_name,
+            instruction=output.instruction,
+            output_tail=output.tail,
+            transient=verdict.transient,
+        )
+
+    async def _image_id(self, request: BuildRequest) -> str | None:
+        def inspect() -> str | None:
+            api = self.api()
+            try:
+                return _inspect_id(api, request.tags[0])
+            finally:
+                api.close()
+
+        return await anyio.to_thread.run_sync(inspect)
+
+    def _push_sync(
+        self, request: BuildRequest, on_event: EventCallback | None
+    ) -> tuple[str | None, str | None]:
+        api = self.api()
+        try:
+            image_id = _inspect_id(api, request.tags[0])
+            digests = [self._push_ref(api, request, ref, on_event) for ref in request.tags]
+        finally:
+            api.close()
+        return image_id, digests[0]
+
+    def _push_ref(
+        self, api: Any, request: BuildRequest, ref: str, on_event: EventCallback | None
+    ) -> str | None:
+        import docker
+        import requests
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(ref)
+        try:
+            digest = None
+            for entry in api.push(repo, tag=tag, stream=True, decode=True):
+                digest = _push_entry(entry, ref, request.image_name, on_event) or digest
+        except docker.errors.DockerException as exc:
+            raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise self.unreachable(exc) from exc
+        except requests.exceptions.RequestException as exc:
+            raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc
+        _emit_from_thread(on_event, {"event": "pushed", "ref": ref, "digest": digest})
+        return digest
+
+
+def _inspect_id(api: Any, ref: str) -> str | None:
+    import docker
+
+    try:
+        image_id = api.inspect_image(ref).get("Id")
+    except docker.errors.DockerException as exc:
+        raise BuildError(f"built image {ref} is not in the engine: {exc}") from exc
+    return str(image_id) if image_id else None
+
+
+def _push_entry(
+    entry: dict[str, Any], ref: str, image: str, on_event: EventCallback | None
+) -> str | None:
+    """Check one push progress entry; return the manifest digest when it names one."""
+    if "errorDetail" in entry or "error" in entry:
+        detail = entry.get("errorDetail") or {}
+        message = detail.get("message") if isinstance(detail, dict) else None
+        raise PushError(f"push of {ref} failed: {message or entry.get('error')}", image=image)
+    aux = entry.get("aux")
+    if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+        return str(aux["Digest"])
+    status = str(entry.get("status", ""))
+    if status and status not in _QUIET_PUSH_STATUSES:
+        _emit_from_thread(
+            on_event, {"event": "push_status", "ref": ref, "status": status, "id": entry.get("id")}
+        )
+    match = _DIGEST.search(status)
+    return match[1] if match else None
+
+
+def context_client_kwargs(name: str) -> dict[str, Any]:
+    """SDK client arguments for the endpoint of the docker context ``name``."""
+    from docker.context import ContextAPI
+
+    context = ContextAPI.get_context(name)
+    if context is None:
+        config_dir = os.environ.get("DOCKER_CONFIG", "~/.docker")
+        raise ConfigError(f"no docker context {name!r} in {config_dir}", key="docker_context")
+    host = str(context.Host)
+    kwargs: dict[str, Any] = {"base_url": host, "use_ssh_client": host.startswith("ssh://")}
+    if context.TLSConfig:
+        kwargs["tls"] = context.TLSConfig
+    return kwargs

@@ -1,0 +1,154 @@
+"""``imaged build``: build what is missing, one line (or JSON object) per image."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from imaged.config import Settings, export_config_file, load_settings
+from imaged.definitions.loader import load_targets
+from imaged.errors import ImagedError
+from imaged.pipeline.build import ImageBuild, abuild
+from imaged.pipeline.scratch import sweep_stale_scratch
+from imaged.registry.client import Existence, RegistryClient
+from imaged.spec.image import Image, override_registry
+
+
+def _line(result: ImageBuild) -> str:
+    if result.status == "skipped":
+        return f"{result.name}: skipped, {result.uri} exists"
+    if result.status == "dry-run":
+        return "\n".join(
+            [
+                f"# {result.name}: {result.uri} (dry run, nothing built)",
+                "# command: " + " ".join(result.command),
+                "# context:",
+                *(f"#   {p}" for p in result.context_listing),
+                result.dockerfile or "",
+            ]
+        )
+    where = "built and pushed" if result.pushed else "built into the local engine (no registry)"
+    digest = f" manifest {result.manifest_digest}" if result.manifest_digest else ""
+    total = result.timings.get("total", 0.0)
+    return f"{result.name}: {where} {result.uri}{digest} in {total:.1f}s"
+
+
+def _report(result: ImageBuild | None, name: str, error: ImagedError | None, as_json: bool) -> None:
+    if as_json:
+        if result is not None:
+            click.echo(json.dumps(result.to_json()))
+        else:
+            click.echo(json.dumps({"name": name, "status": "failed", "error": str(error)}))
+        return
+    if result is not None:
+        click.echo(_line(result))
+    else:
+        click.echo(f"{name}: FAILED: {error}", err=True)
+
+
+async def _build_all(
+    images: dict[str, Image],
+    *,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+    overrides: dict[str, Any],
+    config_file: Path | None,
+) -> int:
+    settings = load_settings(config_file=config_file, overrides=overrides)
+    if not dry_run and not settings.registry and any(not i.registry for i in images.values()):
+        click.echo(
+            "note: images without a registry are built into the local engine only, not pushed",
+            err=True,
+        )
+    for name in sorted(n for n, i in images.items() if i.registry_secret is not None):
+        click.echo(
+            f"note: {name}: registry_secret is not read yet; pulls and pushes use the build "
+            "host's docker credentials (docker login)",
+            err=True,
+        )
+    failed = 0
+    async with RegistryClient(insecure_hosts=settings.insecure_registries) as client:
+        checked = {} if force or dry_run else await _check_all(images, settings, client)
+        for name, image in _ordered(images):
+            try:
+                result = await abuild(
+                    image,
+                    force=force,
+                    dry_run=dry_run,
+                    settings=settings,
+                    registry_client=client,
+                    checked=checked,
+                )
+            except ImagedError as exc:
+                failed += 1
+                _report(None, name, exc, as_json)
+                continue
+            _report(result, name, None, as_json)
+    return failed
+
+
+async def _check_all(
+    images: dict[str, Image], settings: Settings, client: RegistryClient
+) -> dict[str, Existence]:
+    """Ask the registry about every image at once; errors are left for abuild to raise."""
+    uris: list[str] = []
+    for image in images.values():
+        effective = override_registry(image, settings.registry)
+        if not effective.registry:
+            continue
+        try:
+            uris.append(effective.uri)
+        except ImagedError:
+            continue  # abuild reports it, with the image's name
+    found = await client.check_many(uris)
+    return {uri: answer for uri, answer in found.items() if isinstance(answer, Existence)}
+
+
+def _ordered(images: dict[str, Image]) -> list[tuple[str, Image]]:
+    """Parents (images another one is built from) first."""
+    from imaged.spec.image import ParentBase
+
+    def depth(image: Image) -> int:
+        base = image.base
+        return 1 + depth(base.image) if isinstance(base, ParentBase) else 0
+
+    return sorted(images.items(), key=lambda item: depth(item[1]))
+
+
+def run_build(
+    targets: str | Sequence[str],
+    *,
+    recursive: bool | None = None,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+    overrides: dict[str, Any],
+    config_file: Path | None,
+) -> int:
+    """Returns the number of images that failed."""
+    sweep_stale_scratch()  # secret files a killed build left behind
+    export_config_file(config_file)
+    deep = load_settings(config_file=config_file).recursive if recursive is None else recursive
+    images = load_targets(
+        (targets,) if isinstance(targets, str) else targets,
+        recursive=deep,
+        echo=lambda line: click.echo(line, err=True),
+    )
+
+    async def main() -> int:
+        return await _build_all(
+            images,
+            force=force,
+            dry_run=dry_run,
+            as_json=as_json,
+            overrides=overrides,
+            config_file=config_file,
+        )
+
+    return anyio.run(main)

@@ -1,0 +1,1 @@
+"""The long-running process: lifecycle, tracker, watcher, scheduler, state, status server, metrics, notify."""

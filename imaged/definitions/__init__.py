@@ -1,0 +1,1 @@
+"""Loading users' definition modules: import, discovery, the loader child process."""

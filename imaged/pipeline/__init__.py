@@ -1,0 +1,1 @@
+"""The only place registry and builders meet: abuild/build, secrets, scratch folders."""

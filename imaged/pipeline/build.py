@@ -1,0 +1,306 @@
+"""The build engine: validate, check the registry, stage, build, push, report.
+
+``build(image)`` is the one-shot call; ``abuild`` is its async twin, which the daemon
+cancels when an image's digest moves while it builds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from imaged.builders.base import Builder, BuildRequest, get_builder
+from imaged.config import Settings, load_settings
+from imaged.digest.hashing import DigestCache, ImageDigest, default_cache, hash_image
+from imaged.errors import ContextChangedError, SpecError
+from imaged.pipeline.secrets import ca_bundle_secret, resolve_secrets
+from imaged.registry.client import Existence, RegistryClient
+from imaged.render.context import stage_context
+from imaged.render.dockerfile import RenderedImage, render_dockerfile
+from imaged.spec.image import Image, ParentBase, override_registry
+
+EventSink = Callable[[dict[str, Any]], None]
+MAX_STAGE_ATTEMPTS = 3
+_BUILT_LOCALLY: set[str] = set()  # URIs this process built into the engine (no registry)
+
+
+@dataclass
+class ImageBuild:
+    """What happened to one image."""
+
+    name: str
+    uri: str
+    tag: str
+    digest: str
+    status: str  # "skipped" | "built" | "pushed" | "dry-run"
+    manifest_digest: str | None = None
+    pushed: bool = False
+    skipped: bool = False
+    builder: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    dockerfile: str | None = None
+    context_listing: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.status != "dry-run":
+            data.pop("dockerfile")
+            data.pop("context_listing")
+        return data
+
+
+def _emit(sink: EventSink | None, event: str, image: Image, **fields: Any) -> None:
+    if sink is not None:
+        sink({"event": event, "image": image.name, **fields})
+
+
+def _uri(image: Image, digest: ImageDigest) -> str:
+    return image.uri_for(digest.tag)
+
+
+async def check_existence(
+    image: Image, digest: ImageDigest, settings: Settings, client: RegistryClient | None = None
+) -> Existence:
+    """Ask the registry whether the image's content tag exists. Unknown raises."""
+    uri = _uri(image, digest)
+    if client is not None:
+        return await client.manifest_exists(uri)
+    async with RegistryClient(insecure_hosts=settings.insecure_registries) as own:
+        return await own.manifest_exists(uri)
+
+
+def staging_dir(image: Image, settings: Settings) -> Path:
+    """A stable folder per image (and definition file), so staging and BuildKit's context
+    transfer are incremental from one build to the next."""
+    where = hashlib.sha256(f"{image.source_file}\0{image.name}".encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", image.name or "image")
+    return settings.resolved_state_dir / "contexts" / f"{safe}-{where}"
+
+
+def _open_lock(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+
+@asynccontextmanager
+async def _locked(folder: Path) -> AsyncIterator[None]:
+    """One build per staging folder across processes (flock; closing releases it)."""
+    fd = await anyio.to_thread.run_sync(_open_lock, folder)
+    try:
+        await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX, abandon_on_cancel=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _effective(image: Image, settings: Settings) -> Image:
+    return override_registry(image, settings.registry)
+
+
+def _validate_and_hash(image: Image, cache: DigestCache) -> ImageDigest:
+    image.validate()
+    return hash_image(image, cache)
+
+
+def _stage(
+    image: Image, cache: DigestCache, workdir: Path
+) -> tuple[ImageDigest, RenderedImage, Path]:
+    """Hash, render and stage; re-hash when a file moved in between."""
+    for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
+        digest = hash_image(image, cache)
+        rendered = render_dockerfile(image, digest)
+        try:
+            dockerfile = stage_context(rendered, workdir / "context")
+        except ContextChangedError:
+            if attempt == MAX_STAGE_ATTEMPTS:
+                raise
+            continue
+        return digest, rendered, dockerfile
+    raise AssertionError("unreachable")
+
+
+async def _ensure_parent(
+    image: Image,
+    *,
+    settings: Settings,
+    client: RegistryClient | None,
+    builder: Builder,
+    cache: DigestCache,
+    on_event: EventSink | None,
+) -> None:
+    """An image built FROM another Image needs that image first: build it (or find its tag
+    in the registry) before the child, whether or not it is one of the defined images."""
+    base = image.base
+    if not isinstance(base, ParentBase):
+        return
+    if not base.image.name:
+        raise SpecError(
+            "its base image has no name; give it one with .clone(name=...)", image=image.name
+        )
+
+    def as_parent(event: dict[str, Any]) -> None:
+        # The parent's progress must not read as the child's (its build_done is not ours).
+        if on_event is not None:
+            on_event({**event, "event": f"parent_{event.get('event')}", "image": image.name})
+
+    parent = await abuild(
+        base.image,
+        settings=settings,
+        registry_client=client,
+        builder=builder,
+        cache=cache,
+        on_event=as_parent,
+    )
+    _emit(on_event, "parent_ready", image, parent=parent.uri, status=parent.status)
+
+
+async def abuild(
+    image: Image,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    builder: str | Builder | None = None,
+    settings: Settings | None = None,
+    registry_client: RegistryClient | None = None,
+    cache: DigestCache | None = None,
+    on_event: EventSink | None = None,
+    checked: Mapping[str, Existence] | None = None,
+) -> ImageBuild:
+    """Build and push ``image`` unless its content tag already exists in the registry.
+
+    ``checked`` carries answers of a concurrent existence check made just before (by URI);
+    an image whose URI is not in it (or moved since) is checked here.
+
+    >>> # result = await abuild(Image.from_base("debian:12").clone(name="x", registry="localhost:5000"))
+    """
+    settings = settings or load_settings()
+    cache = cache or default_cache()
+    image = _effective(image, settings)
+    started = time.perf_counter()
+    # Hashing reads files: off the event loop, so a big tree never starves the daemon.
+    digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache)
+    result = ImageBuild(
+        name=image.name or "",
+        uri=_uri(image, digest),
+        tag=digest.tag,
+        digest=digest.digest,
+        status="",
+        layers=[d.to_json() for d in digest.layers],
+    )
+    result.timings["hash"] = time.perf_counter() - started
+    chosen = builder if not isinstance(builder, str | None) else get_builder(builder, settings)
+    result.builder = chosen.name
+    if dry_run:
+        return _dry_run(image, digest, chosen, result)
+    if not image.registry and not force and result.uri in _BUILT_LOCALLY:
+        # Content-addressed: built into the engine by this process already (a parent shared
+        # by several children). Images with a registry ask the registry instead.
+        result.status, result.skipped = "skipped", True
+        _emit(on_event, "skipped", image, uri=result.uri)
+        return result
+    if image.registry and not force:
+        t0 = time.perf_counter()
+        exists = (checked or {}).get(result.uri)
+        if exists is None:
+            exists = await check_existence(image, digest, settings, registry_client)
+        result.timings["check"] = time.perf_counter() - t0
+        if exists is Existence.EXISTS:
+            result.status, result.skipped = "skipped", True
+            _emit(on_event, "skipped", image, uri=result.uri)
+            return result
+    await _ensure_parent(
+        image,
+        settings=settings,
+        client=registry_client,
+        builder=chosen,
+        cache=cache,
+        on_event=on_event,
+    )
+    await _build_and_push(image, chosen, settings, cache, force, result, on_event)
+    if not result.pushed:
+        _BUILT_LOCALLY.add(result.uri)
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def _dry_run(image: Image, digest: ImageDigest, chosen: Builder, result: ImageBuild) -> ImageBuild:
+    rendered = render_dockerfile(image, digest)
+    result.status = "dry-run"
+    result.dockerfile = rendered.dockerfile
+    result.context_listing = rendered.listing()
+    request = BuildRequest(
+        image_name=result.name,
+        context_dir=Path("<context>"),
+        dockerfile=Path("<context>.Dockerfile"),
+        tags=(result.uri,),
+        platforms=image.platform,
+        push=bool(image.registry),
+    )
+    result.command = list(chosen.describe_command(request))
+    return result
+
+
+async def _build_and_push(
+    image: Image,
+    chosen: Builder,
+    settings: Settings,
+    cache: DigestCache,
+    force: bool,
+    result: ImageBuild,
+    on_event: EventSink | None,
+) -> None:
+    secrets = resolve_secrets((s for layer in image.layers for s in layer.secrets), settings)
+    ca = ca_bundle_secret(settings)
+    workdir = staging_dir(image, settings)
+    async with _locked(workdir):
+        t0 = time.perf_counter()
+        digest, _rendered, dockerfile = await anyio.to_thread.run_sync(
+            _stage, image, cache, workdir
+        )
+        result.timings["stage"] = time.perf_counter() - t0
+        if digest.digest != result.digest:
+            _emit(on_event, "rehashed", image, old=result.tag, new=digest.tag)
+            result.digest, result.tag, result.uri = digest.digest, digest.tag, _uri(image, digest)
+            result.layers = [d.to_json() for d in digest.layers]
+        request = BuildRequest(
+            image_name=result.name,
+            context_dir=workdir / "context",
+            dockerfile=dockerfile,
+            tags=(result.uri,),
+            platforms=image.platform,
+            secrets=(*secrets, *((ca,) if ca else ())),
+            no_cache=force,
+            push=bool(image.registry),
+        )
+        _emit(on_event, "building", image, uri=result.uri)
+        outcome = await chosen.build(request, on_event=on_event)
+    result.command = list(outcome.command)
+    result.timings["build"] = outcome.build_seconds
+    result.timings["push"] = outcome.push_seconds
+    result.manifest_digest = outcome.manifest_digest
+    result.pushed = request.push
+    result.status = "pushed" if request.push else "built"
+    _emit(on_event, result.status, image, uri=result.uri, manifest_digest=outcome.manifest_digest)
+
+
+def build(
+    image: Image, *, force: bool = False, dry_run: bool = False, **options: Any
+) -> ImageBuild:
+    """Synchronous :func:`abuild`: ``imaged.build(image)``."""
+
+    async def run() -> ImageBuild:
+        return await abuild(image, force=force, dry_run=dry_run, **options)
+
+    return anyio.run(run)

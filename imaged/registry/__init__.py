@@ -1,0 +1,1 @@
+"""The Distribution API over httpx: references, credentials, existence checks and pushes."""

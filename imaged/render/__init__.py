@@ -1,0 +1,1 @@
+"""Digest -> build inputs, local only: the Dockerfile and the staged context."""
