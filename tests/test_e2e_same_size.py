@@ -186,7 +186,7 @@ BUNDLE_DEFS = """
 from imaged import Image
 bundle = (
     Image.from_base({base!r}).clone(registry={registry!r}, name={name!r})
-    .with_code_bundle("/bundle")
+    .with_code_bundle("all", "/bundle")
 )
 """
 
