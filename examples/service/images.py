@@ -1,7 +1,9 @@
 """The images of a small HTTP service: the FastAPI `api` and a background `worker`.
 
 Both copy the contents of the same `src/` folder to /app (so `/app/app/main.py`), minus what
-`.dockerignore` excludes; one edit there re-tags both images.
+`.dockerignore` excludes; one edit there re-tags both images. Every step that runs a command
+comes before the sources: the layers after them are files only (sources, workdir, env), so an
+edit of `src/` never re-runs a command, and imaged's registry fast path can append them.
 Relative paths resolve against this file's folder. Override the registry with `--registry`.
 """
 
@@ -21,11 +23,11 @@ api = (
     python_base("service-api")
     .with_apt_packages("curl")
     .with_pip_packages("fastapi==0.115.0", "uvicorn==0.30.6")
+    .with_commands(["python3 -c 'import fastapi, uvicorn'"])
     .with_dockerignore(Path(".dockerignore"))
     .with_source_folder(Path("src"), dst="/app", copy_contents_only=True)
     .with_workdir("/app")
     .with_env_vars({"PORT": "8000"})
-    .with_commands(["python3 -c 'import app.main'"])
 )
 
 worker = (
@@ -35,5 +37,4 @@ worker = (
     .with_source_folder(Path("src"), dst="/app", copy_contents_only=True)
     .with_workdir("/app")
     .with_env_vars({"WORKER_INTERVAL_SECONDS": "5"})
-    .with_commands(["python3 -c 'import app.worker'"])
 )

@@ -24,6 +24,6 @@ deps = python_base("greeter-deps").with_uv_project(
 app = (
     python_base("greeter")
     .with_uv_project(Path("pyproject.toml"), project_install_mode="install_project")
-    .with_env_vars({"GREETER_GREETING": "Hello"})
     .with_commands(["greeter imaged"])
+    .with_env_vars({"GREETER_GREETING": "Hello"})
 )
