@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imaged.errors import ConfigError, RegistryAuthError
+from imaged.errors import ConfigError, RegistryAuthError, SecretError
 from imaged.pipeline.secrets import without_secrets
 from imaged.registry.ref import DOCKER_HUB_KEY, config_key, normalize_registry_host
 
@@ -116,6 +116,13 @@ class CredentialResolver:
         found = self.resolve(registry)
         return {} if found is None else found.auth_config(registry)
 
+    def docker_config(self) -> bytes | None:
+        """A Docker config JSON for a docker CLI that must use the given logins (the user's
+        config with them in `auths`); None when there are none and the user's config serves."""
+        if not self.logins:
+            return None
+        return docker_config_with(self.logins, load_docker_config(self.config_dir))
+
 
 def parse_login_secret(
     value: bytes, registry: str | None, *, origin: str
@@ -134,11 +141,11 @@ def parse_login_secret(
         return _logins_from_config(text, origin)
     username, sep, password = text.strip().partition(":")
     if not sep or not username:
-        raise RegistryAuthError(
+        raise SecretError(
             f'{origin} is neither a Docker config JSON ({{"auths": {{...}}}}) nor user:password'
         )
     if not registry:
-        raise RegistryAuthError(
+        raise SecretError(
             f"{origin} is user:password, which is for the image's own registry, and the image "
             "has none; give the image a registry or write the secret as a Docker config JSON"
         )
@@ -149,23 +156,23 @@ def _decode_secret(value: bytes, origin: str) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise RegistryAuthError(f"{origin} is not UTF-8 text") from None
+        raise SecretError(f"{origin} is not UTF-8 text") from None
 
 
 def _logins_from_config(text: str, origin: str) -> dict[str, Credentials]:
     try:
         data = json.loads(text)
     except ValueError:
-        raise RegistryAuthError(f"{origin} starts like JSON but does not parse") from None
+        raise SecretError(f"{origin} starts like JSON but does not parse") from None
     auths = data.get("auths") if isinstance(data, dict) else None
     if not isinstance(auths, dict) or not auths:
-        raise RegistryAuthError(f'{origin} is JSON without an "auths" object of registries')
+        raise SecretError(f'{origin} is JSON without an "auths" object of registries')
     logins: dict[str, Credentials] = {}
     for key, entry in auths.items():
         host = normalize_registry_host(key)
         found = _parse_auth_entry(entry, host) if isinstance(entry, dict) else None
         if found is None:
-            raise RegistryAuthError(f"{origin}: the auths entry for {host} has no credentials")
+            raise SecretError(f"{origin}: the auths entry for {host} has no credentials")
         logins[host] = Credentials(
             found.username, found.password, found.identity_token, origin=origin
         )
