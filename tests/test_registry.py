@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 
+from imaged.config import Settings
 from imaged.errors import (
     ImagedError,
     RegistryAuthError,
@@ -22,7 +23,6 @@ from imaged.errors import (
     RegistryUnavailable,
     SpecError,
 )
-from imaged.config import Settings
 from imaged.registry.auth import Credentials
 from imaged.registry.client import (
     MANIFEST_MEDIA_TYPES,
