@@ -53,8 +53,9 @@ def test_logins_come_from_the_image_and_its_parents(
 def test_an_unset_registry_secret_is_a_secret_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("IMAGED_SECRET_NOPE", raising=False)
     image = Image.from_base("debian:12").clone(name="a", registry=REG, registry_secret="nope")
-    with pytest.raises(SecretError, match="IMAGED_SECRET_NOPE"):
+    with pytest.raises(SecretError, match="IMAGED_SECRET_NOPE") as info:
         registry_logins(image, Settings())
+    assert str(info.value).startswith("registry_secret of image 'a': secret 'nope' not found")
 
 
 def test_each_check_uses_its_image_logins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import anyio.to_thread
 
 from imaged.config import Settings
-from imaged.errors import ImagedError
+from imaged.errors import ImagedError, SecretError
 from imaged.pipeline.secrets import resolve_secret
 from imaged.registry.auth import Credentials, parse_login_secret
 from imaged.registry.client import Existence, RegistryClient
@@ -34,7 +34,10 @@ def _own_logins(image: Image, settings: Settings) -> dict[str, Credentials]:
     secret = image.registry_secret
     if secret is None:
         return {}
-    value = resolve_secret(secret, settings).value
+    try:
+        value = resolve_secret(secret, settings).value
+    except SecretError as exc:
+        raise SecretError(f"registry_secret of image {image.name!r}: {exc}") from exc
     origin = f"registry_secret {secret.id!r} of image {image.name!r}"
     return parse_login_secret(value, image.registry, origin=origin)
 
