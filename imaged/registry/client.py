@@ -144,7 +144,7 @@ class RegistryClient:
         self._http: httpx.AsyncClient | None = None
         self._auth_cache: dict[tuple[str, str], _CachedAuth] = {}
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
-        self._views: dict[tuple[object, ...], RegistryClient] = {}
+        self._views: dict[tuple[tuple[str, str, str | None, str | None], ...], RegistryClient] = {}
 
     async def __aenter__(self) -> Self:
         self._http = httpx.AsyncClient(
@@ -171,7 +171,7 @@ class RegistryClient:
             return self
         root = self._root
         key = tuple(
-            sorted((host, repr(c), c.password, c.identity_token) for host, c in logins.items())
+            sorted((h, c.username, c.password, c.identity_token) for h, c in logins.items())
         )
         view = root._views.get(key)
         if view is None:
