@@ -21,7 +21,11 @@ class FakeRegistry:
         self.many: list[list[str]] = []
         self.single: list[str] = []
 
-    def __call__(self, **_: Any) -> FakeRegistry:
+    def __call__(self, *_: Any, **__: Any) -> FakeRegistry:
+        return self
+
+    def with_logins(self, logins: dict[str, Any]) -> FakeRegistry:
+        assert logins == {}  # no image here has a registry_secret
         return self
 
     async def __aenter__(self) -> FakeRegistry:
@@ -51,7 +55,7 @@ def test_every_tag_is_checked_in_one_concurrent_call(
     fake = FakeRegistry(
         {"reg.example:5000/one": Existence.EXISTS, "reg.example:5000/two": Existence.EXISTS}
     )
-    monkeypatch.setattr(cmd_build, "RegistryClient", fake)
+    monkeypatch.setattr(cmd_build, "create_registry_client", fake)
     monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
 
     async def run() -> int:

@@ -579,6 +579,54 @@ def test_cli_sees_secret_files_that_vanish_afterwards(tmp_path: Path) -> None:
     assert not any(Path(src).exists() for src in srcs)
 
 
+@pytest.mark.parametrize("with_logins", [True, False], ids=["registry-secret", "no-secret"])
+def test_cli_reads_a_private_docker_config_only_for_logins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_logins: bool
+) -> None:
+    user_config = tmp_path / "user-docker"
+    (user_config / "contexts").mkdir(parents=True)
+    monkeypatch.setenv("DOCKER_CONFIG", str(user_config))
+    seen = tmp_path / "seen"
+    # The script records where DOCKER_CONFIG points, its modes, its config and its contexts.
+    body = (
+        f'echo "$DOCKER_CONFIG" > {seen}.dir; stat -c %a "$DOCKER_CONFIG" > {seen}.mode\n'
+        f'stat -c %a "$DOCKER_CONFIG/config.json" >> {seen}.mode\n'
+        f'cat "$DOCKER_CONFIG/config.json" > {seen}.json; ls "$DOCKER_CONFIG" > {seen}.ls\n'
+        "exit 1\n"
+    )
+    builder = _builder_with_script(tmp_path, body)
+    config = b'{"auths": {"reg.example.com": {"auth": "Y2k6cHc="}}}'
+    request = _request(tmp_path, docker_config=config if with_logins else None)
+    with pytest.raises(BuildError):
+        anyio.run(builder.build, request)
+    private = Path((tmp_path / "seen.dir").read_text().strip())
+    if not with_logins:
+        assert private == user_config  # the user's own config, untouched
+        return
+    assert private != user_config
+    assert not private.exists()  # removed with the build's scratch folder
+    assert (tmp_path / "seen.mode").read_text().split() == ["700", "600"]
+    assert (tmp_path / "seen.json").read_bytes().strip() == config
+    assert (tmp_path / "seen.ls").read_text().split() == ["config.json", "contexts"]
+    assert "Y2k6cHc=" not in repr(request)
+
+
+def test_engine_push_sends_the_pipeline_auth_config(tmp_path: Path) -> None:
+    calls: list[dict[str, Any]] = []
+
+    class Api:
+        def push(self, repo: str, **options: Any) -> list[dict[str, Any]]:
+            calls.append({"repo": repo, **options})
+            return [{"aux": {"Digest": "sha256:" + "1" * 64}}]
+
+    auth = {"username": "ci", "password": "pw", "serveraddress": "reg.example.com"}
+    for push_auth, expected in ((auth, auth), ({}, {})):
+        request = _request(tmp_path, tags=("reg.example.com/app:t1",), push_auth=push_auth)
+        LocalBuilder(Settings())._push_ref(Api(), request, request.tags[0], None)
+        assert calls[-1]["auth_config"] == expected  # {} is anonymous, never the SDK's lookup
+    assert [c["tag"] for c in calls] == ["t1", "t1"]
+
+
 def test_no_docker_cli_child_sees_a_secret_value_or_the_secrets_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

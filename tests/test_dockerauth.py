@@ -11,8 +11,15 @@ from typing import Any
 
 import pytest
 
-from imaged.errors import ConfigError, RegistryAuthError
-from imaged.registry.auth import Credentials, credentials_for, load_docker_config
+from imaged.errors import ConfigError, RegistryAuthError, SecretError
+from imaged.registry.auth import (
+    CredentialResolver,
+    Credentials,
+    credentials_for,
+    docker_config_with,
+    load_docker_config,
+    parse_login_secret,
+)
 
 FAKE_HELPER = """\
 #!{python}
@@ -231,3 +238,128 @@ def test_missing_helper_names_the_helper(tmp_path: Path) -> None:
     write_config(tmp_path, {"credsStore": "imaged-test-nonexistent"})
     with pytest.raises(RegistryAuthError, match="docker-credential-imaged-test-nonexistent"):
         credentials_for("reg.example.com", config_dir=tmp_path)
+
+
+def test_empty_cred_helper_means_the_auths_entry(helper: FakeHelper, tmp_path: Path) -> None:
+    """docker's rule: a credHelpers entry of "" for a host means its plain `auths` entry."""
+    write_config(
+        tmp_path,
+        {
+            "credsStore": "fake",
+            "credHelpers": {"reg.example.com": ""},
+            "auths": {"reg.example.com": {"auth": b64("bob:file-pw")}},
+        },
+    )
+    assert credentials_for("reg.example.com", config_dir=tmp_path) == Credentials("bob", "file-pw")
+    assert helper.calls() == []
+
+
+# -- the one resolver ---------------------------------------------------------------------------
+
+
+def test_resolver_answers_logins_first_and_asks_a_helper_once(
+    helper: FakeHelper, tmp_path: Path
+) -> None:
+    write_config(tmp_path, {"credsStore": "fake"})
+    resolver = CredentialResolver(config_dir=tmp_path)
+    secret = Credentials("ci", "from-secret", origin="registry_secret 'pull'")
+    with_secret = resolver.with_logins({"https://reg.example.com": secret})
+    assert with_secret.resolve("reg.example.com") is secret
+    assert with_secret.resolve("token.example.com") == Credentials("", identity_token="refresh-me")
+    assert resolver.resolve("token.example.com") == Credentials("", identity_token="refresh-me")
+    assert resolver.resolve("reg.example.com") == Credentials("alice", "helper-secret")
+    assert [c["stdin"] for c in helper.calls()] == ["token.example.com", "reg.example.com"]
+    assert resolver.with_logins({}) is resolver
+
+
+@pytest.mark.parametrize(
+    ("found", "expected"),
+    [
+        pytest.param(
+            Credentials("ci", "pw"),
+            {"username": "ci", "password": "pw", "serveraddress": "reg.example.com"},
+            id="password",
+        ),
+        pytest.param(
+            Credentials("", identity_token="tok"),
+            {"identitytoken": "tok", "serveraddress": "reg.example.com"},
+            id="identity-token",
+        ),
+        pytest.param(None, {}, id="anonymous"),
+    ],
+)
+def test_resolver_gives_the_engine_push_its_auth_config(
+    found: Credentials | None, expected: dict[str, str], tmp_path: Path
+) -> None:
+    logins = {"reg.example.com": found} if found else {}
+    resolver = CredentialResolver(config_dir=tmp_path, logins=logins)
+    assert resolver.auth_config("reg.example.com") == expected
+
+
+def test_docker_hub_auth_config_names_the_index(tmp_path: Path) -> None:
+    resolver = CredentialResolver(config_dir=tmp_path, logins={"docker.io": Credentials("u", "p")})
+    assert resolver.auth_config("index.docker.io")["serveraddress"] == "https://index.docker.io/v1/"
+
+
+def test_docker_config_for_the_cli_overrides_only_the_login_hosts(tmp_path: Path) -> None:
+    user = {
+        "auths": {"https://reg.example.com/v1/": {"auth": b64("old:old")}, "o.io": {"auth": "x"}},
+        "credHelpers": {"reg.example.com": "gcloud", "other.io": "ecr"},
+        "credsStore": "desktop",
+        "currentContext": "farm",
+    }
+    written = json.loads(docker_config_with({"reg.example.com": Credentials("ci", "pw")}, user))
+    assert written["auths"] == {"o.io": {"auth": "x"}, "reg.example.com": {"auth": b64("ci:pw")}}
+    assert written["credHelpers"] == {"other.io": "ecr", "reg.example.com": ""}
+    assert (written["credsStore"], written["currentContext"]) == ("desktop", "farm")
+    resolver = CredentialResolver(config_dir=write_config(tmp_path, written))
+    assert resolver.resolve("reg.example.com") == Credentials("ci", "pw")
+    assert CredentialResolver(config_dir=tmp_path).docker_config() is None
+
+
+# -- registry_secret values ------------------------------------------------------------------
+
+
+def test_login_secret_user_password_is_for_the_image_registry() -> None:
+    logins = parse_login_secret(b"ci:pa:ss\n", "Reg.Example.com:5000", origin="o")
+    assert logins == {"reg.example.com:5000": Credentials("ci", "pa:ss")}
+    assert logins["reg.example.com:5000"].origin == "o"
+
+
+def test_login_secret_docker_config_json_gives_every_listed_host() -> None:
+    value = {
+        "auths": {
+            "https://index.docker.io/v1/": {"auth": b64("hub:hubpw")},
+            "nvcr.io": {"username": "$oauthtoken", "password": "ngc"},
+            "ghcr.io": {"identitytoken": "tok"},
+        }
+    }
+    logins = parse_login_secret(json.dumps(value).encode(), None, origin="o")
+    assert logins == {
+        "docker.io": Credentials("hub", "hubpw"),
+        "nvcr.io": Credentials("$oauthtoken", "ngc"),
+        "ghcr.io": Credentials("", identity_token="tok"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "registry", "message"),
+    [
+        pytest.param(b"hunter2", "r.io", "neither a Docker config JSON", id="no-colon"),
+        pytest.param(b":hunter2", "r.io", "neither a Docker config JSON", id="no-user"),
+        pytest.param(b"ci:hunter2", None, "the image has none", id="no-registry"),
+        pytest.param(b'{"auths": hunter2', "r.io", "does not parse", id="bad-json"),
+        pytest.param(b'{"hunter2": {}}', "r.io", 'without an "auths"', id="no-auths"),
+        pytest.param(
+            b'{"auths": {"r.io": {"x": "hunter2"}}}', "r.io", "no credentials", id="empty"
+        ),
+        pytest.param(b"\xffhunter2", "r.io", "not UTF-8", id="binary"),
+    ],
+)
+def test_bad_login_secret_says_why_and_never_quotes_it(
+    value: bytes, registry: str | None, message: str
+) -> None:
+    with pytest.raises(SecretError, match=message) as info:
+        parse_login_secret(value, registry, origin="registry_secret 'pull' of image 'app'")
+    assert "hunter2" not in str(info.value)
+    assert "registry_secret 'pull' of image 'app'" in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -33,7 +34,7 @@ from imaged import Image, Secret, build
 from imaged.cli.main import main as cli_main
 from imaged.definitions.loader import load_definitions
 from imaged.digest.hashing import hash_image
-from imaged.errors import BuildError, RegistryAuthError, RegistryUnavailable
+from imaged.errors import BuildError, RegistryAuthError, RegistryUnavailable, SecretError
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
@@ -357,6 +358,83 @@ def test_auth_registry_wrong_credentials_fail_fast(
         build(image)
     assert time.monotonic() - started < 15
     assert infra.auth_registry in str(caught.value)
+
+
+def _no_docker_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty DOCKER_CONFIG: neither imaged nor the docker CLI has a login to fall back on."""
+    empty = tmp_path / "no-docker-login"
+    empty.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(empty))
+    return empty
+
+
+def test_registry_secret_pulls_the_base_and_pushes_without_docker_login(
+    infra: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    _no_docker_login(monkeypatch, tmp_path)
+    login = f"{infra.auth_user}:{infra.auth_password}"
+    # A Kubernetes-style dockerconfigjson, in the secrets folder as <group>/<key>.
+    folder = tmp_path / "secrets" / "registry"
+    folder.mkdir(parents=True)
+    auth = base64.b64encode(login.encode()).decode()
+    (folder / "pull").write_text(json.dumps({"auths": {infra.auth_registry: {"auth": auth}}}))
+    monkeypatch.setenv("IMAGED_SECRETS_DIR", str(tmp_path / "secrets"))
+    secret = Secret("pull", group="registry")
+    stem = tiny(infra, "regsecret-stem", registry=infra.auth_registry).clone(registry_secret=secret)
+    events: list[dict[str, Any]] = []
+    with ArgvWatcher(infra.auth_password.encode()) as watcher:
+        pushed = build(stem, on_event=events.append)
+        assert pushed.status == "pushed"
+        docker(infra.docker_cli, "rmi", pushed.uri)  # the child must pull it from the registry
+        child = (
+            Image.from_base(pushed.uri)
+            .clone(name=f"e2e-regsecret-child-{RUN}", registry=infra.auth_registry)
+            .clone(registry_secret=secret)
+            .with_commands("cat /marker > /child")
+        )
+        result = build(child, on_event=events.append)
+    assert result.status == "pushed"
+    assert watcher.scans > 5
+    assert watcher.hits == []
+    assert skopeo_inspect(result.uri, creds=login).returncode == 0
+    assert skopeo_inspect(result.uri).returncode != 0  # the registry does check
+    assert build(child, builder=RefusingBuilder()).status == "skipped"  # checked with the secret
+    logs = capfd.readouterr()
+    for text in (json.dumps(events, default=str), json.dumps(result.to_json()), logs.out, logs.err):
+        assert infra.auth_password not in text
+        assert auth not in text
+
+
+@pytest.mark.parametrize("wrong_form", ["user-password", "dockerconfigjson"])
+def test_registry_secret_with_a_wrong_password_is_an_auth_error(
+    infra: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, wrong_form: str
+) -> None:
+    _no_docker_login(monkeypatch, tmp_path)
+    password = f"bad{run_id()}"
+    wrong = f"{infra.auth_user}:{password}"
+    if wrong_form == "dockerconfigjson":
+        auth = base64.b64encode(wrong.encode()).decode()
+        wrong = json.dumps({"auths": {f"https://{infra.auth_registry}": {"auth": auth}}})
+    monkeypatch.setenv("IMAGED_SECRET_AUTH_PUSH", wrong)
+    image = tiny(infra, "regsecret-wrong", registry=infra.auth_registry)
+    image = image.clone(registry_secret="auth-push")
+    with pytest.raises(RegistryAuthError) as caught:
+        build(image)
+    message = str(caught.value)
+    assert infra.auth_registry in message
+    assert f"registry_secret 'auth-push' of image '{image.name}'" in message
+    assert password not in message
+
+
+def test_registry_secret_that_is_not_set_names_where_it_looked(
+    infra: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _no_docker_login(monkeypatch, tmp_path)
+    monkeypatch.delenv("IMAGED_SECRET_AUTH_PUSH", raising=False)
+    monkeypatch.delenv("IMAGED_SECRETS_DIR", raising=False)
+    image = tiny(infra, "regsecret-unset", registry=infra.auth_registry)
+    with pytest.raises(SecretError, match="IMAGED_SECRET_AUTH_PUSH"):
+        build(image.clone(registry_secret="auth-push"), builder=RefusingBuilder())
 
 
 def test_unreachable_registry_is_an_error_naming_it(infra: Any) -> None:

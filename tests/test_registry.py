@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 
+from imaged.config import Settings
 from imaged.errors import (
     ImagedError,
     RegistryAuthError,
@@ -22,12 +23,14 @@ from imaged.errors import (
     RegistryUnavailable,
     SpecError,
 )
+from imaged.registry.auth import Credentials
 from imaged.registry.client import (
     MANIFEST_MEDIA_TYPES,
     Existence,
     ImageRef,
     RegistryClient,
     check_exists,
+    create_registry_client,
     image_exists,
 )
 
@@ -381,6 +384,54 @@ async def test_basic_challenge(tmp_path: Path) -> None:
         assert await client.manifest_exists(f"{REG}/other/app:v2") is Existence.MISSING
     # The Basic header is sent up front once the registry asked for it.
     assert [r.headers.get("authorization") for r in seen] == [None, *[basic("alice", "pw")] * 2]
+
+
+async def test_logins_view_answers_its_login_and_shares_connections(tmp_path: Path) -> None:
+    handler, seen = basic_registry("from-secret")
+    write_auths(tmp_path, REG, "alice", "from-config")
+    secret = Credentials("alice", "from-secret", origin="registry_secret 'pull' of image 'app'")
+    async with client_for(handler, docker_config_dir=tmp_path) as client:
+        view = client.with_logins({REG: secret})
+        assert client.with_logins({REG: secret}) is view  # one view per set of logins
+        assert client.with_logins({}) is client
+        assert await view.manifest_exists(f"{REG}/team/app:v1") is Existence.MISSING
+        with pytest.raises(RegistryAuthError, match="in the Docker config"):
+            await client.manifest_exists(f"{REG}/team/app:v1")  # the plain client: config
+    assert [r.headers.get("authorization") for r in seen] == [
+        None,
+        basic("alice", "from-secret"),
+        None,
+        basic("alice", "from-config"),
+    ]
+    with pytest.raises(RuntimeError, match="async with"):
+        await view.manifest_exists(f"{REG}/team/app:v1")  # the connections closed with it
+
+
+async def test_refused_login_names_the_registry_secret(tmp_path: Path) -> None:
+    handler, _ = basic_registry("right")
+    wrong = Credentials("alice", "wrong-secret", origin="registry_secret 'pull' of image 'app'")
+    async with client_for(handler, docker_config_dir=tmp_path) as client:
+        with pytest.raises(RegistryAuthError) as info:
+            await client.with_logins({REG: wrong}).manifest_exists(f"{REG}/team/app:v1")
+    message = str(info.value)
+    assert f"credentials were found for {REG} in registry_secret 'pull' of image 'app'" in message
+    assert "wrong-secret" not in message
+
+
+async def test_blob_exists_authorises_like_manifests(tmp_path: Path) -> None:
+    fake = BearerRegistry()
+    config = write_auths(tmp_path, REG, "alice", "pw")
+    async with client_for(fake, docker_config_dir=config) as client:
+        assert await client.blob_exists(f"{REG}/team/app:v1", DIGEST) is Existence.EXISTS
+    assert fake.manifest_requests[-1].url.path == f"/v2/team/app/blobs/{DIGEST}"
+    assert fake.manifest_requests[-1].method == "HEAD"
+
+
+def test_the_client_factory_reads_insecure_hosts_from_settings() -> None:
+    client = create_registry_client(Settings(insecure_registries=("reg.lan:5000",)))
+    assert client.base_url("reg.lan:5000") == "http://reg.lan:5000"
+    assert client.base_url("reg.example.com") == "https://reg.example.com"
+    assert client.base_url("index.docker.io") == "https://registry-1.docker.io"
 
 
 @pytest.mark.parametrize(

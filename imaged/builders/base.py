@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -50,6 +50,11 @@ class BuildRequest:
     secrets: tuple[SecretSource, ...] = ()
     no_cache: bool = False
     push: bool = True
+    # Registry credentials, resolved by the pipeline on its one credential path: the engine's
+    # push body (``auth_config``; empty = anonymous) and, when an image has a registry_secret,
+    # the Docker config the build CLI must use to pull its base (and buildx to push).
+    push_auth: Mapping[str, str] = field(default_factory=dict, repr=False)
+    docker_config: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.tags:

@@ -145,18 +145,43 @@ def build_argv(
 
 @dataclass(frozen=True)
 class Scratch:
-    """A private folder for one build: the secret files and the buildx metadata file."""
+    """A private folder for one build: the secret files, the buildx metadata file and, for
+    a build with registry logins of its own, the Docker config folder its CLI reads."""
 
     folder: str
     secret_paths: dict[str, str]
+    docker_config_dir: str | None = None
 
     @property
     def metadata_file(self) -> str:
         return os.path.join(self.folder, "metadata.json")
 
 
+def _write_private(path: str, value: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(value)
+
+
+def _user_docker_config_dir() -> str:
+    return os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+
+
+def _write_docker_config(folder: str, config: bytes) -> str:
+    """``folder/docker-config/config.json`` (0700/0600); the user's contexts stay reachable."""
+    path = os.path.join(folder, "docker-config")
+    os.mkdir(path, 0o700)
+    _write_private(os.path.join(path, "config.json"), config)
+    contexts = os.path.join(_user_docker_config_dir(), "contexts")
+    if os.path.isdir(contexts):
+        os.symlink(contexts, os.path.join(path, "contexts"))
+    return path
+
+
 @contextmanager
-def open_scratch(secrets: tuple[SecretSource, ...]) -> Iterator[Scratch]:
+def open_scratch(
+    secrets: tuple[SecretSource, ...], *, docker_config: bytes | None = None
+) -> Iterator[Scratch]:
     """Write secret values to 0600 files in a fresh 0700 folder; remove it all on exit.
     The folder names its owner, so a later start sweeps it if this process is killed."""
     # mkdtemp makes a fresh 0700 folder, so a shared parent is safe.
@@ -165,12 +190,10 @@ def open_scratch(secrets: tuple[SecretSource, ...]) -> Iterator[Scratch]:
         mark_owner(folder)
         paths: dict[str, str] = {}
         for index, secret in enumerate(secrets):
-            path = os.path.join(folder, f"secret-{index}")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secret.value)
-            paths[secret.id] = path
-        yield Scratch(folder=folder, secret_paths=paths)
+            paths[secret.id] = os.path.join(folder, f"secret-{index}")
+            _write_private(paths[secret.id], secret.value)
+        config_dir = None if docker_config is None else _write_docker_config(folder, docker_config)
+        yield Scratch(folder=folder, secret_paths=paths, docker_config_dir=config_dir)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -352,7 +375,7 @@ class LocalBuilder:
         """Build with BuildKit through the CLI, then push every tag when ``request.push``."""
         cli = await anyio.to_thread.run_sync(self.cli)
         started = time.monotonic()
-        with open_scratch(request.secrets) as scratch:
+        with open_scratch(request.secrets, docker_config=request.docker_config) as scratch:
             argv = build_argv(
                 cli,
                 request,
@@ -361,7 +384,10 @@ class LocalBuilder:
                 metadata_file=scratch.metadata_file,
             )
             _emit(on_event, {"event": "build_started", "image": request.image_name, "argv": argv})
-            code, output = await run_cli(argv, env=self.cli_env(), on_event=on_event)
+            env = self.cli_env()
+            if scratch.docker_config_dir is not None:
+                env["DOCKER_CONFIG"] = scratch.docker_config_dir
+            code, output = await run_cli(argv, env=env, on_event=on_event)
             if code != 0:
                 raise self._build_failure(request, cli, output)
             pushed_digest = _read_metadata_digest(scratch.metadata_file)
@@ -436,7 +462,9 @@ class LocalBuilder:
         repo, tag = parse_repository_tag(ref)
         try:
             digest = None
-            for entry in api.push(repo, tag=tag, stream=True, decode=True):
+            # The pipeline's credentials, never the SDK's own lookup ({} pushes anonymously).
+            auth = dict(request.push_auth)
+            for entry in api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
                 digest = _push_entry(entry, ref, request.image_name, on_event) or digest
         except docker.errors.DockerException as exc:
             raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc

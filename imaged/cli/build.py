@@ -14,8 +14,9 @@ from imaged.config import Settings, export_config_file, load_settings
 from imaged.definitions.loader import load_targets
 from imaged.errors import ImagedError
 from imaged.pipeline.build import ImageBuild, abuild
+from imaged.pipeline.logins import check_images
 from imaged.pipeline.scratch import sweep_stale_scratch
-from imaged.registry.client import Existence, RegistryClient
+from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.spec.image import Image, override_registry
 
 
@@ -66,14 +67,8 @@ async def _build_all(
             "note: images without a registry are built into the local engine only, not pushed",
             err=True,
         )
-    for name in sorted(n for n, i in images.items() if i.registry_secret is not None):
-        click.echo(
-            f"note: {name}: registry_secret is not read yet; pulls and pushes use the build "
-            "host's docker credentials (docker login)",
-            err=True,
-        )
     failed = 0
-    async with RegistryClient(insecure_hosts=settings.insecure_registries) as client:
+    async with create_registry_client(settings) as client:
         checked = {} if force or dry_run else await _check_all(images, settings, client)
         for name, image in _ordered(images):
             try:
@@ -97,16 +92,16 @@ async def _check_all(
     images: dict[str, Image], settings: Settings, client: RegistryClient
 ) -> dict[str, Existence]:
     """Ask the registry about every image at once; errors are left for abuild to raise."""
-    uris: list[str] = []
+    wanted: dict[str, Image] = {}
     for image in images.values():
         effective = override_registry(image, settings.registry)
         if not effective.registry:
             continue
         try:
-            uris.append(effective.uri)
+            wanted[effective.uri] = effective
         except ImagedError:
             continue  # abuild reports it, with the image's name
-    found = await client.check_many(uris)
+    found = await check_images(client, wanted, settings)
     return {uri: answer for uri, answer in found.items() if isinstance(answer, Existence)}
 
 

@@ -14,7 +14,8 @@ from imaged.daemon.store import ImageRecord, StateStore
 from imaged.definitions.loader import load_definitions
 from imaged.digest.hashing import ImageDigest, hash_image
 from imaged.errors import ImagedError
-from imaged.registry.client import Existence, RegistryClient
+from imaged.pipeline.logins import check_images
+from imaged.registry.client import Existence, create_registry_client
 from imaged.spec.image import Image, override_registry
 
 
@@ -74,8 +75,9 @@ async def _plan(images: dict[str, Image], settings: Settings) -> list[dict[str, 
     records = StateStore(settings.resolved_state_dir).load()
     digests = {name: hash_image(image) for name, image in images.items()}
     uris = {name: images[name].uri_for(d.tag) for name, d in digests.items()}
-    async with RegistryClient(insecure_hosts=settings.insecure_registries) as client:
-        found = await client.check_many([u for n, u in uris.items() if images[n].registry])
+    wanted = {u: images[n] for n, u in uris.items() if images[n].registry}
+    async with create_registry_client(settings) as client:
+        found = await check_images(client, wanted, settings)
     rows = []
     for name, digest in digests.items():
         outcome = found.get(uris[name])

@@ -40,7 +40,8 @@ from imaged.definitions.child import LoadedModule, discover_definition_files, lo
 from imaged.digest.hashing import DigestCache
 from imaged.errors import DefinitionError, ImagedError
 from imaged.pipeline.build import abuild
-from imaged.registry.client import Existence, RegistryClient
+from imaged.pipeline.logins import check_images
+from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.spec.image import Image, ParentBase, override_registry
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -439,7 +440,8 @@ class Daemon:
         if self._client is None:
             return
         refs = {self.images[n].uri_for(t): n for n, t in tags.items() if self.images[n].registry}
-        results = await self._client.check_many(list(refs))
+        wanted = {uri: self.images[name] for uri, name in refs.items()}
+        results = await check_images(self._client, wanted, self.settings)
         for uri, outcome in results.items():
             name = refs[uri]
             if name not in self.images:
@@ -578,7 +580,7 @@ class Daemon:
         """startup, main loop until stopped, shutdown."""
         self.prepare()
         try:
-            async with RegistryClient(insecure_hosts=self.settings.insecure_registries) as client:
+            async with create_registry_client(self.settings) as client:
                 self._client = client
                 with anyio.CancelScope() as scope:
                     self._scope = scope

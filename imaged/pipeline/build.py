@@ -23,8 +23,9 @@ from imaged.builders.base import Builder, BuildRequest, get_builder
 from imaged.config import Settings, load_settings
 from imaged.digest.hashing import DigestCache, ImageDigest, default_cache, hash_image
 from imaged.errors import ContextChangedError, SpecError
+from imaged.pipeline.logins import registry_logins
 from imaged.pipeline.secrets import ca_bundle_secret, resolve_secrets
-from imaged.registry.client import Existence, RegistryClient
+from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.render.context import stage_context
 from imaged.render.dockerfile import RenderedImage, render_dockerfile
 from imaged.spec.image import Image, ParentBase, override_registry
@@ -70,15 +71,9 @@ def _uri(image: Image, digest: ImageDigest) -> str:
     return image.uri_for(digest.tag)
 
 
-async def check_existence(
-    image: Image, digest: ImageDigest, settings: Settings, client: RegistryClient | None = None
-) -> Existence:
+async def check_existence(image: Image, digest: ImageDigest, client: RegistryClient) -> Existence:
     """Ask the registry whether the image's content tag exists. Unknown raises."""
-    uri = _uri(image, digest)
-    if client is not None:
-        return await client.manifest_exists(uri)
-    async with RegistryClient(insecure_hosts=settings.insecure_registries) as own:
-        return await own.manifest_exists(uri)
+    return await client.manifest_exists(_uri(image, digest))
 
 
 def staging_dir(image: Image, settings: Settings) -> Path:
@@ -135,7 +130,7 @@ async def _ensure_parent(
     image: Image,
     *,
     settings: Settings,
-    client: RegistryClient | None,
+    client: RegistryClient,
     builder: Builder,
     cache: DigestCache,
     on_event: EventSink | None,
@@ -186,6 +181,19 @@ async def abuild(
     >>> # result = await abuild(Image.from_base("debian:12").clone(name="x", registry="localhost:5000"))
     """
     settings = settings or load_settings()
+    if registry_client is None:
+        async with create_registry_client(settings) as own:
+            return await abuild(
+                image,
+                force=force,
+                dry_run=dry_run,
+                builder=builder,
+                settings=settings,
+                registry_client=own,
+                cache=cache,
+                on_event=on_event,
+                checked=checked,
+            )
     cache = cache or default_cache()
     image = _effective(image, settings)
     started = time.perf_counter()
@@ -210,11 +218,13 @@ async def abuild(
         result.status, result.skipped = "skipped", True
         _emit(on_event, "skipped", image, uri=result.uri)
         return result
+    logins = await anyio.to_thread.run_sync(registry_logins, image, settings)
+    client = registry_client.with_logins(logins)
     if image.registry and not force:
         t0 = time.perf_counter()
         exists = (checked or {}).get(result.uri)
         if exists is None:
-            exists = await check_existence(image, digest, settings, registry_client)
+            exists = await check_existence(image, digest, client)
         result.timings["check"] = time.perf_counter() - t0
         if exists is Existence.EXISTS:
             result.status, result.skipped = "skipped", True
@@ -228,7 +238,7 @@ async def abuild(
         cache=cache,
         on_event=on_event,
     )
-    await _build_and_push(image, chosen, settings, cache, force, result, on_event)
+    await _build_and_push(image, chosen, settings, cache, force, result, on_event, client)
     if not result.pushed:
         _BUILT_LOCALLY.add(result.uri)
     result.timings["total"] = time.perf_counter() - started
@@ -260,9 +270,11 @@ async def _build_and_push(
     force: bool,
     result: ImageBuild,
     on_event: EventSink | None,
+    client: RegistryClient,
 ) -> None:
     secrets = resolve_secrets((s for layer in image.layers for s in layer.secrets), settings)
     ca = ca_bundle_secret(settings)
+    push_auth, docker_config = await anyio.to_thread.run_sync(_registry_auth, image, client)
     workdir = staging_dir(image, settings)
     async with _locked(workdir):
         t0 = time.perf_counter()
@@ -283,6 +295,8 @@ async def _build_and_push(
             secrets=(*secrets, *((ca,) if ca else ())),
             no_cache=force,
             push=bool(image.registry),
+            push_auth=push_auth,
+            docker_config=docker_config,
         )
         _emit(on_event, "building", image, uri=result.uri)
         outcome = await chosen.build(request, on_event=on_event)
@@ -293,6 +307,13 @@ async def _build_and_push(
     result.pushed = request.push
     result.status = "pushed" if request.push else "built"
     _emit(on_event, result.status, image, uri=result.uri, manifest_digest=outcome.manifest_digest)
+
+
+def _registry_auth(image: Image, client: RegistryClient) -> tuple[dict[str, str], bytes | None]:
+    """The push's auth_config and the build CLI's Docker config, from the client's resolver:
+    the credentials the existence check used are the ones the engine pushes with."""
+    push_auth = client.credentials.auth_config(image.registry) if image.registry else {}
+    return push_auth, client.credentials.docker_config()
 
 
 def build(

@@ -1,4 +1,8 @@
-"""Registry credentials from the user's Docker config: `auths`, `credHelpers` and `credsStore`."""
+"""Registry credentials: one resolver for existence checks, pulls and pushes.
+
+Credentials for a registry host come from given logins (an image's ``registry_secret``) first,
+else from the user's Docker config: `credHelpers`, `credsStore`, then `auths`.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,28 @@ import binascii
 import json
 import os
 import subprocess
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imaged.errors import ConfigError, RegistryAuthError
+from imaged.errors import ConfigError, RegistryAuthError, SecretError
 from imaged.pipeline.secrets import without_secrets
+from imaged.registry.ref import DOCKER_HUB_KEY, config_key, normalize_registry_host
 
-__all__ = ["Credentials", "credentials_for", "load_docker_config", "normalize_registry_host"]
+__all__ = [
+    "DOCKER_HUB_KEY",
+    "CredentialResolver",
+    "Credentials",
+    "credentials_for",
+    "docker_config_with",
+    "load_docker_config",
+    "normalize_registry_host",
+    "parse_login_secret",
+]
 
-DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+DOCKER_CONFIG_ORIGIN = "the Docker config"
 _HELPER_TIMEOUT = 30.0
 # A helper writes a token rather than a password under this user name (docker/cli convention).
 _TOKEN_USERNAME = "<token>"
@@ -34,6 +49,7 @@ class Credentials:
     username: str
     password: str | None = field(default=None, repr=False)
     identity_token: str | None = field(default=None, repr=False)
+    origin: str = field(default=DOCKER_CONFIG_ORIGIN, compare=False)
 
     def __repr__(self) -> str:
         kind = "identity_token" if self.identity_token else "secret"
@@ -41,16 +57,148 @@ class Credentials:
 
     __str__ = __repr__
 
+    def auth_config(self, registry: str) -> dict[str, str]:
+        """The engine's ``X-Registry-Auth`` body (a docker SDK ``auth_config``) for `registry`."""
+        if self.identity_token:
+            return {"identitytoken": self.identity_token, "serveraddress": config_key(registry)}
+        return {
+            "username": self.username,
+            "password": self.password or "",
+            "serveraddress": config_key(registry),
+        }
 
-def normalize_registry_host(key: str) -> str:
-    """The bare host[:port] of a config key or registry name; Docker Hub's aliases -> `docker.io`.
+    def config_entry(self) -> dict[str, str]:
+        """This login as a Docker config `auths` entry."""
+        if self.identity_token:
+            return {"username": self.username, "identitytoken": self.identity_token}
+        raw = f"{self.username}:{self.password or ''}".encode()
+        return {"auth": base64.b64encode(raw).decode("ascii")}
 
-    >>> normalize_registry_host("https://index.docker.io/v1/")
-    'docker.io'
+
+class CredentialResolver:
+    """The one source of registry credentials: given logins first, then the Docker config.
+
+    Lookups in the Docker config (a credential helper is a process) are made once per host
+    and shared by every resolver made with :meth:`with_logins`.
+
+    >>> CredentialResolver(config_dir=Path("/nonexistent")).resolve("localhost:5000") is None
+    True
     """
-    host = key.strip().removeprefix("https://").removeprefix("http://")
-    host = host.split("/", 1)[0].lower()
-    return "docker.io" if host in _DOCKER_HUB_HOSTS else host
+
+    def __init__(
+        self, *, config_dir: Path | None = None, logins: Mapping[str, Credentials] | None = None
+    ) -> None:
+        self.config_dir = config_dir
+        self.logins = {normalize_registry_host(h): c for h, c in (logins or {}).items()}
+        self._found: dict[str, Credentials | None] = {}
+        self._lock = threading.Lock()
+
+    def with_logins(self, logins: Mapping[str, Credentials]) -> CredentialResolver:
+        """A resolver that answers `logins` first and shares this one's Docker config lookups."""
+        if not logins:
+            return self
+        other = CredentialResolver(config_dir=self.config_dir, logins={**self.logins, **logins})
+        other._found, other._lock = self._found, self._lock
+        return other
+
+    def resolve(self, registry: str) -> Credentials | None:
+        """Credentials for `registry` (blocking: may run a credential helper), or None."""
+        host = normalize_registry_host(registry)
+        if host in self.logins:
+            return self.logins[host]
+        with self._lock:
+            if host not in self._found:
+                self._found[host] = credentials_for(host, config_dir=self.config_dir)
+            return self._found[host]
+
+    def auth_config(self, registry: str) -> dict[str, str]:
+        """What the engine's push sends for `registry`; empty (anonymous) without credentials."""
+        found = self.resolve(registry)
+        return {} if found is None else found.auth_config(registry)
+
+    def docker_config(self) -> bytes | None:
+        """A Docker config JSON for a docker CLI that must use the given logins (the user's
+        config with them in `auths`); None when there are none and the user's config serves."""
+        if not self.logins:
+            return None
+        return docker_config_with(self.logins, load_docker_config(self.config_dir))
+
+
+def parse_login_secret(
+    value: bytes, registry: str | None, *, origin: str
+) -> dict[str, Credentials]:
+    """The logins a ``registry_secret`` value holds, by registry host.
+
+    A Docker config JSON (``{"auths": {host: {"auth": ...}}}``, the form of a Kubernetes
+    ``dockerconfigjson`` pull secret) gives every host it lists; ``user:password`` is for
+    `registry` (the image's own) only. Errors never quote the value.
+
+    >>> sorted(parse_login_secret(b"ci:pw", "ghcr.io", origin="registry_secret 'x'"))
+    ['ghcr.io']
+    """
+    text = _decode_secret(value, origin)
+    if text.lstrip().startswith("{"):
+        return _logins_from_config(text, origin)
+    username, sep, password = text.strip().partition(":")
+    if not sep or not username:
+        raise SecretError(
+            f'{origin} is neither a Docker config JSON ({{"auths": {{...}}}}) nor user:password'
+        )
+    if not registry:
+        raise SecretError(
+            f"{origin} is user:password, which is for the image's own registry, and the image "
+            "has none; give the image a registry or write the secret as a Docker config JSON"
+        )
+    return {normalize_registry_host(registry): Credentials(username, password, origin=origin)}
+
+
+def _decode_secret(value: bytes, origin: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError(f"{origin} is not UTF-8 text") from None
+
+
+def _logins_from_config(text: str, origin: str) -> dict[str, Credentials]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise SecretError(f"{origin} starts like JSON but does not parse") from None
+    auths = data.get("auths") if isinstance(data, dict) else None
+    if not isinstance(auths, dict) or not auths:
+        raise SecretError(f'{origin} is JSON without an "auths" object of registries')
+    logins: dict[str, Credentials] = {}
+    for key, entry in auths.items():
+        host = normalize_registry_host(key)
+        found = _parse_auth_entry(entry, host) if isinstance(entry, dict) else None
+        if found is None:
+            raise SecretError(f"{origin}: the auths entry for {host} has no credentials")
+        logins[host] = Credentials(
+            found.username, found.password, found.identity_token, origin=origin
+        )
+    return logins
+
+
+def docker_config_with(logins: Mapping[str, Credentials], base: Mapping[str, Any]) -> bytes:
+    """A Docker config JSON: `base` (the user's config) with `logins` in `auths`, and no
+    credential helper or store consulted for their hosts."""
+    config = dict(base)
+    auths = {
+        k: v
+        for k, v in dict(config.get("auths") or {}).items()
+        if normalize_registry_host(k) not in logins
+    }
+    helpers = {
+        k: v
+        for k, v in dict(config.get("credHelpers") or {}).items()
+        if normalize_registry_host(k) not in logins
+    }
+    for host, credentials in logins.items():
+        auths[config_key(host)] = credentials.config_entry()
+        # An empty helper makes the docker CLI read `auths` (its file store) for that key.
+        helpers |= {config_key(host): "", host: ""}
+    config["auths"], config["credHelpers"] = auths, helpers
+    return json.dumps(config).encode()
 
 
 def docker_config_path(config_dir: Path | None = None) -> Path:
@@ -88,7 +236,7 @@ def credentials_for(registry_host: str, *, config_dir: Path | None = None) -> Cr
     config = load_docker_config(config_dir)
     helper = _helper_for(config, host)
     if helper:
-        found = run_credential_helper(helper, _server_url(host))
+        found = run_credential_helper(helper, config_key(host))
         if found is not None:
             return found
     return _from_auths(config.get("auths"), host)
@@ -138,14 +286,10 @@ def _helper_for(config: dict[str, Any], host: str) -> str | None:
     helpers = config.get("credHelpers") or {}
     if isinstance(helpers, dict):
         for key, name in helpers.items():
-            if normalize_registry_host(key) == host and name:
-                return str(name)
+            if normalize_registry_host(key) == host:
+                return str(name) or None  # "" names the file store (`auths`), as in docker
     store = config.get("credsStore")
     return str(store) if store else None
-
-
-def _server_url(host: str) -> str:
-    return DOCKER_HUB_KEY if host == "docker.io" else host
 
 
 def _from_auths(auths: Any, host: str) -> Credentials | None:

@@ -1,4 +1,8 @@
-"""Ask an OCI/Docker registry whether an image manifest exists, with Docker's auth flows."""
+"""The one registry client: manifest and blob reads (and, for the fast path, writes) over the
+Distribution API, with Docker's auth flows and credentials from the one resolver.
+
+:func:`create_registry_client` is the one place a client is made from the settings.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import ipaddress
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,15 +24,11 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from imaged.errors import (
-    ImagedError,
-    RegistryAuthError,
-    RegistryError,
-    RegistryUnavailable,
-    SpecError,
-)
+from imaged.config import Settings
+from imaged.errors import ImagedError, RegistryAuthError, RegistryError, RegistryUnavailable
 from imaged.failures import status_is_transient
-from imaged.registry.auth import Credentials, credentials_for
+from imaged.registry.auth import DOCKER_CONFIG_ORIGIN, CredentialResolver, Credentials
+from imaged.registry.ref import ImageRef, api_host
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",
@@ -36,12 +36,12 @@ __all__ = [
     "ImageRef",
     "RegistryClient",
     "check_exists",
+    "create_registry_client",
     "image_exists",
     "is_insecure_registry",
 ]
 
 INSECURE_REGISTRIES_ENV = "IMAGED_INSECURE_REGISTRIES"
-DOCKER_HUB = "docker.io"
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -49,17 +49,9 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 )
-_DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
-_DOCKER_HUB_API = "registry-1.docker.io"
 _MIN_TOKEN_LIFETIME = 60.0  # the token spec: "if expires_in is less than 60, assume 60"
 _TOKEN_MARGIN = 5.0
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG_RE = re.compile(r"\w[\w.-]{0,127}")
-_DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
-_LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_DOMAIN_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
@@ -68,76 +60,6 @@ class Existence(enum.Enum):
 
     EXISTS = "exists"
     MISSING = "missing"
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """A parsed image reference, normalised the way Docker does it.
-
-    >>> str(ImageRef.parse("python:3.11"))
-    'docker.io/library/python:3.11'
-    """
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @classmethod
-    def parse(cls, uri: str) -> ImageRef:
-        """Parse `[registry/]repository[:tag][@digest]`; raise SpecError when it is invalid."""
-        rest, at, digest = uri.strip().partition("@")
-        name, tag = _split_tag(rest)
-        registry, repository = _split_registry(name)
-        _validate(uri, registry, repository, tag, digest if at else None)
-        return cls(registry, repository, tag, digest if at else None)
-
-    @property
-    def name(self) -> str:
-        """`registry/repository`, without tag or digest."""
-        return f"{self.registry}/{self.repository}"
-
-    @property
-    def reference(self) -> str:
-        """What the manifest URL names: the digest, else the tag, else `latest`."""
-        return self.digest or self.tag or "latest"
-
-    def __str__(self) -> str:
-        tag = f":{self.tag}" if self.tag else ""
-        digest = f"@{self.digest}" if self.digest else ""
-        return f"{self.name}{tag}{digest}"
-
-
-def _split_tag(name: str) -> tuple[str, str | None]:
-    head, colon, tail = name.rpartition(":")
-    if colon and "/" not in tail:
-        return head, tail
-    return name, None
-
-
-def _split_registry(name: str) -> tuple[str, str]:
-    first, slash, rest = name.partition("/")
-    is_domain = "." in first or ":" in first or first == "localhost" or first != first.lower()
-    registry, repository = (first, rest) if slash and is_domain else (DOCKER_HUB, name)
-    if registry in _DOCKER_HUB_ALIASES:
-        registry = DOCKER_HUB
-    if registry == DOCKER_HUB and "/" not in repository:
-        repository = f"library/{repository}"
-    return registry, repository
-
-
-def _validate(uri: str, registry: str, repo: str, tag: str | None, digest: str | None) -> None:
-    checks = [
-        (_DOMAIN_RE, registry, "registry host"),
-        (_REPOSITORY_RE, repo, "repository (lowercase letters, digits and . _ - / only)"),
-    ]
-    if tag is not None:
-        checks.append((_TAG_RE, tag, "tag"))
-    if digest is not None:
-        checks.append((_DIGEST_RE, digest, "digest (algorithm:hex)"))
-    for pattern, value, what in checks:
-        if not pattern.fullmatch(value):
-            raise SpecError(f"invalid image reference {uri!r}: bad {what} {value!r}")
 
 
 def _registry_hostname(registry: str) -> str:
@@ -193,7 +115,10 @@ class _CachedAuth:
 
 
 class RegistryClient:
-    """An async client for registry manifest lookups; enter it with `async with`.
+    """An async client for one or many registries; enter it with `async with`.
+
+    Every call takes its credentials from :attr:`credentials`; :meth:`with_logins` gives a
+    client on the same connections that answers given logins (a ``registry_secret``) first.
 
     >>> async def main() -> Existence:
     ...     async with RegistryClient() as client:
@@ -204,20 +129,22 @@ class RegistryClient:
         self,
         *,
         docker_config_dir: Path | None = None,
+        credentials: CredentialResolver | None = None,
         timeout: float = 10.0,
         insecure_hosts: Iterable[str] = (),
         max_concurrency: int = 16,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._config_dir = docker_config_dir
+        self.credentials = credentials or CredentialResolver(config_dir=docker_config_dir)
         self._timeout = timeout
         self._insecure = frozenset(insecure_hosts) | _env_insecure_hosts()
         self._max_concurrency = max_concurrency
         self._transport = transport
+        self._root = self  # the client that owns the connections
         self._http: httpx.AsyncClient | None = None
         self._auth_cache: dict[tuple[str, str], _CachedAuth] = {}
-        self._credentials: dict[str, Credentials | None] = {}
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
+        self._views: dict[tuple[tuple[str, str, str | None, str | None], ...], RegistryClient] = {}
 
     async def __aenter__(self) -> Self:
         self._http = httpx.AsyncClient(
@@ -235,20 +162,54 @@ class RegistryClient:
             await self._http.aclose()
             self._http = None
 
+    def with_logins(self, logins: Mapping[str, Credentials]) -> RegistryClient:
+        """This client, answering `logins` (by registry host) before the Docker config.
+
+        It shares the connections; its tokens are its own, since its credentials differ.
+        """
+        if not logins:
+            return self
+        root = self._root
+        key = tuple(
+            sorted((h, c.username, c.password, c.identity_token) for h, c in logins.items())
+        )
+        view = root._views.get(key)
+        if view is None:
+            view = RegistryClient(
+                credentials=root.credentials.with_logins(logins),
+                timeout=root._timeout,
+                insecure_hosts=root._insecure,
+                max_concurrency=root._max_concurrency,
+            )
+            view._root = root
+            root._views[key] = view
+        return view
+
     def base_url(self, registry: str) -> str:
         """`http://` or `https://` plus the API host of `registry` (Docker Hub's is registry-1)."""
-        host = _DOCKER_HUB_API if registry == DOCKER_HUB else registry
         scheme = "http" if is_insecure_registry(registry, self._insecure) else "https"
-        return f"{scheme}://{host}"
+        return f"{scheme}://{api_host(registry)}"
 
     def manifest_url(self, ref: ImageRef) -> str:
         """The `/v2/<name>/manifests/<reference>` URL of `ref`."""
         return f"{self.base_url(ref.registry)}/v2/{ref.repository}/manifests/{ref.reference}"
 
+    def blob_url(self, ref: ImageRef, digest: str) -> str:
+        """The `/v2/<name>/blobs/<digest>` URL of a blob in `ref`'s repository."""
+        return f"{self.base_url(ref.registry)}/v2/{ref.repository}/blobs/{digest}"
+
     async def manifest_exists(self, ref: ImageRef | str) -> Existence:
         """EXISTS or MISSING; raises RegistryUnavailable or RegistryAuthError when unknown."""
         ref = _as_ref(ref)
         response = await self._request_manifest("HEAD", ref)
+        return Existence.EXISTS if await self._found(ref, response) else Existence.MISSING
+
+    async def blob_exists(self, ref: ImageRef | str, digest: str) -> Existence:
+        """Whether the blob `digest` is in `ref`'s repository (the fast path's layer check)."""
+        ref = _as_ref(ref)
+        response = await self.request(
+            "HEAD", self.blob_url(ref, digest), registry=ref.registry, scope=_pull(ref)
+        )
         return Existence.EXISTS if await self._found(ref, response) else Existence.MISSING
 
     async def manifest_digest(self, ref: ImageRef | str) -> str | None:
@@ -295,16 +256,22 @@ class RegistryClient:
             return
         raise self._status_error(registry, f"{url}", response.status_code)
 
-    async def _request_manifest(self, method: str, ref: ImageRef) -> httpx.Response:
-        url = self.manifest_url(ref)
-        scope = f"repository:{ref.repository}:pull"
-        cached = self._cached_auth(ref.registry, scope)
-        response = await self._send(method, url, registry=ref.registry, auth=cached, accept=True)
+    async def request(
+        self, method: str, url: str, *, registry: str, scope: str, accept: bool = False
+    ) -> httpx.Response:
+        """One authorised call on `registry`: sent with a cached token for `scope`, and on a
+        401 challenge authorised (Basic or Bearer) and sent again."""
+        cached = self._cached_auth(registry, scope)
+        response = await self._send(method, url, registry=registry, auth=cached, accept=accept)
         if response.status_code != 401:
             return response
         challenge = response.headers.get("www-authenticate", "")
-        auth = await self._authorize(ref.registry, scope, challenge, rejected=cached)
-        return await self._send(method, url, registry=ref.registry, auth=auth, accept=True)
+        auth = await self._authorize(registry, scope, challenge, rejected=cached)
+        return await self._send(method, url, registry=registry, auth=auth, accept=accept)
+
+    async def _request_manifest(self, method: str, ref: ImageRef) -> httpx.Response:
+        url = self.manifest_url(ref)
+        return await self.request(method, url, registry=ref.registry, scope=_pull(ref), accept=True)
 
     async def _found(self, ref: ImageRef, response: httpx.Response) -> bool:
         code = response.status_code
@@ -325,11 +292,15 @@ class RegistryClient:
         return RegistryError(f"registry {registry} answered unexpected HTTP {code} for {what}")
 
     async def _auth_error(self, registry: str, message: str) -> RegistryAuthError:
-        found = await self._credentials_for(registry) is not None
-        where = "credentials were found" if found else "no credentials were found"
-        return RegistryAuthError(
-            f"registry {registry} {message}; {where} for {registry} in the Docker config"
-        )
+        found = await self._credentials_for(registry)
+        if found is not None:
+            where = f"credentials were found for {registry} in {found.origin}"
+        else:
+            where = (
+                f"no credentials were found for {registry} in {DOCKER_CONFIG_ORIGIN} "
+                f"(docker login {registry}) or a registry_secret"
+            )
+        return RegistryAuthError(f"registry {registry} {message}; {where}")
 
     def _cached_auth(self, registry: str, scope: str) -> str | None:
         now = time.monotonic()
@@ -402,10 +373,7 @@ class RegistryClient:
 
     async def _credentials_for(self, registry: str) -> Credentials | None:
         async with self._lock(registry, "credentials"):
-            if registry not in self._credentials:
-                lookup = functools.partial(credentials_for, registry, config_dir=self._config_dir)
-                self._credentials[registry] = await anyio.to_thread.run_sync(lookup)
-            return self._credentials[registry]
+            return await anyio.to_thread.run_sync(self.credentials.resolve, registry)
 
     def _lock(self, registry: str, name: str) -> anyio.Lock:
         return self._locks.setdefault((registry, name), anyio.Lock())
@@ -421,13 +389,14 @@ class RegistryClient:
         params: dict[str, str] | None = None,
         data: dict[str, str] | None = None,
     ) -> httpx.Response:
-        if self._http is None:
+        http = self._root._http
+        if http is None:
             raise RuntimeError("use RegistryClient as `async with RegistryClient() as client:`")
         headers = httpx.Headers([("Accept", t) for t in MANIFEST_MEDIA_TYPES] if accept else [])
         if auth is not None:
             headers["Authorization"] = auth
         try:
-            return await self._http.request(method, url, headers=headers, params=params, data=data)
+            return await http.request(method, url, headers=headers, params=params, data=data)
         except httpx.TimeoutException:
             cause = f"timed out after {self._timeout:g} s"
         except httpx.TransportError as exc:
@@ -436,6 +405,28 @@ class RegistryClient:
             f"registry {registry} is unreachable at {_origin(url)}: {cause}; "
             "whether the image exists is unknown (never assume it exists)"
         )
+
+
+def create_registry_client(
+    settings: Settings,
+    *,
+    docker_config_dir: Path | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RegistryClient:
+    """The registry client for these settings (insecure hosts): the one place one is made.
+
+    >>> create_registry_client(Settings(insecure_registries=("reg:5000",))).base_url("reg:5000")
+    'http://reg:5000'
+    """
+    return RegistryClient(
+        docker_config_dir=docker_config_dir,
+        insecure_hosts=settings.insecure_registries,
+        transport=transport,
+    )
+
+
+def _pull(ref: ImageRef) -> str:
+    return f"repository:{ref.repository}:pull"
 
 
 def _parse_token(registry: str, response: httpx.Response) -> tuple[str, float]:
