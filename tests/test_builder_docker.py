@@ -102,7 +102,7 @@ def test_build_push_run_keeps_secrets_out_of_the_image(infra: Any, tmp_path: Pat
     assert outcome.image_id.startswith("sha256:")
     assert not any(SECRET_VALUE in arg for arg in outcome.command)
     assert any(e["event"] == "build_output" for e in events)
-    assert {"build_started", "build_done", "pushed"} <= {str(e["event"]) for e in events}
+    assert {"build_started", "build_done", "ref_pushed"} <= {str(e["event"]) for e in events}
 
     _docker(infra, "rmi", ref)
     _docker(infra, "pull", ref)
