@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,6 +18,7 @@ import anyio
 import pytest
 from bad_inputs import FIFO_REASON, fifo_ignore_file
 from fakes import ScriptedWatchBackend
+from test_events import assert_declared
 from watchfiles import Change
 
 from imaged.cli.watch import _json_line
@@ -30,6 +31,7 @@ from imaged.definitions.child import LoadedModule
 from imaged.digest import hashing
 from imaged.digest.hashing import DigestCache, hash_image
 from imaged.errors import ImagedError
+from imaged.events import DAEMON_EVENTS
 from imaged.pipeline.build import ImageBuild
 from imaged.spec.image import Image
 
@@ -109,7 +111,7 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     monkeypatch.setenv("IMAGED_DEBIAN_BASE", "127.0.0.1:5000/python:{major}.{minor}")
     h = Harness(root=tmp_path)
 
@@ -125,7 +127,8 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
 
     monkeypatch.setattr("imaged.daemon.modules.load_module_in_child", load)
     monkeypatch.setattr("imaged.daemon.builds.abuild", build)
-    return h
+    yield h
+    assert_declared(h.events, DAEMON_EVENTS)  # every event a test saw is a documented kind
 
 
 def source_image(root: Path, name: str = "api") -> Image:
