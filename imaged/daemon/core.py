@@ -169,6 +169,8 @@ class Daemon:
             self._internal_error(where, exc)
 
     def _scheduler_event(self, data: dict[str, Any]) -> None:
+        # The scheduler's sink gets JSON, as every sink does; parse gives the record back
+        # (and fails loudly on a kind that events.py does not declare).
         event = parse(data, DAEMON_EVENTS)
         if isinstance(event, Failed):
             self.metrics.builds.inc("failed")

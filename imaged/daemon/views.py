@@ -92,8 +92,8 @@ class DaemonView:
         """The reducer: what one event changes in the views."""
         if isinstance(event, Ready):
             self.ready = True
-        if event.image is None:
-            return
+        if event.image is None or not isinstance(event, (*_STATE_AFTER, Finished)):
+            return  # says something about an image, changes nothing shown of it
         view = self.image(event.image)
         view.state = _STATE_AFTER.get(type(event), view.state)
         if isinstance(event, Building):
