@@ -24,7 +24,8 @@ from watchfiles import Change
 from imaged.cli.watch import _json_line
 from imaged.config import Settings
 from imaged.daemon import tracker as tracker_module
-from imaged.daemon.core import Daemon, QuietClock
+from imaged.daemon.clock import QuietClock
+from imaged.daemon.core import Daemon
 from imaged.daemon.notify import SystemdNotifier
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.definitions.child import LoadedModule

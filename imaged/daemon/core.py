@@ -1,4 +1,9 @@
-"""The long-running core: load definitions, watch, rehash, schedule, build, push, report.
+"""The daemon's process: lifecycle, loops and signals, and what each loop's event does.
+
+The parts it composes each live beside it: ``views`` (what is shown, kept by a reducer over
+the events), ``bus`` (the sinks), ``modules`` (the definition modules), ``tracker`` (the
+digests), ``scheduler`` (when to build), ``builds`` (building, registry checks, records) and
+``server`` (the status endpoint, which reads the daemon as a ``StatusSource``).
 
 ``Daemon.run`` has the phases of uvicorn's server: ``prepare`` (definition paths and the state
 lock, before any task starts, so that failing there is one clear error), ``startup``
@@ -10,14 +15,13 @@ error while handling one event is an ``internal_error`` event, never the daemon'
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
@@ -30,6 +34,7 @@ from anyio.abc import TaskGroup
 from imaged.config import Settings
 from imaged.daemon.builds import Builds
 from imaged.daemon.bus import EventBus
+from imaged.daemon.clock import QuietClock
 from imaged.daemon.metrics import Metrics
 from imaged.daemon.modules import DefinitionModules, find_definition_files
 from imaged.daemon.notify import SystemdNotifier
@@ -65,38 +70,6 @@ from imaged.spec.image import Image, ParentBase
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-
-class QuietClock:
-    """The scheduler's clock: monotonic time that stands still while the daemon has a batch
-    of changes in hand (from its arrival at the watcher, through the relevance filter and the
-    tracker's hashing, until it is handled) and while the tracker hashes, so a debounce counts
-    quiet time only. Otherwise a build queued by one batch of a burst starts while the next
-    batch is filtered or hashed, and that batch supersedes it at once (issue 11, item 7).
-    Pauses may overlap (the watch loop and the reconcile loop): time stands still while any
-    one is open."""
-
-    def __init__(self) -> None:
-        self._paused_at: float | None = None
-        self._paused_total = 0.0
-        self._holds = 0
-
-    def __call__(self) -> float:
-        now = time.monotonic() if self._paused_at is None else self._paused_at
-        return now - self._paused_total
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        if self._holds == 0:
-            self._paused_at = time.monotonic()
-        self._holds += 1
-        try:
-            yield
-        finally:
-            self._holds -= 1
-            if self._holds == 0 and self._paused_at is not None:
-                self._paused_total += time.monotonic() - self._paused_at
-                self._paused_at = None
 
 
 class Daemon:
