@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imaged.builders.base import BuildOutcome, BuildRequest, EventCallback
+from imaged.builders.base import BuildOutcome, BuildRequest
+from imaged.events import EventSink
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -193,7 +194,7 @@ class RefusingBuilder:
         return {"engine": "none"}
 
     async def build(
-        self, request: BuildRequest, *, on_event: EventCallback | None = None
+        self, request: BuildRequest, *, on_event: EventSink | None = None
     ) -> BuildOutcome:
         self.calls += 1
         raise AssertionError(f"the engine was called for {request.tags}")

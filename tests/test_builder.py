@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from test_events import assert_declared
 
 from imaged.builders import local as builder_local
 from imaged.builders.base import (
@@ -36,6 +37,7 @@ from imaged.builders.local import (
 from imaged.builders.remote import RemoteBuilder
 from imaged.config import Settings
 from imaged.errors import BuildError, ConfigError, EngineError, SecretError
+from imaged.events import BUILD_EVENTS
 from imaged.pipeline.secrets import ca_bundle_secret, resolve_secret, resolve_secrets
 from imaged.render.dockerfile import CA_SECRET_ID
 from imaged.spec.layers import Secret
@@ -561,6 +563,7 @@ def test_failed_build_raises_build_error_with_instruction_and_tail(tmp_path: Pat
     assert "#5 0.203 oops" in info.value.output_tail
     lines = [e["line"] for e in events if e["event"] == "build_output"]
     assert lines == CLASSIC_RUN_FAILURE.splitlines()
+    assert_declared(events, BUILD_EVENTS)
 
 
 def test_cli_sees_secret_files_that_vanish_afterwards(tmp_path: Path) -> None:

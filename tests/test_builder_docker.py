@@ -13,12 +13,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from test_events import assert_declared
 
 from imaged.builders.base import BuildOutcome, BuildRequest, SecretSource
 from imaged.builders.local import LocalBuilder
 from imaged.builders.remote import RemoteBuilder
 from imaged.config import Settings
 from imaged.errors import BuildError, EngineError
+from imaged.events import BUILD_EVENTS
 from imaged.pipeline.secrets import ca_bundle_secret
 from imaged.render.dockerfile import CA_SECRET_ID
 
@@ -102,7 +104,8 @@ def test_build_push_run_keeps_secrets_out_of_the_image(infra: Any, tmp_path: Pat
     assert outcome.image_id.startswith("sha256:")
     assert not any(SECRET_VALUE in arg for arg in outcome.command)
     assert any(e["event"] == "build_output" for e in events)
-    assert {"build_started", "build_done", "pushed"} <= {str(e["event"]) for e in events}
+    assert {"build_started", "build_done", "ref_pushed"} <= {str(e["event"]) for e in events}
+    assert_declared(events, BUILD_EVENTS)
 
     _docker(infra, "rmi", ref)
     _docker(infra, "pull", ref)

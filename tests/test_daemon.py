@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,18 +18,21 @@ import anyio
 import pytest
 from bad_inputs import FIFO_REASON, fifo_ignore_file
 from fakes import ScriptedWatchBackend
+from test_events import assert_declared
 from watchfiles import Change
 
 from imaged.cli.watch import _json_line
 from imaged.config import Settings
 from imaged.daemon import tracker as tracker_module
-from imaged.daemon.core import Daemon, QuietClock
+from imaged.daemon.clock import QuietClock
+from imaged.daemon.core import Daemon
 from imaged.daemon.notify import SystemdNotifier
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.definitions.child import LoadedModule
 from imaged.digest import hashing
 from imaged.digest.hashing import DigestCache, hash_image
 from imaged.errors import ImagedError
+from imaged.events import DAEMON_EVENTS
 from imaged.pipeline.build import ImageBuild
 from imaged.spec.image import Image
 
@@ -109,7 +112,7 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     monkeypatch.setenv("IMAGED_DEBIAN_BASE", "127.0.0.1:5000/python:{major}.{minor}")
     h = Harness(root=tmp_path)
 
@@ -123,9 +126,10 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
         uri = image.uri_for(digest.tag)
         return ImageBuild(image.name, uri, digest.tag, digest.digest, status="built")
 
-    monkeypatch.setattr("imaged.daemon.core.load_module_in_child", load)
-    monkeypatch.setattr("imaged.daemon.core.abuild", build)
-    return h
+    monkeypatch.setattr("imaged.daemon.modules.load_module_in_child", load)
+    monkeypatch.setattr("imaged.daemon.builds.abuild", build)
+    yield h
+    assert_declared(h.events, DAEMON_EVENTS)  # every event a test saw is a documented kind
 
 
 def source_image(root: Path, name: str = "api") -> Image:
@@ -145,7 +149,7 @@ async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(daemon.run, handle_signals=False))
         with anyio.fail_after(5):
-            while not daemon.state.ready:  # noqa: ASYNC110 - no event says "ready"
+            while not daemon.view.ready:  # noqa: ASYNC110 - no event says "ready"
                 await anyio.sleep(0.01)
         await settle(daemon)
         yield daemon
@@ -198,14 +202,14 @@ async def test_an_input_gone_bad_is_a_hash_error_until_it_is_fixed(
         harness.edit(spoilt)
         error = await harness.wait_event("hash_error", "job")
         assert fragment in error["error"]
-        assert daemon.state.images["job"].state == "failed"
+        assert daemon.view.images["job"].state == "failed"
         restore()
         mark = len(harness.events)
         harness.edit(script, SCRIPT + "# fixed\n")
         changed = await harness.wait_event("changed", "job", since=mark)
         assert "source_folder jobs/" in changed["why"]
         await harness.wait_event("built", "job", since=mark)
-        assert daemon.state.images["job"].state == "up to date"
+        assert daemon.view.images["job"].state == "up to date"
     assert harness.named("internal_error") == []
 
 
@@ -248,8 +252,8 @@ async def test_a_fifo_ignore_file_fails_its_image_only_and_the_daemon_starts(
         assert harness.builds == ["good"]
         error = await harness.wait_event("hash_error", "bad")
         assert error["error"] == f"image 'bad', layer #1 source_folder src/: {fifo}: {FIFO_REASON}"
-        assert daemon.state.images["bad"].state == "failed"
-        assert daemon.state.images["good"].state == "up to date"
+        assert daemon.view.images["bad"].state == "failed"
+        assert daemon.view.images["good"].state == "up to date"
         fifo.unlink()
         mark = len(harness.events)
         harness.edit(fifo, "*.log\n")
@@ -275,7 +279,7 @@ async def test_an_unexpected_hashing_error_of_one_image_spares_the_first_reconci
         assert harness.builds == ["good"]
         error = await harness.wait_event("hash_error", "bad")
         assert error["error"] == "image 'bad': unexpected error while hashing: RuntimeError: boom"
-        assert daemon.state.images["bad"].state == "failed"
+        assert daemon.view.images["bad"].state == "failed"
     assert harness.named("internal_error") == []
 
 
@@ -317,13 +321,13 @@ async def test_a_second_daemon_on_held_state_fails_cleanly_and_wipes_nothing(
     harness.define("a.py", api=source_image(harness.root))
     first = harness.daemon()
     async with running(first):
-        saved = first.store.state_path.read_text()
+        saved = first.builds.store.state_path.read_text()
         assert set(json.loads(saved)["images"]) == {"api"}
         second = harness.daemon()
         with pytest.raises(ImagedError, match=rf"in use by pid {os.getpid()}$"):
             await second.run(handle_signals=False)
-        assert first.store.state_path.read_text() == saved
-    assert set(StateStore(first.store.directory).load()) == {"api"}
+        assert first.builds.store.state_path.read_text() == saved
+    assert set(StateStore(first.builds.store.directory).load()) == {"api"}
     assert len(harness.named("stopped")) == 1
 
 
@@ -481,7 +485,7 @@ async def test_a_restart_builds_a_local_image_only_when_its_tag_moved(harness: H
         pass
     assert harness.builds == ["api"]
     async with running(harness.daemon()) as daemon:
-        assert daemon.state.images["api"].state == "up to date"
+        assert daemon.view.images["api"].state == "up to date"
     assert harness.builds == ["api"]
     write(harness.root / "src/app.py", "print('changed while stopped')\n")
     async with running(harness.daemon()):

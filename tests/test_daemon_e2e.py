@@ -30,9 +30,11 @@ from daemon_support import (
     wait_for,
 )
 from e2e_support import DATA, docker, pull_fresh, run_id, skopeo_inspect
+from test_events import assert_declared
 
 from imaged.definitions.loader import load_definitions
 from imaged.digest.hashing import hash_image
+from imaged.events import DAEMON_EVENTS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
 
@@ -117,6 +119,10 @@ def launch(infra: Any, tmp_path: Path) -> Iterator[Launch]:
     yield start
     for daemon in started:
         daemon.kill()
+    for daemon in started:
+        if daemon.events_on == "stdout":  # NDJSON: each line a documented kind
+            lines = [{k: v for k, v in e.items() if k != "_seen"} for e in daemon.since()]
+            assert_declared(lines, DAEMON_EVENTS)
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from e2e_support import docker, run_id
+from test_events import assert_declared
 
 from imaged import Image, build
+from imaged.events import BUILD_EVENTS
 from imaged.render.dockerfile import base_reference
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
@@ -79,3 +81,4 @@ def test_a_local_parent_shared_by_two_children_is_built_once(infra: Any, tmp_pat
     # The parent's own progress is labelled as the parent's, never as a child's.
     assert sum(e["event"] == "build_done" for e in events) == 2  # one per child
     assert sum(e["event"] == "parent_build_done" for e in events) == 1  # the parent, once
+    assert_declared(events, BUILD_EVENTS)

@@ -6,7 +6,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import httpx
@@ -16,10 +16,11 @@ from test_metrics import check_histogram, parse_exposition
 
 from imaged.cli.main import main as cli_main
 from imaged.config import load_settings
-from imaged.daemon.core import Daemon
 from imaged.daemon.metrics import Metrics
 from imaged.daemon.server import serve_status
+from imaged.daemon.views import StatusSource
 from imaged.errors import ConfigError
+from imaged.events import Event
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -34,39 +35,41 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class FakeState:
-    """What server.py reads of DaemonState: ``ready`` and ``to_json()``."""
+class FakeDaemon:
+    """A StatusSource (all that server.py reads), with the events it emits recorded."""
 
     def __init__(self) -> None:
         self.ready = False
         self.broken = False
+        self.metrics = Metrics()
+        self.queue_depth = 4
+        self.events: list[dict[str, Any]] = []
 
-    def to_json(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         if self.broken:
             raise RuntimeError("state is broken")
         return {"ready": self.ready, "images": IMAGES, "modules": {"/defs/bad.py": "boom"}}
 
+    def is_ready(self) -> bool:
+        return self.ready
 
-class FakeScheduler:
-    queue_depth = 4
+    def render_metrics(self) -> str:
+        self.metrics.queue_depth = self.queue_depth
+        return self.metrics.render()
 
+    def emit(self, event: Event) -> None:
+        self.events.append(event.to_json())
 
-class FakeDaemon:
-    """The daemon attributes server.py uses, with the emitted events recorded."""
-
-    def __init__(self) -> None:
-        self.state = FakeState()
-        self.metrics = Metrics()
-        self.scheduler = FakeScheduler()
-        self.status_address: str | None = None
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, event: str, image: str | None = None, **fields: Any) -> None:
-        self.events.append({"event": event, "image": image, **fields})
+    @property
+    def status_address(self) -> str | None:
+        """The address the last ``status_listening`` event named."""
+        listening = [e["address"] for e in self.events if e["event"] == "status_listening"]
+        return listening[-1] if listening else None
 
 
 async def _serve(daemon: FakeDaemon, address: str) -> None:
-    await serve_status(cast(Daemon, daemon), address)
+    source: StatusSource = daemon  # mypy checks the fake against the protocol
+    await serve_status(source, address, daemon.emit)
 
 
 @asynccontextmanager
@@ -116,7 +119,7 @@ async def test_status_returns_the_state_as_json() -> None:
         with_query = await http.get(f"{base}/status?verbose=1")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == daemon.state.to_json()
+    assert response.json() == daemon.snapshot()
     assert with_query.json() == response.json()
     assert daemon.events[0] == {
         "event": "status_listening",
@@ -147,7 +150,7 @@ async def test_healthz_is_503_until_ready_then_200() -> None:
     daemon = FakeDaemon()
     async with serving(daemon) as base, client() as http:
         starting = await http.get(f"{base}/healthz")
-        daemon.state.ready = True
+        daemon.ready = True
         ready = await http.get(f"{base}/healthz")
     assert (starting.status_code, starting.text) == (503, "starting\n")
     assert (ready.status_code, ready.text) == (200, "ok\n")
@@ -184,9 +187,9 @@ async def test_an_error_behind_one_url_is_a_500_and_the_server_keeps_serving(
 ) -> None:
     daemon = FakeDaemon()
     async with serving(daemon) as base, client() as http:
-        daemon.state.broken = True
+        daemon.broken = True
         broken = await http.get(f"{base}/status")
-        daemon.state.broken = False
+        daemon.broken = False
         fixed = await http.get(f"{base}/status")
     assert broken.status_code == 500
     assert fixed.status_code == 200

@@ -12,13 +12,14 @@ import importlib
 import importlib.metadata
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from imaged.config import ENV_VARS, Settings
 from imaged.errors import ConfigError
+from imaged.events import EventSink
 
 ENTRY_POINT_GROUP = "imaged.builders"
 BUILTIN_BUILDERS: dict[str, str] = {
@@ -26,8 +27,6 @@ BUILTIN_BUILDERS: dict[str, str] = {
     "remote": "imaged.builders.remote:RemoteBuilder",
 }
 OUTPUT_TAIL_LINES = 40
-
-EventCallback = Callable[[dict[str, object]], None]
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class Builder(Protocol):
     async def check(self) -> dict[str, str]: ...
 
     async def build(
-        self, request: BuildRequest, *, on_event: EventCallback | None = None
+        self, request: BuildRequest, *, on_event: EventSink | None = None
     ) -> BuildOutcome: ...
 
     def describe_command(self, request: BuildRequest) -> tuple[str, ...]: ...

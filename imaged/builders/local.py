@@ -29,15 +29,19 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.abc import Process
 
-from imaged.builders.base import (
-    BuildOutcome,
-    BuildOutput,
-    BuildRequest,
-    EventCallback,
-    SecretSource,
-)
+from imaged.builders.base import BuildOutcome, BuildOutput, BuildRequest, SecretSource
 from imaged.config import ENV_VARS, Settings
 from imaged.errors import BuildError, ConfigError, EngineError, PushError
+from imaged.events import (
+    BuildDone,
+    BuildOutputLine,
+    BuildStarted,
+    Event,
+    EventSink,
+    PushStatus,
+    RefPushed,
+    send,
+)
 from imaged.failures import classify_output
 from imaged.pipeline.scratch import SCRATCH_PREFIX, mark_owner, scratch_parent
 from imaged.pipeline.secrets import without_secrets
@@ -208,16 +212,11 @@ def _read_metadata_digest(path: str) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
-def _emit(on_event: EventCallback | None, event: dict[str, object]) -> None:
-    if on_event is not None:
-        on_event(event)
-
-
-def _emit_from_thread(on_event: EventCallback | None, event: dict[str, object]) -> None:
+def _send_from_thread(on_event: EventSink | None, event: Event) -> None:
     if on_event is None:
         return
     with suppress(RuntimeError):  # the event loop is gone: the caller was cancelled
-        anyio.from_thread.run_sync(on_event, event)
+        anyio.from_thread.run_sync(send, on_event, event)
 
 
 def _signal_group(process: Process, signum: int) -> None:
@@ -236,7 +235,9 @@ async def _terminate(process: Process) -> None:
         await process.wait()
 
 
-async def _pump(process: Process, output: BuildOutput, on_event: EventCallback | None) -> None:
+async def _pump(
+    process: Process, output: BuildOutput, on_event: EventSink | None, image: str | None
+) -> None:
     assert process.stdout is not None
     pending = b""
     async for chunk in process.stdout:
@@ -245,13 +246,17 @@ async def _pump(process: Process, output: BuildOutput, on_event: EventCallback |
         for raw in lines:
             line = raw.decode("utf-8", "replace")
             output.add(line)
-            _emit(on_event, {"event": "build_output", "line": line})
+            send(on_event, BuildOutputLine(image=image, line=line))
     if pending:
         output.add(pending.decode("utf-8", "replace"))
 
 
 async def run_cli(
-    argv: tuple[str, ...], *, env: Mapping[str, str], on_event: EventCallback | None = None
+    argv: tuple[str, ...],
+    *,
+    env: Mapping[str, str],
+    on_event: EventSink | None = None,
+    image: str | None = None,
 ) -> tuple[int, BuildOutput]:
     """Run a docker CLI build to its end; on cancellation, stop it and re-raise."""
     output = BuildOutput()
@@ -264,7 +269,7 @@ async def run_cli(
         start_new_session=True,
     )
     try:
-        await _pump(process, output, on_event)
+        await _pump(process, output, on_event, image)
         return await process.wait(), output
     finally:
         with anyio.CancelScope(shield=True):
@@ -370,7 +375,7 @@ class LocalBuilder:
         )
 
     async def build(
-        self, request: BuildRequest, *, on_event: EventCallback | None = None
+        self, request: BuildRequest, *, on_event: EventSink | None = None
     ) -> BuildOutcome:
         """Build with BuildKit through the CLI, then push every tag when ``request.push``."""
         cli = await anyio.to_thread.run_sync(self.cli)
@@ -383,23 +388,16 @@ class LocalBuilder:
                 global_args=self.cli_global_args(),
                 metadata_file=scratch.metadata_file,
             )
-            _emit(on_event, {"event": "build_started", "image": request.image_name, "argv": argv})
+            send(on_event, BuildStarted(image=request.image_name, argv=argv))
             env = self.cli_env()
             if scratch.docker_config_dir is not None:
                 env["DOCKER_CONFIG"] = scratch.docker_config_dir
-            code, output = await run_cli(argv, env=env, on_event=on_event)
+            code, output = await run_cli(argv, env=env, on_event=on_event, image=request.image_name)
             if code != 0:
                 raise self._build_failure(request, cli, output)
             pushed_digest = _read_metadata_digest(scratch.metadata_file)
         build_seconds = time.monotonic() - started
-        _emit(
-            on_event,
-            {
-                "event": "build_done",
-                "image": request.image_name,
-                "seconds": round(build_seconds, 3),
-            },
-        )
+        send(on_event, BuildDone(image=request.image_name, seconds=round(build_seconds, 3)))
         if pushed_digest is not None or not request.push:
             image_id = None if pushed_digest else await self._image_id(request)
             return BuildOutcome(image_id, pushed_digest, build_seconds, 0.0, argv)
@@ -442,7 +440,7 @@ class LocalBuilder:
         return await anyio.to_thread.run_sync(inspect)
 
     def _push_sync(
-        self, request: BuildRequest, on_event: EventCallback | None
+        self, request: BuildRequest, on_event: EventSink | None
     ) -> tuple[str | None, str | None]:
         api = self.api()
         try:
@@ -453,7 +451,7 @@ class LocalBuilder:
         return image_id, digests[0]
 
     def _push_ref(
-        self, api: Any, request: BuildRequest, ref: str, on_event: EventCallback | None
+        self, api: Any, request: BuildRequest, ref: str, on_event: EventSink | None
     ) -> str | None:
         import docker
         import requests
@@ -472,7 +470,7 @@ class LocalBuilder:
             raise self.unreachable(exc) from exc
         except requests.exceptions.RequestException as exc:
             raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc
-        _emit_from_thread(on_event, {"event": "pushed", "ref": ref, "digest": digest})
+        _send_from_thread(on_event, RefPushed(image=request.image_name, ref=ref, digest=digest))
         return digest
 
 
@@ -487,7 +485,7 @@ def _inspect_id(api: Any, ref: str) -> str | None:
 
 
 def _push_entry(
-    entry: dict[str, Any], ref: str, image: str, on_event: EventCallback | None
+    entry: dict[str, Any], ref: str, image: str, on_event: EventSink | None
 ) -> str | None:
     """Check one push progress entry; return the manifest digest when it names one."""
     if "errorDetail" in entry or "error" in entry:
@@ -499,9 +497,8 @@ def _push_entry(
         return str(aux["Digest"])
     status = str(entry.get("status", ""))
     if status and status not in _QUIET_PUSH_STATUSES:
-        _emit_from_thread(
-            on_event, {"event": "push_status", "ref": ref, "status": status, "id": entry.get("id")}
-        )
+        progress = PushStatus(image=image, ref=ref, status=status, id=entry.get("id"))
+        _send_from_thread(on_event, progress)
     match = _DIGEST.search(status)
     return match[1] if match else None
 

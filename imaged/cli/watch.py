@@ -14,8 +14,9 @@ import anyio
 import click
 
 from imaged.config import Settings, load_settings
-from imaged.daemon.core import Daemon, DaemonState
+from imaged.daemon.core import Daemon
 from imaged.daemon.log import configure_logging, log_event
+from imaged.daemon.views import StatusSource
 from imaged.pipeline.scratch import sweep_stale_scratch
 
 _STYLE = {
@@ -28,18 +29,23 @@ _STYLE = {
 }
 
 
-def _table(state: DaemonState) -> Any:
+def _table(source: StatusSource) -> Any:
+    """The live view: one row per image, then each definition module that failed to load."""
     from rich.table import Table
 
+    status = source.snapshot()
     table = Table(title="imaged", expand=True)
     for col in ("image", "state", "tag", "last push", "why"):
         table.add_column(col, overflow="fold")
-    for view in sorted(state.images.values(), key=lambda v: v.name):
-        pushed = time.strftime("%H:%M:%S", time.localtime(view.pushed_at)) if view.pushed_at else ""
-        style = _STYLE.get(view.state, "")
-        why = view.error if view.state == "failed" and view.error else view.why
-        table.add_row(view.name, f"[{style}]{view.state}[/]", view.tag or "", pushed, why)
-    for file, error in sorted(state.modules.items()):
+    for view in status["images"]:
+        pushed_at = view["pushed_at"]
+        pushed = time.strftime("%H:%M:%S", time.localtime(pushed_at)) if pushed_at else ""
+        state = view["state"]
+        why = view["error"] if state == "failed" and view["error"] else view["why"]
+        table.add_row(
+            view["name"], f"[{_STYLE.get(state, '')}]{state}[/]", view["tag"] or "", pushed, why
+        )
+    for file, error in sorted(status["modules"].items()):
         if error:
             table.add_row(Path(file).name, "[red]definition error[/]", "", "", error)
     return table
@@ -48,8 +54,8 @@ def _table(state: DaemonState) -> Any:
 async def _run_live(daemon: Daemon) -> None:
     from rich.live import Live
 
-    with Live(_table(daemon.state), refresh_per_second=4, transient=False) as live:
-        daemon.add_sink(lambda _event: live.update(_table(daemon.state)))
+    with Live(_table(daemon), refresh_per_second=4, transient=False) as live:
+        daemon.add_sink(lambda _event: live.update(_table(daemon)))
         await daemon.run()
 
 

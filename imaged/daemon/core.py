@@ -1,4 +1,9 @@
-"""The long-running core: load definitions, watch, rehash, schedule, build, push, report.
+"""The daemon's process: lifecycle, loops and signals, and what each loop's event does.
+
+The parts it composes each live beside it: ``views`` (what is shown, kept by a reducer over
+the events), ``bus`` (the sinks), ``modules`` (the definition modules), ``tracker`` (the
+digests), ``scheduler`` (when to build), ``builds`` (building, registry checks, records) and
+``server`` (the status endpoint, which reads the daemon as a ``StatusSource``).
 
 ``Daemon.run`` has the phases of uvicorn's server: ``prepare`` (definition paths and the state
 lock, before any task starts, so that failing there is one clear error), ``startup``
@@ -10,17 +15,14 @@ error while handling one event is an ``internal_error`` event, never the daemon'
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,88 +32,44 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from imaged.config import Settings
+from imaged.daemon.builds import Builds
+from imaged.daemon.bus import EventBus
+from imaged.daemon.clock import QuietClock
 from imaged.daemon.metrics import Metrics
+from imaged.daemon.modules import DefinitionModules, find_definition_files
 from imaged.daemon.notify import SystemdNotifier
 from imaged.daemon.scheduler import Scheduler, SchedulerOptions
-from imaged.daemon.store import ImageRecord, StateStore
+from imaged.daemon.server import serve_status
+from imaged.daemon.store import StateStore
 from imaged.daemon.tracker import DigestChange, ImageTracker
+from imaged.daemon.views import DaemonView
 from imaged.daemon.watcher import WatchBackend, watch_paths
-from imaged.definitions.child import LoadedModule, discover_definition_files, load_module_in_child
 from imaged.digest.hashing import DigestCache
 from imaged.errors import DefinitionError, ImagedError
-from imaged.pipeline.build import abuild
-from imaged.pipeline.logins import check_images
-from imaged.registry.client import Existence, RegistryClient, create_registry_client
-from imaged.spec.image import Image, ParentBase, override_registry
+from imaged.events import (
+    DAEMON_EVENTS,
+    Changed,
+    ConfigErrorEvent,
+    DefinitionErrorEvent,
+    Event,
+    EventSink,
+    Failed,
+    HashError,
+    Ignored,
+    InternalError,
+    NothingToDo,
+    Ready,
+    Reloaded,
+    Stopped,
+    Stopping,
+    parse,
+)
+from imaged.registry.client import create_registry_client
+from imaged.spec.image import Image, ParentBase
 
-EventSink = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-
-class QuietClock:
-    """The scheduler's clock: monotonic time that stands still while the daemon has a batch
-    of changes in hand (from its arrival at the watcher, through the relevance filter and the
-    tracker's hashing, until it is handled) and while the tracker hashes, so a debounce counts
-    quiet time only. Otherwise a build queued by one batch of a burst starts while the next
-    batch is filtered or hashed, and that batch supersedes it at once (issue 11, item 7).
-    Pauses may overlap (the watch loop and the reconcile loop): time stands still while any
-    one is open."""
-
-    def __init__(self) -> None:
-        self._paused_at: float | None = None
-        self._paused_total = 0.0
-        self._holds = 0
-
-    def __call__(self) -> float:
-        now = time.monotonic() if self._paused_at is None else self._paused_at
-        return now - self._paused_total
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        if self._holds == 0:
-            self._paused_at = time.monotonic()
-        self._holds += 1
-        try:
-            yield
-        finally:
-            self._holds -= 1
-            if self._holds == 0 and self._paused_at is not None:
-                self._paused_total += time.monotonic() - self._paused_at
-                self._paused_at = None
-
-
-@dataclass
-class ImageView:
-    """What the terminal view, ``imaged status`` and the JSON events show per image."""
-
-    name: str
-    state: str = "unknown"  # up to date | queued | building | pushing | failed | unknown
-    tag: str | None = None
-    uri: str | None = None
-    pushed_at: float | None = None
-    why: str = ""
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class DaemonState:
-    images: dict[str, ImageView] = field(default_factory=dict)
-    modules: dict[str, str | None] = field(default_factory=dict)  # file -> last load error
-    ready: bool = False
-    started_at: float = field(default_factory=time.time)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ready": self.ready,
-            "started_at": self.started_at,
-            "images": [v.to_json() for v in sorted(self.images.values(), key=lambda v: v.name)],
-            "modules": self.modules,
-        }
 
 
 class Daemon:
@@ -129,25 +87,22 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.targets = targets
-        self._sinks: list[EventSink] = [on_event] if on_event else []
+        self.bus = EventBus(*([on_event] if on_event else []))
         self.notifier = notifier or SystemdNotifier.from_env()
         self.backend = backend
         self._reload_settings = reload_settings
-        self.state = DaemonState()
+        self.view = DaemonView()
         self.metrics = Metrics()
-        self.store = StateStore(settings.resolved_state_dir)
+        self.definitions = DefinitionModules(self.view, self.emit)
+        self.builds = Builds(
+            StateStore(settings.resolved_state_dir), self.view, self.metrics, self.emit
+        )
         self.tracker = ImageTracker(DigestCache())  # prepare() loads the saved cache
         # One tracker call at a time, in a worker thread: the watch loop, the reconcile
         # loop and a reload may all want it, and the tracker is not thread-safe.
         self._tracker_lock = anyio.Lock()
         self._holds_state = False  # the state lock is ours and the state is loaded
-        self._failed_sinks: set[int] = set()
-        self.records: dict[str, ImageRecord] = {}
-        self.modules: dict[Path, LoadedModule] = {}
-        self.module_files: dict[Path, set[Path]] = {}  # files whose edit reloads the module
         self.images: dict[str, Image] = {}
-        self._pending_reasons: dict[str, str] = {}
-        self._change_times: dict[str, float] = {}
         self._roots_changed = threading.Event()
         self._reported_errors: dict[str, str] = {}
         self._last_ignored_event = -1.0
@@ -160,34 +115,16 @@ class Daemon:
             on_event=self._scheduler_event,
             clock=self._clock,
         )
-        self._client: RegistryClient | None = None
-        self.status_address: str | None = None
 
     # -- events -------------------------------------------------------------------------
 
     def add_sink(self, sink: EventSink) -> None:
-        self._sinks.append(sink)
+        self.bus.add(sink)
 
-    def emit(self, event: str, image: str | None = None, **fields: Any) -> None:
-        """Send one event to every sink; a sink that raises never reaches the caller."""
-        payload = {"ts": round(time.time(), 3), "event": event, "image": image, **fields}
-        for sink in list(self._sinks):
-            try:
-                sink(payload)
-            except Exception as exc:
-                self._sink_failed(sink, exc)
-
-    def _sink_failed(self, sink: EventSink, exc: Exception) -> None:
-        """A sink that cannot write any more (stdout piped to a `head` that exited) is
-        stopped; one that raised otherwise is kept. Either is said once, on stderr."""
-        stopped = isinstance(exc, OSError)
-        if stopped:
-            self._sinks.remove(sink)
-        if id(sink) in self._failed_sinks:
-            return
-        self._failed_sinks.add(id(sink))
-        what = "stopped" if stopped else "raised; later failures are not reported"
-        _say(f"imaged: an event sink {what}: {type(exc).__name__}: {exc}")
+    def emit(self, event: Event) -> None:
+        """Apply one event to the views, then send it to every sink."""
+        self.view.apply(event)
+        self.bus.publish(event)
 
     def _internal_error(self, where: str, exc: Exception) -> None:
         """An unexpected error while handling one event: reported, and the daemon goes on."""
@@ -195,7 +132,7 @@ class Daemon:
         at = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
         log.error("internal error in %s", where, exc_info=exc)
         self.metrics.events.inc("internal_error")
-        self.emit("internal_error", None, where=where, error=f"{type(exc).__name__}: {exc}", at=at)
+        self.emit(InternalError(where=where, error=f"{type(exc).__name__}: {exc}", at=at))
 
     async def _guarded(self, where: str, step: Callable[[], Awaitable[None]]) -> None:
         """The last line of defence: no bug in one event's handling stops the daemon."""
@@ -204,26 +141,29 @@ class Daemon:
         except Exception as exc:
             self._internal_error(where, exc)
 
-    def _view(self, name: str) -> ImageView:
-        return self.state.images.setdefault(name, ImageView(name))
-
-    def _scheduler_event(self, event: dict[str, Any]) -> None:
-        name = str(event["image"])
-        view = self._view(name)
-        kind = str(event["event"])
-        view.state = {
-            "queued": "queued",
-            "building": "building",
-            "failed": "failed",
-            "retrying": "queued",
-            "superseded": "queued",
-        }.get(kind, view.state)
-        if kind == "failed":
-            view.error = str(event.get("error"))
+    def _scheduler_event(self, data: dict[str, Any]) -> None:
+        # The scheduler's sink gets JSON, as every sink does; parse gives the record back
+        # (and fails loudly on a kind that events.py does not declare).
+        event = parse(data, DAEMON_EVENTS)
+        if isinstance(event, Failed):
             self.metrics.builds.inc("failed")
-        fields = {k: v for k, v in event.items() if k not in ("event", "image")}
-        self.emit(kind, name, **fields)
+        self.emit(event)
         self.metrics.queue_depth = self.scheduler.queue_depth
+
+    # -- status (StatusSource) ----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.view.to_json()
+
+    def is_ready(self) -> bool:
+        return self.view.ready
+
+    def render_metrics(self) -> str:
+        self.metrics.queue_depth = self.scheduler.queue_depth
+        return self.metrics.render()
+
+    def status_line(self) -> str:
+        return self.view.status_line(len(self.images))
 
     # -- settings -----------------------------------------------------------------------
 
@@ -247,72 +187,36 @@ class Daemon:
     # -- definitions --------------------------------------------------------------------
 
     def definition_files(self) -> list[Path]:
-        roots = [*self.targets, *(Path(p) for p in self.settings.definitions)]
-        return discover_definition_files(roots, recursive=self.settings.recursive)
-
-    async def load_module(self, path: Path) -> None:
-        """(Re)load one definition module in a child; keep the last good one on failure."""
-        try:
-            loaded = await load_module_in_child(path, timeout=self.settings.load_timeout)
-        except DefinitionError as exc:
-            self.state.modules[str(path)] = str(exc)
-            # Watch the file that broke too (a helper), so fixing it reloads the module.
-            self.module_files.setdefault(path, set()).update({path, Path(exc.file)})
-            self.emit("definition_error", None, file=exc.file, line=exc.line, error=str(exc))
-            return
-        self.state.modules[str(path)] = None
-        self.modules[path] = loaded
-        self.module_files[path] = {path, *loaded.imported_files}
-        self.emit("definitions_loaded", None, file=str(path), images=sorted(loaded.images))
+        s = self.settings
+        return find_definition_files(self.targets, s.definitions, recursive=s.recursive)
 
     async def load_all(self) -> None:
         try:
             files = self.definition_files()
         except DefinitionError as exc:
             # A definitions folder deleted under a running daemon: keep the last good ones.
-            self.emit("definition_error", None, file=exc.file, line=exc.line, error=str(exc))
+            self.emit(DefinitionErrorEvent(file=exc.file, line=exc.line, error=str(exc)))
             return
         roots = self._roots()
-        for gone in set(self.module_files) - set(files):
-            self.modules.pop(gone, None)
-            self.module_files.pop(gone, None)
-            self.state.modules.pop(str(gone), None)
-        async with anyio.create_task_group() as tg:
-            for path in files:
-                tg.start_soon(self.load_module, path)
+        self.definitions.forget_except(files)
+        await self.definitions.load_many(files, load_timeout=self.settings.load_timeout)
         await self._refresh_images(roots_before=roots)
 
-    def _merged_images(self) -> dict[str, Image]:
-        """Every module's images; a name defined twice keeps the first module's, in path
-        order, so the outcome never depends on which child finished loading first."""
-        images: dict[str, Image] = {}
-        owners: dict[str, Path] = {}
-        for path in sorted(self.modules):
-            for name, image in self.modules[path].images.items():
-                if name in owners:
-                    error = (
-                        f"image name {name!r} is defined in both {owners[name]} and {path};"
-                        f" the one in {owners[name]} is used"
-                    )
-                    self.emit("definition_error", name, file=str(path), line=None, error=error)
-                    continue
-                images[name] = override_registry(image, self.settings.registry)
-                owners[name] = path
-        return images
-
     async def _refresh_images(self, *, roots_before: dict[Path, bool] | None = None) -> None:
-        images = self._merged_images()
+        images = self.definitions.merged_images(self.settings.registry)
         async with self._tracker_lock:
             roots = self._roots() if roots_before is None else roots_before
             for name in set(self.images) - set(images):
                 self.scheduler.forget(name)
-                self.state.images.pop(name, None)
+                self.view.images.pop(name, None)
             self.images = images
             changes = await self._in_tracker(self.tracker.set_images, images)
             if self._roots() != roots:
                 # Restart watching only when needed: events during a restart are lost.
                 self._roots_changed.set()
-            self._apply_digest_changes(changes, initial=not self.state.ready)
+            self._apply_digest_changes(changes, initial=not self.view.ready)
+
+    # -- changes ------------------------------------------------------------------------
 
     def _apply_digest_changes(
         self, changes: dict[str, DigestChange], *, initial: bool = False
@@ -327,42 +231,33 @@ class Daemon:
         errors = {name: str(exc) for name, exc in self.tracker.errors.items()}
         for name, error in errors.items():
             if self._reported_errors.get(name) != error:
-                view = self._view(name)
-                view.state, view.error = "failed", error
-                self.emit("hash_error", name, error=error)
+                self.emit(HashError(image=name, error=error))
         for name in set(self._reported_errors) - set(errors):
             if name in self.images:
-                self._view(name).error = None
+                self.view.image(name).error = None
                 self.scheduler.request(name, "its inputs are readable again")
         self._reported_errors = errors
 
-    def _definition_paths(self) -> set[Path]:
-        return {p for files in self.module_files.values() for p in files}
-
-    # -- changes ------------------------------------------------------------------------
-
     def _digest_moved(self, change: DigestChange, *, initial: bool = False) -> None:
         name = change.image
-        view = self._view(name)
-        view.tag = change.new_digest.removeprefix("sha256:")[:32]
+        tag = change.new_digest.removeprefix("sha256:")[:32]
         image = self.images[name]
-        view.uri = image.uri_for(view.tag) if image.name else None
+        self.view.known_digest(name, tag, image.uri_for(tag) if image.name else None)
         if initial:
             return
         why = "; ".join(str(r) for r in change.reasons) or "digest moved"
-        self._pending_reasons[name] = why
-        self._change_times.setdefault(name, time.monotonic())
-        self.emit("changed", name, tag=view.tag, why=why)
+        self.builds.changed(name)
+        self.emit(Changed(image=name, tag=tag, why=why))
         self.scheduler.request(name, why)
 
     async def handle_paths(self, paths: set[Path]) -> None:
         """One batch of relevant changed paths from the watcher."""
-        definitions = self._definition_paths()
-        touched = {m for m, files in self.module_files.items() if files & paths}
+        definitions = self.definitions.paths()
+        touched = self.definitions.touched_by(paths)
         if touched:
             roots = self._roots()
             for path in sorted(touched):
-                await self.load_module(path)
+                await self.definitions.load(path, load_timeout=self.settings.load_timeout)
             await self._refresh_images(roots_before=roots)
         other = {p for p in paths if p not in definitions}
         if not other:
@@ -370,7 +265,7 @@ class Daemon:
         async with self._tracker_lock:
             changes = await self._in_tracker(self.tracker.apply_changes, other)
             if not changes:
-                self.emit("nothing_to_do", None, paths=sorted(str(p) for p in other)[:10])
+                self.emit(NothingToDo(paths=sorted(str(p) for p in other)[:10]))
             self._apply_digest_changes(changes)
 
     async def reconcile_inputs(self) -> None:
@@ -389,83 +284,16 @@ class Daemon:
 
     async def _build(self, name: str, reason: str) -> None:
         image = self.images[name]
-        view = self._view(name)
-        view.state, view.why, view.error = "building", reason, None
-        started = time.monotonic()
-
-        def on_engine_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "build_done" and view.state == "building":
-                view.state = "pushing"
-                self.emit("pushing", name)
-
-        result = await abuild(
-            image,
-            settings=self.settings,
-            registry_client=self._client,
-            cache=self.tracker.cache,
-            on_event=on_engine_event,
-        )
-        view.state, view.tag, view.uri = "up to date", result.tag, result.uri
-        record = self.records.setdefault(name, ImageRecord(name=name))
-        record.uri, record.tag = result.uri, result.tag
-        record.manifest_digest = result.manifest_digest or record.manifest_digest
-        record.layers = result.layers
-        if not result.skipped:
-            record.pushed_at = view.pushed_at = time.time()
-            self.metrics.builds.inc("pushed" if result.pushed else "built")
-            self.metrics.build_seconds.observe(result.timings.get("build", 0.0))
-            self.metrics.push_seconds.observe(result.timings.get("push", 0.0))
-        first_change = self._change_times.pop(name, None)
-        if first_change is not None:
-            self.metrics.save_to_pushed.observe(time.monotonic() - first_change)
-        self.store.save(self.records)
-        self.emit(
-            "skipped" if result.skipped else result.status,
-            name,
-            uri=result.uri,
-            manifest_digest=result.manifest_digest,
-            why=reason,
-            seconds=round(time.monotonic() - started, 3),
-        )
+        await self.builds.build(image, reason, settings=self.settings, cache=self.tracker.cache)
 
     async def reconcile(self) -> None:
-        """Ask the registry about every image; queue those whose tag is missing. An image
-        without a registry builds only when its state record holds another tag."""
+        """Ask the registry about every image; queue those whose tag is missing."""
         async with self._tracker_lock:
             digests = self.tracker.digests()
             tags = {n: digests[n].tag for n in self.images if n in digests}
-        for name, tag in tags.items():
-            if not self.images[name].registry:
-                self._reconcile_local(name, tag)
-        if self._client is None:
-            return
-        refs = {self.images[n].uri_for(t): n for n, t in tags.items() if self.images[n].registry}
-        wanted = {uri: self.images[name] for uri, name in refs.items()}
-        results = await check_images(self._client, wanted, self.settings)
-        for uri, outcome in results.items():
-            name = refs[uri]
-            if name not in self.images:
-                continue  # gone in a reload while the registry answered
-            view = self._view(name)
-            if outcome is Existence.EXISTS:
-                view.state = "up to date"
-                record = self.records.get(name)
-                if record is not None and record.uri == uri:
-                    view.pushed_at = record.pushed_at
-            elif outcome is Existence.MISSING:
-                self.scheduler.request(name, "tag missing in the registry")
-            else:
-                view.state, view.error = "unknown", str(outcome)
-                self.scheduler.request(name, f"registry did not answer: {outcome}")
-
-    def _reconcile_local(self, name: str, tag: str) -> None:
-        """No registry to ask: the state record is the only truth about what was built."""
-        record = self.records.get(name)
-        if record is None or record.tag != tag:
-            self.scheduler.request(name, "no registry: local build")
-            return
-        view = self._view(name)
-        view.state, view.pushed_at = "up to date", record.pushed_at
+        await self.builds.check_registry(
+            self.images, tags, self.scheduler.request, settings=self.settings
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -474,25 +302,18 @@ class Daemon:
         bad path or a second daemon on the same state is one clear error, and never writes
         over the state of the daemon that holds the lock."""
         self.definition_files()
-        self.store.lock()
-        self.records = self.store.load()
-        self.tracker = ImageTracker(self.store.load_cache())
+        store = self.builds.store
+        store.lock()
+        self.builds.records = store.load()
+        self.tracker = ImageTracker(store.load_cache())
         self._holds_state = True
 
     async def startup(self) -> None:
         await self._guarded("load_all", self.load_all)
         await self._guarded("reconcile", self.reconcile)
-        self.state.ready = True
+        self.view.ready = True
         self.notifier.ready(self.status_line())
-        self.emit("ready", None, images=len(self.images))
-
-    def status_line(self) -> str:
-        views = self.state.images.values()
-        count: dict[str, int] = {}
-        for v in views:
-            count[v.state] = count.get(v.state, 0) + 1
-        parts = ", ".join(f"{n} {s}" for s, n in sorted(count.items()))
-        return f"{len(self.images)} images: {parts}" if parts else f"{len(self.images)} images"
+        self.emit(Ready(images=len(self.images)))
 
     async def _watch_loop(self) -> None:
         batches = watch_paths(
@@ -518,17 +339,17 @@ class Daemon:
         now = time.monotonic()
         if now - self._last_ignored_event >= 1.0:
             self._last_ignored_event = now
-            self.emit("ignored", None, paths=sorted(str(p) for p in paths)[:10], count=len(paths))
+            self.emit(Ignored(paths=sorted(str(p) for p in paths)[:10], count=len(paths)))
 
     def _roots(self) -> dict[Path, bool]:
         """Each folder to watch and whether recursively (the tracker's flag wins)."""
-        roots = dict.fromkeys({p.parent for p in self._definition_paths()}, False)
+        roots = dict.fromkeys({p.parent for p in self.definitions.paths()}, False)
         roots.update(self.tracker.watch_roots())
         self.metrics.watched_paths = len(roots)
         return roots
 
     def _relevant(self, path: Path) -> bool:
-        return path in self._definition_paths() or self.tracker.is_relevant(path)
+        return path in self.definitions.paths() or self.tracker.is_relevant(path)
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval()
@@ -557,7 +378,7 @@ class Daemon:
                 if signum == signal.SIGHUP:
                     await self._guarded("reload", self.reload)
                     continue
-                self.emit("stopping", None, signal=signal.Signals(signum).name)
+                self.emit(Stopping(signal=signal.Signals(signum).name))
                 self.notifier.stopping()
                 self._stop.set()
                 scope.cancel()
@@ -571,9 +392,9 @@ class Daemon:
                 self.settings = self._reload_settings()
                 self.scheduler.options = self._scheduler_options()
             except ImagedError as exc:
-                self.emit("config_error", None, error=str(exc))
+                self.emit(ConfigErrorEvent(error=str(exc)))
         await self.load_all()
-        self.emit("reloaded", None, images=len(self.images))
+        self.emit(Reloaded(images=len(self.images)))
         self.notifier.ready(self.status_line())
 
     async def run(self, *, handle_signals: bool = True) -> None:
@@ -581,7 +402,7 @@ class Daemon:
         self.prepare()
         try:
             async with create_registry_client(self.settings) as client:
-                self._client = client
+                self.builds.client = client
                 with anyio.CancelScope() as scope:
                     self._scope = scope
                     async with anyio.create_task_group() as tg:
@@ -594,14 +415,12 @@ class Daemon:
     def _start_loops(
         self, tg: TaskGroup, scope: anyio.CancelScope, *, handle_signals: bool
     ) -> None:
-        from imaged.daemon.server import serve_status
-
         tg.start_soon(self._watch_loop)
         tg.start_soon(self._watchdog_loop)
         tg.start_soon(self._status_loop)
         tg.start_soon(self._reconcile_loop)
         if self.settings.status_address:
-            tg.start_soon(serve_status, self, self.settings.status_address)
+            tg.start_soon(serve_status, self, self.settings.status_address, self.emit)
         if handle_signals:
             tg.start_soon(self._signal_loop, scope)
 
@@ -617,17 +436,11 @@ class Daemon:
             return
         # Plain blocking calls: nothing here can be cancelled half-way.
         self._holds_state = False
+        store = self.builds.store
         try:
-            self.store.save(self.records)
+            store.save(self.builds.records)
             self.tracker.cache.prune_missing()
-            self.store.save_cache(self.tracker.cache)
+            store.save_cache(self.tracker.cache)
         finally:
-            self.store.unlock()
-        self.emit("stopped", None, pid=os.getpid())
-
-
-def _say(text: str) -> None:
-    """One line on stderr for what no event can carry; a closed stderr is not an error."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+            store.unlock()
+        self.emit(Stopped(pid=os.getpid()))

@@ -18,10 +18,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 from imaged.errors import is_transient
+from imaged.events import Building, EventSink, Failed, Queued, Retrying, Superseded, send
 
 Supersede = Literal["cancel", "queue"]
 BuildFunc = Callable[[str, str], Awaitable[Any]]
-EventSink = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -100,11 +100,11 @@ class Scheduler:
         slot.reason = reason
         if slot.building and self.options.supersede == "cancel" and slot.scope is not None:
             slot.scope.cancel()
-            self._emit("superseded", name, reason=reason)
+            send(self._on_event, Superseded(image=name, reason=reason))
         if not slot.building and slot.state != "queued":
             # One event when the image becomes queued; merged requests only move the due time.
             slot.state = "queued"
-            self._emit("queued", name, reason=reason)
+            send(self._on_event, Queued(image=name, reason=reason))
         self._wake.set()
 
     def forget(self, name: str) -> None:
@@ -177,7 +177,7 @@ class Scheduler:
             try:
                 async with self._limiter:
                     slot.state = "building"
-                    self._emit("building", slot.name, reason=slot.reason)
+                    send(self._on_event, Building(image=slot.name, reason=slot.reason))
                     await self._build(slot.name, slot.reason)
                 outcome = "ok"
             except Exception as exc:  # one failed build must not stop the others
@@ -207,19 +207,16 @@ class Scheduler:
             )
             slot.due = self._clock() + delay * random.uniform(0.5, 1.0)  # jitter
             slot.state = "retrying"
-            self._emit("retrying", slot.name, error=slot.last_error, delay=round(delay, 2))
+            retry = Retrying(image=slot.name, error=slot.last_error, delay=round(delay, 2))
+            send(self._on_event, retry)
         elif outcome == "failed":
             slot.attempts = 0
             slot.state = "failed"
-            self._emit("failed", slot.name, error=slot.last_error)
+            send(self._on_event, Failed(image=slot.name, error=slot.last_error))
         if superseded:
             # Changed while building: exactly one more build of the newest state.
             if slot.due is None:
                 slot.due = self._clock()
             slot.state = "queued"
-            self._emit("queued", slot.name, reason=slot.reason)
+            send(self._on_event, Queued(image=slot.name, reason=slot.reason))
         self._wake.set()
-
-    def _emit(self, event: str, name: str, **fields: Any) -> None:
-        if self._on_event is not None:
-            self._on_event({"event": event, "image": name, **fields})

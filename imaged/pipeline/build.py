@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +23,17 @@ from imaged.builders.base import Builder, BuildRequest, get_builder
 from imaged.config import Settings, load_settings
 from imaged.digest.hashing import DigestCache, ImageDigest, default_cache, hash_image
 from imaged.errors import ContextChangedError, SpecError
+from imaged.events import (
+    BuildBuilding,
+    BuildBuilt,
+    BuildPushed,
+    BuildSkipped,
+    EventSink,
+    ParentReady,
+    Rehashed,
+    as_parent,
+    send,
+)
 from imaged.pipeline.logins import registry_logins
 from imaged.pipeline.secrets import ca_bundle_secret, resolve_secrets
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
@@ -30,7 +41,6 @@ from imaged.render.context import stage_context
 from imaged.render.dockerfile import RenderedImage, render_dockerfile
 from imaged.spec.image import Image, ParentBase, override_registry
 
-EventSink = Callable[[dict[str, Any]], None]
 MAX_STAGE_ATTEMPTS = 3
 _BUILT_LOCALLY: set[str] = set()  # URIs this process built into the engine (no registry)
 
@@ -60,11 +70,6 @@ class ImageBuild:
             data.pop("dockerfile")
             data.pop("context_listing")
         return data
-
-
-def _emit(sink: EventSink | None, event: str, image: Image, **fields: Any) -> None:
-    if sink is not None:
-        sink({"event": event, "image": image.name, **fields})
 
 
 def _uri(image: Image, digest: ImageDigest) -> str:
@@ -145,10 +150,9 @@ async def _ensure_parent(
             "its base image has no name; give it one with .clone(name=...)", image=image.name
         )
 
-    def as_parent(event: dict[str, Any]) -> None:
-        # The parent's progress must not read as the child's (its build_done is not ours).
+    def parent_event(event: dict[str, Any]) -> None:
         if on_event is not None:
-            on_event({**event, "event": f"parent_{event.get('event')}", "image": image.name})
+            on_event(as_parent(event, image.name))
 
     parent = await abuild(
         base.image,
@@ -156,9 +160,9 @@ async def _ensure_parent(
         registry_client=client,
         builder=builder,
         cache=cache,
-        on_event=as_parent,
+        on_event=parent_event,
     )
-    _emit(on_event, "parent_ready", image, parent=parent.uri, status=parent.status)
+    send(on_event, ParentReady(image=image.name, parent=parent.uri, status=parent.status))
 
 
 async def abuild(
@@ -216,7 +220,7 @@ async def abuild(
         # Content-addressed: built into the engine by this process already (a parent shared
         # by several children). Images with a registry ask the registry instead.
         result.status, result.skipped = "skipped", True
-        _emit(on_event, "skipped", image, uri=result.uri)
+        send(on_event, BuildSkipped(image=image.name, uri=result.uri))
         return result
     logins = await anyio.to_thread.run_sync(registry_logins, image, settings)
     client = registry_client.with_logins(logins)
@@ -228,7 +232,7 @@ async def abuild(
         result.timings["check"] = time.perf_counter() - t0
         if exists is Existence.EXISTS:
             result.status, result.skipped = "skipped", True
-            _emit(on_event, "skipped", image, uri=result.uri)
+            send(on_event, BuildSkipped(image=image.name, uri=result.uri))
             return result
     await _ensure_parent(
         image,
@@ -283,7 +287,7 @@ async def _build_and_push(
         )
         result.timings["stage"] = time.perf_counter() - t0
         if digest.digest != result.digest:
-            _emit(on_event, "rehashed", image, old=result.tag, new=digest.tag)
+            send(on_event, Rehashed(image=image.name, old=result.tag, new=digest.tag))
             result.digest, result.tag, result.uri = digest.digest, digest.tag, _uri(image, digest)
             result.layers = [d.to_json() for d in digest.layers]
         request = BuildRequest(
@@ -298,7 +302,7 @@ async def _build_and_push(
             push_auth=push_auth,
             docker_config=docker_config,
         )
-        _emit(on_event, "building", image, uri=result.uri)
+        send(on_event, BuildBuilding(image=image.name, uri=result.uri))
         outcome = await chosen.build(request, on_event=on_event)
     result.command = list(outcome.command)
     result.timings["build"] = outcome.build_seconds
@@ -306,7 +310,8 @@ async def _build_and_push(
     result.manifest_digest = outcome.manifest_digest
     result.pushed = request.push
     result.status = "pushed" if request.push else "built"
-    _emit(on_event, result.status, image, uri=result.uri, manifest_digest=outcome.manifest_digest)
+    done = BuildPushed if request.push else BuildBuilt
+    send(on_event, done(image=image.name, uri=result.uri, manifest_digest=outcome.manifest_digest))
 
 
 def _registry_auth(image: Image, client: RegistryClient) -> tuple[dict[str, str], bytes | None]:
