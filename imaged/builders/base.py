@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from imaged.config import ENV_VARS, Settings
+from imaged.config import DEFAULTS, ENV_VARS, Settings
 from imaged.errors import ConfigError
 
 ENTRY_POINT_GROUP = "imaged.builders"
@@ -116,7 +116,7 @@ def get_builder(name: str | None, settings: Settings) -> Builder:
     >>> get_builder("local", Settings()).name
     'local'
     """
-    chosen = name or settings.builder or "local"
+    chosen = name or settings.builder or DEFAULTS.builder
     factory = _load_factory(chosen)
     if not callable(factory):
         raise ConfigError(f"builder {chosen!r} is not callable: {factory!r}", key="builder")

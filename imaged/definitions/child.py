@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from imaged.config import DEFAULTS
 from imaged.errors import DefinitionError, SpecError
 from imaged.safe_read import read_regular
 from imaged.spec.image import Image
@@ -190,7 +191,7 @@ def _parse_result(path: Path, code: int, stdout: bytes, stderr: list[str]) -> Lo
 async def load_module_in_child(
     path: Path,
     *,
-    timeout: float = 30.0,  # noqa: ASYNC109 - a timeout is a DefinitionError, not a cancellation
+    timeout: float = DEFAULTS.load_timeout,  # noqa: ASYNC109 - a DefinitionError, not a cancel
     python: str | None = None,
     echo: OutputEcho | None = None,
 ) -> LoadedModule:
@@ -217,7 +218,7 @@ async def load_module_in_child(
 
 
 def load_target(
-    target: str, *, timeout: float = 30.0, echo: OutputEcho | None = None
+    target: str, *, timeout: float = DEFAULTS.load_timeout, echo: OutputEcho | None = None
 ) -> dict[str, Image]:
     """``PATH[:NAME]``'s images, loaded in a child as the daemon loads them: the CLI's way.
 

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from imaged.digest.hashing import ImageDigest, LayerDigest
 
 SPEC_VERSION = 1
-DEFAULT_PLATFORM: tuple[str, ...] = ("linux/amd64",)
 _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
 
