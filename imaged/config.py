@@ -333,6 +333,20 @@ OTHER_ENV_VARS: dict[str, str] = {
     "IMAGED_CONFIG": "The config file to read (what --config sets for definition modules too).",
     "IMAGED_SECRET_<ID>": "The value of the build secret <ID> (Secret.env_name), on the build host.",
 }
+SECRET_ENV_PREFIX = "IMAGED_SECRET_"  # + Secret.env_name: a build secret's value
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without build secrets (``IMAGED_SECRET_*``) or where their files are
+    (``IMAGED_SECRETS_DIR``): the environment of every child that does not read them.
+
+    >>> without_secrets({"IMAGED_SECRET_TOK": "x", "IMAGED_SECRETS_DIR": "/s", "HOME": "/r"})
+    {'HOME': '/r'}
+    """
+    hidden = ENV_VARS["secrets_dir"]
+    return {k: v for k, v in environ.items() if not k.startswith(SECRET_ENV_PREFIX) and k != hidden}
+
+
 # Tables a config file may hold that are not settings, with why they are refused.
 _REFUSED_TABLES: dict[str, str] = {
     "daemon": "there is no [daemon] table: the daemon's settings (definitions, debounce_ms, "

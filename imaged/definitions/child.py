@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from imaged.config import DEFAULTS
+from imaged.config import DEFAULTS, without_secrets
 from imaged.errors import DefinitionError, SpecError
 from imaged.safe_read import read_regular
 from imaged.spec.image import Image
@@ -90,8 +90,6 @@ def discover_definition_files(paths: Sequence[Path], *, recursive: bool = False)
 def _child_env(python: str | None) -> dict[str, str]:
     """The environment of the child: ours, without build secrets (user code runs there and
     never needs their values), and with this imaged importable."""
-    from imaged.pipeline.secrets import without_secrets
-
     env = without_secrets(os.environ)
     if python is None:
         # Same interpreter: make sure the child imports this very imaged, even from a checkout.

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imaged.config import without_secrets
 from imaged.errors import ConfigError, RegistryAuthError
-from imaged.pipeline.secrets import without_secrets
 
 __all__ = ["Credentials", "credentials_for", "load_docker_config", "normalize_registry_host"]
 

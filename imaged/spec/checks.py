@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from imaged.errors import SpecError
 from imaged.spec import layers as L
-
-if TYPE_CHECKING:
-    from imaged.spec.image import Image
+from imaged.spec.bases import DebianBase, RefBase
 
 LINE_BREAKS = "\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _BREAK = re.compile(f"[{LINE_BREAKS}]")
@@ -49,6 +47,26 @@ _HINTS = {
     "pip package": _PIP_HINT,
     "script dependency": _PIP_HINT,
 }
+
+
+class CheckedImage(Protocol):
+    """What the checks read of an :class:`~imaged.spec.image.Image` (that module imports
+    this one, so this one names only the fields)."""
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def registry(self) -> str | None: ...
+
+    @property
+    def base(self) -> object: ...
+
+    @property
+    def platform(self) -> tuple[str, ...]: ...
+
+    @property
+    def layers(self) -> tuple[L.Layer, ...]: ...
 
 
 class _Where:
@@ -173,7 +191,7 @@ def layer_label(index: int, layer: L.Layer) -> str:
     return f"#{index + 1} {layer.kind}"
 
 
-def check_layers(image: Image) -> None:
+def check_layers(image: CheckedImage) -> None:
     """Raise SpecError for the first unsafe string in any of ``image``'s layers."""
     for index, layer in enumerate(image.layers):
         _layer_fields(_Where(image.name, layer_label(index, layer)), layer)
@@ -184,16 +202,14 @@ def check_reference(value: str, *, what: str, image: str | None, layer: str | No
     _matches(_Where(image, layer), what, value, _REFERENCE, "an image reference")
 
 
-def _header(image: Image) -> Iterator[tuple[str, str | None, str | None]]:
-    from imaged.spec.image import DebianBase, RefBase
-
+def _header(image: CheckedImage) -> Iterator[tuple[str, str | None, str | None]]:
     yield "image name", image.name, None
     yield "registry", image.registry, None
     if isinstance(image.base, DebianBase | RefBase):
         yield "base reference", image.base.ref, "base"
 
 
-def check_image(image: Image) -> None:
+def check_image(image: CheckedImage) -> None:
     """Every string of ``image`` (not of its parent, checked when it was made) that reaches
     the Dockerfile or the docker argv; raise SpecError naming the image, layer and value."""
     for what, value, layer in _header(image):

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from imaged.errors import SpecError
 from imaged.spec import layers as L
+from imaged.spec.bases import DebianBase as DebianBase
+from imaged.spec.bases import DockerfileBase as DockerfileBase
+from imaged.spec.bases import RefBase as RefBase
 from imaged.spec.checks import check_dependencies, check_image
 
 if TYPE_CHECKING:
@@ -29,33 +32,10 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
 
 @dataclass(frozen=True)
-class DebianBase:
-    """A slim Debian image with a given Python; ``ref`` is resolved from config."""
-
-    ref: str
-    python_version: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class RefBase:
-    """Any existing image, by reference."""
-
-    ref: str
-
-
-@dataclass(frozen=True)
 class ParentBase:
     """Another Image of the same set; it is built first and its URI is the base."""
 
     image: Image
-
-
-@dataclass(frozen=True)
-class DockerfileBase:
-    """A user-written Dockerfile and the build context folder beside it."""
-
-    dockerfile: Path
-    context: Path
 
 
 Base = DebianBase | RefBase | ParentBase | DockerfileBase
@@ -692,10 +672,15 @@ class Image:
         return f"#{index + 1} {self.layers[index].describe()}"
 
     def validate(self) -> Image:
-        """Check that every referenced file and folder exists and is of the right kind."""
-        from imaged.spec.validate import validate_image
+        """Check that every referenced file and folder exists and is of the right kind
+        (its parent's too); raise MissingPathError naming the path, the image and the layer."""
+        from imaged.spec.validate import expect_path, validate_layers
 
-        validate_image(self)
+        if isinstance(self.base, DockerfileBase):
+            expect_path(self.base.dockerfile, "file", image=self.name, layer="from_dockerfile")
+        if isinstance(self.base, ParentBase):
+            self.base.image.validate()
+        validate_layers(self.layers, image=self.name, label=self.layer_label)
         return self
 
     def compute(self) -> ImageDigest:
