@@ -12,7 +12,7 @@ import click
 
 from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, export_config_file, load_settings
-from imaged.definitions.loader import load_targets
+from imaged.definitions.child import load_targets
 from imaged.errors import ImagedError
 from imaged.pipeline.build import ImageBuild, abuild
 from imaged.registry.client import Existence, RegistryClient

@@ -82,7 +82,7 @@ def _load(target: str) -> dict[str, Any]:
 
 def _load_all(targets: tuple[str, ...], recursive: bool | None) -> dict[str, Any]:
     from imaged.config import load_settings
-    from imaged.definitions.loader import load_targets
+    from imaged.definitions.child import load_targets
 
     deep = load_settings().recursive if recursive is None else recursive
     return load_targets(targets, recursive=deep, echo=_err)
