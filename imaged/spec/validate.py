@@ -6,7 +6,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imaged.errors import MissingPathError
-from imaged.spec import layers as L
+from imaged.spec.layers import (
+    CodeBundle,
+    Layer,
+    PoetryProject,
+    SourceFolder,
+    UvProject,
+)
 
 
 def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None:
@@ -18,12 +24,12 @@ def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None
     raise MissingPathError(f"{path} {what} (expected a {kind})", image=image, layer=layer)
 
 
-def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
-    if isinstance(layer, L.SourceFolder | L.CodeBundle):
+def _layer_paths(layer: Layer) -> list[tuple[Path, str]]:
+    if isinstance(layer, SourceFolder | CodeBundle):
         return [(layer.input_paths()[0], "folder")]
-    if isinstance(layer, L.UvProject | L.PoetryProject):
+    if isinstance(layer, UvProject | PoetryProject):
         paths = [(p, "file") for p in layer.input_paths()[:2]]
-        if isinstance(layer, L.UvProject) and not layer.lock_required:
+        if isinstance(layer, UvProject) and not layer.lock_required:
             paths = paths[:1] if not layer.uvlock.exists() else paths  # floating without a lock
         return paths + (
             [(layer.pyproject.parent, "folder")] if layer.mode == "install_project" else []
@@ -32,7 +38,7 @@ def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
 
 
 def validate_layers(
-    layers: Sequence[L.Layer], *, image: str | None, label: Callable[[int], str]
+    layers: Sequence[Layer], *, image: str | None, label: Callable[[int], str]
 ) -> None:
     """Every file and folder the layers read exists; ``label(index)`` names a layer.
     :meth:`Image.validate` calls it, after the base (this module does not know Image)."""
