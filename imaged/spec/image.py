@@ -1,7 +1,14 @@
 """The fluent, immutable Image spec: constructors, ``with_*`` layers, JSON round trip.
 
-Pure: no I/O library is imported. Files are only touched by :meth:`Image.validate` and
-when a digest is asked for.
+No I/O library is imported, so a definition module imports fast and never pulls in docker.
+It is not free of I/O, though; it reads, and never writes:
+
+- the config file (``load_settings``), for ``from_debian_base``, ``from_ref_name``,
+  ``from_uv_script`` and an image that names no platform;
+- the file system at definition time: ``pyproject.toml`` and ``.git`` above a code bundle
+  (the project root), and a ``uv_script``'s PEP 723 header (a bad one fails early);
+- every referenced path in :meth:`Image.validate`, and every input when a digest is asked
+  for (``.uri``, ``.tag``, ``.digest``, ``compute()``: the lazy facade into ``digest/``).
 """
 
 from __future__ import annotations
