@@ -19,6 +19,7 @@ modules and check that a new violation of each kind fails.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +290,42 @@ def test_the_walk_sees_lazy_and_type_only_imports(graph: tuple[set[str], list[Ed
     _, edges = graph
     facade = {e.where for e in edges if _is_facade(e)}
     assert facade == {"lazy", "typing"}
+
+
+DOC = ROOT.parent / "docs" / "architecture.md"
+
+
+def documented_modules(text: str) -> tuple[set[str], set[str]]:
+    """(modules, coming modules) named in the tree block of docs/architecture.md, as
+    paths relative to ``imaged/``: ``config.py``, ``spec/image.py``."""
+    block = text.split("```\nimaged/\n", 1)[1].split("```", 1)[0]
+    named: set[str] = set()
+    coming: set[str] = set()
+    folder = ""
+    for line in block.splitlines():
+        if match := re.match(r"^  ([a-z0-9_]+)/\s", line):
+            folder = match[1] + "/"
+            continue
+        if match := re.match(r"^  ([a-z0-9_]+\.py)\s", line):
+            folder, name = "", match[1]
+        elif match := re.match(r"^    ([a-z0-9_]+\.py)\s", line):
+            name = folder + match[1]
+        else:
+            continue
+        (coming if "(coming)" in line else named).add(name)
+    return named, coming
+
+
+def test_the_architecture_doc_names_every_module() -> None:
+    named, coming = documented_modules(DOC.read_text(encoding="utf-8"))
+    actual = {
+        str(f.relative_to(ROOT))
+        for f in ROOT.rglob("*.py")
+        if f.name != "__init__.py" or f.parent == ROOT
+    }
+    assert sorted(actual - named) == [], "modules docs/architecture.md does not name"
+    assert sorted(named - actual) == [], "named in docs/architecture.md, not in imaged/"
+    assert sorted(coming & actual) == [], "marked (coming) but already there"
 
 
 # -- the tests of the rules, on synthetic modules -----------------------------------------

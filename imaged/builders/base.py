@@ -1,4 +1,4 @@
-"""The builder interface the engine calls, builder selection, and BuildKit output parsing.
+"""The builder interface the build pipeline calls, builder selection, and BuildKit output parsing.
 
 A builder turns a staged build context into an image in an engine and, when asked, pushes it.
 ``local`` and ``remote`` ship with imaged; other builders register an entry point in the group

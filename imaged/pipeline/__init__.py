@@ -1,1 +1,1 @@
-"""The only place registry and builders meet: abuild/build, secrets, scratch folders."""
+"""The only place registry and builders meet: abuild/build and the build secrets."""
