@@ -20,6 +20,7 @@ from typing import Any
 
 from imaged.digest.hashing import ImageDigest, LayerDigest, TreeIndex, hash_image
 from imaged.errors import SpecError
+from imaged.spec import layers as L
 from imaged.spec.checks import (
     check_dependencies,
     check_image,
@@ -28,24 +29,6 @@ from imaged.spec.checks import (
     needs_exec_form,
 )
 from imaged.spec.image import DockerfileBase, Image
-from imaged.spec.layers import (
-    AptPackages,
-    CodeBundle,
-    Commands,
-    Dockerignore,
-    EnvVars,
-    Layer,
-    PipOptions,
-    PipPackages,
-    PoetryProject,
-    Requirements,
-    Secret,
-    SourceFiles,
-    SourceFolder,
-    UvProject,
-    UvScript,
-    Workdir,
-)
 from imaged.spec.pins import POETRY_VERSION, UV_VERSION, VENV
 
 CA_SECRET_ID = "imaged_build_ca"
@@ -86,7 +69,7 @@ class RenderedImage:
 
     dockerfile: str
     context: list[ContextItem] = field(default_factory=list)
-    secrets: list[Secret] = field(default_factory=list)
+    secrets: list[L.Secret] = field(default_factory=list)
     user_dockerfile: Path | None = None
 
     def listing(self) -> list[str]:
@@ -106,7 +89,7 @@ def quote_env(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _pip_args(opts: PipOptions) -> list[str]:
+def _pip_args(opts: L.PipOptions) -> list[str]:
     args: list[str] = []
     if opts.index_url:
         args += ["--index-url", opts.index_url]
@@ -117,7 +100,7 @@ def _pip_args(opts: PipOptions) -> list[str]:
     return args + list(opts.extra_args)
 
 
-def _secret_mounts(secrets: tuple[Secret, ...]) -> tuple[list[str], list[str]]:
+def _secret_mounts(secrets: tuple[L.Secret, ...]) -> tuple[list[str], list[str]]:
     mounts = [f"--mount=type=secret,id={s.id},target={s.target}" for s in secrets]
     exports = [f'export {s.as_env_var}="$(cat {s.target})"' for s in secrets if s.as_env_var]
     return mounts, exports
@@ -141,7 +124,7 @@ class _Renderer:
         return next(d for d in self.digest.layers if d.index == index)
 
     def python_run(
-        self, secrets: tuple[Secret, ...], steps: list[str], extra_mounts: tuple[str, ...] = ()
+        self, secrets: tuple[L.Secret, ...], steps: list[str], extra_mounts: tuple[str, ...] = ()
     ) -> None:
         self.ensure_uv()
         mounts, exports = _secret_mounts(secrets)
@@ -230,7 +213,7 @@ def _apt(r: _Renderer, index: int, layer: Any) -> None:
     )
 
 
-def _install_args(opts: PipOptions, packages: tuple[str, ...]) -> str:
+def _install_args(opts: L.PipOptions, packages: tuple[str, ...]) -> str:
     """Options, then ``--``, then the requirements: none can be read as an option."""
     return " ".join(shlex.quote(a) for a in [*_pip_args(opts), "--", *packages])
 
@@ -355,20 +338,20 @@ def _dockerignore(r: _Renderer, index: int, layer: Any) -> None:
     """Its rules already shaped the file lists of the folder layers."""
 
 
-_RENDERERS: dict[type[Layer], Callable[[_Renderer, int, Any], None]] = {
-    AptPackages: _apt,
-    PipPackages: _pip,
-    Requirements: _requirements,
-    UvProject: _uv_project,
-    PoetryProject: _poetry_project,
-    UvScript: _uv_script,
-    Commands: _commands,
-    EnvVars: _env,
-    Workdir: _workdir,
-    SourceFolder: _source_folder,
-    SourceFiles: _source_files,
-    CodeBundle: _code_bundle,
-    Dockerignore: _dockerignore,
+_RENDERERS: dict[type[L.Layer], Callable[[_Renderer, int, Any], None]] = {
+    L.AptPackages: _apt,
+    L.PipPackages: _pip,
+    L.Requirements: _requirements,
+    L.UvProject: _uv_project,
+    L.PoetryProject: _poetry_project,
+    L.UvScript: _uv_script,
+    L.Commands: _commands,
+    L.EnvVars: _env,
+    L.Workdir: _workdir,
+    L.SourceFolder: _source_folder,
+    L.SourceFiles: _source_files,
+    L.CodeBundle: _code_bundle,
+    L.Dockerignore: _dockerignore,
 }
 
 

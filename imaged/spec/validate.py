@@ -6,13 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imaged.errors import MissingPathError
-from imaged.spec.layers import (
-    CodeBundle,
-    Layer,
-    PoetryProject,
-    SourceFolder,
-    UvProject,
-)
+from imaged.spec import layers as L
 
 
 def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None:
@@ -24,12 +18,12 @@ def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None
     raise MissingPathError(f"{path} {what} (expected a {kind})", image=image, layer=layer)
 
 
-def _layer_paths(layer: Layer) -> list[tuple[Path, str]]:
-    if isinstance(layer, SourceFolder | CodeBundle):
+def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
+    if isinstance(layer, L.SourceFolder | L.CodeBundle):
         return [(layer.input_paths()[0], "folder")]
-    if isinstance(layer, UvProject | PoetryProject):
+    if isinstance(layer, L.UvProject | L.PoetryProject):
         paths = [(p, "file") for p in layer.input_paths()[:2]]
-        if isinstance(layer, UvProject) and not layer.lock_required:
+        if isinstance(layer, L.UvProject) and not layer.lock_required:
             paths = paths[:1] if not layer.uvlock.exists() else paths  # floating without a lock
         return paths + (
             [(layer.pyproject.parent, "folder")] if layer.mode == "install_project" else []
@@ -38,7 +32,7 @@ def _layer_paths(layer: Layer) -> list[tuple[Path, str]]:
 
 
 def validate_layers(
-    layers: Sequence[Layer], *, image: str | None, label: Callable[[int], str]
+    layers: Sequence[L.Layer], *, image: str | None, label: Callable[[int], str]
 ) -> None:
     """Every file and folder the layers read exists; ``label(index)`` names a layer.
     :meth:`Image.validate` calls it, after the base (this module does not know Image)."""
