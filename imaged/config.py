@@ -10,102 +10,59 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from imaged.errors import ConfigError
 from imaged.safe_read import read_regular
 
-DEFAULT_DEBIAN_BASE = "python:{major}.{minor}-slim-bookworm"
 SYSTEM_CONFIG = Path("/etc/imaged/imaged.toml")
+_SETTING = "imaged.setting"  # the metadata key of a Settings field that is a setting
+T = TypeVar("T")
+# What becomes of a build that went stale while running (the ``supersede`` setting).
+Supersede = Literal["cancel", "queue"]
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its config key, environment variable, parser and help."""
+    """One setting, read off its row in :class:`Settings`: config key, ``IMAGED_*``
+    variable, default, parser and help."""
 
     key: str
-    env: str
+    default: Any
+    parse: Callable[[Any], Any]
     help: str
+    blank_is_default: bool = False  # an empty value ("") means the default, not "unset"
+
+    @property
+    def env(self) -> str:
+        return "IMAGED_" + self.key.upper()
+
+    def read(self, raw: Any) -> Any:
+        """``raw`` (from a file, the environment or a flag) parsed; TypeError/ValueError."""
+        value = self.parse(raw)
+        return self.default if value is None and self.blank_is_default else value
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "debian_base",
-        "IMAGED_DEBIAN_BASE",
-        "Reference template for from_debian_base, with {major} and {minor}.",
-    ),
-    Setting("registry", "IMAGED_REGISTRY", "Registry that overrides every image's registry."),
-    Setting(
-        "default_platforms",
-        "IMAGED_DEFAULT_PLATFORMS",
-        "Comma-separated platforms of an image that names none (default linux/amd64).",
-    ),
-    Setting(
-        "image_refs",
-        "IMAGED_IMAGE_REFS",
-        "Images Image.from_ref_name resolves: a table name = reference, or 'name=ref,...'.",
-    ),
-    Setting("builder", "IMAGED_BUILDER", "Builder name: local, remote, or an entry point."),
-    Setting("docker_cli", "IMAGED_DOCKER_CLI", "Path of the docker CLI used for BuildKit builds."),
-    Setting(
-        "docker_host",
-        "IMAGED_DOCKER_HOST",
-        "Engine URL for the remote builder (tcp://, ssh://, unix://).",
-    ),
-    Setting("docker_context", "IMAGED_DOCKER_CONTEXT", "Docker context for the remote builder."),
-    Setting(
-        "build_ca_bundle",
-        "IMAGED_BUILD_CA_BUNDLE",
-        "Extra CA bundle trusted during builds (mounted as a secret, never in a layer).",
-    ),
-    Setting("secrets_dir", "IMAGED_SECRETS_DIR", "Folder holding <group>/<key> secret files."),
-    Setting(
-        "insecure_registries",
-        "IMAGED_INSECURE_REGISTRIES",
-        "Comma-separated registries spoken to over plain HTTP.",
-    ),
-    Setting("state_dir", "IMAGED_STATE_DIR", "Where the daemon keeps its state."),
-    Setting("push_timeout", "IMAGED_PUSH_TIMEOUT", "Seconds an engine call may take (push)."),
-    Setting(
-        "definitions",
-        "IMAGED_DEFINITIONS",
-        "Comma-separated definition files or folders the daemon loads.",
-    ),
-    Setting("recursive", "IMAGED_RECURSIVE", "Search definition folders recursively."),
-    Setting("debounce_ms", "IMAGED_DEBOUNCE_MS", "Quiet period after a change before building."),
-    Setting("max_wait_ms", "IMAGED_MAX_WAIT_MS", "Longest a stream of changes may delay a build."),
-    Setting(
-        "image_debounce_ms",
-        "IMAGED_IMAGE_DEBOUNCE_MS",
-        "Per-image quiet periods: a table name = ms, or 'name=ms,name2=ms'.",
-    ),
-    Setting("concurrency", "IMAGED_CONCURRENCY", "Builds at once (default: number of cores)."),
-    Setting("supersede", "IMAGED_SUPERSEDE", "cancel (default) or queue a build that went stale."),
-    Setting(
-        "reconcile_seconds",
-        "IMAGED_RECONCILE_SECONDS",
-        "Period of the stat-only reconcile pass; 0 turns it off.",
-    ),
-    Setting(
-        "status_address",
-        "IMAGED_STATUS_ADDRESS",
-        "127.0.0.1:PORT for /status, /metrics and /healthz; empty turns it off.",
-    ),
-    Setting("load_timeout", "IMAGED_LOAD_TIMEOUT", "Seconds a definition module may take to load."),
-    Setting(
-        "shutdown_timeout",
-        "IMAGED_SHUTDOWN_TIMEOUT",
-        "Seconds a graceful stop waits for builds to cancel.",
-    ),
-)
-ENV_VARS: dict[str, str] = {s.key: s.env for s in SETTINGS}
-# The other variables imaged reads, which are not settings of their own.
-OTHER_ENV_VARS: dict[str, str] = {
-    "IMAGED_CONFIG": "The config file to read (what --config sets for definition modules too).",
-    "IMAGED_SECRET_<ID>": "The value of the build secret <ID> (Secret.env_name), on the build host.",
-}
+@dataclass(frozen=True)
+class _Row:
+    parse: Callable[[Any], Any]
+    help: str
+    blank_is_default: bool
+
+
+def _setting(
+    default: T, parse: Callable[[Any], T | None], help: str, *, blank_is_default: bool = False
+) -> T:
+    """A :class:`Settings` field that is a setting: its one declaration (the row)."""
+    row = {_SETTING: _Row(parse, help, blank_is_default)}
+    return field(default=default, metadata=row)
+
+
+def _computed_setting(factory: Callable[[], T], parse: Callable[[Any], T], help: str) -> T:
+    """A setting whose default depends on the machine (read when Settings is built)."""
+    return field(default_factory=factory, metadata={_SETTING: _Row(parse, help, False)})
 
 
 def _text(value: Any) -> str | None:
@@ -211,10 +168,10 @@ def _platform_list(value: Any) -> tuple[str, ...]:
     return items
 
 
-def _supersede(value: Any) -> str:
-    if value not in ("cancel", "queue"):
-        raise ValueError("must be 'cancel' or 'queue'")
-    return str(value)
+def _supersede(value: Any) -> Supersede:
+    if value == "cancel" or value == "queue":
+        return value  # type: ignore[no-any-return]
+    raise ValueError("must be 'cancel' or 'queue'")
 
 
 def _address(value: Any) -> str | None:
@@ -234,33 +191,97 @@ def _default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved settings. Build one with :func:`load_settings`."""
+    """Resolved settings. Build one with :func:`load_settings`.
 
-    debian_base: str = DEFAULT_DEBIAN_BASE
-    registry: str | None = None
-    default_platforms: tuple[str, ...] = ("linux/amd64",)
-    image_refs: tuple[tuple[str, str], ...] = ()
-    builder: str = "local"
-    docker_cli: str | None = None
-    docker_host: str | None = None
-    docker_context: str | None = None
-    build_ca_bundle: Path | None = None
-    secrets_dir: Path | None = None
-    insecure_registries: tuple[str, ...] = ()
-    state_dir: Path | None = None
-    push_timeout: float = 1800.0
-    definitions: tuple[str, ...] = ()
-    recursive: bool = False
-    debounce_ms: int = 200
-    max_wait_ms: int = 5000
-    image_debounce_ms: tuple[tuple[str, int], ...] = ()
-    concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)
-    supersede: str = "cancel"
-    reconcile_seconds: float = 300.0
-    status_address: str | None = "127.0.0.1:9477"
-    load_timeout: float = 30.0
-    shutdown_timeout: float = 10.0
-    source: str = "defaults"
+    Each field but ``source`` is a setting, declared once here (default, parser, help); its
+    config key is the field name and its variable ``IMAGED_<KEY>`` (see :data:`SETTINGS`).
+    """
+
+    debian_base: str = _setting(
+        "python:{major}.{minor}-slim-bookworm",
+        _text,
+        "Reference template for from_debian_base, with {major} and {minor}.",
+        blank_is_default=True,
+    )
+    registry: str | None = _setting(None, _text, "Registry that overrides every image's registry.")
+    default_platforms: tuple[str, ...] = _setting(
+        ("linux/amd64",),
+        _platform_list,
+        "Comma-separated platforms of an image that names none (default linux/amd64).",
+    )
+    image_refs: tuple[tuple[str, str], ...] = _setting(
+        (),
+        _image_refs,
+        "Images Image.from_ref_name resolves: a table name = reference, or 'name=ref,...'.",
+    )
+    builder: str = _setting(
+        "local",
+        _text,
+        "Builder name: local, remote, or an entry point.",
+        blank_is_default=True,
+    )
+    docker_cli: str | None = _setting(
+        None, _text, "Path of the docker CLI used for BuildKit builds."
+    )
+    docker_host: str | None = _setting(
+        None, _text, "Engine URL for the remote builder (tcp://, ssh://, unix://)."
+    )
+    docker_context: str | None = _setting(None, _text, "Docker context for the remote builder.")
+    build_ca_bundle: Path | None = _setting(
+        None,
+        _path,
+        "Extra CA bundle trusted during builds (mounted as a secret, never in a layer).",
+    )
+    secrets_dir: Path | None = _setting(None, _path, "Folder holding <group>/<key> secret files.")
+    insecure_registries: tuple[str, ...] = _setting(
+        (), _strings, "Comma-separated registries spoken to over plain HTTP."
+    )
+    state_dir: Path | None = _setting(
+        None, _path, "Where the daemon keeps its state (default $XDG_STATE_HOME/imaged)."
+    )
+    push_timeout: float = _setting(
+        1800.0, _positive_float, "Seconds an engine call may take (push)."
+    )
+    definitions: tuple[str, ...] = _setting(
+        (), _strings, "Comma-separated definition files or folders the daemon loads."
+    )
+    recursive: bool = _setting(False, _bool, "Search definition folders recursively.")
+    debounce_ms: int = _setting(
+        200, _non_negative_int, "Quiet period after a change before building."
+    )
+    max_wait_ms: int = _setting(
+        5000, _positive_int, "Longest a stream of changes may delay a build."
+    )
+    image_debounce_ms: tuple[tuple[str, int], ...] = _setting(
+        (),
+        _per_image_ms,
+        "Per-image quiet periods: a table name = ms, or 'name=ms,name2=ms'.",
+    )
+    concurrency: int = _computed_setting(
+        lambda: os.cpu_count() or 2,
+        _positive_int,
+        "Builds at once (default: number of cores).",
+    )
+    supersede: Supersede = _setting(
+        "cancel", _supersede, "cancel (default) or queue a build that went stale."
+    )
+    reconcile_seconds: float = _setting(
+        300.0,
+        _non_negative_float,
+        "Period of the stat-only reconcile pass; 0 turns it off.",
+    )
+    status_address: str | None = _setting(
+        "127.0.0.1:9477",
+        _address,
+        "127.0.0.1:PORT for /status, /metrics and /healthz; empty turns it off.",
+    )
+    load_timeout: float = _setting(
+        30.0, _positive_float, "Seconds a definition module may take to load."
+    )
+    shutdown_timeout: float = _setting(
+        10.0, _positive_float, "Seconds a graceful stop waits for builds to cancel."
+    )
+    source: str = "defaults"  # not a setting: where the values came from
 
     def debian_base_for(self, major: int, minor: int) -> str:
         """Resolve the debian base template for a Python version."""
@@ -290,31 +311,46 @@ class Settings:
         return self.state_dir or _default_state_dir()
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "debian_base": lambda v: _text(v) or DEFAULT_DEBIAN_BASE,
-    "registry": _text,
-    "default_platforms": _platform_list,
-    "image_refs": _image_refs,
-    "builder": lambda v: _text(v) or "local",
-    "docker_cli": _text,
-    "docker_host": _text,
-    "docker_context": _text,
-    "build_ca_bundle": _path,
-    "secrets_dir": _path,
-    "insecure_registries": _strings,
-    "state_dir": _path,
-    "push_timeout": _positive_float,
-    "definitions": _strings,
-    "recursive": _bool,
-    "debounce_ms": _non_negative_int,
-    "max_wait_ms": _positive_int,
-    "image_debounce_ms": _per_image_ms,
-    "concurrency": _positive_int,
-    "supersede": _supersede,
-    "reconcile_seconds": _non_negative_float,
-    "status_address": _address,
-    "load_timeout": _positive_float,
-    "shutdown_timeout": _positive_float,
+def _settings_table() -> tuple[Setting, ...]:
+    rows = []
+    for f in fields(Settings):
+        row = f.metadata.get(_SETTING)
+        if isinstance(row, _Row):
+            default = f.default if f.default_factory is MISSING else f.default_factory()
+            rows.append(Setting(f.name, default, row.parse, row.help, row.blank_is_default))
+    return tuple(rows)
+
+
+# Every setting in declaration order, derived from the rows of Settings: what env parsing,
+# file parsing, the example-config check and the error messages read.
+SETTINGS: tuple[Setting, ...] = _settings_table()
+SETTING: dict[str, Setting] = {s.key: s for s in SETTINGS}
+ENV_VARS: dict[str, str] = {s.key: s.env for s in SETTINGS}
+DEFAULTS = Settings()
+DEFAULT_DEBIAN_BASE: str = DEFAULTS.debian_base
+# The other variables imaged reads, which are not settings of their own.
+OTHER_ENV_VARS: dict[str, str] = {
+    "IMAGED_CONFIG": "The config file to read (what --config sets for definition modules too).",
+    "IMAGED_SECRET_<ID>": "The value of the build secret <ID> (Secret.env_name), on the build host.",
+}
+SECRET_ENV_PREFIX = "IMAGED_SECRET_"  # + Secret.env_name: a build secret's value
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without build secrets (``IMAGED_SECRET_*``) or where their files are
+    (``IMAGED_SECRETS_DIR``): the environment of every child that does not read them.
+
+    >>> without_secrets({"IMAGED_SECRET_TOK": "x", "IMAGED_SECRETS_DIR": "/s", "HOME": "/r"})
+    {'HOME': '/r'}
+    """
+    hidden = ENV_VARS["secrets_dir"]
+    return {k: v for k, v in environ.items() if not k.startswith(SECRET_ENV_PREFIX) and k != hidden}
+
+
+# Tables a config file may hold that are not settings, with why they are refused.
+_REFUSED_TABLES: dict[str, str] = {
+    "daemon": "there is no [daemon] table: the daemon's settings (definitions, debounce_ms, "
+    "concurrency, ...) are top-level keys of the file",
 }
 
 
@@ -366,14 +402,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def _apply(settings: Settings, values: Mapping[str, Any], *, origin: str) -> Settings:
     changes: dict[str, Any] = {}
     for key, raw in values.items():
-        parser = _PARSERS.get(key)
-        if parser is None:
+        setting = SETTING.get(key)
+        if setting is None:
             continue
         try:
-            changes[key] = parser(raw)
+            changes[key] = setting.read(raw)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid value {raw!r}: {exc}", key=key, file=origin) from exc
     return replace(settings, **changes)
+
+
+def _check_keys(table: Mapping[str, Any], path: Path) -> None:
+    """Every key of a config file is a setting: an unknown key is an error naming it."""
+    for key in table:
+        if key in _REFUSED_TABLES:
+            raise ConfigError(_REFUSED_TABLES[key], key=key, file=str(path))
+        if key not in SETTING:
+            raise ConfigError("unknown setting", key=key, file=str(path))
 
 
 def load_settings(
@@ -382,22 +427,17 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    extra_keys: tuple[str, ...] = (),
 ) -> Settings:
     """Resolve settings: overrides > environment > config file > defaults.
 
-    Unknown keys in the config file are an error naming the key, except those in
-    ``extra_keys`` (tables other components read, such as ``daemon``).
+    A key of the config file that is not a setting is an error naming the key and file.
     """
     env = os.environ if environ is None else environ
     settings = Settings()
     path = find_config_file(config_file, cwd=cwd)
     if path is not None:
         table = read_config_file(path)
-        known = {f.name for f in fields(Settings)} | set(extra_keys) | {"daemon", "definitions"}
-        for key in table:
-            if key not in known:
-                raise ConfigError("unknown setting", key=key, file=str(path))
+        _check_keys(table, path)
         settings = replace(_apply(settings, table, origin=str(path)), source=str(path))
     from_env = {s.key: env[s.env] for s in SETTINGS if env.get(s.env)}
     settings = _apply(settings, from_env, origin="environment")

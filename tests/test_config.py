@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -123,13 +125,22 @@ def test_unknown_key_names_key_and_file_with_exit_78(clean_env: Path) -> None:
     assert info.value.exit_code == 78
 
 
-def test_extra_keys_are_allowed(clean_env: Path) -> None:
-    (clean_env / "imaged.toml").write_text("[watcher]\ndebounce = 1\n\n[daemon]\nx = 1\n")
-    with pytest.raises(ConfigError, match="watcher"):
+def test_a_daemon_table_is_refused_naming_the_file(clean_env: Path) -> None:
+    path = clean_env / "imaged.toml"
+    path.write_text("debounce_ms = 300\n\n[daemon]\ndebounce_ms = 100\n")
+    with pytest.raises(ConfigError) as info:
         load_settings(environ={})
-    assert load_settings(environ={}, extra_keys=("watcher",)) == Settings(
-        source=str(clean_env / "imaged.toml")
-    )
+    assert info.value.key == "daemon"
+    assert info.value.file == str(path)
+    assert "top-level keys" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_an_unknown_table_is_an_unknown_setting(clean_env: Path) -> None:
+    (clean_env / "imaged.toml").write_text("[watcher]\ndebounce = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting") as info:
+        load_settings(environ={})
+    assert info.value.key == "watcher"
 
 
 @pytest.mark.parametrize(
@@ -242,22 +253,32 @@ def test_per_image_debounce_rejects(raw: object, tmp_path: Path) -> None:
         load_settings(overrides={"image_debounce_ms": raw}, environ={}, cwd=tmp_path)
 
 
-def test_the_example_config_file_is_valid() -> None:
-    from imaged.config import load_settings
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "imaged.toml"
 
-    example = Path(__file__).resolve().parent.parent / "config" / "imaged.toml"
-    settings = load_settings(config_file=example, environ={})
-    assert settings.debounce_ms == 200
-    assert settings.status_address == "127.0.0.1:9477"
+
+def test_the_example_config_gives_every_setting_its_default() -> None:
+    settings = load_settings(config_file=EXAMPLE, environ={})
+    assert settings.source == str(EXAMPLE)
+    assert replace(settings, source="defaults") == Settings()
 
 
 def test_the_example_config_documents_every_setting() -> None:
-    from imaged.config import SETTINGS
+    text = EXAMPLE.read_text(encoding="utf-8")
+    top = text.split("\n[", 1)[0]  # the entries of a table are examples, not settings
+    keys = re.findall(r"^(?:# )?([a-z_]+) =", top, flags=re.MULTILINE)
+    keys += re.findall(r"^\[([a-z_]+)\]$", text, flags=re.MULTILINE)
+    assert sorted(keys) == sorted(s.key for s in SETTINGS)
+    assert [s.env for s in SETTINGS if s.env not in text] == []
 
-    example = Path(__file__).resolve().parent.parent / "config" / "imaged.toml"
-    text = example.read_text(encoding="utf-8")
-    missing = [s.key for s in SETTINGS if s.key not in text or s.env not in text]
-    assert missing == []
+
+def test_each_setting_is_one_row_of_settings() -> None:
+    """The table is read off the dataclass: every field but ``source`` is a setting."""
+    names = [f.name for f in fields(Settings)]
+    assert [s.key for s in SETTINGS] == [n for n in names if n != "source"]
+    assert all(s.help and callable(s.parse) for s in SETTINGS)
+    assert {s.key: s.default for s in SETTINGS} == {
+        k: v for k, v in vars(Settings()).items() if k != "source"
+    }
 
 
 def test_a_path_from_the_command_line_is_accepted(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for imaged.pipeline.scratch: build folders holding secrets are swept once their owner is gone."""
+"""Tests for imaged.builders.scratch: build folders holding secrets are swept once their owner is gone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from imaged.pipeline.scratch import (
+from imaged.builders.scratch import (
     OWNER_FILE,
     SCRATCH_PREFIX,
     UNMARKED_GRACE,

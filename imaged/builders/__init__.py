@@ -1,1 +1,1 @@
-"""BuildKit/Docker builders behind one protocol; they know build requests, not Images."""
+"""BuildKit/Docker builders behind one protocol, and their private scratch folders; they know build requests, not Images."""

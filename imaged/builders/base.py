@@ -1,4 +1,4 @@
-"""The builder interface the engine calls, builder selection, and BuildKit output parsing.
+"""The builder interface the build pipeline calls, builder selection, and BuildKit output parsing.
 
 A builder turns a staged build context into an image in an engine and, when asked, pushes it.
 ``local`` and ``remote`` ship with imaged; other builders register an entry point in the group
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from imaged.config import ENV_VARS, Settings
+from imaged.config import DEFAULTS, ENV_VARS, Settings
 from imaged.errors import ConfigError
 from imaged.events import EventSink
 
@@ -120,7 +120,7 @@ def get_builder(name: str | None, settings: Settings) -> Builder:
     >>> get_builder("local", Settings()).name
     'local'
     """
-    chosen = name or settings.builder or "local"
+    chosen = name or settings.builder or DEFAULTS.builder
     factory = _load_factory(chosen)
     if not callable(factory):
         raise ConfigError(f"builder {chosen!r} is not callable: {factory!r}", key="builder")

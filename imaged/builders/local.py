@@ -3,7 +3,7 @@
 The SDK only reaches the legacy builder, so builds go through a docker CLI: ``docker buildx build``
 when the buildx plugin is there, else a classic CLI (before 23.0) whose built-in BuildKit works
 with ``DOCKER_BUILDKIT=1``. Secret values go to 0600 files in a private 0700 folder, deleted
-when the build ends (or swept by :mod:`imaged.pipeline.scratch` after a SIGKILL), never to a child's
+when the build ends (or swept by :mod:`imaged.builders.scratch` after a SIGKILL), never to a child's
 environment: the ``env=`` form of ``--secret`` would spare the files, but one variable
 is capped at 128 KiB on Linux (a CA bundle is bigger) and cannot hold a NUL byte.
 """
@@ -29,8 +29,14 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.abc import Process
 
-from imaged.builders.base import BuildOutcome, BuildOutput, BuildRequest, SecretSource
-from imaged.config import ENV_VARS, Settings
+from imaged.builders.base import (
+    BuildOutcome,
+    BuildOutput,
+    BuildRequest,
+    SecretSource,
+)
+from imaged.builders.scratch import SCRATCH_PREFIX, mark_owner, scratch_parent
+from imaged.config import ENV_VARS, Settings, without_secrets
 from imaged.errors import BuildError, ConfigError, EngineError, PushError
 from imaged.events import (
     BuildDone,
@@ -43,8 +49,6 @@ from imaged.events import (
     send,
 )
 from imaged.failures import classify_output
-from imaged.pipeline.scratch import SCRATCH_PREFIX, mark_owner, scratch_parent
-from imaged.pipeline.secrets import without_secrets
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")

@@ -10,12 +10,12 @@ from typing import Any
 import anyio
 import click
 
+from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, export_config_file, load_settings
-from imaged.definitions.loader import load_targets
+from imaged.definitions.child import load_targets
 from imaged.errors import ImagedError
 from imaged.pipeline.build import ImageBuild, abuild
 from imaged.pipeline.logins import check_images
-from imaged.pipeline.scratch import sweep_stale_scratch
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.spec.image import Image, override_registry
 

@@ -11,12 +11,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from imaged.config import SETTING
 from imaged.errors import ImagedError
 
 if TYPE_CHECKING:
     from imaged.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _help(key: str) -> str:
+    """An option's help: its setting's, with the variable that sets it too."""
+    return f"{SETTING[key].help} [env {SETTING[key].env}]"
 
 
 def _out(text: str) -> None:
@@ -82,7 +88,7 @@ def _load(target: str) -> dict[str, Any]:
 
 def _load_all(targets: tuple[str, ...], recursive: bool | None) -> dict[str, Any]:
     from imaged.config import load_settings
-    from imaged.definitions.loader import load_targets
+    from imaged.definitions.child import load_targets
 
     deep = load_settings().recursive if recursive is None else recursive
     return load_targets(targets, recursive=deep, echo=_err)
@@ -92,7 +98,7 @@ _recursive_option = click.option(
     "--recursive",
     is_flag=True,
     default=None,
-    help="Search folders recursively [env IMAGED_RECURSIVE].",
+    help=_help("recursive"),
 )
 
 
@@ -103,14 +109,12 @@ _config_option = click.option(
     default=None,
     help="Config file [env IMAGED_CONFIG].",
 )
-_registry_option = click.option(
-    "--registry", default=None, help="Override every image's registry [env IMAGED_REGISTRY]."
-)
+_registry_option = click.option("--registry", default=None, help=_help("registry"))
 _state_dir_option = click.option(
     "--state-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="State directory [env IMAGED_STATE_DIR].",
+    help=_help("state_dir"),
 )
 
 
@@ -188,9 +192,7 @@ def dockerfile_command(target: str, registry: str | None) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @_registry_option
-@click.option(
-    "--builder", default=None, help="local, remote, or an entry point [env IMAGED_BUILDER]."
-)
+@click.option("--builder", default=None, help=_help("builder"))
 @click.option(
     "--config",
     "config_file",
@@ -232,10 +234,10 @@ def _daemon_overrides(**values: Any) -> dict[str, Any]:
 @main.command("watch")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="NDJSON events instead of the live view.")
-@click.option("--recursive", is_flag=True, default=None, help="Search folders recursively.")
+@click.option("--recursive", is_flag=True, default=None, help=_help("recursive"))
 @_registry_option
 @_state_dir_option
-@click.option("--status-address", default=None, help="127.0.0.1:PORT [env IMAGED_STATUS_ADDRESS].")
+@click.option("--status-address", default=None, help=_help("status_address"))
 @_config_option
 @handle_errors
 def watch_command(
@@ -265,7 +267,7 @@ def watch_command(
 
 @main.command("daemon")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--recursive", is_flag=True, default=None, help="Search folders recursively.")
+@click.option("--recursive", is_flag=True, default=None, help=_help("recursive"))
 @_state_dir_option
 @_config_option
 @handle_errors

@@ -13,11 +13,11 @@ from typing import Any
 import anyio
 import click
 
+from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, load_settings
 from imaged.daemon.core import Daemon
 from imaged.daemon.log import configure_logging, log_event
 from imaged.daemon.views import StatusSource
-from imaged.pipeline.scratch import sweep_stale_scratch
 
 _STYLE = {
     "up to date": "green",

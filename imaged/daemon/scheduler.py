@@ -12,26 +12,26 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
+from imaged.config import DEFAULTS, Supersede
 from imaged.errors import is_transient
 from imaged.events import Building, EventSink, Failed, Queued, Retrying, Superseded, send
 
-Supersede = Literal["cancel", "queue"]
 BuildFunc = Callable[[str, str], Awaitable[Any]]
 
 
 @dataclass
 class SchedulerOptions:
-    """Timing and concurrency settings (seconds)."""
+    """Timing and concurrency settings (seconds); the defaults are the settings' defaults."""
 
-    debounce: float = 0.2
-    max_wait: float = 5.0
-    concurrency: int = 2
-    supersede: Supersede = "cancel"
+    debounce: float = DEFAULTS.debounce_ms / 1000
+    max_wait: float = DEFAULTS.max_wait_ms / 1000
+    concurrency: int = DEFAULTS.concurrency
+    supersede: Supersede = DEFAULTS.supersede
     retry_initial: float = 1.0
     retry_max: float = 60.0
     per_image_debounce: Mapping[str, float] = field(default_factory=dict)

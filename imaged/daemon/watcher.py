@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 STEP_MS = 50
+# How long the backend gathers raw OS events into one batch. Not the ``debounce_ms``
+# setting: that is the daemon's quiet period before a build, kept by the scheduler.
+BATCH_MS = 50
 RUST_TIMEOUT_MS = 1_000
 
 RawBatch = set[tuple[Change, str]]
@@ -193,7 +196,7 @@ async def watch_paths(
     *,
     stop_event: StopSignal,
     backend: WatchBackend | None = None,
-    debounce_ms: int = 50,
+    debounce_ms: int = BATCH_MS,
     restart: RestartFlag | None = None,
     on_ignored: Callable[[set[Path]], None] | None = None,
     busy: Callable[[], AbstractContextManager[object]] = nullcontext,

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from imaged.config import DEFAULTS, without_secrets
 from imaged.errors import DefinitionError, SpecError
 from imaged.safe_read import read_regular
 from imaged.spec.image import Image
@@ -89,8 +90,6 @@ def discover_definition_files(paths: Sequence[Path], *, recursive: bool = False)
 def _child_env(python: str | None) -> dict[str, str]:
     """The environment of the child: ours, without build secrets (user code runs there and
     never needs their values), and with this imaged importable."""
-    from imaged.pipeline.secrets import without_secrets
-
     env = without_secrets(os.environ)
     if python is None:
         # Same interpreter: make sure the child imports this very imaged, even from a checkout.
@@ -190,7 +189,7 @@ def _parse_result(path: Path, code: int, stdout: bytes, stderr: list[str]) -> Lo
 async def load_module_in_child(
     path: Path,
     *,
-    timeout: float = 30.0,  # noqa: ASYNC109 - a timeout is a DefinitionError, not a cancellation
+    timeout: float = DEFAULTS.load_timeout,  # noqa: ASYNC109 - a DefinitionError, not a cancel
     python: str | None = None,
     echo: OutputEcho | None = None,
 ) -> LoadedModule:
@@ -217,7 +216,7 @@ async def load_module_in_child(
 
 
 def load_target(
-    target: str, *, timeout: float = 30.0, echo: OutputEcho | None = None
+    target: str, *, timeout: float = DEFAULTS.load_timeout, echo: OutputEcho | None = None
 ) -> dict[str, Image]:
     """``PATH[:NAME]``'s images, loaded in a child as the daemon loads them: the CLI's way.
 
@@ -235,6 +234,43 @@ def load_target(
 
 
 # -- the child side ----------------------------------------------------------------------
+
+
+def load_targets(
+    targets: Sequence[str], *, recursive: bool = False, echo: Callable[[str], None] | None = None
+) -> dict[str, Image]:
+    """The images of several ``PATH[:NAME]`` targets; a folder gives every definition file
+    in it (with ``recursive``, below it too), as ``imaged plan`` and ``watch`` read them.
+
+    Each file is loaded in a child (:func:`load_target`): a module that exits, prints or
+    reads secrets cannot end, corrupt or see the caller; ``echo`` gets what it printed."""
+    from imaged.definitions.loader import parse_target
+
+    images: dict[str, Image] = {}
+    origin: dict[str, Path] = {}
+    for text in targets:
+        target = parse_target(text)
+        files = (
+            [target.path]
+            if target.name
+            else discover_definition_files([target.path], recursive=recursive)
+        )
+        if not files:
+            more = "" if recursive else "; pass --recursive to search the folders below it"
+            raise DefinitionError(
+                f"no definition file (a .py that imports imaged){more}", file=text
+            )
+        for file in files:
+            text_of_file = f"{file}:{target.name}" if target.name else str(file)
+            for name, image in load_target(text_of_file, echo=echo).items():
+                if name in images and images[name] != image:
+                    raise DefinitionError(
+                        f"image {name!r} is also defined in {origin[name]}; give each "
+                        "image its own name",
+                        file=str(file.resolve()),
+                    )
+                images[name], origin[name] = image, file.resolve()
+    return images
 
 
 def _project_root(start: Path) -> Path | None:

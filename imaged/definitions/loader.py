@@ -15,7 +15,7 @@ import importlib.util
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -221,41 +221,3 @@ def load_definitions(target: Target | str) -> dict[str, Image]:
     module = import_definition(file)
     images = collect_images(module, file=file)
     return select_images(images, target, variables=image_variables(module, images))
-
-
-def load_targets(
-    targets: Sequence[str], *, recursive: bool = False, echo: Callable[[str], None] | None = None
-) -> dict[str, Image]:
-    """The images of several ``PATH[:NAME]`` targets; a folder gives every definition file
-    in it (with ``recursive``, below it too), as ``imaged plan`` and ``watch`` read them.
-
-    Each file is loaded in a child (:func:`imaged.definitions.child.load_target`): a module that
-    exits, prints or reads secrets cannot end, corrupt or see the caller; ``echo`` gets
-    what it printed."""
-    from imaged.definitions.child import discover_definition_files, load_target
-
-    images: dict[str, Image] = {}
-    origin: dict[str, Path] = {}
-    for text in targets:
-        target = parse_target(text)
-        files = (
-            [target.path]
-            if target.name
-            else discover_definition_files([target.path], recursive=recursive)
-        )
-        if not files:
-            more = "" if recursive else "; pass --recursive to search the folders below it"
-            raise DefinitionError(
-                f"no definition file (a .py that imports imaged){more}", file=text
-            )
-        for file in files:
-            text_of_file = f"{file}:{target.name}" if target.name else str(file)
-            for name, image in load_target(text_of_file, echo=echo).items():
-                if name in images and images[name] != image:
-                    raise DefinitionError(
-                        f"image {name!r} is also defined in {origin[name]}; give each "
-                        "image its own name",
-                        file=str(file.resolve()),
-                    )
-                images[name], origin[name] = image, file.resolve()
-    return images

@@ -1,1 +1,1 @@
-"""The only place registry and builders meet: abuild/build, secrets, registry logins, scratch folders."""
+"""The only place registry and builders meet: abuild/build, the build secrets, registry logins."""

@@ -1,4 +1,4 @@
-"""The build engine: validate, check the registry, stage, build, push, report.
+"""The build pipeline: validate, check the registry, stage, build, push, report.
 
 ``build(image)`` is the one-shot call; ``abuild`` is its async twin, which the daemon
 cancels when an image's digest moves while it builds.

@@ -7,23 +7,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from imaged.builders.base import SecretSource
-from imaged.config import ENV_VARS, Settings
+from imaged.config import ENV_VARS, SECRET_ENV_PREFIX, Settings
 from imaged.errors import ConfigError, SecretError
 from imaged.render.dockerfile import CA_SECRET_ID
 from imaged.spec.layers import Secret
-
-SECRET_ENV_PREFIX = "IMAGED_SECRET_"
-
-
-def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` without build secrets (``IMAGED_SECRET_*``) or where their files are
-    (``IMAGED_SECRETS_DIR``): the environment of every child that does not read them.
-
-    >>> without_secrets({"IMAGED_SECRET_TOK": "x", "IMAGED_SECRETS_DIR": "/s", "HOME": "/r"})
-    {'HOME': '/r'}
-    """
-    hidden = ENV_VARS["secrets_dir"]
-    return {k: v for k, v in environ.items() if not k.startswith(SECRET_ENV_PREFIX) and k != hidden}
 
 
 def secret_file(secret: Secret, secrets_dir: Path) -> Path:

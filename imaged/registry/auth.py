@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imaged.config import without_secrets
 from imaged.errors import ConfigError, RegistryAuthError, SecretError
-from imaged.pipeline.secrets import without_secrets
 from imaged.registry.ref import DOCKER_HUB_KEY, config_key, normalize_registry_host
 
 __all__ = [

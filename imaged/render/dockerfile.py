@@ -1,8 +1,12 @@
 """Render an Image to a Dockerfile and a context plan (which hashed inputs go where).
 
-Pure: the Dockerfile only uses what the BuildKit frontend built into Docker Engine 20.10
-accepts (no ``# syntax=``, no heredocs, no ``COPY --link``, secrets as file mounts), and
-names only stable relative context paths, so the build cache carries across checkouts.
+Handed the image's digest, rendering reads no file: everything comes from the digest's
+trees and recorded inputs. Without one it hashes the image first (``hash_image``, which
+reads every input). No I/O library is imported and nothing is written; the context is
+staged by :mod:`imaged.render.context`. The Dockerfile only uses what the BuildKit frontend
+built into Docker Engine 20.10 accepts (no ``# syntax=``, no heredocs, no ``COPY --link``,
+secrets as file mounts), and names only stable relative context paths, so the build cache
+carries across checkouts.
 """
 
 from __future__ import annotations

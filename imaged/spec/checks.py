@@ -28,13 +28,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from imaged.errors import SpecError
-from imaged.spec import layers as L
-
-if TYPE_CHECKING:
-    from imaged.spec.image import Image
+from imaged.spec.bases import DebianBase, RefBase
+from imaged.spec.layers import (
+    AptPackages,
+    CodeBundle,
+    Commands,
+    EnvVars,
+    Layer,
+    PipOptions,
+    PipPackages,
+    PoetryProject,
+    Requirements,
+    Secret,
+    SourceFiles,
+    SourceFolder,
+    UvProject,
+    UvScript,
+    Workdir,
+)
 
 LINE_BREAKS = "\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _BREAK = re.compile(f"[{LINE_BREAKS}]")
@@ -49,6 +63,26 @@ _HINTS = {
     "pip package": _PIP_HINT,
     "script dependency": _PIP_HINT,
 }
+
+
+class CheckedImage(Protocol):
+    """What the checks read of an :class:`~imaged.spec.image.Image` (that module imports
+    this one, so this one names only the fields)."""
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def registry(self) -> str | None: ...
+
+    @property
+    def base(self) -> object: ...
+
+    @property
+    def platform(self) -> tuple[str, ...]: ...
+
+    @property
+    def layers(self) -> tuple[Layer, ...]: ...
 
 
 class _Where:
@@ -110,14 +144,14 @@ def _options(where: _Where, what: str, values: Iterable[str]) -> None:
         _text(where, what, value)
 
 
-def _pip(where: _Where, opts: L.PipOptions) -> None:
+def _pip(where: _Where, opts: PipOptions) -> None:
     if opts.index_url is not None:
         _operand(where, "index_url", opts.index_url)
     _operands(where, "extra_index_url", opts.extra_index_urls)
     _options(where, "extra_args item", opts.extra_args)
 
 
-def _secrets(where: _Where, secrets: tuple[L.Secret, ...]) -> None:
+def _secrets(where: _Where, secrets: tuple[Secret, ...]) -> None:
     for secret in secrets:
         _matches(where, "secret mount target", secret.target, _MOUNT_TARGET, "an absolute path")
         if secret.as_env_var is not None:
@@ -142,38 +176,38 @@ def _workdir(where: _Where, path: str) -> None:
         raise where.fail("workdir", path, "ends in '\\', which joins the next instruction to it")
 
 
-def _layer_fields(where: _Where, layer: L.Layer) -> None:
+def _layer_fields(where: _Where, layer: Layer) -> None:
     """Every string of ``layer`` that reaches the Dockerfile or an installer's argv."""
     _secrets(where, layer.secrets)
-    if isinstance(layer, L.AptPackages):
+    if isinstance(layer, AptPackages):
         _operands(where, "apt package", layer.packages)
-    elif isinstance(layer, L.PipPackages):
+    elif isinstance(layer, PipPackages):
         _operands(where, "pip package", layer.packages)
-    if isinstance(layer, L.PipPackages | L.Requirements | L.UvProject | L.UvScript):
+    if isinstance(layer, PipPackages | Requirements | UvProject | UvScript):
         _pip(where, layer.pip)
-    if isinstance(layer, L.PoetryProject):
+    if isinstance(layer, PoetryProject):
         _options(where, "extra_args item", layer.extra_args)
-    elif isinstance(layer, L.UvScript):
+    elif isinstance(layer, UvScript):
         _text(where, "script name", layer.script.name)  # rendered in a comment line
-    elif isinstance(layer, L.Commands):
+    elif isinstance(layer, Commands):
         _commands(where, layer.commands)
-    elif isinstance(layer, L.EnvVars):
+    elif isinstance(layer, EnvVars):
         _env(where, layer.env)
-    elif isinstance(layer, L.Workdir):
+    elif isinstance(layer, Workdir):
         _workdir(where, layer.path)
-    elif isinstance(layer, L.SourceFolder):
+    elif isinstance(layer, SourceFolder):
         _text(where, "copy destination", layer.dst)
         _text(where, "folder name", layer.src.name)  # the destination ends in it
-    elif isinstance(layer, L.SourceFiles | L.CodeBundle):
+    elif isinstance(layer, SourceFiles | CodeBundle):
         _text(where, "copy destination", layer.dst)
 
 
-def layer_label(index: int, layer: L.Layer) -> str:
+def layer_label(index: int, layer: Layer) -> str:
     """``#2 workdir``: the position and kind, never the (possibly hostile) values."""
     return f"#{index + 1} {layer.kind}"
 
 
-def check_layers(image: Image) -> None:
+def check_layers(image: CheckedImage) -> None:
     """Raise SpecError for the first unsafe string in any of ``image``'s layers."""
     for index, layer in enumerate(image.layers):
         _layer_fields(_Where(image.name, layer_label(index, layer)), layer)
@@ -184,16 +218,14 @@ def check_reference(value: str, *, what: str, image: str | None, layer: str | No
     _matches(_Where(image, layer), what, value, _REFERENCE, "an image reference")
 
 
-def _header(image: Image) -> Iterator[tuple[str, str | None, str | None]]:
-    from imaged.spec.image import DebianBase, RefBase
-
+def _header(image: CheckedImage) -> Iterator[tuple[str, str | None, str | None]]:
     yield "image name", image.name, None
     yield "registry", image.registry, None
     if isinstance(image.base, DebianBase | RefBase):
         yield "base reference", image.base.ref, "base"
 
 
-def check_image(image: Image) -> None:
+def check_image(image: CheckedImage) -> None:
     """Every string of ``image`` (not of its parent, checked when it was made) that reaches
     the Dockerfile or the docker argv; raise SpecError naming the image, layer and value."""
     for what, value, layer in _header(image):

@@ -1,7 +1,14 @@
 """The fluent, immutable Image spec: constructors, ``with_*`` layers, JSON round trip.
 
-Pure: no I/O library is imported. Files are only touched by :meth:`Image.validate` and
-when a digest is asked for.
+No I/O library is imported, so a definition module imports fast and never pulls in docker.
+It is not free of I/O, though; it reads, and never writes:
+
+- the config file (``load_settings``), for ``from_debian_base``, ``from_ref_name``,
+  ``from_uv_script`` and an image that names no platform;
+- the file system at definition time: ``pyproject.toml`` and ``.git`` above a code bundle
+  (the project root), and a ``uv_script``'s PEP 723 header (a bad one fails early);
+- every referenced path in :meth:`Image.validate`, and every input when a digest is asked
+  for (``.uri``, ``.tag``, ``.digest``, ``compute()``: the lazy facade into ``digest/``).
 """
 
 from __future__ import annotations
@@ -15,14 +22,44 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from imaged.errors import SpecError
-from imaged.spec import layers as L
+from imaged.spec.bases import DebianBase as DebianBase
+from imaged.spec.bases import DockerfileBase as DockerfileBase
+from imaged.spec.bases import RefBase as RefBase
 from imaged.spec.checks import check_dependencies, check_image
+from imaged.spec.layers import (
+    COPY_STYLES,
+    INSTALL_MODES,
+    AptPackages,
+    CodeBundle,
+    Commands,
+    CopyStyle,
+    Dockerignore,
+    EnvVars,
+    InstallMode,
+    Layer,
+    PipOptions,
+    PipPackages,
+    PoetryProject,
+    Requirements,
+    Secret,
+    SecretSpec,
+    SourceFiles,
+    SourceFolder,
+    UvProject,
+    UvScript,
+    Workdir,
+    check_env_vars,
+    layer_from_json,
+    layer_to_json,
+    normalize_secrets,
+    secret_from_json,
+    secret_to_json,
+)
 
 if TYPE_CHECKING:
     from imaged.digest.hashing import ImageDigest, LayerDigest
 
 SPEC_VERSION = 1
-DEFAULT_PLATFORM: tuple[str, ...] = ("linux/amd64",)
 _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
 
@@ -30,33 +67,10 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
 
 @dataclass(frozen=True)
-class DebianBase:
-    """A slim Debian image with a given Python; ``ref`` is resolved from config."""
-
-    ref: str
-    python_version: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class RefBase:
-    """Any existing image, by reference."""
-
-    ref: str
-
-
-@dataclass(frozen=True)
 class ParentBase:
     """Another Image of the same set; it is built first and its URI is the base."""
 
     image: Image
-
-
-@dataclass(frozen=True)
-class DockerfileBase:
-    """A user-written Dockerfile and the build context folder beside it."""
-
-    dockerfile: Path
-    context: Path
 
 
 Base = DebianBase | RefBase | ParentBase | DockerfileBase
@@ -112,9 +126,9 @@ def _pip_options(
     extra_index_urls: str | Iterable[str] | None,
     pre: bool,
     extra_args: str | Iterable[str] | None,
-) -> L.PipOptions:
+) -> PipOptions:
     extras = (extra_index_urls,) if isinstance(extra_index_urls, str) else extra_index_urls
-    return L.PipOptions(
+    return PipOptions(
         index_url=index_url,
         extra_index_urls=tuple(extras or ()),
         pre=bool(pre),
@@ -195,10 +209,10 @@ class Image:
     registry: str | None
     base: Base
     platform: tuple[str, ...]
-    layers: tuple[L.Layer, ...]
+    layers: tuple[Layer, ...]
     extendable: bool
     source_file: str | None
-    registry_secret: L.Secret | None
+    registry_secret: Secret | None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError(
@@ -249,7 +263,7 @@ class Image:
         flyte_version: str | None = None,
         install_flyte: bool | None = None,
         registry: str | None = None,
-        registry_secret: str | L.Secret | None = None,
+        registry_secret: str | Secret | None = None,
         name: str | None = None,
         platform: str | Sequence[str] | None = None,
     ) -> Image:
@@ -352,14 +366,14 @@ class Image:
         *,
         name: str,
         registry: str | None = None,
-        registry_secret: str | L.Secret | None = None,
+        registry_secret: str | Secret | None = None,
         python_version: tuple[int, int] | None = None,
         index_url: str | None = None,
         extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
         extra_args: str | Iterable[str] | None = None,
         platform: str | Sequence[str] | None = None,
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
+        secret_mounts: SecretSpec | Sequence[SecretSpec] | None = None,
     ) -> Image:
         """A Debian Python image holding the dependencies of a PEP 723 script's header."""
         from imaged.config import load_settings
@@ -370,10 +384,10 @@ class Image:
             deps = read_script_metadata(path).dependencies
             check_dependencies(deps, image=name, layer="#1 uv_script")
         version = _python_version(python_version)
-        layer = L.UvScript(
+        layer = UvScript(
             script=path,
             pip=_pip_options(index_url, extra_index_urls, pre, extra_args),
-            secret_mounts=L.normalize_secrets(secret_mounts, where="from_uv_script"),
+            secret_mounts=normalize_secrets(secret_mounts, where="from_uv_script"),
         )
         return cls._make(
             name=name,
@@ -391,7 +405,7 @@ class Image:
 
     # -- layers -------------------------------------------------------------------------
 
-    def _with(self, layer: L.Layer) -> Image:
+    def _with(self, layer: Layer) -> Image:
         if isinstance(self.base, DockerfileBase):
             raise ValueError(
                 f"image {self.name!r} is not extendable: it is built from a Dockerfile "
@@ -406,14 +420,14 @@ class Image:
         return self._evolve(layers=(*self.layers, layer))
 
     def with_apt_packages(
-        self, *packages: str, secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None
+        self, *packages: str, secret_mounts: SecretSpec | Sequence[SecretSpec] | None = None
     ) -> Image:
         """Install Debian packages with apt."""
         pkgs = _strings(packages, where="with_apt_packages")
         if not pkgs:
             raise SpecError("with_apt_packages needs at least one package", image=self.name)
-        secrets = L.normalize_secrets(secret_mounts, where="with_apt_packages")
-        return self._with(L.AptPackages(packages=pkgs, secret_mounts=secrets))
+        secrets = normalize_secrets(secret_mounts, where="with_apt_packages")
+        return self._with(AptPackages(packages=pkgs, secret_mounts=secrets))
 
     def with_pip_packages(
         self,
@@ -422,17 +436,17 @@ class Image:
         extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
         extra_args: str | Iterable[str] | None = None,
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
+        secret_mounts: SecretSpec | Sequence[SecretSpec] | None = None,
     ) -> Image:
         """Install Python packages: ``img.with_pip_packages("fastapi", "uvicorn")``."""
         pkgs = _strings(packages, where="with_pip_packages")
         if not pkgs:
             raise SpecError("with_pip_packages needs at least one package", image=self.name)
         return self._with(
-            L.PipPackages(
+            PipPackages(
                 packages=pkgs,
                 pip=_pip_options(index_url, extra_index_urls, pre, extra_args),
-                secret_mounts=L.normalize_secrets(secret_mounts, where="with_pip_packages"),
+                secret_mounts=normalize_secrets(secret_mounts, where="with_pip_packages"),
             )
         )
 
@@ -443,7 +457,7 @@ class Image:
         extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
         extra_args: str | Iterable[str] | None = None,
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
+        secret_mounts: SecretSpec | Sequence[SecretSpec] | None = None,
     ) -> Image:
         """Install the packages of a ``requirements.txt`` file."""
         path = _resolve(file, where="with_requirements")
@@ -454,30 +468,30 @@ class Image:
                 layer="requirements",
             )
         return self._with(
-            L.Requirements(
+            Requirements(
                 file=path,
                 pip=_pip_options(index_url, extra_index_urls, pre, extra_args),
-                secret_mounts=L.normalize_secrets(secret_mounts, where="with_requirements"),
+                secret_mounts=normalize_secrets(secret_mounts, where="with_requirements"),
             )
         )
 
     def with_env_vars(self, env_vars: dict[str, str]) -> Image:
         """Set environment variables in the image."""
-        return self._with(L.EnvVars(env=L.check_env_vars(env_vars)))
+        return self._with(EnvVars(env=check_env_vars(env_vars)))
 
     def with_commands(
         self,
         commands: str | Sequence[str],
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
+        secret_mounts: SecretSpec | Sequence[SecretSpec] | None = None,
     ) -> Image:
         """Run shell commands, each as its own step of one layer."""
         items = (commands,) if isinstance(commands, str) else tuple(commands)
         if not items or not all(isinstance(c, str) and c.strip() for c in items):
             raise SpecError("with_commands needs non-empty command strings", image=self.name)
         return self._with(
-            L.Commands(
+            Commands(
                 commands=items,
-                secret_mounts=L.normalize_secrets(secret_mounts, where="with_commands"),
+                secret_mounts=normalize_secrets(secret_mounts, where="with_commands"),
             )
         )
 
@@ -494,7 +508,7 @@ class Image:
                 image=self.name,
                 layer="workdir",
             )
-        return self._with(L.Workdir(path=workdir))
+        return self._with(Workdir(path=workdir))
 
     def with_source_folder(
         self, src: str | os.PathLike[str], dst: str = ".", copy_contents_only: bool = False
@@ -502,7 +516,7 @@ class Image:
         """Copy a folder (``dst/<name>``, or its contents into ``dst``)."""
         path = _resolve(src, where="with_source_folder")
         return self._with(
-            L.SourceFolder(src=path, dst=_dst(dst), copy_contents_only=copy_contents_only)
+            SourceFolder(src=path, dst=_dst(dst), copy_contents_only=copy_contents_only)
         )
 
     def with_source_file(
@@ -521,30 +535,30 @@ class Image:
             )
         if not paths:
             raise SpecError("with_source_file needs at least one file", image=self.name)
-        return self._with(L.SourceFiles(files=paths, dst=_dst(dst)))
+        return self._with(SourceFiles(files=paths, dst=_dst(dst)))
 
-    def with_code_bundle(self, copy_style: L.CopyStyle = "loaded_modules", dst: str = ".") -> Image:
+    def with_code_bundle(self, copy_style: CopyStyle = "loaded_modules", dst: str = ".") -> Image:
         """Bake the project that defines this image (nearest pyproject.toml, else its folder)
         into it: ``"all"`` its files, ``"loaded_modules"`` (Flyte's default) its Python
         modules only. Both are filtered by the ignore files."""
-        if copy_style not in L.COPY_STYLES:
+        if copy_style not in COPY_STYLES:
             hint = (
                 f"; to copy into {copy_style!r}, write dst={copy_style!r}"
                 if (isinstance(copy_style, str) and copy_style.startswith(("/", ".")))
                 else ""
             )
             raise SpecError(
-                f"copy_style must be one of {L.COPY_STYLES}, got {copy_style!r}{hint}",
+                f"copy_style must be one of {COPY_STYLES}, got {copy_style!r}{hint}",
                 image=self.name,
                 layer="code_bundle",
             )
         root = _find_project_root(_caller_dir())
-        return self._with(L.CodeBundle(root=root, dst=_dst(dst), copy_style=copy_style))
+        return self._with(CodeBundle(root=root, dst=_dst(dst), copy_style=copy_style))
 
     def with_dockerignore(self, path: str | os.PathLike[str]) -> Image:
         """Apply a ``.dockerignore`` to every folder this image copies, its patterns read
         relative to the ignore file's own folder (Docker's build-context rule)."""
-        return self._with(L.Dockerignore(path=_resolve(path, where="with_dockerignore")))
+        return self._with(Dockerignore(path=_resolve(path, where="with_dockerignore")))
 
     def with_uv_project(
         self,
@@ -554,20 +568,20 @@ class Image:
         extra_index_urls: str | Iterable[str] | None = None,
         pre: bool = False,
         extra_args: str | Iterable[str] | None = None,
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
-        project_install_mode: L.InstallMode = "dependencies_only",
+        secret_mounts: SecretSpec | Sequence[SecretSpec] | None = None,
+        project_install_mode: InstallMode = "dependencies_only",
     ) -> Image:
         """Install a uv project's dependencies as ``uv sync`` does by default (the ``dev``
         group included), from ``uv.lock`` when there is one; ``extra_args`` reach uv sync."""
         pyproject = _resolve(pyproject_file, where="with_uv_project")
         lock = _resolve(uvlock, where="with_uv_project") if uvlock else pyproject.parent / "uv.lock"
         return self._with(
-            L.UvProject(
+            UvProject(
                 pyproject=pyproject,
                 uvlock=lock,
                 mode=_mode(project_install_mode),
                 pip=_pip_options(index_url, extra_index_urls, pre, extra_args),
-                secret_mounts=L.normalize_secrets(secret_mounts, where="with_uv_project"),
+                secret_mounts=normalize_secrets(secret_mounts, where="with_uv_project"),
                 lock_required=uvlock is not None,
             )
         )
@@ -577,8 +591,8 @@ class Image:
         pyproject_file: str | os.PathLike[str],
         poetry_lock: str | os.PathLike[str] | None = None,
         extra_args: str | Iterable[str] | None = None,
-        secret_mounts: L.SecretSpec | Sequence[L.SecretSpec] | None = None,
-        project_install_mode: L.InstallMode = "dependencies_only",
+        secret_mounts: SecretSpec | Sequence[SecretSpec] | None = None,
+        project_install_mode: InstallMode = "dependencies_only",
     ) -> Image:
         """Install a poetry project's locked dependencies as ``poetry install`` does by
         default (every non-optional group) with a pinned poetry."""
@@ -589,12 +603,12 @@ class Image:
             else pyproject.parent / "poetry.lock"
         )
         return self._with(
-            L.PoetryProject(
+            PoetryProject(
                 pyproject=pyproject,
                 poetry_lock=lock,
                 mode=_mode(project_install_mode),
                 extra_args=_args(extra_args),
-                secret_mounts=L.normalize_secrets(secret_mounts, where="with_poetry_project"),
+                secret_mounts=normalize_secrets(secret_mounts, where="with_poetry_project"),
             )
         )
 
@@ -611,11 +625,11 @@ class Image:
     def clone(
         self,
         registry: str | None = None,
-        registry_secret: str | L.Secret | None = None,
+        registry_secret: str | Secret | None = None,
         name: str | None = None,
         base_image: str | None = None,
         python_version: tuple[int, int] | None = None,
-        addl_layer: L.Layer | None = None,
+        addl_layer: Layer | None = None,
         extendable: bool | None = None,
         platform: str | Sequence[str] | None = None,
     ) -> Image:
@@ -631,7 +645,7 @@ class Image:
             platform=self.platform if platform is None else _platforms(platform),
         )
         if addl_layer is not None:
-            if not isinstance(addl_layer, L.Layer):
+            if not isinstance(addl_layer, Layer):
                 raise TypeError(
                     f"clone(addl_layer=...) takes an imaged layer, got {addl_layer!r}; "
                     "use the with_* methods instead"
@@ -693,10 +707,15 @@ class Image:
         return f"#{index + 1} {self.layers[index].describe()}"
 
     def validate(self) -> Image:
-        """Check that every referenced file and folder exists and is of the right kind."""
-        from imaged.spec.validate import validate_image
+        """Check that every referenced file and folder exists and is of the right kind
+        (its parent's too); raise MissingPathError naming the path, the image and the layer."""
+        from imaged.spec.validate import expect_path, validate_layers
 
-        validate_image(self)
+        if isinstance(self.base, DockerfileBase):
+            expect_path(self.base.dockerfile, "file", image=self.name, layer="from_dockerfile")
+        if isinstance(self.base, ParentBase):
+            self.base.image.validate()
+        validate_layers(self.layers, image=self.name, label=self.layer_label)
         return self
 
     def compute(self) -> ImageDigest:
@@ -740,10 +759,10 @@ class Image:
             "registry": self.registry,
             "base": _base_to_json(self.base),
             "platform": list(self.platform),
-            "layers": [L.layer_to_json(layer) for layer in self.layers],
+            "layers": [layer_to_json(layer) for layer in self.layers],
             "extendable": self.extendable,
             "source_file": self.source_file,
-            "registry_secret": L.secret_to_json(self.registry_secret),
+            "registry_secret": secret_to_json(self.registry_secret),
         }
 
     @classmethod
@@ -758,10 +777,10 @@ class Image:
             registry=data["registry"],
             base=_base_from_json(data["base"]),
             platform=tuple(data["platform"]),
-            layers=tuple(L.layer_from_json(item) for item in data["layers"]),
+            layers=tuple(layer_from_json(item) for item in data["layers"]),
             extendable=bool(data["extendable"]),
             source_file=data.get("source_file"),
-            registry_secret=L.secret_from_json(data.get("registry_secret")),
+            registry_secret=secret_from_json(data.get("registry_secret")),
         )
 
     def dumps(self) -> str:
@@ -785,12 +804,12 @@ def override_registry(image: Image, registry: str | None) -> Image:
     return image if image.registry == registry else image.clone(registry=registry)
 
 
-def _registry_secret(value: object) -> L.Secret | None:
+def _registry_secret(value: object) -> Secret | None:
     """Flyte's ``registry_secret``: a secret name or a Secret holding registry credentials."""
-    if value is None or isinstance(value, L.Secret):
+    if value is None or isinstance(value, Secret):
         return value
     if isinstance(value, str) and value.strip():
-        return L.Secret(key=value.strip())
+        return Secret(key=value.strip())
     raise TypeError(f"registry_secret must be a secret name or a Secret, got {value!r}")
 
 
@@ -801,7 +820,7 @@ def _with_flyte(image: Image, install: bool | None, version: str | None) -> Imag
     if version is not None and (not isinstance(version, str) or not version.strip()):
         raise TypeError(f"flyte_version must be a version string, got {version!r}")
     package = f"flyte=={version.strip()}" if version else "flyte"
-    return image._with(L.PipPackages(packages=(package,)))
+    return image._with(PipPackages(packages=(package,)))
 
 
 def _dst(dst: str) -> str:
@@ -810,9 +829,9 @@ def _dst(dst: str) -> str:
     return dst
 
 
-def _mode(mode: str) -> L.InstallMode:
-    if mode not in L.INSTALL_MODES:
-        raise SpecError(f"project_install_mode must be one of {L.INSTALL_MODES}, got {mode!r}")
+def _mode(mode: str) -> InstallMode:
+    if mode not in INSTALL_MODES:
+        raise SpecError(f"project_install_mode must be one of {INSTALL_MODES}, got {mode!r}")
     return mode  # type: ignore[return-value]
 
 

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imaged.errors import MissingPathError
 from imaged.spec import layers as L
 
-if TYPE_CHECKING:
-    from imaged.spec.image import Image
 
-
-def _expect(path: Path, kind: str, *, image: Image, layer: str) -> None:
+def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None:
+    """Raise MissingPathError unless ``path`` is a ``kind`` ("file" or "folder")."""
     ok = path.is_dir() if kind == "folder" else path.is_file()
     if ok:
         return
     what = "does not exist" if not path.exists() else f"is not a {kind}"
-    raise MissingPathError(f"{path} {what} (expected a {kind})", image=image.name, layer=layer)
+    raise MissingPathError(f"{path} {what} (expected a {kind})", image=image, layer=layer)
 
 
 def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
@@ -33,15 +31,11 @@ def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
     return [(p, "file") for p in layer.input_paths()]
 
 
-def validate_image(image: Image) -> None:
-    """Raise MissingPathError naming the absolute path, the image and the layer."""
-    from imaged.spec.image import DockerfileBase, ParentBase
-
-    base = image.base
-    if isinstance(base, DockerfileBase):
-        _expect(base.dockerfile, "file", image=image, layer="from_dockerfile")
-    if isinstance(base, ParentBase):
-        validate_image(base.image)
-    for index, layer in enumerate(image.layers):
+def validate_layers(
+    layers: Sequence[L.Layer], *, image: str | None, label: Callable[[int], str]
+) -> None:
+    """Every file and folder the layers read exists; ``label(index)`` names a layer.
+    :meth:`Image.validate` calls it, after the base (this module does not know Image)."""
+    for index, layer in enumerate(layers):
         for path, kind in _layer_paths(layer):
-            _expect(path, kind, image=image, layer=image.layer_label(index))
+            expect_path(path, kind, image=image, layer=label(index))
