@@ -32,7 +32,7 @@ from daemon_support import (
 from e2e_support import DATA, docker, pull_fresh, run_id, skopeo_inspect
 
 from imaged.definitions.loader import load_definitions
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
 

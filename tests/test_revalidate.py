@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from imaged import Image
+from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import folder_rules
-from imaged.digest.hashing import (
-    DigestCache,
-    TreeIndex,
-    TreeRegistry,
-    default_cache,
-    hash_image,
-    shared_trees,
-)
+from imaged.digest.image_digest import hash_image
+from imaged.digest.trees import TreeIndex, TreeRegistry, shared_trees
 
 Edit = Callable[[Path], object]
 

@@ -37,7 +37,7 @@ from imaged.daemon.store import ImageRecord, StateStore
 from imaged.daemon.tracker import DigestChange, ImageTracker
 from imaged.daemon.watcher import WatchBackend, watch_paths
 from imaged.definitions.child import LoadedModule, discover_definition_files, load_module_in_child
-from imaged.digest.hashing import DigestCache
+from imaged.digest.cache import DigestCache
 from imaged.errors import DefinitionError, ImagedError
 from imaged.pipeline.build import abuild
 from imaged.registry.client import Existence, RegistryClient

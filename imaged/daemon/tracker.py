@@ -1,8 +1,8 @@
 """The daemon's change tracker: file events -> affected layers -> incremental digests -> why.
 
-Folders are held as shared :class:`~imaged.digest.hashing.TreeIndex` objects keyed by (root, rules),
+Folders are held as shared :class:`~imaged.digest.trees.TreeIndex` objects keyed by (root, rules),
 so a one-file edit re-stats one path and rehashes one branch of one tree, never a walk.
-Digests come from :func:`imaged.digest.hashing.hash_image` itself, served those trees.
+Digests come from :func:`imaged.digest.image_digest.hash_image` itself, served those trees.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import (
     DIR,
     FileEntry,
@@ -23,15 +24,9 @@ from imaged.digest.files import (
     stat_key,
     walk_files,
 )
-from imaged.digest.hashing import (
-    DigestCache,
-    ImageDigest,
-    TreeIndex,
-    TreeSource,
-    default_cache,
-    hash_image,
-)
 from imaged.digest.ignore import IgnoreRules
+from imaged.digest.image_digest import ImageDigest, hash_image
+from imaged.digest.trees import TreeIndex, TreeSource
 from imaged.errors import ImagedError
 from imaged.spec import layers as L
 from imaged.spec.image import DockerfileBase, Image, ParentBase

@@ -21,7 +21,8 @@ import anyio
 
 from imaged.builders.base import Builder, BuildRequest, get_builder
 from imaged.config import Settings, load_settings
-from imaged.digest.hashing import DigestCache, ImageDigest, default_cache, hash_image
+from imaged.digest.cache import DigestCache, default_cache
+from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.errors import ContextChangedError, SpecError
 from imaged.pipeline.secrets import ca_bundle_secret, resolve_secrets
 from imaged.registry.client import Existence, RegistryClient

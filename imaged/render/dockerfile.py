@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imaged.digest.hashing import ImageDigest, LayerDigest, TreeIndex, hash_image
+from imaged.digest.image_digest import ImageDigest, LayerDigest, hash_image
+from imaged.digest.trees import TreeIndex
 from imaged.errors import SpecError
 from imaged.spec import layers as L
 from imaged.spec.checks import (

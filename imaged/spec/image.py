@@ -19,7 +19,7 @@ from imaged.spec import layers as L
 from imaged.spec.checks import check_dependencies, check_image
 
 if TYPE_CHECKING:
-    from imaged.digest.hashing import ImageDigest, LayerDigest
+    from imaged.digest.image_digest import ImageDigest, LayerDigest
 
 SPEC_VERSION = 1
 DEFAULT_PLATFORM: tuple[str, ...] = ("linux/amd64",)
@@ -701,7 +701,7 @@ class Image:
 
     def compute(self) -> ImageDigest:
         """Hash the image now (reads files; uses the process-wide per-file digest cache)."""
-        from imaged.digest.hashing import hash_image
+        from imaged.digest.image_digest import hash_image
 
         return hash_image(self)
 
