@@ -117,21 +117,12 @@ class _LayerDeps:
     files: tuple[str, ...] = ()
 
 
-def _tree_of_layer(layer: L.Layer, extras: tuple[Path, ...]) -> _TreeSpec | None:
-    if isinstance(layer, L.SourceFolder):
-        return _TreeSpec(layer.src, extras)
-    if isinstance(layer, L.CodeBundle):
-        return _TreeSpec(layer.root, extras, gitignore=True, modules_only=layer.copy_style != "all")
-    if isinstance(layer, L.UvProject | L.PoetryProject) and layer.mode == "install_project":
-        return _TreeSpec(layer.pyproject.parent, extras, gitignore=True)
-    return None
-
-
 def _layer_deps(image: Image, index: int, extras: tuple[Path, ...]) -> _LayerDeps:
-    layer = image.layers[index]
-    tree = _tree_of_layer(layer, extras)
-    files = tuple(str(p) for p in layer.input_paths() if tree is None or p != tree.root)
-    return _LayerDeps(index, image.layer_label(index), (tree,) if tree else (), files)
+    """What ``Layer.inputs`` declares, the folders with the image's extra ignore files."""
+    declared = image.layers[index].inputs()
+    trees = tuple(_TreeSpec.of(tree, extras) for tree in declared.trees)
+    files = tuple(str(file.path) for file in declared.files)
+    return _LayerDeps(index, image.layer_label(index), trees, files)
 
 
 def _base_deps(image: Image) -> _LayerDeps | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from imaged.errors import MissingPathError, SpecError
 from imaged.safe_read import kind_of, os_reason, read_regular, shown_path
 from imaged.spec import layers as L
 from imaged.spec.image import DebianBase, DockerfileBase, Image, ParentBase, RefBase
-from imaged.spec.pins import POETRY_VERSION, RENDER_VERSION, UV_VERSION
+from imaged.spec.pins import RENDER_VERSION
 
 TAG_HEX_CHARS = 32
 
@@ -71,14 +70,24 @@ class ImageDigest:
 
 @dataclass
 class _Inputs:
-    fields: list[object]
+    """What the hasher read for one layer: the digest's raw material and the records the
+    build stages from (trees, files with the digest they had, values such as script deps)."""
+
     trees: list[TreeIndex] = field(default_factory=list)
     files: list[tuple[str, str]] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
+    digests: dict[Path, str] = field(default_factory=dict)
+    tree_digests: dict[L.TreeInput, str] = field(default_factory=dict)
+    executable: dict[Path, bool] = field(default_factory=dict)
+    headers: dict[Path, str] = field(default_factory=dict)
+
+    def read(self) -> L.InputDigests:
+        return L.InputDigests(self.digests, self.tree_digests, self.executable, self.headers)
 
 
 class _Hasher:
-    """Computes the inputs of each layer kind. Extra ignore files come from the image."""
+    """Reads the inputs each layer declares (``Layer.inputs``); extra ignore files come from
+    the image."""
 
     def __init__(self, image: Image, cache: DigestCache, trees: TreeProvider) -> None:
         self.image = image
@@ -87,6 +96,48 @@ class _Hasher:
         self.extra_ignores = tuple(
             layer.path for layer in image.layers if isinstance(layer, L.Dockerignore)
         )
+
+    def inputs(self, layer: L.Layer, label: str) -> tuple[list[object], _Inputs]:
+        declared, got = layer.inputs(), _Inputs()
+        for file in declared.files:
+            self._read_file(file, label, got)
+        for tree_input in declared.trees:
+            tree = self.tree(tree_input, label=label)
+            got.tree_digests[tree_input] = tree.digest
+            got.trees.append(tree)
+        return layer.digest_fields(got.read()), got
+
+    def _read_file(self, file: L.FileInput, label: str, got: _Inputs) -> None:
+        path = file.path
+        if file.read == "script_header":
+            self._read_header(path, label, got)
+            return
+        if file.read == "mode" and not path.is_file():
+            raise MissingPathError(f"{path} is not a file", image=self.image.name, layer=label)
+        if _is_absent(file):
+            got.digests[path] = "absent"
+            if file.if_missing == "absent":
+                got.files.append((str(path), "absent"))
+            return
+        digest = got.digests[path] = self.file(path, label=label)
+        recorded = digest
+        if file.read == "requirements":
+            check_requirements(path, image=self.image.name, label=label)
+        elif file.read == "mode":
+            executable = got.executable[path] = bool(os.stat(path).st_mode & 0o111)
+            # The exec bit travels with the digest so staging copies the mode that was hashed.
+            recorded = digest + EXEC_SUFFIX if executable else digest
+        got.files.append((str(path), recorded))
+
+    def _read_header(self, script: Path, label: str, got: _Inputs) -> None:
+        from imaged.spec.pep723 import read_script_metadata
+
+        if not script.is_file():
+            raise MissingPathError(f"{script} does not exist", image=self.image.name, layer=label)
+        meta = read_script_metadata(script)
+        got.headers[script] = meta.header
+        got.files.append((str(script), sha256_hex(meta.header)))
+        got.values += meta.dependencies
 
     def file(self, path: Path, *, label: str, follow: bool = True) -> str:
         try:
@@ -109,35 +160,21 @@ class _Hasher:
                 layer=label,
             ) from exc
 
-    def tree(
-        self, root: Path, *, label: str, gitignore: bool = False, modules_only: bool = False
-    ) -> TreeIndex:
-        if not root.is_dir():
-            raise MissingPathError(f"{root} is not a folder", image=self.image.name, layer=label)
-        source = TreeSource(root, self.extra_ignores, gitignore, modules_only=modules_only)
+    def tree(self, tree: L.TreeInput, *, label: str) -> TreeIndex:
+        if not tree.root.is_dir():
+            raise MissingPathError(
+                f"{tree.root} is not a folder", image=self.image.name, layer=label
+            )
+        source = TreeSource.of(tree, self.extra_ignores)
         return provide_tree(self.trees, source, self.cache, image=self.image.name, layer=label)
 
-    def inputs(self, layer: L.Layer, label: str) -> _Inputs:
-        handler = _HANDLERS[type(layer)]
-        return handler(self, layer, label)
 
-
-def _pip_fields(opts: L.PipOptions) -> list[object]:
-    return [opts.index_url, opts.extra_index_urls, opts.pre, opts.extra_args]
-
-
-def _secret_fields(secrets: tuple[L.Secret, ...]) -> list[object]:
-    return [[s.key, s.group, s.mount, s.as_env_var] for s in secrets]
-
-
-def _apt(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    return _Inputs([layer.packages, _secret_fields(layer.secret_mounts)])
-
-
-def _pip(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    return _Inputs(
-        [UV_VERSION, layer.packages, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)]
-    )
+def _is_absent(file: L.FileInput) -> bool:
+    """A missing optional file: ``absent`` when it is not a file, ``floating`` when nothing
+    is at its path."""
+    if file.if_missing == "absent":
+        return not file.path.is_file()
+    return file.if_missing == "floating" and not os.path.lexists(file.path)
 
 
 _FILE_OPTIONS = ("-r", "--requirement", "-c", "--constraint", "-e", "--editable")
@@ -162,121 +199,6 @@ def check_requirements(path: Path, *, image: str | None, label: str) -> None:
                 image=image,
                 layer=label,
             )
-
-
-def _requirements(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    digest = h.file(layer.file, label=label)
-    check_requirements(layer.file, image=h.image.name, label=label)
-    return _Inputs(
-        [UV_VERSION, digest, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)],
-        files=[(str(layer.file), digest)],
-    )
-
-
-def _project(
-    h: _Hasher, layer: Any, label: str, lock: Path, tool: str, *, lock_optional: bool = False
-) -> _Inputs:
-    pyproject = h.file(layer.pyproject, label=label)
-    files = [(str(layer.pyproject), pyproject)]
-    if lock_optional and not os.path.lexists(lock):
-        lock_digest = "absent"  # floating: resolved at build time, as unpinned pip packages are
-    else:
-        lock_digest = h.file(lock, label=label)
-        files.append((str(lock), lock_digest))
-    fields: list[object] = [tool, layer.mode, pyproject, lock_digest]
-    inputs = _Inputs(fields, files=files)
-    if layer.mode == "install_project":
-        tree = h.tree(layer.pyproject.parent, label=label, gitignore=True)
-        fields.append(tree.digest)
-        inputs.trees.append(tree)
-    return inputs
-
-
-def _uv_project(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    inputs = _project(
-        h, layer, label, layer.uvlock, f"uv=={UV_VERSION}", lock_optional=not layer.lock_required
-    )
-    inputs.fields += [_pip_fields(layer.pip), _secret_fields(layer.secret_mounts)]
-    return inputs
-
-
-def _poetry_project(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    inputs = _project(h, layer, label, layer.poetry_lock, f"poetry=={POETRY_VERSION}")
-    inputs.fields += [layer.extra_args, _secret_fields(layer.secret_mounts)]
-    return inputs
-
-
-def _uv_script(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    from imaged.spec.pep723 import read_script_metadata
-
-    if not layer.script.is_file():
-        raise MissingPathError(f"{layer.script} does not exist", image=h.image.name, layer=label)
-    meta = read_script_metadata(layer.script)
-    return _Inputs(
-        [UV_VERSION, meta.header, _pip_fields(layer.pip), _secret_fields(layer.secret_mounts)],
-        files=[(str(layer.script), sha256_hex(meta.header))],
-        values=list(meta.dependencies),
-    )
-
-
-def _commands(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    return _Inputs([layer.commands, _secret_fields(layer.secret_mounts)])
-
-
-def _env(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    return _Inputs([list(layer.env)])
-
-
-def _workdir(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    return _Inputs([layer.path])
-
-
-def _source_folder(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    tree = h.tree(layer.src, label=label)
-    return _Inputs([layer.target, tree.digest], trees=[tree])
-
-
-def _source_files(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    rows: list[object] = []
-    files: list[tuple[str, str]] = []
-    for path in layer.files:
-        if not path.is_file():
-            raise MissingPathError(f"{path} is not a file", image=h.image.name, layer=label)
-        digest = h.file(path, label=label)
-        executable = bool(os.stat(path).st_mode & 0o111)
-        rows.append([path.name, executable, digest])
-        # The exec bit travels with the digest so staging copies the mode that was hashed.
-        files.append((str(path), digest + EXEC_SUFFIX if executable else digest))
-    return _Inputs([layer.dst, rows], files=files)
-
-
-def _code_bundle(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    tree = h.tree(layer.root, label=label, gitignore=True, modules_only=layer.copy_style != "all")
-    return _Inputs([layer.dst, layer.copy_style, tree.digest], trees=[tree])
-
-
-def _dockerignore(h: _Hasher, layer: Any, label: str) -> _Inputs:
-    # The rules act through the file lists of the folder layers; on their own they change
-    # nothing in the image, so this layer stays out of the image digest.
-    digest = h.file(layer.path, label=label) if layer.path.is_file() else "absent"
-    return _Inputs([digest], files=[(str(layer.path), digest)])
-
-
-_HANDLERS: dict[type[L.Layer], Callable[[_Hasher, Any, str], _Inputs]] = {
-    L.AptPackages: _apt,
-    L.PipPackages: _pip,
-    L.Requirements: _requirements,
-    L.UvProject: _uv_project,
-    L.PoetryProject: _poetry_project,
-    L.UvScript: _uv_script,
-    L.Commands: _commands,
-    L.EnvVars: _env,
-    L.Workdir: _workdir,
-    L.SourceFolder: _source_folder,
-    L.SourceFiles: _source_files,
-    L.CodeBundle: _code_bundle,
-    L.Dockerignore: _dockerignore,
-}
 
 
 @dataclass
@@ -343,8 +265,8 @@ def hash_image(
     layer_digests: list[LayerDigest] = []
     for index, layer in enumerate(image.layers):
         label = image.layer_label(index)
-        inputs = hasher.inputs(layer, label)
-        digest = "sha256:" + sha256_hex([layer.kind, inputs.fields])
+        fields, inputs = hasher.inputs(layer, label)
+        digest = "sha256:" + sha256_hex([layer.kind, fields])
         layer_digests.append(
             LayerDigest(
                 index=index,
@@ -354,7 +276,7 @@ def hash_image(
                 digest=digest,
                 trees=tuple(inputs.trees),
                 files=tuple(inputs.files),
-                in_image_digest=not isinstance(layer, L.Dockerignore),
+                in_image_digest=layer.in_image_digest,
                 values=tuple(inputs.values),
             )
         )

@@ -23,6 +23,7 @@ from imaged.digest.files import DIR, FILE, SYMLINK, FileEntry, folder_rules, sta
 from imaged.digest.ignore import IgnoreRules
 from imaged.errors import SpecError
 from imaged.safe_read import os_reason, shown_path
+from imaged.spec.layers import TreeInput
 
 
 def _parent(relpath: str) -> str:
@@ -440,6 +441,11 @@ class TreeSource:
     gitignore: bool = False
     dockerfile_context: bool = False
     modules_only: bool = False  # a code bundle's "loaded_modules": Python files only
+
+    @classmethod
+    def of(cls, tree: TreeInput, extras: tuple[Path, ...]) -> TreeSource:
+        """The source of a folder a layer declares, with the image's extra ignore files."""
+        return cls(tree.root, extras, tree.gitignore, modules_only=tree.modules_only)
 
     def read_rules(self) -> IgnoreRules:
         if self.dockerfile_context:

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from imaged.digest.image_digest import ImageDigest, LayerDigest, hash_image
 from imaged.digest.trees import TreeIndex
@@ -193,7 +193,7 @@ def _file_digest(layer_digest: LayerDigest, path: Path) -> str | None:
     return dict(layer_digest.files).get(str(path))
 
 
-def _apt(r: _Renderer, index: int, layer: Any) -> None:
+def _apt(r: _Renderer, index: int, layer: L.AptPackages) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     pkgs = " ".join(shlex.quote(p) for p in layer.packages)
@@ -215,13 +215,13 @@ def _install_args(opts: L.PipOptions, packages: tuple[str, ...]) -> str:
     return " ".join(shlex.quote(a) for a in [*_pip_args(opts), "--", *packages])
 
 
-def _pip(r: _Renderer, index: int, layer: Any) -> None:
+def _pip(r: _Renderer, index: int, layer: L.PipPackages) -> None:
     r.python_run(
         layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, layer.packages)}"]
     )
 
 
-def _requirements(r: _Renderer, index: int, layer: Any) -> None:
+def _requirements(r: _Renderer, index: int, layer: L.Requirements) -> None:
     d = r.layer_digest(index)
     mount = r.bind(index, layer.file, "requirements.txt", _file_digest(d, layer.file))
     args = " ".join(shlex.quote(a) for a in _pip_args(layer.pip))
@@ -232,7 +232,7 @@ def _requirements(r: _Renderer, index: int, layer: Any) -> None:
 
 
 def _project_mounts(
-    r: _Renderer, index: int, layer: Any, lock: Path, lock_name: str
+    r: _Renderer, index: int, layer: L.UvProject | L.PoetryProject, lock: Path, lock_name: str
 ) -> tuple[list[str], str]:
     d = r.layer_digest(index)
     if layer.mode == "install_project":
@@ -253,7 +253,7 @@ def _project_mounts(
     return mounts, f"{MOUNT_ROOT}/{index}"
 
 
-def _uv_project(r: _Renderer, index: int, layer: Any) -> None:
+def _uv_project(r: _Renderer, index: int, layer: L.UvProject) -> None:
     mounts, workdir = _project_mounts(r, index, layer, layer.uvlock, "uv.lock")
     args = " ".join(shlex.quote(a) for a in _pip_args(layer.pip))
     locked = _file_digest(r.layer_digest(index), layer.uvlock) is not None
@@ -267,7 +267,7 @@ def _uv_project(r: _Renderer, index: int, layer: Any) -> None:
     r.python_run(layer.secret_mounts, steps, tuple(mounts))
 
 
-def _poetry_project(r: _Renderer, index: int, layer: Any) -> None:
+def _poetry_project(r: _Renderer, index: int, layer: L.PoetryProject) -> None:
     r.ensure_poetry()
     mounts, workdir = _project_mounts(r, index, layer, layer.poetry_lock, "poetry.lock")
     extra = " ".join(shlex.quote(a) for a in layer.extra_args)
@@ -282,7 +282,7 @@ def _poetry_project(r: _Renderer, index: int, layer: Any) -> None:
     r.python_run(layer.secret_mounts, steps, tuple(mounts))
 
 
-def _uv_script(r: _Renderer, index: int, layer: Any) -> None:
+def _uv_script(r: _Renderer, index: int, layer: L.UvScript) -> None:
     deps = r.layer_digest(index).values  # as read when the digest was computed
     if not deps:
         r.lines.append(f"# {layer.script.name} declares no dependencies")
@@ -292,7 +292,7 @@ def _uv_script(r: _Renderer, index: int, layer: Any) -> None:
     r.python_run(layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, deps)}"])
 
 
-def _commands(r: _Renderer, index: int, layer: Any) -> None:
+def _commands(r: _Renderer, index: int, layer: L.Commands) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     for command in layer.commands:
@@ -304,20 +304,20 @@ def _commands(r: _Renderer, index: int, layer: Any) -> None:
             r.lines.append(f"RUN {command}")
 
 
-def _env(r: _Renderer, index: int, layer: Any) -> None:
+def _env(r: _Renderer, index: int, layer: L.EnvVars) -> None:
     pairs = " ".join(f"{k}={quote_env(v)}" for k, v in layer.env)
     r.lines.append(f"ENV {pairs}")
 
 
-def _workdir(r: _Renderer, index: int, layer: Any) -> None:
+def _workdir(r: _Renderer, index: int, layer: L.Workdir) -> None:
     r.lines.append(f"WORKDIR {layer.path}")
 
 
-def _source_folder(r: _Renderer, index: int, layer: Any) -> None:
+def _source_folder(r: _Renderer, index: int, layer: L.SourceFolder) -> None:
     r.copy_tree(index, layer.target, r.layer_digest(index).trees[0])
 
 
-def _source_files(r: _Renderer, index: int, layer: Any) -> None:
+def _source_files(r: _Renderer, index: int, layer: L.SourceFiles) -> None:
     d = r.layer_digest(index)
     dest = f"layers/{index}"
     for path in layer.files:
@@ -327,29 +327,43 @@ def _source_files(r: _Renderer, index: int, layer: Any) -> None:
     r.lines.append(_copy_line(f"{dest}/", layer.dst.rstrip("/") + "/"))
 
 
-def _code_bundle(r: _Renderer, index: int, layer: Any) -> None:
+def _code_bundle(r: _Renderer, index: int, layer: L.CodeBundle) -> None:
     r.copy_tree(index, layer.dst, r.layer_digest(index).trees[0])
 
 
-def _dockerignore(r: _Renderer, index: int, layer: Any) -> None:
+def _dockerignore(r: _Renderer, index: int, layer: L.Dockerignore) -> None:
     """Its rules already shaped the file lists of the folder layers."""
 
 
-_RENDERERS: dict[type[L.Layer], Callable[[_Renderer, int, Any], None]] = {
-    L.AptPackages: _apt,
-    L.PipPackages: _pip,
-    L.Requirements: _requirements,
-    L.UvProject: _uv_project,
-    L.PoetryProject: _poetry_project,
-    L.UvScript: _uv_script,
-    L.Commands: _commands,
-    L.EnvVars: _env,
-    L.Workdir: _workdir,
-    L.SourceFolder: _source_folder,
-    L.SourceFiles: _source_files,
-    L.CodeBundle: _code_bundle,
-    L.Dockerignore: _dockerignore,
-}
+_LayerT = TypeVar("_LayerT", bound=L.Layer)
+_Render = Callable[[_Renderer, int, Any], None]
+
+
+def _kind(
+    cls: type[_LayerT], render: Callable[[_Renderer, int, _LayerT], None]
+) -> tuple[type[L.Layer], _Render]:
+    """One row of the table, its function typed for its kind (mypy checks the pair)."""
+    return cls, render
+
+
+# One renderer per kind of ``L.LAYER_KINDS``; tests/test_layers.py checks none is missing.
+RENDERERS: dict[type[L.Layer], _Render] = dict(
+    [
+        _kind(L.AptPackages, _apt),
+        _kind(L.PipPackages, _pip),
+        _kind(L.Requirements, _requirements),
+        _kind(L.UvProject, _uv_project),
+        _kind(L.PoetryProject, _poetry_project),
+        _kind(L.UvScript, _uv_script),
+        _kind(L.Commands, _commands),
+        _kind(L.EnvVars, _env),
+        _kind(L.Workdir, _workdir),
+        _kind(L.SourceFolder, _source_folder),
+        _kind(L.SourceFiles, _source_files),
+        _kind(L.CodeBundle, _code_bundle),
+        _kind(L.Dockerignore, _dockerignore),
+    ]
+)
 
 
 def base_reference(image: Image, digest: ImageDigest | None = None) -> str:
@@ -386,7 +400,7 @@ def render_dockerfile(image: Image, digest: ImageDigest | None = None) -> Render
     check_reference(ref, what="base reference", image=image.name, layer="base")
     r.lines.append(f"FROM {ref}")
     for index, layer in enumerate(image.layers):
-        _RENDERERS[type(layer)](r, index, layer)
+        RENDERERS[type(layer)](r, index, layer)
     r.lines.append(f"LABEL dev.imaged.digest={digest.digest}")
     r.out.dockerfile = "\n".join(r.lines) + "\n"
     return r.out
