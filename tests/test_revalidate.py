@@ -17,7 +17,7 @@ from imaged import Image
 from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import folder_rules
 from imaged.digest.image_digest import hash_image
-from imaged.digest.trees import TreeIndex, TreeRegistry, shared_trees
+from imaged.digest.trees import TreeIndex, TreeStore, shared_trees
 
 Edit = Callable[[Path], object]
 
@@ -303,7 +303,7 @@ def test_concurrent_hashing_during_edits_sees_only_whole_states(tree_root: Path)
 
 
 def test_registry_reuses_by_root_and_rules_and_is_bounded(tmp_path: Path) -> None:
-    registry = TreeRegistry(size=2)
+    registry = TreeStore(size=2)
     roots = []
     for name in ("a", "b", "c"):
         write(tmp_path / name / "f.txt", name)

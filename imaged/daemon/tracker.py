@@ -12,21 +12,25 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import (
-    DIR,
-    FileEntry,
     ignore_files_of,
     is_rules_input,
-    stat_entry,
     stat_key,
-    walk_files,
 )
 from imaged.digest.ignore import IgnoreRules
 from imaged.digest.image_digest import ImageDigest, hash_image
-from imaged.digest.trees import TreeIndex, TreeSource
+from imaged.digest.trees import (
+    TreeIndex,
+    TreeKey,
+    TreeSource,
+    TreeStore,
+    ancestors,
+    excluded,
+)
 from imaged.errors import ImagedError
 from imaged.spec import layers as L
 from imaged.spec.image import DockerfileBase, Image, ParentBase
@@ -38,7 +42,6 @@ log = logging.getLogger(__name__)
 MAX_REASON_FILES = 20
 DEFINITION = "definition"
 
-_TreeKey = tuple[Path, IgnoreRules]
 # What an unreadable input raises: a bad spec or header (ImagedError), or the OS refusing a
 # read (a permission, a file turned into a folder, a file gone between stat and read).
 _INPUT_ERRORS = (ImagedError, OSError)
@@ -145,93 +148,6 @@ def image_deps(image: Image) -> tuple[_LayerDeps, ...]:
     return (base, *layers) if base else layers
 
 
-# -- shared trees -----------------------------------------------------------------------
-
-
-class _TrackedTree(TreeIndex):
-    """A TreeIndex that rescans a known folder named by an event (it may have been replaced,
-    ``rm -r pkg; mkdir pkg``, with events for its old contents lost), and keeps what a ``!``
-    exception re-includes inside an ignored folder. A new folder is walked as before."""
-
-    def _update_one(self, rel: str) -> set[str]:
-        entry = stat_entry(self.root, rel)
-        if entry is None or entry.type != DIR:
-            return super()._update_one(rel)
-        if self._open_ignored(rel):
-            return self._rescan(rel, None)
-        old = self.entries.get(rel)
-        if old is not None and old.type == DIR:
-            return self._rescan(rel, entry)
-        return super()._update_one(rel)
-
-    def _open_ignored(self, rel: str) -> bool:
-        """Ignored, yet walked into: a ``!`` pattern may re-include something below."""
-        rules = self.rules
-        parts = rel.split("/")
-        folders = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if not rules.is_ignored(rel, is_dir=True):
-            return False
-        return not any(rules.is_ignored(f, is_dir=True) and rules.can_prune(f) for f in folders)
-
-    def _rescan(self, rel: str, entry: FileEntry | None) -> set[str]:
-        before = self._rows_under(rel)
-        self._remove(rel)
-        found = list(walk_files(self.root, self.rules, start=rel))
-        self._add_all([entry, *found] if entry is not None else found)
-        return _diff(before, self._rows_under(rel))
-
-    def _rows_under(self, rel: str) -> dict[str, str]:
-        prefix = rel + "/"
-        return {
-            p: f"{e.type}:{e.executable}:{e.target}:{self.contents.get(p)}"
-            for p, e in self.entries.items()
-            if p == rel or p.startswith(prefix)
-        }
-
-
-class _TreeStore:
-    """TreeIndex objects shared by every layer that copies the same root with the same rules."""
-
-    def __init__(self, cache: DigestCache) -> None:
-        self.cache = cache
-        self.rules: dict[_TreeSpec, IgnoreRules] = {}
-        self.trees: dict[_TreeKey, TreeIndex] = {}
-
-    def rules_of(self, spec: _TreeSpec) -> IgnoreRules:
-        if spec not in self.rules:
-            self.rules[spec] = spec.read_rules()
-        return self.rules[spec]
-
-    def tree_of(self, spec: _TreeSpec) -> TreeIndex:
-        key = (spec.root, self.rules_of(spec))
-        tree = self.trees.get(key)
-        if tree is None:
-            tree = self.trees[key] = _TrackedTree.build(spec.root, key[1], self.cache)
-        return tree
-
-    def provide(self, spec: _TreeSpec, cache: DigestCache) -> TreeIndex:
-        """hash_image's TreeProvider: this store's tree (built with this store's cache)."""
-        return self.tree_of(spec)
-
-    def peek(self, spec: _TreeSpec) -> TreeIndex | None:
-        rules = self.rules.get(spec)
-        return None if rules is None else self.trees.get((spec.root, rules))
-
-    def key_of(self, spec: _TreeSpec) -> _TreeKey | None:
-        rules = self.rules.get(spec)
-        return None if rules is None else (spec.root, rules)
-
-    def drop(self, key: _TreeKey) -> None:
-        self.trees.pop(key, None)
-
-    def keep_only(self, specs: Iterable[_TreeSpec]) -> None:
-        wanted = set(specs)
-        self.rules = {s: r for s, r in self.rules.items() if s in wanted}
-        used = {(s.root, r) for s, r in self.rules.items()}
-        for key in [k for k in self.trees if k not in used]:
-            self.drop(key)
-
-
 # -- one batch of changes ---------------------------------------------------------------
 
 
@@ -239,8 +155,8 @@ class _TreeStore:
 class _Batch:
     """What one apply_changes call touched, before the trees are refreshed."""
 
-    rels: dict[_TreeKey, set[str]] = field(default_factory=dict)
-    roots: set[_TreeKey] = field(default_factory=set)
+    rels: dict[TreeKey, set[str]] = field(default_factory=dict)
+    roots: set[TreeKey] = field(default_factory=set)
     files: set[str] = field(default_factory=set)
     ignores: set[str] = field(default_factory=set)
     hit: set[str] = field(default_factory=set)
@@ -260,18 +176,8 @@ def _inside(path: str, root: str) -> str | None:
     return path[len(root) + 1 :] if path.startswith(root + "/") else None
 
 
-def _excluded(rules: IgnoreRules, rel: str, *, is_dir: bool) -> bool:
-    """TreeIndex's own test: a pruned ignored ancestor, or the path itself ignored."""
-    for ancestor in _folders_above(rel):
-        if rules.is_ignored(ancestor, is_dir=True) and rules.can_prune(ancestor):
-            return True
-    return rules.is_ignored(rel, is_dir=is_dir)
-
-
-def _folders_above(rel: str) -> list[str]:
-    """``a/b/c`` -> ``["a", "a/b"]``."""
-    parts = rel.split("/")[:-1]
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+def _update_named(tree: TreeIndex, rels: set[str]) -> set[str]:
+    return tree.update(_with_new_folders(tree, rels))
 
 
 def _with_new_folders(tree: TreeIndex, rels: Iterable[str]) -> list[str]:
@@ -316,7 +222,7 @@ class ImageTracker:
 
     def __init__(self, cache: DigestCache | None = None) -> None:
         self._cache = default_cache() if cache is None else cache
-        self._store = _TreeStore(self._cache)
+        self._store = TreeStore(revalidate=False, size=None)
         self._images: dict[str, Image] = {}
         self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
         self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
@@ -431,11 +337,11 @@ class ImageTracker:
             return False  # neither tracked nor present: applying it would change nothing
         try:
             # Read-only: this runs in the watcher's filter, maybe beside a tracker call.
-            rules = self._store.rules.get(spec)
+            rules = self._store.known_rules(spec)
             rules = spec.read_rules() if rules is None else rules
         except _INPUT_ERRORS:
             return True
-        return not _excluded(rules, rel, is_dir=os.path.isdir(path))
+        return not excluded(rules, rel, is_dir=os.path.isdir(path))
 
     # -- changes
 
@@ -501,7 +407,7 @@ class ImageTracker:
             if spec.gitignore and path not in self._ignores and self._may_add_rules(spec, path):
                 batch.ignores.add(path)
                 batch.suspects.add(spec)
-        for key in self._store.trees:
+        for key in self._store.held():
             root = str(key[0])
             if _covers(path, root):
                 batch.roots.add(key)
@@ -514,16 +420,16 @@ class ImageTracker:
         rel = _inside(path, str(spec.root))
         if _is_rules_input(spec, path):
             return rel is None or self._read_by_git(spec, rel)
-        tree, rules = self._store.peek(spec), self._store.rules.get(spec)
+        tree, rules = self._store.peek(spec), self._store.known_rules(spec)
         if rel is None or tree is None or rules is None or rel in tree.entries:
             return False
-        return os.path.isdir(path) and not _excluded(rules, rel, is_dir=True)
+        return os.path.isdir(path) and not excluded(rules, rel, is_dir=True)
 
     def _read_by_git(self, spec: _TreeSpec, rel: str) -> bool:
         """Git reads a nested ``.gitignore`` unless a folder above it is ignored."""
-        rules = self._store.rules.get(spec)
+        rules = self._store.known_rules(spec)
         return rules is None or not any(
-            rules.is_ignored(folder, is_dir=True) for folder in _folders_above(rel)
+            rules.is_ignored(folder, is_dir=True) for folder in ancestors(rel)
         )
 
     def _refresh_trees(
@@ -535,10 +441,11 @@ class ImageTracker:
         old_keys = {spec: store.key_of(spec) for spec in self._spec_images}
         snapshots = self._new_rules_snapshots(batch)
         for key in batch.roots:
-            if key in store.trees:
+            tree = store.get(key)
+            if tree is not None:
                 for spec in self._spec_images:
                     if old_keys[spec] == key:
-                        snapshots.setdefault(spec, store.trees[key].file_digests())
+                        snapshots.setdefault(spec, tree.file_digests())
                 store.drop(key)
         updated = self._update_trees(batch, everything=everything)
         out = {spec: self._rebuilt(spec, old) for spec, old in snapshots.items()}
@@ -550,19 +457,20 @@ class ImageTracker:
                 out[spec] = changed or set()  # an empty set still rehashes its images
         return out
 
-    def _update_trees(self, batch: _Batch, *, everything: bool) -> dict[_TreeKey, set[str] | None]:
+    def _update_trees(self, batch: _Batch, *, everything: bool) -> dict[TreeKey, set[str] | None]:
         """The changed relpaths per tree; None for a tree that could not be read (dropped,
         so the next hash walks it again or records the image's error)."""
         store = self._store
-        keys = list(store.trees) if everything else [k for k in batch.rels if k in store.trees]
-        out: dict[_TreeKey, set[str] | None] = {}
+        held = store.held()
+        keys = held if everything else [k for k in batch.rels if k in held]
+        out: dict[TreeKey, set[str] | None] = {}
         for key in keys:
-            tree = store.trees[key]
+            rels = batch.rels.get(key, set())
             try:
                 if everything:
-                    out[key] = tree.refresh()
+                    out[key] = store.change(key, TreeIndex.refresh)
                 else:
-                    out[key] = tree.update(_with_new_folders(tree, batch.rels[key]))
+                    out[key] = store.change(key, partial(_update_named, rels=rels))
             except _INPUT_ERRORS:
                 store.drop(key)
                 out[key] = None
@@ -574,7 +482,7 @@ class ImageTracker:
         snapshots: dict[_TreeSpec, dict[str, str]] = {}
         touched = {s for f in batch.ignores for s in self._ignores.get(f, ())}
         for spec in touched | batch.suspects:
-            old = self._store.rules.get(spec)
+            old = self._store.known_rules(spec)
             try:
                 new: IgnoreRules | None = spec.read_rules()
             except _INPUT_ERRORS:
@@ -582,7 +490,7 @@ class ImageTracker:
             if new is None or new != old:
                 tree = self._store.peek(spec)
                 snapshots[spec] = tree.file_digests() if tree is not None else {}
-                self._store.rules.pop(spec, None)
+                self._store.forget_rules(spec)
                 batch.new_rules.add(spec)
         return snapshots
 
@@ -590,7 +498,7 @@ class ImageTracker:
         if not spec.root.is_dir():
             return set(old)
         try:
-            tree = self._store.tree_of(spec)
+            tree = self._store.provide(spec, self._cache)
         except _INPUT_ERRORS:
             return set(old)
         return _diff(old, tree.file_digests())

@@ -36,9 +36,27 @@ def _escapes(relpath: str) -> bool:
     return relpath == ".." or relpath.startswith("../")
 
 
-def _ancestors(relpath: str) -> list[str]:
+def ancestors(relpath: str) -> list[str]:
+    """The folders above a relative path: ``a/b/c`` -> ``["a", "a/b"]``."""
     parts = relpath.split("/")[:-1]
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def excluded(rules: IgnoreRules, rel: str, *, is_dir: bool) -> bool:
+    """Whether a filtered walk leaves ``rel`` out: an ignored folder above it that the walk
+    prunes, or ``rel`` itself ignored."""
+    for folder in ancestors(rel):
+        if rules.is_ignored(folder, is_dir=True) and rules.can_prune(folder):
+            return True
+    return rules.is_ignored(rel, is_dir=is_dir)
+
+
+def reincludes_below(rules: IgnoreRules, rel: str) -> bool:
+    """An ignored folder that a walk still enters: a ``!`` pattern may re-include something
+    below it (and no pruned folder above it hides it)."""
+    if not rules.is_ignored(rel, is_dir=True) or rules.can_prune(rel):
+        return False
+    return not any(rules.is_ignored(a, is_dir=True) and rules.can_prune(a) for a in ancestors(rel))
 
 
 class TreeIndex:
@@ -218,34 +236,21 @@ class TreeIndex:
                 changed |= self._update_one(rel)
         return changed
 
-    def _reincludes_below(self, rel: str) -> bool:
-        if not self.rules.is_ignored(rel, is_dir=True) or self.rules.can_prune(rel):
-            return False
-        return not any(
-            self.rules.is_ignored(a, is_dir=True) and self.rules.can_prune(a)
-            for a in _ancestors(rel)
-        )
-
-    def _excluded(self, rel: str, *, is_dir: bool) -> bool:
-        for ancestor in _ancestors(rel):
-            if self.rules.is_ignored(ancestor, is_dir=True) and self.rules.can_prune(ancestor):
-                return True
-        return self.rules.is_ignored(rel, is_dir=is_dir)
-
     def _update_one(self, rel: str) -> set[str]:
         entry = stat_entry(self.root, rel)
-        if entry is not None and entry.type == DIR and self._reincludes_below(rel):
-            # An ignored folder that an exception pattern reaches into: list it as a walk would.
-            removed = self._remove(rel)
-            new = list(walk_files(self.root, self.rules, start=rel))
-            self._add_all(new)
-            return removed | {e.relpath for e in new}
-        if entry is None or self._excluded(rel, is_dir=entry.type == DIR):
+        if entry is not None and entry.type == DIR:
+            if reincludes_below(self.rules, rel):
+                # An ignored folder that an exception pattern reaches into: list it as a walk would.
+                return self._rescan(rel, None)
+            old = self.entries.get(rel)
+            if old is not None and old.type == DIR:
+                # A known folder named by a change may have been replaced (``rm -r pkg;
+                # mkdir pkg``) with the events for its old contents lost: list it again.
+                return self._rescan(rel, entry)
+        if entry is None or excluded(self.rules, rel, is_dir=entry.type == DIR):
             return self._remove(rel)
         old = self.entries.get(rel)
         if entry.type == DIR:
-            if old is not None and old.type == DIR:
-                return set()
             removed = self._remove(rel)
             new = [entry, *walk_files(self.root, self.rules, start=rel)]
             self._add_all(new)
@@ -257,6 +262,24 @@ class TreeIndex:
         removed = self._remove(rel) if old is not None and old.type == DIR else set()
         self._put(entry, digest)
         return {rel} | removed
+
+    def _rescan(self, rel: str, entry: FileEntry | None) -> set[str]:
+        """Walk ``rel`` again (with its own entry, unless it is an ignored folder) and return
+        what differs from before."""
+        before = self._rows_under(rel)
+        self._remove(rel)
+        found = list(walk_files(self.root, self.rules, start=rel))
+        self._add_all([entry, *found] if entry is not None else found)
+        after = self._rows_under(rel)
+        return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+
+    def _rows_under(self, rel: str) -> dict[str, str]:
+        prefix = rel + "/"
+        return {
+            p: f"{e.type}:{e.executable}:{e.target}:{self.contents.get(p)}"
+            for p, e in self.entries.items()
+            if p == rel or p.startswith(prefix)
+        }
 
     def _same(self, old: FileEntry, new: FileEntry, digest: str | None) -> bool:
         return (
@@ -305,7 +328,7 @@ class TreeIndex:
     def _put(self, entry: FileEntry, digest: str | None) -> None:
         rel = entry.relpath
         if _parent(rel) not in self.children:
-            for ancestor in _ancestors(rel):
+            for ancestor in ancestors(rel):
                 if ancestor not in self.children:
                     self.children[ancestor] = {}
                     self.children[_parent(ancestor)][ancestor] = None
@@ -336,7 +359,7 @@ class TreeIndex:
     def _rehash_dirty(self) -> None:
         todo = set(self._dirty)
         for rel in self._dirty:
-            todo.update(_ancestors(rel) if rel else ())
+            todo.update(ancestors(rel) if rel else ())
             if rel:
                 todo.add("")
         for rel in sorted(todo, key=lambda p: (-p.count("/") if p else 1, p)):
@@ -367,67 +390,168 @@ def _scan(path: str) -> list[os.DirEntry[str]]:
         return []
 
 
-# -- process-wide reuse of trees --------------------------------------------------------
+# -- the one tree store -----------------------------------------------------------------
 
 MAX_SHARED_TREES = 64
+TreeKey = tuple[Path, IgnoreRules]
 
 
 @dataclass
 class _Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
     tree: TreeIndex | None = None
+    lent: bool = False  # handed to another thread: copy before the owner changes it
 
 
-class TreeRegistry:
-    """The last TreeIndex of each (root, rules), revalidated on every use: the first use
-    walks and reads, later ones only stat (and read what changed). An index once returned
-    is never mutated: a change yields a refreshed copy (see ``TreeIndex.revalidated``).
+class TreeStore:
+    """The TreeIndex of each (root, rules), shared by every layer and image that copies
+    that folder with those rules: the one store behind the CLI, the build and the daemon.
 
-    >>> # tree = shared_trees().tree(Path("src"), rules, default_cache()); tree.digest
+    How a tree is kept current depends on who owns the store:
+
+    * ``revalidate=True`` (the process-wide :func:`shared_trees`: the CLI, ``Image.digest``,
+      a build on its own): each use re-reads the rules and re-stats the tree (reading only
+      what changed). An index once returned is never mutated: a change yields a refreshed
+      copy (see ``TreeIndex.revalidated``).
+    * ``revalidate=False`` (the daemon's tracker, which sees every change as an event): each
+      source keeps its rules until :meth:`forget_rules`, the owner folds changes in with
+      :meth:`change`, and a use neither walks nor stats. A tree :meth:`lend` gave to another
+      thread (the build) is copied before the next change, so the borrower keeps a whole state.
+
+    >>> # tree = shared_trees().provide(TreeSource(Path("src")), default_cache()); tree.digest
     """
 
-    def __init__(self, *, size: int = MAX_SHARED_TREES) -> None:
+    def __init__(self, *, revalidate: bool = True, size: int | None = MAX_SHARED_TREES) -> None:
+        self.revalidate = revalidate
         self.size = size
         self._lock = threading.Lock()
-        self._slots: OrderedDict[tuple[Path, IgnoreRules], _Slot] = OrderedDict()
+        self._slots: OrderedDict[TreeKey, _Slot] = OrderedDict()
+        self._rules: dict[TreeSource, IgnoreRules] = {}
+
+    # -- serving trees
+
+    def provide(self, source: TreeSource, cache: DigestCache) -> TreeIndex:
+        """A :data:`TreeProvider`: the index of ``source`` with its digest computed."""
+        return self.tree(source.root, self.rules_of(source), cache)
+
+    def lend(self, source: TreeSource, cache: DigestCache) -> TreeIndex:
+        """:meth:`provide` for another thread: the owner's next change copies it first."""
+        return self._serve((source.root, self.rules_of(source)), cache, lend=True)
 
     def tree(self, root: Path, rules: IgnoreRules, cache: DigestCache) -> TreeIndex:
-        """The index of ``root`` as it is now, with its digest computed."""
-        slot = self._slot((root, rules))
+        """The index of ``root`` filtered by ``rules``, walked on first use."""
+        return self._serve((root, rules), cache, lend=False)
+
+    def _serve(self, key: TreeKey, cache: DigestCache, *, lend: bool) -> TreeIndex:
+        slot = self._slot(key)
         with slot.lock:
             old = slot.tree
             if old is None or old.cache is not cache:
-                fresh = TreeIndex.build(root, rules, cache)
+                fresh = TreeIndex.build(key[0], key[1], cache)
                 _ = fresh.digest
-            else:
+                slot.lent = False
+            elif self.revalidate:
                 fresh = old.revalidated()
+            else:
+                fresh = old
             slot.tree = fresh
+            slot.lent = slot.lent or lend
             return fresh
+
+    # -- rules
+
+    def rules_of(self, source: TreeSource) -> IgnoreRules:
+        """The rules of ``source``: read now, or (``revalidate=False``) as last read."""
+        if self.revalidate:
+            return source.read_rules()
+        rules = self._rules.get(source)
+        if rules is None:
+            rules = source.read_rules()
+            with self._lock:
+                self._rules[source] = rules
+        return rules
+
+    def known_rules(self, source: TreeSource) -> IgnoreRules | None:
+        return self._rules.get(source)
+
+    def forget_rules(self, source: TreeSource) -> None:
+        """An ignore file of ``source`` changed: the next use reads its rules again."""
+        with self._lock:
+            self._rules.pop(source, None)
+
+    # -- the owner's changes
+
+    def held(self) -> list[TreeKey]:
+        """The keys of the trees the store holds now."""
+        with self._lock:
+            return [key for key, slot in self._slots.items() if slot.tree is not None]
+
+    def get(self, key: TreeKey) -> TreeIndex | None:
+        slot = self._slots.get(key)
+        return None if slot is None else slot.tree
+
+    def peek(self, source: TreeSource) -> TreeIndex | None:
+        """The index of ``source`` if the store holds one (never walks)."""
+        key = self.key_of(source)
+        return None if key is None else self.get(key)
+
+    def key_of(self, source: TreeSource) -> TreeKey | None:
+        rules = self._rules.get(source)
+        return None if rules is None else (source.root, rules)
+
+    def change(self, key: TreeKey, edit: Callable[[TreeIndex], set[str]]) -> set[str]:
+        """Apply ``edit`` (``update`` or ``refresh``) to the held index, copying a lent one
+        first; returns what ``edit`` returns (nothing when the store holds no such tree)."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return set()
+        with slot.lock:
+            tree = slot.tree
+            if tree is None:
+                return set()
+            if slot.lent:
+                tree, slot.lent = tree._clone(), False
+                slot.tree = tree
+            return edit(tree)
+
+    def drop(self, key: TreeKey) -> None:
+        with self._lock:
+            self._slots.pop(key, None)
+
+    def keep_only(self, sources: Iterable[TreeSource]) -> None:
+        """Forget the rules and trees of every source not in ``sources``."""
+        wanted = set(sources)
+        with self._lock:
+            self._rules = {s: r for s, r in self._rules.items() if s in wanted}
+            used = {(s.root, r) for s, r in self._rules.items()}
+            for key in [k for k in self._slots if k not in used]:
+                self._slots.pop(key)
 
     def clear(self) -> None:
         with self._lock:
             self._slots.clear()
+            self._rules.clear()
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    def _slot(self, key: tuple[Path, IgnoreRules]) -> _Slot:
+    def _slot(self, key: TreeKey) -> _Slot:
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
                 slot = self._slots[key] = _Slot()
-                while len(self._slots) > self.size:
+                while self.size is not None and len(self._slots) > self.size:
                     self._slots.popitem(last=False)
             else:
                 self._slots.move_to_end(key)
             return slot
 
 
-_SHARED_TREES = TreeRegistry()
+_SHARED_TREES = TreeStore()
 
 
-def shared_trees() -> TreeRegistry:
-    """The process-wide registry ``hash_image`` (and so ``Image.digest``) uses."""
+def shared_trees() -> TreeStore:
+    """The process-wide store ``hash_image`` (and so ``Image.digest``) uses."""
     return _SHARED_TREES
 
 
@@ -457,8 +581,8 @@ class TreeSource:
 
 MODULES_ONLY = IgnoreRules.from_lines(["**", "!**/*.py"])
 
-# Serves the TreeIndex of a folder: the process-wide registry by default; the daemon's
-# tracker passes its own, which keeps each tree's rules until an ignore file changes.
+# Serves the TreeIndex of a folder: a TreeStore's ``provide`` (the process-wide one by
+# default) or ``lend`` (the daemon's, handed to a build).
 TreeProvider = Callable[[TreeSource, DigestCache], TreeIndex]
 
 
@@ -486,5 +610,5 @@ def provide_tree(
 
 
 def shared_tree(source: TreeSource, cache: DigestCache) -> TreeIndex:
-    """The default TreeProvider: read the rules, then ask ``shared_trees()``."""
-    return shared_trees().tree(source.root, source.read_rules(), cache)
+    """The default TreeProvider: the process-wide store, revalidating on each use."""
+    return shared_trees().provide(source, cache)
