@@ -402,6 +402,7 @@ class Daemon:
             settings=self.settings,
             registry_client=self._client,
             cache=self.tracker.cache,
+            trees=self.tracker.lend_tree,  # kept current by events: the build walks nothing
             on_event=on_engine_event,
         )
         view.state, view.tag, view.uri = "up to date", result.tag, result.uri

@@ -292,6 +292,11 @@ class ImageTracker:
             raise self._errors[name]
         return self._digests[name]
 
+    def lend_tree(self, source: TreeSource, cache: DigestCache) -> TreeIndex:
+        """A TreeProvider for a build in another thread: the tree as the events left it
+        (walked only if this tracker does not hold it); the next change copies it first."""
+        return self._store.lend(source, self._cache)
+
     def watch_roots(self) -> dict[Path, bool]:
         """The folders to watch, each with whether to watch it recursively: the outermost
         copied folders (recursive), and the folder of each single file and ignore file
