@@ -19,7 +19,16 @@ from pathlib import Path
 
 from imaged.digest.cache import RACY_WINDOW_NS, DigestCache, default_cache
 from imaged.digest.encoding import EXEC_SUFFIX, encode_dir
-from imaged.digest.files import DIR, FILE, SYMLINK, FileEntry, folder_rules, stat_entry, walk_files
+from imaged.digest.files import (
+    DIR,
+    FILE,
+    SYMLINK,
+    FileEntry,
+    folder_rules,
+    scan_folder,
+    stat_entry,
+    walk_files,
+)
 from imaged.digest.ignore import IgnoreRules
 from imaged.errors import SpecError
 from imaged.safe_read import os_reason, shown_path
@@ -179,7 +188,7 @@ class TreeIndex:
         stack = [(matcher.folder(""), str(self.root))]
         while stack:
             folder, path = stack.pop()
-            for child in _scan(path):
+            for child in scan_folder(path):
                 rel = folder.prefix + child.name
                 old = entries.get(rel)
                 if old is not None and old.type != DIR:
@@ -380,14 +389,6 @@ class TreeIndex:
             else:
                 rows.append((child[cut:], FILE, entry.executable, contents[child]))
         return hashlib.sha256(encode_dir(rows)).hexdigest()
-
-
-def _scan(path: str) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 # -- the one tree store -----------------------------------------------------------------
