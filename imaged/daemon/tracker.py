@@ -1,8 +1,10 @@
 """The daemon's change tracker: file events -> affected layers -> incremental digests -> why.
 
-Folders are held as shared :class:`~imaged.digest.trees.TreeIndex` objects keyed by (root, rules),
-so a one-file edit re-stats one path and rehashes one branch of one tree, never a walk.
-Digests come from :func:`imaged.digest.image_digest.hash_image` itself, served those trees.
+What each layer reads comes from its declaration (``Layer.inputs``). Folders are held in a
+:class:`~imaged.digest.trees.TreeStore` that trusts events (no revalidation), so a one-file
+edit re-stats one path and rehashes one branch of one tree, never a walk. Digests come from
+:func:`imaged.digest.image_digest.hash_image` itself, served those trees; a build is lent
+the same trees (:meth:`ImageTracker.lend_tree`).
 """
 
 from __future__ import annotations
@@ -86,11 +88,7 @@ class DigestChange:
 # -- what each layer reads --------------------------------------------------------------
 
 
-# How a layer copies a folder: the root and where its ignore rules come from.
-_TreeSpec = TreeSource
-
-
-def _ignore_files(spec: _TreeSpec) -> tuple[Path, ...]:
+def _ignore_files(spec: TreeSource) -> tuple[Path, ...]:
     """The ignore files whose edits can change ``spec``'s rules (those that exist now).
     When the rules cannot be read (a bad ignore file, an unreadable folder: that image's
     error), the files at the root, so that fixing them is seen."""
@@ -103,7 +101,7 @@ def _ignore_files(spec: _TreeSpec) -> tuple[Path, ...]:
         return (spec.root / ".dockerignore", *root_files, *spec.extras)
 
 
-def _is_rules_input(spec: _TreeSpec, path: str) -> bool:
+def _is_rules_input(spec: TreeSource, path: str) -> bool:
     """True when ``path`` (maybe a new nested ``.gitignore``) can change ``spec``'s rules."""
     if spec.dockerfile_context:
         return path == str(spec.root / ".dockerignore")
@@ -116,14 +114,14 @@ class _LayerDeps:
 
     index: int
     label: str
-    trees: tuple[_TreeSpec, ...] = ()
+    trees: tuple[TreeSource, ...] = ()
     files: tuple[str, ...] = ()
 
 
 def _layer_deps(image: Image, index: int, extras: tuple[Path, ...]) -> _LayerDeps:
     """What ``Layer.inputs`` declares, the folders with the image's extra ignore files."""
     declared = image.layers[index].inputs()
-    trees = tuple(_TreeSpec.of(tree, extras) for tree in declared.trees)
+    trees = tuple(TreeSource.of(tree, extras) for tree in declared.trees)
     files = tuple(str(file.path) for file in declared.files)
     return _LayerDeps(index, image.layer_label(index), trees, files)
 
@@ -131,7 +129,7 @@ def _layer_deps(image: Image, index: int, extras: tuple[Path, ...]) -> _LayerDep
 def _base_deps(image: Image) -> _LayerDeps | None:
     base, label = image.base, f"base {image.base_label}"
     if isinstance(base, DockerfileBase):
-        spec = _TreeSpec(base.context, dockerfile_context=True)
+        spec = TreeSource(base.context, dockerfile_context=True)
         return _LayerDeps(-1, label, (spec,), (str(base.dockerfile),))
     if isinstance(base, ParentBase):
         parent = image_deps(base.image)
@@ -160,10 +158,10 @@ class _Batch:
     files: set[str] = field(default_factory=set)
     ignores: set[str] = field(default_factory=set)
     hit: set[str] = field(default_factory=set)
-    new_rules: set[_TreeSpec] = field(default_factory=set)
+    new_rules: set[TreeSource] = field(default_factory=set)
     # Specs whose rules may have gained an input the index does not know yet: a new nested
     # .gitignore, or a new folder that may hold one.
-    suspects: set[_TreeSpec] = field(default_factory=set)
+    suspects: set[TreeSource] = field(default_factory=set)
 
 
 def _covers(path: str, target: str) -> bool:
@@ -227,9 +225,9 @@ class ImageTracker:
         self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
         self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
         self._errors: dict[str, ImagedError] = {}
-        self._spec_images: dict[_TreeSpec, set[str]] = {}
+        self._spec_images: dict[TreeSource, set[str]] = {}
         self._files: dict[str, set[str]] = {}
-        self._ignores: dict[str, set[_TreeSpec]] = {}
+        self._ignores: dict[str, set[TreeSource]] = {}
 
     # -- loading
 
@@ -255,9 +253,9 @@ class ImageTracker:
     def _index(self) -> None:
         # Built aside and swapped in whole: watch_roots() and is_relevant() (the watcher's
         # filter) may read them from the event loop while this runs in a worker thread.
-        spec_images: dict[_TreeSpec, set[str]] = {}
+        spec_images: dict[TreeSource, set[str]] = {}
         files: dict[str, set[str]] = {}
-        ignores: dict[str, set[_TreeSpec]] = {}
+        ignores: dict[str, set[TreeSource]] = {}
         for name, deps in self._deps.items():
             for dep in deps:
                 for path in dep.files:
@@ -333,7 +331,7 @@ class ImageTracker:
                 return True
         return False
 
-    def _tracked_in(self, spec: _TreeSpec, rel: str, path: str) -> bool:
+    def _tracked_in(self, spec: TreeSource, rel: str, path: str) -> bool:
         tree = self._store.peek(spec)
         if tree is not None and rel in tree.entries:
             return True
@@ -419,7 +417,7 @@ class ImageTracker:
             elif (rel := _inside(path, root)) is not None:
                 batch.rels.setdefault(key, set()).add(rel)
 
-    def _may_add_rules(self, spec: _TreeSpec, path: str) -> bool:
+    def _may_add_rules(self, spec: TreeSource, path: str) -> bool:
         """A new ``.gitignore`` git would read for ``spec``, or a new folder inside it that
         the rules do not exclude (its ``.gitignore`` event may have come before the watch)."""
         rel = _inside(path, str(spec.root))
@@ -430,7 +428,7 @@ class ImageTracker:
             return False
         return os.path.isdir(path) and not excluded(rules, rel, is_dir=True)
 
-    def _read_by_git(self, spec: _TreeSpec, rel: str) -> bool:
+    def _read_by_git(self, spec: TreeSource, rel: str) -> bool:
         """Git reads a nested ``.gitignore`` unless a folder above it is ignored."""
         rules = self._store.known_rules(spec)
         return rules is None or not any(
@@ -439,7 +437,7 @@ class ImageTracker:
 
     def _refresh_trees(
         self, batch: _Batch, *, everything: bool = False
-    ) -> dict[_TreeSpec, set[str]]:
+    ) -> dict[TreeSource, set[str]]:
         """Update trees in place (``everything``: re-stat each whole tree), rebuild those whose
         rules or root changed; per-spec changes."""
         store = self._store
@@ -481,10 +479,10 @@ class ImageTracker:
                 out[key] = None
         return out
 
-    def _new_rules_snapshots(self, batch: _Batch) -> dict[_TreeSpec, dict[str, str]]:
+    def _new_rules_snapshots(self, batch: _Batch) -> dict[TreeSource, dict[str, str]]:
         """Re-read the rules of specs whose ignore files were touched; for each spec whose rules
         moved, forget them and keep its old listing to diff against."""
-        snapshots: dict[_TreeSpec, dict[str, str]] = {}
+        snapshots: dict[TreeSource, dict[str, str]] = {}
         touched = {s for f in batch.ignores for s in self._ignores.get(f, ())}
         for spec in touched | batch.suspects:
             old = self._store.known_rules(spec)
@@ -499,7 +497,7 @@ class ImageTracker:
                 batch.new_rules.add(spec)
         return snapshots
 
-    def _rebuilt(self, spec: _TreeSpec, old: dict[str, str]) -> set[str]:
+    def _rebuilt(self, spec: TreeSource, old: dict[str, str]) -> set[str]:
         if not spec.root.is_dir():
             return set(old)
         try:
@@ -509,7 +507,7 @@ class ImageTracker:
         return _diff(old, tree.file_digests())
 
     def _rehash_touched(
-        self, batch: _Batch, spec_changes: dict[_TreeSpec, set[str]]
+        self, batch: _Batch, spec_changes: dict[TreeSource, set[str]]
     ) -> dict[str, DigestChange]:
         changes: dict[str, DigestChange] = {}
         memo: dict[Image, ImageDigest] = {}
@@ -531,7 +529,7 @@ class ImageTracker:
         name: str,
         deps: tuple[_LayerDeps, ...],
         batch: _Batch,
-        spec_changes: Mapping[_TreeSpec, set[str]],
+        spec_changes: Mapping[TreeSource, set[str]],
     ) -> bool:
         if name in self._errors:
             return name in batch.hit
@@ -589,7 +587,7 @@ def _layer_moved(index: int, old: ImageDigest | None, new: ImageDigest) -> bool:
 
 
 def _changed_files(
-    dep: _LayerDeps, batch: _Batch, spec_changes: Mapping[_TreeSpec, set[str]]
+    dep: _LayerDeps, batch: _Batch, spec_changes: Mapping[TreeSource, set[str]]
 ) -> list[str]:
     names = [Path(f).name for f in dep.files if f in batch.files]
     for spec in dep.trees:
@@ -604,7 +602,7 @@ def _file_reasons(
     old: ImageDigest | None,
     new: ImageDigest,
     batch: _Batch,
-    spec_changes: Mapping[_TreeSpec, set[str]],
+    spec_changes: Mapping[TreeSource, set[str]],
 ) -> tuple[Reason, ...]:
     reasons = []
     for dep in deps:

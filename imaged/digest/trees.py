@@ -391,6 +391,68 @@ class TreeIndex:
         return hashlib.sha256(encode_dir(rows)).hexdigest()
 
 
+# -- what a store serves -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeSource:
+    """A folder a layer (or a Dockerfile base) copies, and where its ignore rules come from:
+    ``folder_rules`` of the root, or only the ``.dockerignore`` of a Dockerfile's context."""
+
+    root: Path
+    extras: tuple[Path, ...] = ()
+    gitignore: bool = False
+    dockerfile_context: bool = False
+    modules_only: bool = False  # a code bundle's "loaded_modules": Python files only
+
+    @classmethod
+    def of(cls, tree: TreeInput, extras: tuple[Path, ...]) -> TreeSource:
+        """The source of a folder a layer declares, with the image's extra ignore files."""
+        return cls(tree.root, extras, tree.gitignore, modules_only=tree.modules_only)
+
+    def read_rules(self) -> IgnoreRules:
+        if self.dockerfile_context:
+            return IgnoreRules.from_file(self.root / ".dockerignore")
+        rules = folder_rules(self.root, self.extras, gitignore=self.gitignore)
+        # First, so every ignore file (and the standard ignores) still apply after it.
+        return MODULES_ONLY + rules if self.modules_only else rules
+
+
+MODULES_ONLY = IgnoreRules.from_lines(["**", "!**/*.py"])
+
+# Serves the TreeIndex of a folder: a TreeStore's ``provide`` (the process-wide one by
+# default) or ``lend`` (the daemon's, handed to a build).
+TreeProvider = Callable[[TreeSource, DigestCache], TreeIndex]
+
+
+def provide_tree(
+    trees: TreeProvider,
+    source: TreeSource,
+    cache: DigestCache,
+    *,
+    image: str | None,
+    layer: str,
+) -> TreeIndex:
+    """``trees(source, cache)``, with an unreadable ignore file or folder (a permission, a
+    path over PATH_MAX, a symlink loop) raised as a SpecError naming the image and layer."""
+    try:
+        return trees(source, cache)
+    except SpecError as exc:
+        if exc.image is not None:
+            raise
+        raise type(exc)(str(exc), image=image, layer=layer) from exc
+    except OSError as exc:
+        where = shown_path(exc.filename or source.root)
+        raise SpecError(
+            f"{where}: cannot read: {os_reason(exc)}", image=image, layer=layer
+        ) from exc
+
+
+def shared_tree(source: TreeSource, cache: DigestCache) -> TreeIndex:
+    """The default TreeProvider: the process-wide store, revalidating on each use."""
+    return shared_trees().provide(source, cache)
+
+
 # -- the one tree store -----------------------------------------------------------------
 
 MAX_SHARED_TREES = 64
@@ -554,62 +616,3 @@ _SHARED_TREES = TreeStore()
 def shared_trees() -> TreeStore:
     """The process-wide store ``hash_image`` (and so ``Image.digest``) uses."""
     return _SHARED_TREES
-
-
-@dataclass(frozen=True)
-class TreeSource:
-    """A folder a layer (or a Dockerfile base) copies, and where its ignore rules come from:
-    ``folder_rules`` of the root, or only the ``.dockerignore`` of a Dockerfile's context."""
-
-    root: Path
-    extras: tuple[Path, ...] = ()
-    gitignore: bool = False
-    dockerfile_context: bool = False
-    modules_only: bool = False  # a code bundle's "loaded_modules": Python files only
-
-    @classmethod
-    def of(cls, tree: TreeInput, extras: tuple[Path, ...]) -> TreeSource:
-        """The source of a folder a layer declares, with the image's extra ignore files."""
-        return cls(tree.root, extras, tree.gitignore, modules_only=tree.modules_only)
-
-    def read_rules(self) -> IgnoreRules:
-        if self.dockerfile_context:
-            return IgnoreRules.from_file(self.root / ".dockerignore")
-        rules = folder_rules(self.root, self.extras, gitignore=self.gitignore)
-        # First, so every ignore file (and the standard ignores) still apply after it.
-        return MODULES_ONLY + rules if self.modules_only else rules
-
-
-MODULES_ONLY = IgnoreRules.from_lines(["**", "!**/*.py"])
-
-# Serves the TreeIndex of a folder: a TreeStore's ``provide`` (the process-wide one by
-# default) or ``lend`` (the daemon's, handed to a build).
-TreeProvider = Callable[[TreeSource, DigestCache], TreeIndex]
-
-
-def provide_tree(
-    trees: TreeProvider,
-    source: TreeSource,
-    cache: DigestCache,
-    *,
-    image: str | None,
-    layer: str,
-) -> TreeIndex:
-    """``trees(source, cache)``, with an unreadable ignore file or folder (a permission, a
-    path over PATH_MAX, a symlink loop) raised as a SpecError naming the image and layer."""
-    try:
-        return trees(source, cache)
-    except SpecError as exc:
-        if exc.image is not None:
-            raise
-        raise type(exc)(str(exc), image=image, layer=layer) from exc
-    except OSError as exc:
-        where = shown_path(exc.filename or source.root)
-        raise SpecError(
-            f"{where}: cannot read: {os_reason(exc)}", image=image, layer=layer
-        ) from exc
-
-
-def shared_tree(source: TreeSource, cache: DigestCache) -> TreeIndex:
-    """The default TreeProvider: the process-wide store, revalidating on each use."""
-    return shared_trees().provide(source, cache)
