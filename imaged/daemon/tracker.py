@@ -140,7 +140,7 @@ def _base_deps(image: Image) -> _LayerDeps | None:
 
 def image_deps(image: Image) -> tuple[_LayerDeps, ...]:
     """Every input of an image by layer, the base (and a parent's inputs) first."""
-    extras = tuple(layer.path for layer in image.layers if isinstance(layer, L.Dockerignore))
+    extras = L.extra_ignores(image.layers)
     layers = tuple(_layer_deps(image, i, extras) for i in range(len(image.layers)))
     base = _base_deps(image)
     return (base, *layers) if base else layers

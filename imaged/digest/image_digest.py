@@ -93,9 +93,7 @@ class _Hasher:
         self.image = image
         self.cache = cache
         self.trees = trees
-        self.extra_ignores = tuple(
-            layer.path for layer in image.layers if isinstance(layer, L.Dockerignore)
-        )
+        self.extra_ignores = L.extra_ignores(image.layers)
 
     def inputs(self, layer: L.Layer, label: str) -> tuple[list[object], _Inputs]:
         declared, got = layer.inputs(), _Inputs()
@@ -111,23 +109,26 @@ class _Hasher:
         path = file.path
         if file.read == "script_header":
             self._read_header(path, label, got)
-            return
-        if file.read == "mode" and not path.is_file():
+        elif file.read == "mode" and not path.is_file():
             raise MissingPathError(f"{path} is not a file", image=self.image.name, layer=label)
-        if _is_absent(file):
+        elif _is_absent(file):
             got.digests[path] = "absent"
             if file.if_missing == "absent":
                 got.files.append((str(path), "absent"))
-            return
+        else:
+            got.files.append((str(path), self._read_content(file, label, got)))
+
+    def _read_content(self, file: L.FileInput, label: str, got: _Inputs) -> str:
+        """The content digest, as recorded for staging (with the exec bit of a mode file)."""
+        path = file.path
         digest = got.digests[path] = self.file(path, label=label)
-        recorded = digest
         if file.read == "requirements":
             check_requirements(path, image=self.image.name, label=label)
-        elif file.read == "mode":
-            executable = got.executable[path] = bool(os.stat(path).st_mode & 0o111)
-            # The exec bit travels with the digest so staging copies the mode that was hashed.
-            recorded = digest + EXEC_SUFFIX if executable else digest
-        got.files.append((str(path), recorded))
+        if file.read != "mode":
+            return digest
+        executable = got.executable[path] = bool(os.stat(path).st_mode & 0o111)
+        # The exec bit travels with the digest so staging copies the mode that was hashed.
+        return digest + EXEC_SUFFIX if executable else digest
 
     def _read_header(self, script: Path, label: str, got: _Inputs) -> None:
         from imaged.spec.pep723 import read_script_metadata

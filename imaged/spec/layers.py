@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
@@ -480,6 +480,11 @@ class Dockerignore(Layer):
 
     def digest_fields(self, read: InputDigests) -> list[object]:
         return [read.files[self.path]]
+
+
+def extra_ignores(layers: Iterable[Layer]) -> tuple[Path, ...]:
+    """The ``with_dockerignore`` files of an image: their rules apply to every folder it copies."""
+    return tuple(layer.path for layer in layers if isinstance(layer, Dockerignore))
 
 
 def _project_inputs(pyproject: Path, lock: FileInput, mode: InstallMode) -> LayerInputs:
