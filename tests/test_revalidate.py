@@ -1,4 +1,4 @@
-"""Tests for stat-only revalidation: TreeIndex.refresh/revalidated and the tree store (revalidating, or fed by events)."""
+"""Tests for stat-only revalidation (TreeIndex.refresh/revalidated) and the TreeStore."""
 
 from __future__ import annotations
 
