@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import pytest
 
@@ -15,7 +15,7 @@ from imaged.digest.cache import DigestCache
 from imaged.digest.image_digest import hash_image
 from imaged.digest.trees import TreeSource
 from imaged.errors import MissingPathError
-from imaged.render.dockerfile import RENDERERS
+from imaged.render.dockerfile import render_dockerfile
 from imaged.spec import layers as L
 
 HEADER = '# /// script\n# dependencies = ["attrs==23.2.0"]\n# ///\nprint("hi")\n'
@@ -34,8 +34,23 @@ def test_every_layer_class_is_a_registered_kind() -> None:
     assert all(L.LAYER_KINDS[cls.kind] is cls for cls in kinds)
 
 
-def test_the_renderer_has_one_function_per_kind() -> None:
-    assert set(RENDERERS) == set(L.LAYER_KINDS.values())
+def test_the_typed_families_hold_every_kind_once() -> None:
+    """The unions the renderer matches on exhaustively (so mypy names a forgotten kind)."""
+    recipe, files = get_args(L.RecipeLayer), get_args(L.FileLayer)
+    assert set(get_args(L.KnownLayer)) == set(L.LAYER_KINDS.values())
+    assert not set(recipe) & set(files)
+    assert {cls.category for cls in recipe} == {"recipe"}
+    assert {cls.category for cls in files} == {"files"}
+
+
+@pytest.mark.parametrize("kind", sorted(L.LAYER_KINDS))
+def test_the_renderer_renders_every_kind(kind: str, project: Path) -> None:
+    layer = next(x for x in _every_kind(project) if x.kind == kind)
+    image = _image([layer])
+    rendered = render_dockerfile(image, hash_image(image, DigestCache()))
+    assert rendered.dockerfile.startswith("FROM debian:12\n")
+    if kind != "dockerignore":  # its rules act through the folder layers only
+        assert len(rendered.dockerfile.splitlines()) > 2
 
 
 def test_a_kind_without_digest_fields_cannot_be_made() -> None:

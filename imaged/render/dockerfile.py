@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import assert_never, cast
 
 from imaged.digest.image_digest import ImageDigest, LayerDigest, hash_image
 from imaged.digest.trees import TreeIndex
@@ -335,35 +334,53 @@ def _dockerignore(r: _Renderer, index: int, layer: L.Dockerignore) -> None:
     """Its rules already shaped the file lists of the folder layers."""
 
 
-_LayerT = TypeVar("_LayerT", bound=L.Layer)
-_Render = Callable[[_Renderer, int, Any], None]
+def render_layer(r: _Renderer, index: int, layer: L.Layer) -> None:
+    """One layer's Dockerfile lines and context items. The matches below are exhaustive
+    over ``L.KnownLayer`` (which tests/test_layer_kinds.py checks against LAYER_KINDS), so
+    mypy names a kind they forget."""
+    known = cast(L.KnownLayer, layer)
+    if isinstance(known, L.RecipeLayer):
+        _render_recipe(r, index, known)
+    else:
+        _render_files(r, index, known)
 
 
-def _kind(
-    cls: type[_LayerT], render: Callable[[_Renderer, int, _LayerT], None]
-) -> tuple[type[L.Layer], _Render]:
-    """One row of the table, its function typed for its kind (mypy checks the pair)."""
-    return cls, render
+def _render_recipe(r: _Renderer, index: int, layer: L.RecipeLayer) -> None:
+    match layer:
+        case L.AptPackages():
+            _apt(r, index, layer)
+        case L.PipPackages():
+            _pip(r, index, layer)
+        case L.Requirements():
+            _requirements(r, index, layer)
+        case L.UvProject():
+            _uv_project(r, index, layer)
+        case L.PoetryProject():
+            _poetry_project(r, index, layer)
+        case L.UvScript():
+            _uv_script(r, index, layer)
+        case L.Commands():
+            _commands(r, index, layer)
+        case _:
+            assert_never(layer)
 
 
-# One renderer per kind of ``L.LAYER_KINDS``; tests/test_layers.py checks none is missing.
-RENDERERS: dict[type[L.Layer], _Render] = dict(
-    [
-        _kind(L.AptPackages, _apt),
-        _kind(L.PipPackages, _pip),
-        _kind(L.Requirements, _requirements),
-        _kind(L.UvProject, _uv_project),
-        _kind(L.PoetryProject, _poetry_project),
-        _kind(L.UvScript, _uv_script),
-        _kind(L.Commands, _commands),
-        _kind(L.EnvVars, _env),
-        _kind(L.Workdir, _workdir),
-        _kind(L.SourceFolder, _source_folder),
-        _kind(L.SourceFiles, _source_files),
-        _kind(L.CodeBundle, _code_bundle),
-        _kind(L.Dockerignore, _dockerignore),
-    ]
-)
+def _render_files(r: _Renderer, index: int, layer: L.FileLayer) -> None:
+    match layer:
+        case L.EnvVars():
+            _env(r, index, layer)
+        case L.Workdir():
+            _workdir(r, index, layer)
+        case L.SourceFolder():
+            _source_folder(r, index, layer)
+        case L.SourceFiles():
+            _source_files(r, index, layer)
+        case L.CodeBundle():
+            _code_bundle(r, index, layer)
+        case L.Dockerignore():
+            _dockerignore(r, index, layer)
+        case _:
+            assert_never(layer)
 
 
 def base_reference(image: Image, digest: ImageDigest | None = None) -> str:
@@ -400,7 +417,7 @@ def render_dockerfile(image: Image, digest: ImageDigest | None = None) -> Render
     check_reference(ref, what="base reference", image=image.name, layer="base")
     r.lines.append(f"FROM {ref}")
     for index, layer in enumerate(image.layers):
-        RENDERERS[type(layer)](r, index, layer)
+        render_layer(r, index, layer)
     r.lines.append(f"LABEL dev.imaged.digest={digest.digest}")
     r.out.dockerfile = "\n".join(r.lines) + "\n"
     return r.out

@@ -3,8 +3,9 @@
 Each kind is declared once, here: its fields, its family, the files and folders it reads
 (:meth:`Layer.inputs`, with the ignore rules of each folder) and the values its digest
 encodes (:meth:`Layer.digest_fields`). The hasher, the daemon's tracker and the validator
-read these declarations; the Dockerfile renderer keeps one function per kind, checked
-against :data:`LAYER_KINDS` by a test.
+read these declarations; the Dockerfile renderer keeps one function per kind, reached by an
+exhaustive match over :data:`RecipeLayer` and :data:`FileLayer`, so mypy names a kind it
+forgets. A new kind: its class here (and in its family), its renderer, its tests.
 
 Layers fall in two families that later stages treat differently:
 
@@ -480,6 +481,16 @@ class Dockerignore(Layer):
 
     def digest_fields(self, read: InputDigests) -> list[object]:
         return [read.files[self.path]]
+
+
+# Every kind, as one type per family: a consumer that must treat each kind its own way (the
+# renderer) matches on them exhaustively, so mypy names a kind it forgets. Add a new kind
+# to its family here too (tests/test_layer_kinds.py checks both against LAYER_KINDS).
+RecipeLayer = (
+    AptPackages | PipPackages | Requirements | UvProject | PoetryProject | UvScript | Commands
+)
+FileLayer = EnvVars | Workdir | SourceFolder | SourceFiles | CodeBundle | Dockerignore
+KnownLayer = RecipeLayer | FileLayer
 
 
 def extra_ignores(layers: Iterable[Layer]) -> tuple[Path, ...]:
