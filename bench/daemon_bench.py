@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from imaged.definitions.loader import load_definitions  # noqa: E402
-from imaged.digest.hashing import DigestCache, hash_image  # noqa: E402
+from imaged.digest.cache import DigestCache  # noqa: E402
+from imaged.digest.image_digest import hash_image  # noqa: E402
 from imaged.registry.client import MANIFEST_MEDIA_TYPES  # noqa: E402
 from imaged.spec.image import Image  # noqa: E402
 

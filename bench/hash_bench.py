@@ -31,9 +31,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from imaged.digest.cache import DigestCache
 from imaged.digest.files import folder_rules
-from imaged.digest.hashing import DigestCache, TreeIndex, hash_image, shared_trees
 from imaged.digest.ignore import IgnoreRules
+from imaged.digest.image_digest import hash_image
+from imaged.digest.trees import TreeIndex, shared_trees
 from imaged.spec.image import Image
 
 T = TypeVar("T")

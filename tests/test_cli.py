@@ -28,7 +28,7 @@ from e2e_support import run_id
 
 from imaged.cli.main import handle_errors, main
 from imaged.definitions.loader import load_definitions
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 from imaged.errors import ConfigError, ImagedError
 from imaged.render.dockerfile import render_dockerfile
 from imaged.safe_read import shown_path

@@ -19,8 +19,8 @@ from imaged.digest.files import (
     is_rules_input,
     list_files,
 )
-from imaged.digest.hashing import hash_image
 from imaged.digest.ignore import IgnoreRules
+from imaged.digest.image_digest import hash_image
 from imaged.render.dockerfile import render_dockerfile
 
 MONOREPO = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 from imaged.errors import ContextChangedError
 from imaged.render.context import FIXED_MTIME, stage_context, staged_mtime_ns
 from imaged.render.dockerfile import RenderedImage, render_dockerfile

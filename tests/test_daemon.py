@@ -29,8 +29,9 @@ from imaged.daemon.core import Daemon
 from imaged.daemon.notify import SystemdNotifier
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.definitions.child import LoadedModule
-from imaged.digest import hashing
-from imaged.digest.hashing import DigestCache, hash_image
+from imaged.digest import cache as digest_cache
+from imaged.digest.cache import DigestCache
+from imaged.digest.image_digest import hash_image
 from imaged.errors import ImagedError
 from imaged.events import DAEMON_EVENTS
 from imaged.pipeline.build import ImageBuild
@@ -168,15 +169,15 @@ def _break_header(h: Harness, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Ca
 
 def _refuse_reads(h: Harness, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Callable[[], None]]:
     script = write(h.root / "jobs/job.py", SCRIPT + "# edited\n")
-    real = hashing.read_digest
+    real = digest_cache.read_digest
 
     def refuse(path: str, size_hint: int = 0) -> str:
         if path == str(script):  # root reads any file: chmod cannot make one unreadable
             raise PermissionError(13, "Permission denied", path)
         return real(path, size_hint)
 
-    monkeypatch.setattr(hashing, "read_digest", refuse)
-    return script, lambda: monkeypatch.setattr(hashing, "read_digest", real)
+    monkeypatch.setattr(digest_cache, "read_digest", refuse)
+    return script, lambda: monkeypatch.setattr(digest_cache, "read_digest", real)
 
 
 @pytest.mark.parametrize(

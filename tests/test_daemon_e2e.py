@@ -33,7 +33,7 @@ from e2e_support import DATA, docker, pull_fresh, run_id, skopeo_inspect
 from test_events import assert_declared
 
 from imaged.definitions.loader import load_definitions
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 from imaged.events import DAEMON_EVENTS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 from imaged.errors import SpecError
 from imaged.render.context import stage_context
 from imaged.render.dockerfile import (

@@ -33,7 +33,7 @@ from e2e_support import (
 from imaged import Image, Secret, build
 from imaged.cli.main import main as cli_main
 from imaged.definitions.loader import load_definitions
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 from imaged.errors import BuildError, RegistryAuthError, RegistryUnavailable, SecretError
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

@@ -21,7 +21,8 @@ from e2e_support import DATA, ProbeSpec, docker, probe_image, run_id
 from imaged import build
 from imaged.cli.main import main as cli_main
 from imaged.definitions.loader import load_definitions
-from imaged.digest.hashing import DigestCache, hash_image
+from imaged.digest.cache import DigestCache
+from imaged.digest.image_digest import hash_image
 from imaged.render.dockerfile import render_dockerfile
 from imaged.spec.image import Image, override_registry
 

@@ -1,4 +1,4 @@
-"""Tests for imaged.digest.hashing: the canonical encoding, image digests, the digest cache, TreeIndex."""
+"""Tests for imaged.digest (encoding, cache, trees, image_digest): the canonical encoding, image digests, the digest cache, TreeIndex."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imaged import Image
+from imaged.digest.cache import DigestCache
+from imaged.digest.encoding import encode, sha256_hex
 from imaged.digest.files import FILE
-from imaged.digest.hashing import DigestCache, TreeIndex, encode, hash_image, sha256_hex
 from imaged.digest.ignore import IgnoreRules
+from imaged.digest.image_digest import hash_image
+from imaged.digest.trees import TreeIndex
 from imaged.errors import SpecError
 
 Tree = dict[str, tuple[str, bool]]  # relpath -> (content, executable)
@@ -622,7 +625,7 @@ def test_update_after_digest_without_walk(tmp_path: Path, monkeypatch: pytest.Mo
     def no_walk(*args: object, **kwargs: object) -> None:
         raise AssertionError("update of a file must not walk the tree")
 
-    monkeypatch.setattr("imaged.digest.hashing.walk_files", no_walk)
+    monkeypatch.setattr("imaged.digest.trees.walk_files", no_walk)
     assert index.update(["d/g/h.txt"]) == {"d/g/h.txt"}
     monkeypatch.undo()
     assert index.digest == fresh(tmp_path).digest
@@ -756,20 +759,20 @@ def test_random_tree_digest_ignores_order_and_location(tree: Tree) -> None:
 def test_a_file_that_vanishes_between_walk_and_read_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import imaged.digest.hashing as hashing
+    import imaged.digest.cache as digest_cache
 
     (tmp_path / "keep.txt").write_text("keep")
     (tmp_path / ".main.py.swp").write_text("editor temp file")
-    real = hashing.read_digest
+    real = digest_cache.read_digest
 
     def vanishing(path: str, size_hint: int = 0) -> str:
         if path.endswith(".swp"):
             os.unlink(path)  # the editor deletes its temp file right after the walk saw it
         return real(path, size_hint)
 
-    monkeypatch.setattr(hashing, "read_digest", vanishing)
+    monkeypatch.setattr(digest_cache, "read_digest", vanishing)
     index = TreeIndex.build(tmp_path, IgnoreRules(), DigestCache())
-    monkeypatch.setattr(hashing, "read_digest", real)
+    monkeypatch.setattr(digest_cache, "read_digest", real)
     assert [e.relpath for e in index.listing()] == ["keep.txt"]
     assert index.digest == TreeIndex.build(tmp_path, IgnoreRules(), DigestCache()).digest
 

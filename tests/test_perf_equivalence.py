@@ -12,16 +12,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from imaged.digest.cache import DigestCache, read_digest
+from imaged.digest.encoding import encode, encode_dir, sha256_hex
 from imaged.digest.files import DIR, FILE, SYMLINK, FileEntry, stat_entry, walk_files
-from imaged.digest.hashing import (
-    DigestCache,
-    TreeIndex,
-    encode,
-    encode_dir,
-    read_digest,
-    sha256_hex,
-)
 from imaged.digest.ignore import STANDARD_IGNORES, IgnoreRules
+from imaged.digest.trees import TreeIndex
 from imaged.errors import SpecError
 
 # -- references: the definitions the fast code must agree with --------------------------

@@ -14,7 +14,7 @@ from imaged.cli.main import main as cli_main
 from imaged.cli.plan import _layer_diff
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.definitions.loader import load_definitions
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 from imaged.spec.image import Image
 
 pytestmark = pytest.mark.timeout(300)

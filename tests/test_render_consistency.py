@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imaged import Image
-from imaged.digest.hashing import hash_image
+from imaged.digest.image_digest import hash_image
 from imaged.errors import SpecError
 from imaged.render.dockerfile import base_reference, render_dockerfile
 

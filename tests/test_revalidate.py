@@ -1,4 +1,4 @@
-"""Tests for stat-only revalidation: TreeIndex.refresh/revalidated and the shared tree registry."""
+"""Tests for stat-only revalidation (TreeIndex.refresh/revalidated) and the TreeStore."""
 
 from __future__ import annotations
 
@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from imaged import Image
+from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import folder_rules
-from imaged.digest.hashing import (
-    DigestCache,
-    TreeIndex,
-    TreeRegistry,
-    default_cache,
-    hash_image,
-    shared_trees,
-)
+from imaged.digest.image_digest import hash_image
+from imaged.digest.trees import TreeIndex, TreeSource, TreeStore, shared_trees
 
 Edit = Callable[[Path], object]
 
@@ -308,7 +303,7 @@ def test_concurrent_hashing_during_edits_sees_only_whole_states(tree_root: Path)
 
 
 def test_registry_reuses_by_root_and_rules_and_is_bounded(tmp_path: Path) -> None:
-    registry = TreeRegistry(size=2)
+    registry = TreeStore(size=2)
     roots = []
     for name in ("a", "b", "c"):
         write(tmp_path / name / "f.txt", name)
@@ -348,3 +343,39 @@ def test_dockerfile_context_is_revalidated(tmp_path: Path) -> None:
     second = hash_image(image)
     assert second.digest == hash_image(image, DigestCache()).digest != first.digest
     assert described(base_tree) == state
+
+
+# -- the store an owner keeps current (the daemon's) --------------------------------------
+
+
+def test_an_event_fed_store_serves_without_a_stat_and_copies_a_lent_tree(
+    tree_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, cache = TreeStore(revalidate=False, size=None), DigestCache()
+    source = TreeSource(tree_root)
+    first = store.provide(source, cache)
+    monkeypatch.setattr(TreeIndex, "_walk_compare", lambda *a: pytest.fail("re-stat"))
+    assert store.provide(source, cache) is first  # trusted: the owner folds changes in
+    lent = store.lend(source, cache)
+    state = described(lent)
+    write(tree_root / "app/main.py", "print('changed')")
+    key = store.key_of(source)
+    assert key is not None
+    assert store.change(key, lambda tree: tree.update(["app/main.py"])) == {"app/main.py"}
+    assert described(lent) == state  # the borrower keeps the state it was lent
+    now = store.provide(source, cache)
+    assert now is not lent
+    monkeypatch.undo()
+    assert now.digest == TreeIndex.build(tree_root, folder_rules(tree_root), cache).digest
+
+
+def test_an_event_fed_store_keeps_rules_until_told(tree_root: Path) -> None:
+    store, cache = TreeStore(revalidate=False, size=None), DigestCache()
+    source = TreeSource(tree_root)
+    before = store.provide(source, cache)
+    (tree_root / ".dockerignore").write_text("*.md\n")
+    assert store.provide(source, cache) is before  # no ignore-file event yet
+    store.forget_rules(source)
+    after = store.provide(source, cache)
+    assert "README.md" not in after.entries
+    assert "debug.log" in after.entries

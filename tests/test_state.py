@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imaged.daemon.store import ImageRecord, StateStore
-from imaged.digest.hashing import DigestCache
+from imaged.digest.cache import DigestCache
 from imaged.errors import ImagedError
 
 RECORDS = {

@@ -23,8 +23,9 @@ from bad_inputs import (
 
 from imaged.daemon import tracker as tracker_module
 from imaged.daemon.tracker import DigestChange, ImageTracker, Reason
-from imaged.digest import hashing
-from imaged.digest.hashing import DigestCache, hash_image
+from imaged.digest import cache as digest_cache
+from imaged.digest.cache import DigestCache
+from imaged.digest.image_digest import hash_image
 from imaged.errors import ImagedError, MissingPathError
 from imaged.spec import layers as L
 from imaged.spec.image import Image
@@ -615,19 +616,19 @@ def test_a_file_that_cannot_be_read_is_an_error_until_it_can(
     users: set[str],
 ) -> None:
     edited = write(project / relpath, "edited = 'and now unreadable'\n")
-    real = hashing.read_digest
+    real = digest_cache.read_digest
 
     def refuse(path: str, size_hint: int = 0) -> str:
         if path == str(edited):  # root reads any file: chmod cannot make one unreadable
             raise PermissionError(13, "Permission denied", path)
         return real(path, size_hint)
 
-    monkeypatch.setattr(hashing, "read_digest", refuse)
+    monkeypatch.setattr(digest_cache, "read_digest", refuse)
     assert tracker.apply_changes([edited]) == {}
     assert set(tracker.errors) == users
     assert "Permission denied" in str(tracker.errors["api"])
     assert tracker.is_relevant(edited)
-    monkeypatch.setattr(hashing, "read_digest", real)
+    monkeypatch.setattr(digest_cache, "read_digest", real)
     changes = tracker.apply_changes([edited])
     assert set(changes) == users
     assert tracker.errors == {}

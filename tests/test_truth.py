@@ -28,8 +28,10 @@ from truth_support import (
 from imaged import Image, build
 from imaged.config import load_settings
 from imaged.daemon.tracker import ImageTracker
+from imaged.digest.cache import DigestCache
 from imaged.digest.files import folder_rules
-from imaged.digest.hashing import DigestCache, TreeIndex, hash_image
+from imaged.digest.image_digest import hash_image
+from imaged.digest.trees import TreeIndex
 
 
 def fresh_index(root: Path, rules: Any) -> TreeIndex:

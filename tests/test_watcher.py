@@ -24,7 +24,8 @@ from imaged.daemon.watcher import (
     watch_paths,
     watch_plan,
 )
-from imaged.digest.hashing import DigestCache, hash_image
+from imaged.digest.cache import DigestCache
+from imaged.digest.image_digest import hash_image
 from imaged.spec.image import Image
 
 pytestmark = pytest.mark.anyio

@@ -137,7 +137,7 @@ def hash_command(
 ) -> None:
     """Print each image's name, URI and content tag. TARGETS are PATH[:NAME] or folders."""
     from imaged.config import load_settings
-    from imaged.digest.hashing import hash_image
+    from imaged.digest.image_digest import hash_image
     from imaged.spec.image import override_registry
 
     settings = load_settings(overrides={"registry": registry})

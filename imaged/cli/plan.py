@@ -12,7 +12,7 @@ import click
 from imaged.config import Settings
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.definitions.loader import load_definitions
-from imaged.digest.hashing import ImageDigest, hash_image
+from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.errors import ImagedError
 from imaged.pipeline.logins import check_images
 from imaged.registry.client import Existence, create_registry_client

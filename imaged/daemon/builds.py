@@ -14,7 +14,8 @@ from imaged.config import Settings
 from imaged.daemon.metrics import Metrics
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.daemon.views import DaemonView
-from imaged.digest.hashing import DigestCache
+from imaged.digest.cache import DigestCache
+from imaged.digest.trees import TreeProvider
 from imaged.events import Built, Event, Finished, Pushed, Pushing, Skipped
 from imaged.pipeline.build import ImageBuild, abuild
 from imaged.pipeline.logins import check_images
@@ -43,9 +44,16 @@ class Builds:
         self._change_times.setdefault(name, time.monotonic())
 
     async def build(
-        self, image: Image, reason: str, *, settings: Settings, cache: DigestCache
+        self,
+        image: Image,
+        reason: str,
+        *,
+        settings: Settings,
+        cache: DigestCache,
+        trees: TreeProvider | None = None,
     ) -> None:
-        """Build (and push) one image; its outcome is recorded, counted and emitted."""
+        """Build (and push) one image; its outcome is recorded, counted and emitted. ``trees``
+        lends the build the daemon's event-fed trees, so it walks and re-stats nothing."""
         name = image.name or ""
         view = self._view.image(name)
         started = time.monotonic()
@@ -59,6 +67,7 @@ class Builds:
             settings=settings,
             registry_client=self.client,
             cache=cache,
+            trees=trees,
             on_event=on_engine_event,
         )
         self._view.known_digest(name, result.tag, result.uri)

@@ -44,7 +44,7 @@ from imaged.daemon.store import StateStore
 from imaged.daemon.tracker import DigestChange, ImageTracker
 from imaged.daemon.views import DaemonView
 from imaged.daemon.watcher import WatchBackend, watch_paths
-from imaged.digest.hashing import DigestCache
+from imaged.digest.cache import DigestCache
 from imaged.errors import DefinitionError, ImagedError
 from imaged.events import (
     DAEMON_EVENTS,
@@ -284,7 +284,13 @@ class Daemon:
 
     async def _build(self, name: str, reason: str) -> None:
         image = self.images[name]
-        await self.builds.build(image, reason, settings=self.settings, cache=self.tracker.cache)
+        await self.builds.build(
+            image,
+            reason,
+            settings=self.settings,
+            cache=self.tracker.cache,
+            trees=self.tracker.lend_tree,  # kept current by events: the build walks nothing
+        )
 
     async def reconcile(self) -> None:
         """Ask the registry about every image; queue those whose tag is missing."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imaged.digest.hashing import DigestCache
+from imaged.digest.cache import DigestCache
 from imaged.errors import ImagedError
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
 """The daemon's change tracker: file events -> affected layers -> incremental digests -> why.
 
-Folders are held as shared :class:`~imaged.digest.hashing.TreeIndex` objects keyed by (root, rules),
-so a one-file edit re-stats one path and rehashes one branch of one tree, never a walk.
-Digests come from :func:`imaged.digest.hashing.hash_image` itself, served those trees.
+What each layer reads comes from its declaration (``Layer.inputs``). Folders are held in a
+:class:`~imaged.digest.trees.TreeStore` that trusts events (no revalidation), so a one-file
+edit re-stats one path and rehashes one branch of one tree, never a walk. Digests come from
+:func:`imaged.digest.image_digest.hash_image` itself, served those trees; a build is lent
+the same trees (:meth:`ImageTracker.lend_tree`).
 """
 
 from __future__ import annotations
@@ -12,26 +14,25 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import (
-    DIR,
-    FileEntry,
     ignore_files_of,
     is_rules_input,
-    stat_entry,
     stat_key,
-    walk_files,
-)
-from imaged.digest.hashing import (
-    DigestCache,
-    ImageDigest,
-    TreeIndex,
-    TreeSource,
-    default_cache,
-    hash_image,
 )
 from imaged.digest.ignore import IgnoreRules
+from imaged.digest.image_digest import ImageDigest, hash_image
+from imaged.digest.trees import (
+    TreeIndex,
+    TreeKey,
+    TreeSource,
+    TreeStore,
+    ancestors,
+    excluded,
+)
 from imaged.errors import ImagedError
 from imaged.spec import layers as L
 from imaged.spec.image import DockerfileBase, Image, ParentBase
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 MAX_REASON_FILES = 20
 DEFINITION = "definition"
 
-_TreeKey = tuple[Path, IgnoreRules]
 # What an unreadable input raises: a bad spec or header (ImagedError), or the OS refusing a
 # read (a permission, a file turned into a folder, a file gone between stat and read).
 _INPUT_ERRORS = (ImagedError, OSError)
@@ -88,11 +88,7 @@ class DigestChange:
 # -- what each layer reads --------------------------------------------------------------
 
 
-# How a layer copies a folder: the root and where its ignore rules come from.
-_TreeSpec = TreeSource
-
-
-def _ignore_files(spec: _TreeSpec) -> tuple[Path, ...]:
+def _ignore_files(spec: TreeSource) -> tuple[Path, ...]:
     """The ignore files whose edits can change ``spec``'s rules (those that exist now).
     When the rules cannot be read (a bad ignore file, an unreadable folder: that image's
     error), the files at the root, so that fixing them is seen."""
@@ -105,7 +101,7 @@ def _ignore_files(spec: _TreeSpec) -> tuple[Path, ...]:
         return (spec.root / ".dockerignore", *root_files, *spec.extras)
 
 
-def _is_rules_input(spec: _TreeSpec, path: str) -> bool:
+def _is_rules_input(spec: TreeSource, path: str) -> bool:
     """True when ``path`` (maybe a new nested ``.gitignore``) can change ``spec``'s rules."""
     if spec.dockerfile_context:
         return path == str(spec.root / ".dockerignore")
@@ -118,31 +114,22 @@ class _LayerDeps:
 
     index: int
     label: str
-    trees: tuple[_TreeSpec, ...] = ()
+    trees: tuple[TreeSource, ...] = ()
     files: tuple[str, ...] = ()
 
 
-def _tree_of_layer(layer: L.Layer, extras: tuple[Path, ...]) -> _TreeSpec | None:
-    if isinstance(layer, L.SourceFolder):
-        return _TreeSpec(layer.src, extras)
-    if isinstance(layer, L.CodeBundle):
-        return _TreeSpec(layer.root, extras, gitignore=True, modules_only=layer.copy_style != "all")
-    if isinstance(layer, L.UvProject | L.PoetryProject) and layer.mode == "install_project":
-        return _TreeSpec(layer.pyproject.parent, extras, gitignore=True)
-    return None
-
-
 def _layer_deps(image: Image, index: int, extras: tuple[Path, ...]) -> _LayerDeps:
-    layer = image.layers[index]
-    tree = _tree_of_layer(layer, extras)
-    files = tuple(str(p) for p in layer.input_paths() if tree is None or p != tree.root)
-    return _LayerDeps(index, image.layer_label(index), (tree,) if tree else (), files)
+    """What ``Layer.inputs`` declares, the folders with the image's extra ignore files."""
+    declared = image.layers[index].inputs()
+    trees = tuple(TreeSource.of(tree, extras) for tree in declared.trees)
+    files = tuple(str(file.path) for file in declared.files)
+    return _LayerDeps(index, image.layer_label(index), trees, files)
 
 
 def _base_deps(image: Image) -> _LayerDeps | None:
     base, label = image.base, f"base {image.base_label}"
     if isinstance(base, DockerfileBase):
-        spec = _TreeSpec(base.context, dockerfile_context=True)
+        spec = TreeSource(base.context, dockerfile_context=True)
         return _LayerDeps(-1, label, (spec,), (str(base.dockerfile),))
     if isinstance(base, ParentBase):
         parent = image_deps(base.image)
@@ -153,97 +140,10 @@ def _base_deps(image: Image) -> _LayerDeps | None:
 
 def image_deps(image: Image) -> tuple[_LayerDeps, ...]:
     """Every input of an image by layer, the base (and a parent's inputs) first."""
-    extras = tuple(layer.path for layer in image.layers if isinstance(layer, L.Dockerignore))
+    extras = L.extra_ignores(image.layers)
     layers = tuple(_layer_deps(image, i, extras) for i in range(len(image.layers)))
     base = _base_deps(image)
     return (base, *layers) if base else layers
-
-
-# -- shared trees -----------------------------------------------------------------------
-
-
-class _TrackedTree(TreeIndex):
-    """A TreeIndex that rescans a known folder named by an event (it may have been replaced,
-    ``rm -r pkg; mkdir pkg``, with events for its old contents lost), and keeps what a ``!``
-    exception re-includes inside an ignored folder. A new folder is walked as before."""
-
-    def _update_one(self, rel: str) -> set[str]:
-        entry = stat_entry(self.root, rel)
-        if entry is None or entry.type != DIR:
-            return super()._update_one(rel)
-        if self._open_ignored(rel):
-            return self._rescan(rel, None)
-        old = self.entries.get(rel)
-        if old is not None and old.type == DIR:
-            return self._rescan(rel, entry)
-        return super()._update_one(rel)
-
-    def _open_ignored(self, rel: str) -> bool:
-        """Ignored, yet walked into: a ``!`` pattern may re-include something below."""
-        rules = self.rules
-        parts = rel.split("/")
-        folders = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if not rules.is_ignored(rel, is_dir=True):
-            return False
-        return not any(rules.is_ignored(f, is_dir=True) and rules.can_prune(f) for f in folders)
-
-    def _rescan(self, rel: str, entry: FileEntry | None) -> set[str]:
-        before = self._rows_under(rel)
-        self._remove(rel)
-        found = list(walk_files(self.root, self.rules, start=rel))
-        self._add_all([entry, *found] if entry is not None else found)
-        return _diff(before, self._rows_under(rel))
-
-    def _rows_under(self, rel: str) -> dict[str, str]:
-        prefix = rel + "/"
-        return {
-            p: f"{e.type}:{e.executable}:{e.target}:{self.contents.get(p)}"
-            for p, e in self.entries.items()
-            if p == rel or p.startswith(prefix)
-        }
-
-
-class _TreeStore:
-    """TreeIndex objects shared by every layer that copies the same root with the same rules."""
-
-    def __init__(self, cache: DigestCache) -> None:
-        self.cache = cache
-        self.rules: dict[_TreeSpec, IgnoreRules] = {}
-        self.trees: dict[_TreeKey, TreeIndex] = {}
-
-    def rules_of(self, spec: _TreeSpec) -> IgnoreRules:
-        if spec not in self.rules:
-            self.rules[spec] = spec.read_rules()
-        return self.rules[spec]
-
-    def tree_of(self, spec: _TreeSpec) -> TreeIndex:
-        key = (spec.root, self.rules_of(spec))
-        tree = self.trees.get(key)
-        if tree is None:
-            tree = self.trees[key] = _TrackedTree.build(spec.root, key[1], self.cache)
-        return tree
-
-    def provide(self, spec: _TreeSpec, cache: DigestCache) -> TreeIndex:
-        """hash_image's TreeProvider: this store's tree (built with this store's cache)."""
-        return self.tree_of(spec)
-
-    def peek(self, spec: _TreeSpec) -> TreeIndex | None:
-        rules = self.rules.get(spec)
-        return None if rules is None else self.trees.get((spec.root, rules))
-
-    def key_of(self, spec: _TreeSpec) -> _TreeKey | None:
-        rules = self.rules.get(spec)
-        return None if rules is None else (spec.root, rules)
-
-    def drop(self, key: _TreeKey) -> None:
-        self.trees.pop(key, None)
-
-    def keep_only(self, specs: Iterable[_TreeSpec]) -> None:
-        wanted = set(specs)
-        self.rules = {s: r for s, r in self.rules.items() if s in wanted}
-        used = {(s.root, r) for s, r in self.rules.items()}
-        for key in [k for k in self.trees if k not in used]:
-            self.drop(key)
 
 
 # -- one batch of changes ---------------------------------------------------------------
@@ -253,15 +153,15 @@ class _TreeStore:
 class _Batch:
     """What one apply_changes call touched, before the trees are refreshed."""
 
-    rels: dict[_TreeKey, set[str]] = field(default_factory=dict)
-    roots: set[_TreeKey] = field(default_factory=set)
+    rels: dict[TreeKey, set[str]] = field(default_factory=dict)
+    roots: set[TreeKey] = field(default_factory=set)
     files: set[str] = field(default_factory=set)
     ignores: set[str] = field(default_factory=set)
     hit: set[str] = field(default_factory=set)
-    new_rules: set[_TreeSpec] = field(default_factory=set)
+    new_rules: set[TreeSource] = field(default_factory=set)
     # Specs whose rules may have gained an input the index does not know yet: a new nested
     # .gitignore, or a new folder that may hold one.
-    suspects: set[_TreeSpec] = field(default_factory=set)
+    suspects: set[TreeSource] = field(default_factory=set)
 
 
 def _covers(path: str, target: str) -> bool:
@@ -274,18 +174,8 @@ def _inside(path: str, root: str) -> str | None:
     return path[len(root) + 1 :] if path.startswith(root + "/") else None
 
 
-def _excluded(rules: IgnoreRules, rel: str, *, is_dir: bool) -> bool:
-    """TreeIndex's own test: a pruned ignored ancestor, or the path itself ignored."""
-    for ancestor in _folders_above(rel):
-        if rules.is_ignored(ancestor, is_dir=True) and rules.can_prune(ancestor):
-            return True
-    return rules.is_ignored(rel, is_dir=is_dir)
-
-
-def _folders_above(rel: str) -> list[str]:
-    """``a/b/c`` -> ``["a", "a/b"]``."""
-    parts = rel.split("/")[:-1]
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+def _update_named(tree: TreeIndex, rels: set[str]) -> set[str]:
+    return tree.update(_with_new_folders(tree, rels))
 
 
 def _with_new_folders(tree: TreeIndex, rels: Iterable[str]) -> list[str]:
@@ -330,14 +220,14 @@ class ImageTracker:
 
     def __init__(self, cache: DigestCache | None = None) -> None:
         self._cache = default_cache() if cache is None else cache
-        self._store = _TreeStore(self._cache)
+        self._store = TreeStore(revalidate=False, size=None)
         self._images: dict[str, Image] = {}
         self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
         self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
         self._errors: dict[str, ImagedError] = {}
-        self._spec_images: dict[_TreeSpec, set[str]] = {}
+        self._spec_images: dict[TreeSource, set[str]] = {}
         self._files: dict[str, set[str]] = {}
-        self._ignores: dict[str, set[_TreeSpec]] = {}
+        self._ignores: dict[str, set[TreeSource]] = {}
 
     # -- loading
 
@@ -363,9 +253,9 @@ class ImageTracker:
     def _index(self) -> None:
         # Built aside and swapped in whole: watch_roots() and is_relevant() (the watcher's
         # filter) may read them from the event loop while this runs in a worker thread.
-        spec_images: dict[_TreeSpec, set[str]] = {}
+        spec_images: dict[TreeSource, set[str]] = {}
         files: dict[str, set[str]] = {}
-        ignores: dict[str, set[_TreeSpec]] = {}
+        ignores: dict[str, set[TreeSource]] = {}
         for name, deps in self._deps.items():
             for dep in deps:
                 for path in dep.files:
@@ -399,6 +289,11 @@ class ImageTracker:
         if name in self._errors:
             raise self._errors[name]
         return self._digests[name]
+
+    def lend_tree(self, source: TreeSource, cache: DigestCache) -> TreeIndex:
+        """A TreeProvider for a build in another thread: the tree as the events left it
+        (walked only if this tracker does not hold it); the next change copies it first."""
+        return self._store.lend(source, self._cache)
 
     def watch_roots(self) -> dict[Path, bool]:
         """The folders to watch, each with whether to watch it recursively: the outermost
@@ -436,7 +331,7 @@ class ImageTracker:
                 return True
         return False
 
-    def _tracked_in(self, spec: _TreeSpec, rel: str, path: str) -> bool:
+    def _tracked_in(self, spec: TreeSource, rel: str, path: str) -> bool:
         tree = self._store.peek(spec)
         if tree is not None and rel in tree.entries:
             return True
@@ -445,11 +340,11 @@ class ImageTracker:
             return False  # neither tracked nor present: applying it would change nothing
         try:
             # Read-only: this runs in the watcher's filter, maybe beside a tracker call.
-            rules = self._store.rules.get(spec)
+            rules = self._store.known_rules(spec)
             rules = spec.read_rules() if rules is None else rules
         except _INPUT_ERRORS:
             return True
-        return not _excluded(rules, rel, is_dir=os.path.isdir(path))
+        return not excluded(rules, rel, is_dir=os.path.isdir(path))
 
     # -- changes
 
@@ -515,44 +410,45 @@ class ImageTracker:
             if spec.gitignore and path not in self._ignores and self._may_add_rules(spec, path):
                 batch.ignores.add(path)
                 batch.suspects.add(spec)
-        for key in self._store.trees:
+        for key in self._store.held():
             root = str(key[0])
             if _covers(path, root):
                 batch.roots.add(key)
             elif (rel := _inside(path, root)) is not None:
                 batch.rels.setdefault(key, set()).add(rel)
 
-    def _may_add_rules(self, spec: _TreeSpec, path: str) -> bool:
+    def _may_add_rules(self, spec: TreeSource, path: str) -> bool:
         """A new ``.gitignore`` git would read for ``spec``, or a new folder inside it that
         the rules do not exclude (its ``.gitignore`` event may have come before the watch)."""
         rel = _inside(path, str(spec.root))
         if _is_rules_input(spec, path):
             return rel is None or self._read_by_git(spec, rel)
-        tree, rules = self._store.peek(spec), self._store.rules.get(spec)
+        tree, rules = self._store.peek(spec), self._store.known_rules(spec)
         if rel is None or tree is None or rules is None or rel in tree.entries:
             return False
-        return os.path.isdir(path) and not _excluded(rules, rel, is_dir=True)
+        return os.path.isdir(path) and not excluded(rules, rel, is_dir=True)
 
-    def _read_by_git(self, spec: _TreeSpec, rel: str) -> bool:
+    def _read_by_git(self, spec: TreeSource, rel: str) -> bool:
         """Git reads a nested ``.gitignore`` unless a folder above it is ignored."""
-        rules = self._store.rules.get(spec)
+        rules = self._store.known_rules(spec)
         return rules is None or not any(
-            rules.is_ignored(folder, is_dir=True) for folder in _folders_above(rel)
+            rules.is_ignored(folder, is_dir=True) for folder in ancestors(rel)
         )
 
     def _refresh_trees(
         self, batch: _Batch, *, everything: bool = False
-    ) -> dict[_TreeSpec, set[str]]:
+    ) -> dict[TreeSource, set[str]]:
         """Update trees in place (``everything``: re-stat each whole tree), rebuild those whose
         rules or root changed; per-spec changes."""
         store = self._store
         old_keys = {spec: store.key_of(spec) for spec in self._spec_images}
         snapshots = self._new_rules_snapshots(batch)
         for key in batch.roots:
-            if key in store.trees:
+            tree = store.get(key)
+            if tree is not None:
                 for spec in self._spec_images:
                     if old_keys[spec] == key:
-                        snapshots.setdefault(spec, store.trees[key].file_digests())
+                        snapshots.setdefault(spec, tree.file_digests())
                 store.drop(key)
         updated = self._update_trees(batch, everything=everything)
         out = {spec: self._rebuilt(spec, old) for spec, old in snapshots.items()}
@@ -564,31 +460,32 @@ class ImageTracker:
                 out[spec] = changed or set()  # an empty set still rehashes its images
         return out
 
-    def _update_trees(self, batch: _Batch, *, everything: bool) -> dict[_TreeKey, set[str] | None]:
+    def _update_trees(self, batch: _Batch, *, everything: bool) -> dict[TreeKey, set[str] | None]:
         """The changed relpaths per tree; None for a tree that could not be read (dropped,
         so the next hash walks it again or records the image's error)."""
         store = self._store
-        keys = list(store.trees) if everything else [k for k in batch.rels if k in store.trees]
-        out: dict[_TreeKey, set[str] | None] = {}
+        held = store.held()
+        keys = held if everything else [k for k in batch.rels if k in held]
+        out: dict[TreeKey, set[str] | None] = {}
         for key in keys:
-            tree = store.trees[key]
+            rels = batch.rels.get(key, set())
             try:
                 if everything:
-                    out[key] = tree.refresh()
+                    out[key] = store.change(key, TreeIndex.refresh)
                 else:
-                    out[key] = tree.update(_with_new_folders(tree, batch.rels[key]))
+                    out[key] = store.change(key, partial(_update_named, rels=rels))
             except _INPUT_ERRORS:
                 store.drop(key)
                 out[key] = None
         return out
 
-    def _new_rules_snapshots(self, batch: _Batch) -> dict[_TreeSpec, dict[str, str]]:
+    def _new_rules_snapshots(self, batch: _Batch) -> dict[TreeSource, dict[str, str]]:
         """Re-read the rules of specs whose ignore files were touched; for each spec whose rules
         moved, forget them and keep its old listing to diff against."""
-        snapshots: dict[_TreeSpec, dict[str, str]] = {}
+        snapshots: dict[TreeSource, dict[str, str]] = {}
         touched = {s for f in batch.ignores for s in self._ignores.get(f, ())}
         for spec in touched | batch.suspects:
-            old = self._store.rules.get(spec)
+            old = self._store.known_rules(spec)
             try:
                 new: IgnoreRules | None = spec.read_rules()
             except _INPUT_ERRORS:
@@ -596,21 +493,21 @@ class ImageTracker:
             if new is None or new != old:
                 tree = self._store.peek(spec)
                 snapshots[spec] = tree.file_digests() if tree is not None else {}
-                self._store.rules.pop(spec, None)
+                self._store.forget_rules(spec)
                 batch.new_rules.add(spec)
         return snapshots
 
-    def _rebuilt(self, spec: _TreeSpec, old: dict[str, str]) -> set[str]:
+    def _rebuilt(self, spec: TreeSource, old: dict[str, str]) -> set[str]:
         if not spec.root.is_dir():
             return set(old)
         try:
-            tree = self._store.tree_of(spec)
+            tree = self._store.provide(spec, self._cache)
         except _INPUT_ERRORS:
             return set(old)
         return _diff(old, tree.file_digests())
 
     def _rehash_touched(
-        self, batch: _Batch, spec_changes: dict[_TreeSpec, set[str]]
+        self, batch: _Batch, spec_changes: dict[TreeSource, set[str]]
     ) -> dict[str, DigestChange]:
         changes: dict[str, DigestChange] = {}
         memo: dict[Image, ImageDigest] = {}
@@ -632,7 +529,7 @@ class ImageTracker:
         name: str,
         deps: tuple[_LayerDeps, ...],
         batch: _Batch,
-        spec_changes: Mapping[_TreeSpec, set[str]],
+        spec_changes: Mapping[TreeSource, set[str]],
     ) -> bool:
         if name in self._errors:
             return name in batch.hit
@@ -690,7 +587,7 @@ def _layer_moved(index: int, old: ImageDigest | None, new: ImageDigest) -> bool:
 
 
 def _changed_files(
-    dep: _LayerDeps, batch: _Batch, spec_changes: Mapping[_TreeSpec, set[str]]
+    dep: _LayerDeps, batch: _Batch, spec_changes: Mapping[TreeSource, set[str]]
 ) -> list[str]:
     names = [Path(f).name for f in dep.files if f in batch.files]
     for spec in dep.trees:
@@ -705,7 +602,7 @@ def _file_reasons(
     old: ImageDigest | None,
     new: ImageDigest,
     batch: _Batch,
-    spec_changes: Mapping[_TreeSpec, set[str]],
+    spec_changes: Mapping[TreeSource, set[str]],
 ) -> tuple[Reason, ...]:
     reasons = []
     for dep in deps:

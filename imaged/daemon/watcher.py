@@ -12,6 +12,8 @@ import anyio
 import watchfiles
 from watchfiles import Change
 
+from imaged.daemon.tracker import outermost_paths
+
 __all__ = [
     "RawBatch",
     "RestartFlag",
@@ -157,11 +159,7 @@ def _nearest_folder(path: Path) -> Path:
 
 def existing_roots(paths: Iterable[Path]) -> set[Path]:
     """Each path, or its nearest existing parent folder; then only the outermost ones."""
-    kept: list[Path] = []
-    for path in sorted({_nearest_folder(p) for p in paths}, key=lambda p: len(p.parts)):
-        if not _covered(path, kept):
-            kept.append(path)
-    return set(kept)
+    return outermost_paths(_nearest_folder(p) for p in paths)
 
 
 def _covered(path: Path, folders: Iterable[Path]) -> bool:

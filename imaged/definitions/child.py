@@ -27,7 +27,7 @@ import anyio.abc
 from imaged.config import DEFAULTS, without_secrets
 from imaged.errors import DefinitionError, SpecError
 from imaged.safe_read import read_regular
-from imaged.spec.image import Image
+from imaged.spec.image import Image, find_project_root
 
 STDERR_TAIL_LINES = 20
 SKIPPED_DIRS = frozenset({"__pycache__", ".venv", "site-packages", "node_modules"})
@@ -273,15 +273,6 @@ def load_targets(
     return images
 
 
-def _project_root(start: Path) -> Path | None:
-    for folder in (start, *start.parents):
-        if (folder / "pyproject.toml").is_file():
-            return folder
-        if (folder / ".git").exists():
-            return None
-    return None
-
-
 def _excluded_dirs() -> list[Path]:
     names = ("stdlib", "platstdlib", "purelib", "platlib")
     found = [Path(sysconfig.get_path(name)).resolve() for name in names]
@@ -299,7 +290,7 @@ def _is_local(file: Path, roots: Sequence[Path], excluded: Sequence[Path]) -> bo
 def imported_local_files(definition: Path) -> tuple[Path, ...]:
     """Local ``.py`` files this interpreter imported from beside ``definition`` (or its
     project), plus the definition itself: the files whose edits change its images."""
-    roots = [definition.parent, *filter(None, [_project_root(definition.parent)])]
+    roots = [definition.parent, *filter(None, [find_project_root(definition.parent)])]
     excluded = _excluded_dirs()
     found = {definition}
     for module in list(sys.modules.values()):

@@ -113,12 +113,18 @@ def _entry_or_none(rel: str, path: str, st: os.stat_result) -> FileEntry | None:
         return None
 
 
-def _sorted_children(path: str) -> Iterator[os.DirEntry[str]]:
+def scan_folder(path: str) -> list[os.DirEntry[str]]:
+    """The entries of a folder, unsorted; none when it is gone or no longer a folder (a walk
+    racing a delete). Any other error (a permission) is raised for the caller to name."""
     try:
         with os.scandir(path) as it:
-            return iter(sorted(it, key=_name_of))
+            return list(it)
     except (FileNotFoundError, NotADirectoryError):
-        return iter(())
+        return []
+
+
+def _sorted_children(path: str) -> Iterator[os.DirEntry[str]]:
+    return iter(sorted(scan_folder(path), key=_name_of))
 
 
 _name_of = operator.attrgetter("name")
@@ -287,13 +293,9 @@ def _scan_nested(
 def _list_folder(path: str) -> tuple[bool, list[str]]:
     """Whether ``path`` holds a regular ``.gitignore``, and its subfolders' names, sorted."""
     has_gitignore, subdirs = False, []
-    try:
-        with os.scandir(path) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(entry.name)
-                elif entry.name == GITIGNORE:
-                    has_gitignore = entry.is_file(follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
-        pass
+    for entry in scan_folder(path):
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry.name)
+        elif entry.name == GITIGNORE:
+            has_gitignore = entry.is_file(follow_symlinks=False)
     return has_gitignore, sorted(subdirs)

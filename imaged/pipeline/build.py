@@ -21,7 +21,9 @@ import anyio
 
 from imaged.builders.base import Builder, BuildRequest, get_builder
 from imaged.config import Settings, load_settings
-from imaged.digest.hashing import DigestCache, ImageDigest, default_cache, hash_image
+from imaged.digest.cache import DigestCache, default_cache
+from imaged.digest.image_digest import ImageDigest, hash_image
+from imaged.digest.trees import TreeProvider
 from imaged.errors import ContextChangedError, SpecError
 from imaged.events import (
     BuildBuilding,
@@ -109,17 +111,25 @@ def _effective(image: Image, settings: Settings) -> Image:
     return override_registry(image, settings.registry)
 
 
-def _validate_and_hash(image: Image, cache: DigestCache) -> ImageDigest:
+def _validate_and_hash(image: Image, cache: DigestCache, trees: TreeProvider | None) -> ImageDigest:
     image.validate()
-    return hash_image(image, cache)
+    return hash_image(image, cache, trees=trees)
+
+
+def _revalidating(trees: TreeProvider | None) -> TreeProvider | None:
+    """``trees`` re-stating each tree (the default provider always does)."""
+    if trees is None:
+        return None
+    return lambda source, cache: trees(source, cache).revalidated()
 
 
 def _stage(
-    image: Image, cache: DigestCache, workdir: Path
+    image: Image, cache: DigestCache, workdir: Path, trees: TreeProvider | None
 ) -> tuple[ImageDigest, RenderedImage, Path]:
-    """Hash, render and stage; re-hash when a file moved in between."""
+    """Hash, render and stage; re-hash when a file moved in between (re-stating the trees:
+    a provider kept current by events may not have seen that edit yet)."""
     for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
-        digest = hash_image(image, cache)
+        digest = hash_image(image, cache, trees=trees if attempt == 1 else _revalidating(trees))
         rendered = render_dockerfile(image, digest)
         try:
             dockerfile = stage_context(rendered, workdir / "context")
@@ -138,6 +148,7 @@ async def _ensure_parent(
     client: RegistryClient,
     builder: Builder,
     cache: DigestCache,
+    trees: TreeProvider | None,
     on_event: EventSink | None,
 ) -> None:
     """An image built FROM another Image needs that image first: build it (or find its tag
@@ -160,6 +171,7 @@ async def _ensure_parent(
         registry_client=client,
         builder=builder,
         cache=cache,
+        trees=trees,
         on_event=parent_event,
     )
     send(on_event, ParentReady(image=image.name, parent=parent.uri, status=parent.status))
@@ -174,13 +186,16 @@ async def abuild(
     settings: Settings | None = None,
     registry_client: RegistryClient | None = None,
     cache: DigestCache | None = None,
+    trees: TreeProvider | None = None,
     on_event: EventSink | None = None,
     checked: Mapping[str, Existence] | None = None,
 ) -> ImageBuild:
     """Build and push ``image`` unless its content tag already exists in the registry.
 
     ``checked`` carries answers of a concurrent existence check made just before (by URI);
-    an image whose URI is not in it (or moved since) is checked here.
+    an image whose URI is not in it (or moved since) is checked here. ``trees`` serves each
+    copied folder's index (default: the process-wide store, which re-stats each tree); the
+    daemon passes the trees its events keep current, so a rebuild walks nothing.
 
     >>> # result = await abuild(Image.from_base("debian:12").clone(name="x", registry="localhost:5000"))
     """
@@ -195,6 +210,7 @@ async def abuild(
                 settings=settings,
                 registry_client=own,
                 cache=cache,
+                trees=trees,
                 on_event=on_event,
                 checked=checked,
             )
@@ -202,7 +218,7 @@ async def abuild(
     image = _effective(image, settings)
     started = time.perf_counter()
     # Hashing reads files: off the event loop, so a big tree never starves the daemon.
-    digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache)
+    digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache, trees)
     result = ImageBuild(
         name=image.name or "",
         uri=_uri(image, digest),
@@ -240,9 +256,10 @@ async def abuild(
         client=registry_client,
         builder=chosen,
         cache=cache,
+        trees=trees,
         on_event=on_event,
     )
-    await _build_and_push(image, chosen, settings, cache, force, result, on_event, client)
+    await _build_and_push(image, chosen, settings, cache, trees, force, result, on_event, client)
     if not result.pushed:
         _BUILT_LOCALLY.add(result.uri)
     result.timings["total"] = time.perf_counter() - started
@@ -271,6 +288,7 @@ async def _build_and_push(
     chosen: Builder,
     settings: Settings,
     cache: DigestCache,
+    trees: TreeProvider | None,
     force: bool,
     result: ImageBuild,
     on_event: EventSink | None,
@@ -283,7 +301,7 @@ async def _build_and_push(
     async with _locked(workdir):
         t0 = time.perf_counter()
         digest, _rendered, dockerfile = await anyio.to_thread.run_sync(
-            _stage, image, cache, workdir
+            _stage, image, cache, workdir, trees
         )
         result.timings["stage"] = time.perf_counter() - t0
         if digest.digest != result.digest:

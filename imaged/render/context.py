@@ -25,8 +25,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from imaged.digest.encoding import EXEC_SUFFIX
 from imaged.digest.files import DIR, FILE, SYMLINK
-from imaged.digest.hashing import EXEC_SUFFIX
 from imaged.errors import ContextChangedError
 from imaged.render.dockerfile import RenderedImage
 

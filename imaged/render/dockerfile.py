@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import assert_never, cast
 
-from imaged.digest.hashing import ImageDigest, LayerDigest, TreeIndex, hash_image
+from imaged.digest.image_digest import ImageDigest, LayerDigest, hash_image
+from imaged.digest.trees import TreeIndex
 from imaged.errors import SpecError
 from imaged.spec import layers as L
 from imaged.spec.checks import (
@@ -196,7 +196,7 @@ def _file_digest(layer_digest: LayerDigest, path: Path) -> str | None:
     return dict(layer_digest.files).get(str(path))
 
 
-def _apt(r: _Renderer, index: int, layer: Any) -> None:
+def _apt(r: _Renderer, index: int, layer: L.AptPackages) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     pkgs = " ".join(shlex.quote(p) for p in layer.packages)
@@ -218,13 +218,13 @@ def _install_args(opts: L.PipOptions, packages: tuple[str, ...]) -> str:
     return " ".join(shlex.quote(a) for a in [*_pip_args(opts), "--", *packages])
 
 
-def _pip(r: _Renderer, index: int, layer: Any) -> None:
+def _pip(r: _Renderer, index: int, layer: L.PipPackages) -> None:
     r.python_run(
         layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, layer.packages)}"]
     )
 
 
-def _requirements(r: _Renderer, index: int, layer: Any) -> None:
+def _requirements(r: _Renderer, index: int, layer: L.Requirements) -> None:
     d = r.layer_digest(index)
     mount = r.bind(index, layer.file, "requirements.txt", _file_digest(d, layer.file))
     args = " ".join(shlex.quote(a) for a in _pip_args(layer.pip))
@@ -235,7 +235,7 @@ def _requirements(r: _Renderer, index: int, layer: Any) -> None:
 
 
 def _project_mounts(
-    r: _Renderer, index: int, layer: Any, lock: Path, lock_name: str
+    r: _Renderer, index: int, layer: L.UvProject | L.PoetryProject, lock: Path, lock_name: str
 ) -> tuple[list[str], str]:
     d = r.layer_digest(index)
     if layer.mode == "install_project":
@@ -256,7 +256,7 @@ def _project_mounts(
     return mounts, f"{MOUNT_ROOT}/{index}"
 
 
-def _uv_project(r: _Renderer, index: int, layer: Any) -> None:
+def _uv_project(r: _Renderer, index: int, layer: L.UvProject) -> None:
     mounts, workdir = _project_mounts(r, index, layer, layer.uvlock, "uv.lock")
     args = " ".join(shlex.quote(a) for a in _pip_args(layer.pip))
     locked = _file_digest(r.layer_digest(index), layer.uvlock) is not None
@@ -270,7 +270,7 @@ def _uv_project(r: _Renderer, index: int, layer: Any) -> None:
     r.python_run(layer.secret_mounts, steps, tuple(mounts))
 
 
-def _poetry_project(r: _Renderer, index: int, layer: Any) -> None:
+def _poetry_project(r: _Renderer, index: int, layer: L.PoetryProject) -> None:
     r.ensure_poetry()
     mounts, workdir = _project_mounts(r, index, layer, layer.poetry_lock, "poetry.lock")
     extra = " ".join(shlex.quote(a) for a in layer.extra_args)
@@ -285,7 +285,7 @@ def _poetry_project(r: _Renderer, index: int, layer: Any) -> None:
     r.python_run(layer.secret_mounts, steps, tuple(mounts))
 
 
-def _uv_script(r: _Renderer, index: int, layer: Any) -> None:
+def _uv_script(r: _Renderer, index: int, layer: L.UvScript) -> None:
     deps = r.layer_digest(index).values  # as read when the digest was computed
     if not deps:
         r.lines.append(f"# {layer.script.name} declares no dependencies")
@@ -295,7 +295,7 @@ def _uv_script(r: _Renderer, index: int, layer: Any) -> None:
     r.python_run(layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, deps)}"])
 
 
-def _commands(r: _Renderer, index: int, layer: Any) -> None:
+def _commands(r: _Renderer, index: int, layer: L.Commands) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     for command in layer.commands:
@@ -307,20 +307,20 @@ def _commands(r: _Renderer, index: int, layer: Any) -> None:
             r.lines.append(f"RUN {command}")
 
 
-def _env(r: _Renderer, index: int, layer: Any) -> None:
+def _env(r: _Renderer, index: int, layer: L.EnvVars) -> None:
     pairs = " ".join(f"{k}={quote_env(v)}" for k, v in layer.env)
     r.lines.append(f"ENV {pairs}")
 
 
-def _workdir(r: _Renderer, index: int, layer: Any) -> None:
+def _workdir(r: _Renderer, index: int, layer: L.Workdir) -> None:
     r.lines.append(f"WORKDIR {layer.path}")
 
 
-def _source_folder(r: _Renderer, index: int, layer: Any) -> None:
+def _source_folder(r: _Renderer, index: int, layer: L.SourceFolder) -> None:
     r.copy_tree(index, layer.target, r.layer_digest(index).trees[0])
 
 
-def _source_files(r: _Renderer, index: int, layer: Any) -> None:
+def _source_files(r: _Renderer, index: int, layer: L.SourceFiles) -> None:
     d = r.layer_digest(index)
     dest = f"layers/{index}"
     for path in layer.files:
@@ -330,29 +330,61 @@ def _source_files(r: _Renderer, index: int, layer: Any) -> None:
     r.lines.append(_copy_line(f"{dest}/", layer.dst.rstrip("/") + "/"))
 
 
-def _code_bundle(r: _Renderer, index: int, layer: Any) -> None:
+def _code_bundle(r: _Renderer, index: int, layer: L.CodeBundle) -> None:
     r.copy_tree(index, layer.dst, r.layer_digest(index).trees[0])
 
 
-def _dockerignore(r: _Renderer, index: int, layer: Any) -> None:
+def _dockerignore(r: _Renderer, index: int, layer: L.Dockerignore) -> None:
     """Its rules already shaped the file lists of the folder layers."""
 
 
-_RENDERERS: dict[type[L.Layer], Callable[[_Renderer, int, Any], None]] = {
-    L.AptPackages: _apt,
-    L.PipPackages: _pip,
-    L.Requirements: _requirements,
-    L.UvProject: _uv_project,
-    L.PoetryProject: _poetry_project,
-    L.UvScript: _uv_script,
-    L.Commands: _commands,
-    L.EnvVars: _env,
-    L.Workdir: _workdir,
-    L.SourceFolder: _source_folder,
-    L.SourceFiles: _source_files,
-    L.CodeBundle: _code_bundle,
-    L.Dockerignore: _dockerignore,
-}
+def render_layer(r: _Renderer, index: int, layer: L.Layer) -> None:
+    """One layer's Dockerfile lines and context items. The matches below are exhaustive
+    over ``L.KnownLayer`` (which tests/test_layer_kinds.py checks against LAYER_KINDS), so
+    mypy names a kind they forget."""
+    known = cast(L.KnownLayer, layer)
+    if isinstance(known, L.RecipeLayer):
+        _render_recipe(r, index, known)
+    else:
+        _render_files(r, index, known)
+
+
+def _render_recipe(r: _Renderer, index: int, layer: L.RecipeLayer) -> None:
+    match layer:
+        case L.AptPackages():
+            _apt(r, index, layer)
+        case L.PipPackages():
+            _pip(r, index, layer)
+        case L.Requirements():
+            _requirements(r, index, layer)
+        case L.UvProject():
+            _uv_project(r, index, layer)
+        case L.PoetryProject():
+            _poetry_project(r, index, layer)
+        case L.UvScript():
+            _uv_script(r, index, layer)
+        case L.Commands():
+            _commands(r, index, layer)
+        case _:
+            assert_never(layer)
+
+
+def _render_files(r: _Renderer, index: int, layer: L.FileLayer) -> None:
+    match layer:
+        case L.EnvVars():
+            _env(r, index, layer)
+        case L.Workdir():
+            _workdir(r, index, layer)
+        case L.SourceFolder():
+            _source_folder(r, index, layer)
+        case L.SourceFiles():
+            _source_files(r, index, layer)
+        case L.CodeBundle():
+            _code_bundle(r, index, layer)
+        case L.Dockerignore():
+            _dockerignore(r, index, layer)
+        case _:
+            assert_never(layer)
 
 
 def base_reference(image: Image, digest: ImageDigest | None = None) -> str:
@@ -389,7 +421,7 @@ def render_dockerfile(image: Image, digest: ImageDigest | None = None) -> Render
     check_reference(ref, what="base reference", image=image.name, layer="base")
     r.lines.append(f"FROM {ref}")
     for index, layer in enumerate(image.layers):
-        _RENDERERS[type(layer)](r, index, layer)
+        render_layer(r, index, layer)
     r.lines.append(f"LABEL dev.imaged.digest={digest.digest}")
     r.out.dockerfile = "\n".join(r.lines) + "\n"
     return r.out

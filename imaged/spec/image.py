@@ -57,7 +57,7 @@ from imaged.spec.layers import (
 )
 
 if TYPE_CHECKING:
-    from imaged.digest.hashing import ImageDigest, LayerDigest
+    from imaged.digest.image_digest import ImageDigest, LayerDigest
 
 SPEC_VERSION = 1
 _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
@@ -172,14 +172,15 @@ def _platforms(value: object) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _find_project_root(start: Path) -> Path:
-    """The nearest folder holding pyproject.toml, not crossing a repository root."""
+def find_project_root(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` holding pyproject.toml, not crossing a
+    repository root (a folder holding ``.git``); None when there is none."""
     for folder in (start, *start.parents):
         if (folder / "pyproject.toml").is_file():
             return folder
         if (folder / ".git").exists():
-            break
-    return start
+            return None
+    return None
 
 
 # -- the Image --------------------------------------------------------------------------
@@ -552,7 +553,8 @@ class Image:
                 image=self.name,
                 layer="code_bundle",
             )
-        root = _find_project_root(_caller_dir())
+        caller = _caller_dir()
+        root = find_project_root(caller) or caller
         return self._with(CodeBundle(root=root, dst=_dst(dst), copy_style=copy_style))
 
     def with_dockerignore(self, path: str | os.PathLike[str]) -> Image:
@@ -720,7 +722,7 @@ class Image:
 
     def compute(self) -> ImageDigest:
         """Hash the image now (reads files; uses the process-wide per-file digest cache)."""
-        from imaged.digest.hashing import hash_image
+        from imaged.digest.image_digest import hash_image
 
         return hash_image(self)
 

@@ -1,5 +1,12 @@
 """The layer kinds an Image is made of: small frozen dataclasses, each with a stable kind name.
 
+Each kind is declared once, here: its fields, its family, the files and folders it reads
+(:meth:`Layer.inputs`, with the ignore rules of each folder) and the values its digest
+encodes (:meth:`Layer.digest_fields`). The hasher, the daemon's tracker and the validator
+read these declarations; the Dockerfile renderer keeps one function per kind, reached by an
+exhaustive match over :data:`RecipeLayer` and :data:`FileLayer`, so mypy names a kind it
+forgets. A new kind: its class here (and in its family), its renderer, its tests.
+
 Layers fall in two families that later stages treat differently:
 
 * **recipe** layers (apt, pip, requirements, uv/poetry projects, uv scripts, commands) run a
@@ -14,11 +21,14 @@ This module is pure: it imports no I/O library.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 
 from imaged.errors import SpecError
+from imaged.spec.pins import POETRY_VERSION, UV_VERSION
 
 Category = Literal["recipe", "files"]
 InstallMode = Literal["dependencies_only", "install_project"]
@@ -128,20 +138,104 @@ class PipOptions:
     extra_args: tuple[str, ...] = ()
 
 
+# -- what a layer reads -----------------------------------------------------------------
+
+FileRead = Literal["content", "requirements", "mode", "script_header"]
+IfMissing = Literal["error", "absent", "floating"]
+
+
 @dataclass(frozen=True)
-class Layer:
-    """Base of all layer kinds."""
+class FileInput:
+    """A single file a layer reads.
+
+    ``read`` is what of it enters the digest: its ``content``; ``requirements`` (the content
+    of a requirements file, which must not name other files); ``mode`` (the content and the
+    executable bit, copied into the image); ``script_header`` (only a script's PEP 723
+    header, whose dependencies the build installs). ``if_missing``: ``error`` refuses a
+    missing file; ``absent`` hashes it as absent (validation before a build still refuses
+    it); ``floating`` hashes it as absent, records nothing for the build, and validation
+    accepts it (a default ``uv.lock``: resolved at build time).
+    """
+
+    path: Path
+    read: FileRead = "content"
+    if_missing: IfMissing = "error"
+
+
+@dataclass(frozen=True)
+class TreeInput:
+    """A folder a layer copies, filtered by its ``.dockerignore`` and the image's extra
+    ignore files; ``gitignore``: git's ignore files as well; ``modules_only``: its Python
+    files only (a code bundle's ``loaded_modules``)."""
+
+    root: Path
+    gitignore: bool = False
+    modules_only: bool = False
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """Everything on the host one layer reads: the hasher reads exactly these, the tracker
+    watches exactly these, the validator checks exactly these."""
+
+    files: tuple[FileInput, ...] = ()
+    trees: tuple[TreeInput, ...] = ()
+
+    def paths(self) -> tuple[Path, ...]:
+        return (*(f.path for f in self.files), *(t.root for t in self.trees))
+
+
+@dataclass(frozen=True)
+class InputDigests:
+    """What the hasher read of a layer's declared inputs, for :meth:`Layer.digest_fields`:
+    content sha256 per file (``"absent"`` for a missing optional one), the executable bit
+    of ``mode`` files, the header text of ``script_header`` files, the digest per tree."""
+
+    files: Mapping[Path, str]
+    trees: Mapping[TreeInput, str]
+    executable: Mapping[Path, bool]
+    headers: Mapping[Path, str]
+
+
+def _pip_fields(opts: PipOptions) -> list[object]:
+    return [opts.index_url, opts.extra_index_urls, opts.pre, opts.extra_args]
+
+
+def _secret_fields(secrets: tuple[Secret, ...]) -> list[object]:
+    return [[s.key, s.group, s.mount, s.as_env_var] for s in secrets]
+
+
+LAYER_KINDS: dict[str, type[Layer]] = {}
+
+
+@dataclass(frozen=True)
+class Layer(ABC):
+    """Base of all layer kinds; a subclass with a ``kind`` registers in :data:`LAYER_KINDS`."""
 
     kind: ClassVar[str] = ""
     category: ClassVar[Category] = "recipe"
+    in_image_digest: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            LAYER_KINDS[cls.kind] = cls
 
     def describe(self) -> str:
         """A short human label, e.g. ``source_folder src/``."""
         return self.kind
 
+    def inputs(self) -> LayerInputs:
+        """The host files and folders this layer reads (none by default)."""
+        return LayerInputs()
+
+    @abstractmethod
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        """The values this layer's digest encodes, in order: ``encode([kind, fields])``."""
+
     def input_paths(self) -> tuple[Path, ...]:
-        """Absolute host paths this layer reads (files or folders)."""
-        return ()
+        """Absolute host paths this layer reads (files, then folders)."""
+        return self.inputs().paths()
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -157,6 +251,9 @@ class AptPackages(Layer):
     def describe(self) -> str:
         return f"apt_packages {' '.join(self.packages)}"
 
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [self.packages, _secret_fields(self.secret_mounts)]
+
 
 @dataclass(frozen=True)
 class PipPackages(Layer):
@@ -167,6 +264,14 @@ class PipPackages(Layer):
 
     def describe(self) -> str:
         return f"pip_packages {' '.join(self.packages)}"
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [
+            UV_VERSION,
+            self.packages,
+            _pip_fields(self.pip),
+            _secret_fields(self.secret_mounts),
+        ]
 
 
 @dataclass(frozen=True)
@@ -179,8 +284,12 @@ class Requirements(Layer):
     def describe(self) -> str:
         return f"requirements {self.file.name}"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        return (self.file,)
+    def inputs(self) -> LayerInputs:
+        return LayerInputs(files=(FileInput(self.file, "requirements"),))
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        pip, secrets = _pip_fields(self.pip), _secret_fields(self.secret_mounts)
+        return [UV_VERSION, read.files[self.file], pip, secrets]
 
 
 @dataclass(frozen=True)
@@ -196,9 +305,13 @@ class UvProject(Layer):
     def describe(self) -> str:
         return f"uv_project {self.pyproject.parent.name}/ ({self.mode})"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        paths = (self.pyproject, self.uvlock)
-        return (*paths, self.pyproject.parent) if self.mode == "install_project" else paths
+    def inputs(self) -> LayerInputs:
+        lock = FileInput(self.uvlock, if_missing="error" if self.lock_required else "floating")
+        return _project_inputs(self.pyproject, lock, self.mode)
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        head = _project_fields(self, read, f"uv=={UV_VERSION}", self.uvlock)
+        return [*head, _pip_fields(self.pip), _secret_fields(self.secret_mounts)]
 
 
 @dataclass(frozen=True)
@@ -213,9 +326,12 @@ class PoetryProject(Layer):
     def describe(self) -> str:
         return f"poetry_project {self.pyproject.parent.name}/ ({self.mode})"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        paths = (self.pyproject, self.poetry_lock)
-        return (*paths, self.pyproject.parent) if self.mode == "install_project" else paths
+    def inputs(self) -> LayerInputs:
+        return _project_inputs(self.pyproject, FileInput(self.poetry_lock), self.mode)
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        head = _project_fields(self, read, f"poetry=={POETRY_VERSION}", self.poetry_lock)
+        return [*head, self.extra_args, _secret_fields(self.secret_mounts)]
 
 
 @dataclass(frozen=True)
@@ -230,8 +346,12 @@ class UvScript(Layer):
     def describe(self) -> str:
         return f"uv_script {self.script.name}"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        return (self.script,)
+    def inputs(self) -> LayerInputs:
+        return LayerInputs(files=(FileInput(self.script, "script_header"),))
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        pip, secrets = _pip_fields(self.pip), _secret_fields(self.secret_mounts)
+        return [UV_VERSION, read.headers[self.script], pip, secrets]
 
 
 @dataclass(frozen=True)
@@ -245,6 +365,9 @@ class Commands(Layer):
         more = f" (+{len(self.commands) - 1})" if len(self.commands) > 1 else ""
         return f"commands {first[:40]}{more}"
 
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [self.commands, _secret_fields(self.secret_mounts)]
+
 
 @dataclass(frozen=True)
 class EnvVars(Layer):
@@ -255,6 +378,9 @@ class EnvVars(Layer):
     def describe(self) -> str:
         return f"env_vars {' '.join(k for k, _ in self.env)}"
 
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [list(self.env)]
+
 
 @dataclass(frozen=True)
 class Workdir(Layer):
@@ -264,6 +390,9 @@ class Workdir(Layer):
 
     def describe(self) -> str:
         return f"workdir {self.path}"
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [self.path]
 
 
 @dataclass(frozen=True)
@@ -277,15 +406,18 @@ class SourceFolder(Layer):
     def describe(self) -> str:
         return f"source_folder {self.src.name}/"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        return (self.src,)
-
     @property
     def target(self) -> str:
         """The folder inside the image that receives the files."""
         if self.copy_contents_only:
             return self.dst
         return str(PurePosixPath(self.dst) / self.src.name)
+
+    def inputs(self) -> LayerInputs:
+        return LayerInputs(trees=(TreeInput(self.src),))
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [self.target, read.trees[TreeInput(self.src)]]
 
 
 @dataclass(frozen=True)
@@ -298,8 +430,12 @@ class SourceFiles(Layer):
     def describe(self) -> str:
         return f"source_files {' '.join(f.name for f in self.files)}"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        return self.files
+    def inputs(self) -> LayerInputs:
+        return LayerInputs(files=tuple(FileInput(p, "mode") for p in self.files))
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        rows = [[p.name, read.executable[p], read.files[p]] for p in self.files]
+        return [self.dst, rows]
 
 
 @dataclass(frozen=True)
@@ -315,8 +451,14 @@ class CodeBundle(Layer):
     def describe(self) -> str:
         return f"code_bundle {self.root.name}/ ({self.copy_style})"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        return (self.root,)
+    def inputs(self) -> LayerInputs:
+        return LayerInputs(trees=(self._tree(),))
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [self.dst, self.copy_style, read.trees[self._tree()]]
+
+    def _tree(self) -> TreeInput:
+        return TreeInput(self.root, gitignore=True, modules_only=self.copy_style != "all")
 
 
 @dataclass(frozen=True)
@@ -330,28 +472,48 @@ class Dockerignore(Layer):
     def describe(self) -> str:
         return f"dockerignore {self.path.name}"
 
-    def input_paths(self) -> tuple[Path, ...]:
-        return (self.path,)
+    # The rules act through the file lists of the folder layers; on their own they change
+    # nothing in the image, so this layer stays out of the image digest.
+    in_image_digest: ClassVar[bool] = False
+
+    def inputs(self) -> LayerInputs:
+        return LayerInputs(files=(FileInput(self.path, if_missing="absent"),))
+
+    def digest_fields(self, read: InputDigests) -> list[object]:
+        return [read.files[self.path]]
 
 
-LAYER_KINDS: dict[str, type[Layer]] = {
-    cls.kind: cls
-    for cls in (
-        AptPackages,
-        PipPackages,
-        Requirements,
-        UvProject,
-        PoetryProject,
-        UvScript,
-        Commands,
-        EnvVars,
-        Workdir,
-        SourceFolder,
-        SourceFiles,
-        CodeBundle,
-        Dockerignore,
-    )
-}
+# Every kind, as one type per family: a consumer that must treat each kind its own way (the
+# renderer) matches on them exhaustively, so mypy names a kind it forgets. Add a new kind
+# to its family here too (tests/test_layer_kinds.py checks both against LAYER_KINDS).
+RecipeLayer = (
+    AptPackages | PipPackages | Requirements | UvProject | PoetryProject | UvScript | Commands
+)
+FileLayer = EnvVars | Workdir | SourceFolder | SourceFiles | CodeBundle | Dockerignore
+KnownLayer = RecipeLayer | FileLayer
+
+
+def extra_ignores(layers: Iterable[Layer]) -> tuple[Path, ...]:
+    """The ``with_dockerignore`` files of an image: their rules apply to every folder it copies."""
+    return tuple(layer.path for layer in layers if isinstance(layer, Dockerignore))
+
+
+def _project_inputs(pyproject: Path, lock: FileInput, mode: InstallMode) -> LayerInputs:
+    """A uv or poetry project: its pyproject and lock, and with ``install_project`` the
+    project folder itself (git's ignore files apply, as for a code bundle)."""
+    files = (FileInput(pyproject), lock)
+    if mode == "install_project":
+        return LayerInputs(files, (TreeInput(pyproject.parent, gitignore=True),))
+    return LayerInputs(files)
+
+
+def _project_fields(
+    layer: UvProject | PoetryProject, read: InputDigests, tool: str, lock: Path
+) -> list[object]:
+    fields: list[object] = [tool, layer.mode, read.files[layer.pyproject], read.files[lock]]
+    if layer.mode == "install_project":
+        fields.append(read.trees[TreeInput(layer.pyproject.parent, gitignore=True)])
+    return fields
 
 
 def check_env_vars(env: object) -> tuple[tuple[str, str], ...]:

@@ -19,16 +19,12 @@ def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None
 
 
 def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
-    if isinstance(layer, L.SourceFolder | L.CodeBundle):
-        return [(layer.input_paths()[0], "folder")]
-    if isinstance(layer, L.UvProject | L.PoetryProject):
-        paths = [(p, "file") for p in layer.input_paths()[:2]]
-        if isinstance(layer, L.UvProject) and not layer.lock_required:
-            paths = paths[:1] if not layer.uvlock.exists() else paths  # floating without a lock
-        return paths + (
-            [(layer.pyproject.parent, "folder")] if layer.mode == "install_project" else []
-        )
-    return [(p, "file") for p in layer.input_paths()]
+    """The declared inputs, files before folders; a ``floating`` file may be missing."""
+    declared = layer.inputs()
+    files = [
+        (f.path, "file") for f in declared.files if f.if_missing != "floating" or f.path.exists()
+    ]
+    return files + [(tree.root, "folder") for tree in declared.trees]
 
 
 def validate_layers(
