@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from imaged.builders.base import BuildOutcome, BuildRequest
 from imaged.events import EventSink
 
@@ -46,6 +48,20 @@ print(json.dumps({
     "cwd": os.getcwd(),
 }))
 """
+
+
+def set_build_env(mp: pytest.MonkeyPatch, infra: Any) -> None:
+    """The settings every real build needs: the loopback base, the host CA bundle, the docker
+    CLI and engine of the test infra, and no registry override."""
+    mp.setenv("IMAGED_DEBIAN_BASE", infra.debian_base_template)
+    if infra.ca_bundle:
+        mp.setenv("IMAGED_BUILD_CA_BUNDLE", infra.ca_bundle)
+    mp.setenv("IMAGED_DOCKER_CLI", infra.docker_cli)
+    mp.delenv("IMAGED_REGISTRY", raising=False)
+    if infra.docker_host:
+        mp.setenv("DOCKER_HOST", infra.docker_host)
+    else:
+        mp.delenv("DOCKER_HOST", raising=False)
 
 
 def run_id() -> str:

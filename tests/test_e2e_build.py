@@ -26,6 +26,7 @@ from e2e_support import (
     pull_fresh,
     run_id,
     saved_blobs,
+    set_build_env,
     skopeo_inspect,
     write_tree,
 )
@@ -75,15 +76,7 @@ POETRY_LOCKED = locked_version(DATA / "poetryproj" / "poetry.lock", "six")
 def module_env(infra: Any) -> Iterator[None]:
     """The settings every build here needs: local base, host CA bundle, docker CLI."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMAGED_DEBIAN_BASE", infra.debian_base_template)
-        if infra.ca_bundle:
-            mp.setenv("IMAGED_BUILD_CA_BUNDLE", infra.ca_bundle)
-        mp.setenv("IMAGED_DOCKER_CLI", infra.docker_cli)
-        mp.delenv("IMAGED_REGISTRY", raising=False)
-        if infra.docker_host:
-            mp.setenv("DOCKER_HOST", infra.docker_host)
-        else:
-            mp.delenv("DOCKER_HOST", raising=False)
+        set_build_env(mp, infra)
         yield
 
 

@@ -26,6 +26,7 @@ from e2e_support import (
     probe_image,
     pull_fresh,
     run_id,
+    set_build_env,
 )
 
 from imaged import Image, build
@@ -42,16 +43,8 @@ def module_env(infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """Local base, host CA bundle, docker CLI, and a state folder of this module's own, so
     each image's staging folder (and BuildKit's copy of it) lives from one build to the next."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IMAGED_DEBIAN_BASE", infra.debian_base_template)
+        set_build_env(mp, infra)
         mp.setenv("IMAGED_STATE_DIR", str(tmp_path_factory.mktemp("state")))
-        if infra.ca_bundle:
-            mp.setenv("IMAGED_BUILD_CA_BUNDLE", infra.ca_bundle)
-        mp.setenv("IMAGED_DOCKER_CLI", infra.docker_cli)
-        mp.delenv("IMAGED_REGISTRY", raising=False)
-        if infra.docker_host:
-            mp.setenv("DOCKER_HOST", infra.docker_host)
-        else:
-            mp.delenv("DOCKER_HOST", raising=False)
         yield
 
 
