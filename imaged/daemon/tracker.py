@@ -357,12 +357,12 @@ class ImageTracker:
         self._reindex_if_rules_moved(batch)
         return self._rehash_touched(batch, spec_changes)
 
-    def reconcile(self) -> dict[str, DigestChange]:
+    def restat(self) -> dict[str, DigestChange]:
         """Find the edits no event announced: re-stat every tracked folder (no reads for
         unchanged files), re-read every ignore file, re-stat every single-file input, and
         retry every image in error. Returns the images whose digest moved.
 
-        >>> # for change in tracker.reconcile().values(): request_build(change.image)
+        >>> # for change in tracker.restat().values(): request_build(change.image)
         """
         batch = _Batch(files=self._moved_files(), ignores=set(self._ignores), hit=set(self._images))
         spec_changes = self._refresh_trees(batch, everything=True)
