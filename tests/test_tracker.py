@@ -27,8 +27,8 @@ from imaged.digest import cache as digest_cache
 from imaged.digest.cache import DigestCache
 from imaged.digest.image_digest import hash_image
 from imaged.errors import ImagedError, MissingPathError
-from imaged.spec import layers as L
 from imaged.spec.image import Image
+from imaged.spec.layers import CodeBundle
 
 BASE = "127.0.0.1:5000/base:1"
 
@@ -50,7 +50,7 @@ def assert_fresh(tracker: ImageTracker, images: Mapping[str, Image]) -> None:
 
 def bundle(image: Image, root: Path) -> Image:
     """A code bundle of ``root`` (with_code_bundle would pick the test file's project)."""
-    return image._with(L.CodeBundle(root=root))
+    return image._with(CodeBundle(root=root))
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ from imaged.digest.trees import (
     excluded,
 )
 from imaged.errors import ImagedError
-from imaged.spec import layers as L
 from imaged.spec.image import DockerfileBase, Image, ParentBase
+from imaged.spec.layers import extra_ignores
 
 __all__ = ["DigestChange", "ImageTracker", "Reason"]
 
@@ -140,7 +140,7 @@ def _base_deps(image: Image) -> _LayerDeps | None:
 
 def image_deps(image: Image) -> tuple[_LayerDeps, ...]:
     """Every input of an image by layer, the base (and a parent's inputs) first."""
-    extras = L.extra_ignores(image.layers)
+    extras = extra_ignores(image.layers)
     layers = tuple(_layer_deps(image, i, extras) for i in range(len(image.layers)))
     base = _base_deps(image)
     return (base, *layers) if base else layers
