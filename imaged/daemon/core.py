@@ -37,7 +37,6 @@ from imaged.daemon.bus import EventBus
 from imaged.daemon.clock import QuietClock
 from imaged.daemon.inputs import DaemonInputs
 from imaged.daemon.metrics import Metrics
-from imaged.daemon.modules import DefinitionModules
 from imaged.daemon.notify import SystemdNotifier
 from imaged.daemon.scheduler import Scheduler, SchedulerOptions
 from imaged.daemon.server import serve_status
@@ -79,14 +78,12 @@ class Daemon:
         reload_settings: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
-        self.targets = targets
         self.bus = EventBus(*([on_event] if on_event else []))
         self.notifier = notifier or SystemdNotifier.from_env()
         self.backend = backend
         self._reload_settings = reload_settings
         self.view = DaemonView()
         self.metrics = Metrics()
-        self.definitions = DefinitionModules(self.view, self.emit)
         self.builds = Builds(
             StateStore(settings.resolved_state_dir), self.view, self.metrics, self.emit
         )
@@ -103,7 +100,6 @@ class Daemon:
         self.inputs = DaemonInputs(
             settings=lambda: self.settings,
             targets=targets,
-            definitions=self.definitions,
             view=self.view,
             builds=self.builds,
             metrics=self.metrics,

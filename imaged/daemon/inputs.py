@@ -63,7 +63,6 @@ class DaemonInputs:
         *,
         settings: Callable[[], Settings],
         targets: list[Path],
-        definitions: DefinitionModules,
         view: DaemonView,
         builds: Builds,
         metrics: Metrics,
@@ -73,7 +72,7 @@ class DaemonInputs:
     ) -> None:
         self._settings = settings
         self.targets = targets
-        self.definitions = definitions
+        self.definitions = DefinitionModules(view, emit)
         self.view = view
         self.builds = builds
         self.metrics = metrics
