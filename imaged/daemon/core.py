@@ -7,7 +7,7 @@ the events), ``bus`` (the sinks), ``inputs`` (file events and the stat sweep -> 
 endpoint, which reads the daemon as a ``StatusSource``).
 
 ``Daemon.run`` has the phases of uvicorn's server: ``prepare`` (definition paths and the state
-lock, before any task starts, so that failing there is one clear error), ``startup``
+directory's lock, before any task starts, so that failing there is one clear error), ``startup``
 (definitions, the registry check, READY=1), the main loop (watcher, scheduler, watchdog,
 stat sweep, status server) and ``shutdown`` (cancel builds within a bound, save the records
 and the digest cache, STOPPING=1). An unexpected error while handling one event is an
@@ -199,9 +199,9 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Before any task starts: find the definition files and take the state lock, so a
-        bad path or a second daemon on the same state is one clear error, and never writes
-        over the state of the daemon that holds the lock."""
+        """Before any task starts: find the definition files and take the state directory's
+        lock, so a bad path or a second daemon on the same directory is one clear error, and
+        never writes over the records of the daemon that holds the lock."""
         self.inputs.definition_files()
         store = self.builds.store
         store.lock()
