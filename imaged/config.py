@@ -268,7 +268,7 @@ class Settings:
     reconcile_seconds: float = _setting(
         300.0,
         _non_negative_float,
-        "Period of the stat-only reconcile pass; 0 turns it off.",
+        "Period of the stat sweep (re-stat every input for missed file events); 0 turns it off.",
     )
     status_address: str | None = _setting(
         "127.0.0.1:9477",

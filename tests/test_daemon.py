@@ -219,12 +219,12 @@ async def test_an_unexpected_error_is_an_internal_error_and_the_next_event_is_ha
 ) -> None:
     harness.define("a.py", api=source_image(harness.root))
     async with running(harness.daemon()) as daemon:
-        real = daemon.tracker.apply_changes
+        real = daemon.inputs.tracker.apply_changes
 
         def broken_apply_changes(paths: object) -> object:
             raise RuntimeError("boom")
 
-        daemon.tracker.apply_changes = broken_apply_changes  # type: ignore[method-assign]
+        daemon.inputs.tracker.apply_changes = broken_apply_changes  # type: ignore[method-assign]
         harness.edit(harness.root / "src/app.py", "print('one')\n")
         error = await harness.wait_event("internal_error")
         assert error["where"] == "handle_paths"
@@ -232,7 +232,7 @@ async def test_an_unexpected_error_is_an_internal_error_and_the_next_event_is_ha
         assert "test_daemon.py" in error["at"]
         assert error["at"].endswith("in broken_apply_changes")
 
-        daemon.tracker.apply_changes = real  # type: ignore[method-assign]
+        daemon.inputs.tracker.apply_changes = real  # type: ignore[method-assign]
         mark = len(harness.events)
         harness.edit(harness.root / "src/app.py", "print('two')\n")
         await harness.wait_event("built", "api", since=mark)
@@ -262,7 +262,7 @@ async def test_a_fifo_ignore_file_fails_its_image_only_and_the_daemon_starts(
     assert harness.named("internal_error") == []
 
 
-async def test_an_unexpected_hashing_error_of_one_image_spares_the_first_reconcile(
+async def test_an_unexpected_hashing_error_of_one_image_spares_the_first_registry_check(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = tracker_module.hash_image
@@ -294,7 +294,7 @@ async def test_reload_with_the_definitions_folder_gone_keeps_the_last_good_image
         await daemon.reload()
         error = await harness.wait_event("definition_error")
         assert "definition file or folder not found" in error["error"]
-        assert list(daemon.images) == ["api"]
+        assert list(daemon.inputs.images) == ["api"]
         assert harness.named("reloaded")[-1]["images"] == 1
 
 
@@ -348,10 +348,10 @@ async def test_a_missing_definition_path_fails_before_anything_starts(harness: H
     assert not (harness.root / "state").exists()
 
 
-# -- 3: the periodic reconcile -------------------------------------------------------------------
+# -- 3: the periodic stat sweep -------------------------------------------------------------------
 
 
-async def test_the_reconcile_loop_finds_an_edit_the_watcher_missed(harness: Harness) -> None:
+async def test_the_stat_sweep_finds_an_edit_the_watcher_missed(harness: Harness) -> None:
     harness.reconcile_seconds = 0.05
     harness.define("a.py", api=source_image(harness.root))
     async with running(harness.daemon()):
@@ -383,9 +383,9 @@ async def test_tracker_calls_run_in_a_worker_thread_one_at_a_time(harness: Harne
 
             return call
 
-        tracker = daemon.tracker
+        tracker = daemon.inputs.tracker
         tracker.apply_changes = slow(tracker.apply_changes)  # type: ignore[method-assign]
-        tracker.reconcile = slow(tracker.reconcile)  # type: ignore[method-assign]
+        tracker.restat = slow(tracker.restat)  # type: ignore[method-assign]
         ticks = 0
 
         async def tick() -> None:
@@ -398,8 +398,8 @@ async def test_tracker_calls_run_in_a_worker_thread_one_at_a_time(harness: Harne
         async with anyio.create_task_group() as tg:
             tg.start_soon(tick)
             async with anyio.create_task_group() as work:
-                work.start_soon(daemon.handle_paths, {harness.root / "src/app.py"})
-                work.start_soon(daemon.reconcile_inputs)
+                work.start_soon(daemon.inputs.handle_paths, {harness.root / "src/app.py"})
+                work.start_soon(daemon.inputs.restat)
             tg.cancel_scope.cancel()
         assert len(calls) == 2
         assert all(thread != loop_thread for thread, _ in calls)
@@ -413,7 +413,7 @@ async def test_a_build_waits_while_the_next_batch_of_a_burst_is_hashed(harness: 
     harness.debounce_ms = 50
     harness.define("a.py", api=source_image(harness.root))
     async with running(harness.daemon()) as daemon:
-        real = daemon.tracker.apply_changes
+        real = daemon.inputs.tracker.apply_changes
         calls = 0
 
         def second_is_slow(paths: Any) -> Any:
@@ -423,7 +423,7 @@ async def test_a_build_waits_while_the_next_batch_of_a_burst_is_hashed(harness: 
                 time.sleep(0.3)  # longer than the debounce: the first batch's build is due
             return real(paths)
 
-        daemon.tracker.apply_changes = second_is_slow  # type: ignore[method-assign]
+        daemon.inputs.tracker.apply_changes = second_is_slow  # type: ignore[method-assign]
         mark = len(harness.events)
         harness.edit(harness.root / "src/one.py", "ONE = 1\n")
         harness.edit(harness.root / "src/two.py", "TWO = 2\n")
@@ -443,7 +443,7 @@ async def test_a_burst_whose_next_batch_is_filtered_past_the_quiet_period_builds
     harness.debounce_ms = 50
     harness.define("a.py", api=source_image(harness.root))
     async with running(harness.daemon()) as daemon:
-        real = daemon.tracker.is_relevant
+        real = daemon.inputs.tracker.is_relevant
         second = harness.root / "src/two.py"
 
         def slow_for_the_second(path: Any) -> bool:
@@ -451,7 +451,7 @@ async def test_a_burst_whose_next_batch_is_filtered_past_the_quiet_period_builds
                 time.sleep(0.2)  # four quiet periods, as 2,000 paths take on a busy machine
             return real(path)
 
-        daemon.tracker.is_relevant = slow_for_the_second  # type: ignore[method-assign]
+        daemon.inputs.tracker.is_relevant = slow_for_the_second  # type: ignore[method-assign]
         mark = len(harness.events)
         harness.edit(harness.root / "src/one.py", "ONE = 1\n")
         harness.edit(second, "TWO = 2\n")
@@ -469,7 +469,7 @@ def test_the_quiet_clock_stands_still_while_any_of_overlapping_pauses_is_open() 
     first.__enter__()
     frozen = clock()
     second.__enter__()
-    first.__exit__(None, None, None)  # the watch loop is done; the reconcile still hashes
+    first.__exit__(None, None, None)  # the watch loop is done; the stat sweep still hashes
     time.sleep(0.05)
     assert clock() == frozen
     second.__exit__(None, None, None)
@@ -517,7 +517,7 @@ async def test_a_name_defined_twice_keeps_the_first_module_in_path_order(
     b = harness.define("b.py", api=second)
     harness.load_delays[a] = 0.2  # b.py finishes loading first
     async with running(harness.daemon()) as daemon:
-        assert daemon.images["api"] == first
+        assert daemon.inputs.images["api"] == first
     error = harness.named("definition_error", "api")[0]
     assert error["file"] == str(b)
     assert str(a) in error["error"]

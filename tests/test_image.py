@@ -14,8 +14,19 @@ import pytest
 
 from imaged import Image, Secret
 from imaged.errors import MissingPathError, ScriptHeaderError, SpecError
-from imaged.spec import layers as L
 from imaged.spec.image import DebianBase, DockerfileBase, ParentBase, RefBase
+from imaged.spec.layers import (
+    INSTALL_MODES,
+    LAYER_KINDS,
+    CodeBundle,
+    EnvVars,
+    PipOptions,
+    PipPackages,
+    Requirements,
+    SourceFolder,
+    UvProject,
+    UvScript,
+)
 from imaged.spec.pep723 import read_script_metadata
 
 With = Callable[[Image], Image]
@@ -326,9 +337,9 @@ def test_uv_script_layer(tmp_path: Path) -> None:
     script.write_text(SCRIPT)
     img = Image.from_uv_script(script, name="s", python_version=(3, 12), secret_mounts="tok")
     assert img.python_version == (3, 12)
-    assert [type(layer) for layer in img.layers] == [L.UvScript]
+    assert [type(layer) for layer in img.layers] == [UvScript]
     layer = img.layers[0]
-    assert isinstance(layer, L.UvScript)
+    assert isinstance(layer, UvScript)
     assert layer.script == script
     assert layer.secret_mounts == (Secret("tok"),)
     assert read_script_metadata(layer.script).dependencies == ("rich>=13", "httpx")
@@ -440,7 +451,7 @@ def test_env_var_values_are_kept_exactly() -> None:
     img = ref_image().with_env_vars(env)
     back = Image.loads(img.dumps())
     layer = back.layers[0]
-    assert isinstance(layer, L.EnvVars)
+    assert isinstance(layer, EnvVars)
     assert dict(layer.env) == env
     assert [k for k, _ in layer.env] == list(env)
 
@@ -542,8 +553,8 @@ def test_relative_paths_resolve_against_defining_file(
         monkeypatch.chdir(cwd)
         img = load_module(root / "images.py", "imaged_test_relative").img
         folder, req = img.layers
-        assert isinstance(folder, L.SourceFolder)
-        assert isinstance(req, L.Requirements)
+        assert isinstance(folder, SourceFolder)
+        assert isinstance(req, Requirements)
         assert folder.src == root / "src"
         assert req.file == root / "requirements.txt"
         assert img.source_file == str(root / "images.py")
@@ -563,7 +574,7 @@ def test_code_bundle_root_is_nearest_pyproject(tmp_path: Path) -> None:
         },
     )
     img = load_module(root / "pkg/deploy/images.py", "imaged_test_bundle").img
-    assert img.layers[0] == L.CodeBundle(root=root, dst="/code")
+    assert img.layers[0] == CodeBundle(root=root, dst="/code")
 
 
 # -- JSON -------------------------------------------------------------------------------
@@ -587,13 +598,13 @@ def test_json_round_trip(defs: ModuleType, attr: str) -> None:
 
 def test_every_kind_and_base_is_in_the_round_trip(defs: ModuleType) -> None:
     kinds = {layer.kind for name in IMAGE_NAMES for layer in getattr(defs, name).layers}
-    assert kinds == set(L.LAYER_KINDS)
+    assert kinds == set(LAYER_KINDS)
     bases = {type(getattr(defs, name).base) for name in IMAGE_NAMES}
     assert bases == {DebianBase, RefBase, ParentBase, DockerfileBase}
-    modes = {layer.mode for layer in defs.every.layers if isinstance(layer, L.UvProject)}
-    assert modes == set(L.INSTALL_MODES)
-    pip = next(x for x in defs.every.layers if isinstance(x, L.PipPackages)).pip
-    assert pip == L.PipOptions(
+    modes = {layer.mode for layer in defs.every.layers if isinstance(layer, UvProject)}
+    assert modes == set(INSTALL_MODES)
+    pip = next(x for x in defs.every.layers if isinstance(x, PipPackages)).pip
+    assert pip == PipOptions(
         "https://idx/simple", ("https://extra/simple",), True, ("--no-deps", "--verbose")
     )
 

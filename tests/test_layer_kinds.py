@@ -16,34 +16,53 @@ from imaged.digest.image_digest import hash_image
 from imaged.digest.trees import TreeSource
 from imaged.errors import MissingPathError
 from imaged.render.dockerfile import render_dockerfile
-from imaged.spec import layers as L
+from imaged.spec.layers import (
+    LAYER_KINDS,
+    AptPackages,
+    CodeBundle,
+    Commands,
+    Dockerignore,
+    EnvVars,
+    FileLayer,
+    KnownLayer,
+    Layer,
+    PipPackages,
+    PoetryProject,
+    RecipeLayer,
+    Requirements,
+    SourceFiles,
+    SourceFolder,
+    UvProject,
+    UvScript,
+    Workdir,
+)
 
 HEADER = '# /// script\n# dependencies = ["attrs==23.2.0"]\n# ///\nprint("hi")\n'
 
 
-def _subclasses(cls: type[L.Layer]) -> set[type[L.Layer]]:
-    out: set[type[L.Layer]] = set()
+def _subclasses(cls: type[Layer]) -> set[type[Layer]]:
+    out: set[type[Layer]] = set()
     for sub in cls.__subclasses__():
         out |= {sub, *_subclasses(sub)}
     return out
 
 
 def test_every_layer_class_is_a_registered_kind() -> None:
-    kinds = {cls for cls in _subclasses(L.Layer) if cls.__module__ == L.__name__}
-    assert kinds == set(L.LAYER_KINDS.values())
-    assert all(L.LAYER_KINDS[cls.kind] is cls for cls in kinds)
+    kinds = {cls for cls in _subclasses(Layer) if cls.__module__ == Layer.__module__}
+    assert kinds == set(LAYER_KINDS.values())
+    assert all(LAYER_KINDS[cls.kind] is cls for cls in kinds)
 
 
 def test_the_typed_families_hold_every_kind_once() -> None:
     """The unions the renderer matches on exhaustively (so mypy names a forgotten kind)."""
-    recipe, files = get_args(L.RecipeLayer), get_args(L.FileLayer)
-    assert set(get_args(L.KnownLayer)) == set(L.LAYER_KINDS.values())
+    recipe, files = get_args(RecipeLayer), get_args(FileLayer)
+    assert set(get_args(KnownLayer)) == set(LAYER_KINDS.values())
     assert not set(recipe) & set(files)
     assert {cls.category for cls in recipe} == {"recipe"}
     assert {cls.category for cls in files} == {"files"}
 
 
-@pytest.mark.parametrize("kind", sorted(L.LAYER_KINDS))
+@pytest.mark.parametrize("kind", sorted(LAYER_KINDS))
 def test_the_renderer_renders_every_kind(kind: str, project: Path) -> None:
     layer = next(x for x in _every_kind(project) if x.kind == kind)
     image = _image([layer])
@@ -55,7 +74,7 @@ def test_the_renderer_renders_every_kind(kind: str, project: Path) -> None:
 
 def test_a_kind_without_digest_fields_cannot_be_made() -> None:
     @dataclass(frozen=True)
-    class Forgotten(L.Layer):
+    class Forgotten(Layer):
         kind: ClassVar[str] = ""  # not registered: a test-only kind
 
     maker: Any = Forgotten
@@ -83,28 +102,28 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _every_kind(root: Path) -> list[L.Layer]:
+def _every_kind(root: Path) -> list[Layer]:
     return [
-        L.AptPackages(packages=("curl",)),
-        L.PipPackages(packages=("rich",)),
-        L.Requirements(file=root / "requirements.txt"),
-        L.UvProject(pyproject=root / "pyproject.toml", uvlock=root / "uv.lock"),
-        L.UvProject(
+        AptPackages(packages=("curl",)),
+        PipPackages(packages=("rich",)),
+        Requirements(file=root / "requirements.txt"),
+        UvProject(pyproject=root / "pyproject.toml", uvlock=root / "uv.lock"),
+        UvProject(
             pyproject=root / "pyproject.toml", uvlock=root / "none.lock", mode="install_project"
         ),
-        L.PoetryProject(pyproject=root / "pyproject.toml", poetry_lock=root / "poetry.lock"),
-        L.UvScript(script=root / "job.py"),
-        L.Commands(commands=("true",)),
-        L.EnvVars(env=(("A", "1"),)),
-        L.Workdir(path="/app"),
-        L.SourceFolder(src=root / "src", dst="/app"),
-        L.SourceFiles(files=(root / "a.py", root / "b.sh"), dst="/app"),
-        L.CodeBundle(root=root, copy_style="loaded_modules"),
-        L.Dockerignore(path=root / "extra.dockerignore"),
+        PoetryProject(pyproject=root / "pyproject.toml", poetry_lock=root / "poetry.lock"),
+        UvScript(script=root / "job.py"),
+        Commands(commands=("true",)),
+        EnvVars(env=(("A", "1"),)),
+        Workdir(path="/app"),
+        SourceFolder(src=root / "src", dst="/app"),
+        SourceFiles(files=(root / "a.py", root / "b.sh"), dst="/app"),
+        CodeBundle(root=root, copy_style="loaded_modules"),
+        Dockerignore(path=root / "extra.dockerignore"),
     ]
 
 
-def _image(layers: list[L.Layer]) -> Image:
+def _image(layers: list[Layer]) -> Image:
     image = Image.from_base("debian:12").clone(name="kinds", registry=None)
     for layer in layers:
         image = image._with(layer)
@@ -112,7 +131,7 @@ def _image(layers: list[L.Layer]) -> Image:
 
 
 def test_the_sample_covers_every_kind(project: Path) -> None:
-    assert {type(x) for x in _every_kind(project)} == set(L.LAYER_KINDS.values())
+    assert {type(x) for x in _every_kind(project)} == set(LAYER_KINDS.values())
 
 
 def test_hasher_and_tracker_read_exactly_the_declared_inputs(project: Path) -> None:
@@ -145,11 +164,11 @@ def _tree(source: TreeSource, cache: DigestCache) -> Any:
 @pytest.mark.parametrize(
     ("make", "missing"),
     [
-        pytest.param(lambda r: L.Requirements(file=r / "gone.txt"), "gone.txt", id="requirements"),
-        pytest.param(lambda r: L.SourceFolder(src=r / "gone"), "gone", id="source_folder"),
-        pytest.param(lambda r: L.UvScript(script=r / "gone.py"), "gone.py", id="uv_script"),
+        pytest.param(lambda r: Requirements(file=r / "gone.txt"), "gone.txt", id="requirements"),
+        pytest.param(lambda r: SourceFolder(src=r / "gone"), "gone", id="source_folder"),
+        pytest.param(lambda r: UvScript(script=r / "gone.py"), "gone.py", id="uv_script"),
         pytest.param(
-            lambda r: L.PoetryProject(pyproject=r / "pyproject.toml", poetry_lock=r / "gone.lock"),
+            lambda r: PoetryProject(pyproject=r / "pyproject.toml", poetry_lock=r / "gone.lock"),
             "gone.lock",
             id="poetry_lock",
         ),
@@ -167,12 +186,12 @@ def test_validator_and_hasher_refuse_a_missing_declared_input(
 
 
 def test_a_floating_lock_may_be_missing_but_an_explicit_one_may_not(project: Path) -> None:
-    floating = L.UvProject(pyproject=project / "pyproject.toml", uvlock=project / "none.lock")
+    floating = UvProject(pyproject=project / "pyproject.toml", uvlock=project / "none.lock")
     image = _image([floating])
     image.validate()
     recorded = hash_image(image, DigestCache()).layers[0].files
     assert [path for path, _ in recorded] == [str(project / "pyproject.toml")]
-    required = L.UvProject(
+    required = UvProject(
         pyproject=project / "pyproject.toml", uvlock=project / "none.lock", lock_required=True
     )
     with pytest.raises(MissingPathError, match=r"none\.lock"):

@@ -8,69 +8,92 @@ from pathlib import Path
 import pytest
 
 from imaged.errors import SpecError
-from imaged.spec import layers as L
+from imaged.spec.layers import (
+    LAYER_KINDS,
+    AptPackages,
+    CodeBundle,
+    Commands,
+    Dockerignore,
+    EnvVars,
+    InstallMode,
+    Layer,
+    PipOptions,
+    PipPackages,
+    PoetryProject,
+    Requirements,
+    Secret,
+    SourceFiles,
+    SourceFolder,
+    UvProject,
+    UvScript,
+    Workdir,
+    check_env_vars,
+    layer_from_json,
+    layer_to_json,
+    normalize_secrets,
+)
 
 P = Path("/abs/proj")
-SECRETS = (L.Secret("token", group="gh", mount="/run/t", as_env_var="GH_TOKEN"), L.Secret("k"))
-PIP = L.PipOptions(
+SECRETS = (Secret("token", group="gh", mount="/run/t", as_env_var="GH_TOKEN"), Secret("k"))
+PIP = PipOptions(
     index_url="https://i/simple",
     extra_index_urls=("https://e",),
     pre=True,
     extra_args=("--no-deps",),
 )
 
-EVERY_LAYER: list[L.Layer] = [
-    L.AptPackages(packages=("curl", "git"), secret_mounts=SECRETS),
-    L.PipPackages(packages=("rich",), pip=PIP, secret_mounts=SECRETS),
-    L.Requirements(file=P / "requirements.txt", pip=PIP),
-    L.UvProject(
+EVERY_LAYER: list[Layer] = [
+    AptPackages(packages=("curl", "git"), secret_mounts=SECRETS),
+    PipPackages(packages=("rich",), pip=PIP, secret_mounts=SECRETS),
+    Requirements(file=P / "requirements.txt", pip=PIP),
+    UvProject(
         pyproject=P / "pyproject.toml", uvlock=P / "uv.lock", mode="install_project", pip=PIP
     ),
-    L.PoetryProject(
+    PoetryProject(
         pyproject=P / "pyproject.toml", poetry_lock=P / "poetry.lock", extra_args=("--only", "main")
     ),
-    L.UvScript(script=P / "s.py", pip=PIP, secret_mounts=SECRETS),
-    L.Commands(commands=("echo a", "echo b"), secret_mounts=SECRETS),
-    L.EnvVars(env=(("A", "1 2"), ("B", "'\"$x\\"))),
-    L.Workdir(path="/app"),
-    L.SourceFolder(src=P / "src", dst="/app", copy_contents_only=True),
-    L.SourceFiles(files=(P / "a.py", P / "b.py"), dst="/app"),
-    L.CodeBundle(root=P, dst="/code"),
-    L.Dockerignore(path=P / "extra.dockerignore"),
+    UvScript(script=P / "s.py", pip=PIP, secret_mounts=SECRETS),
+    Commands(commands=("echo a", "echo b"), secret_mounts=SECRETS),
+    EnvVars(env=(("A", "1 2"), ("B", "'\"$x\\"))),
+    Workdir(path="/app"),
+    SourceFolder(src=P / "src", dst="/app", copy_contents_only=True),
+    SourceFiles(files=(P / "a.py", P / "b.py"), dst="/app"),
+    CodeBundle(root=P, dst="/code"),
+    Dockerignore(path=P / "extra.dockerignore"),
 ]
 
 
 def test_every_kind_is_covered() -> None:
-    assert {layer.kind for layer in EVERY_LAYER} == set(L.LAYER_KINDS)
+    assert {layer.kind for layer in EVERY_LAYER} == set(LAYER_KINDS)
 
 
 @pytest.mark.parametrize("layer", [pytest.param(x, id=x.kind) for x in EVERY_LAYER])
-def test_layer_json_round_trip(layer: L.Layer) -> None:
-    data = L.layer_to_json(layer)
+def test_layer_json_round_trip(layer: Layer) -> None:
+    data = layer_to_json(layer)
     text = json.dumps(data, sort_keys=True)
-    back = L.layer_from_json(json.loads(text))
+    back = layer_from_json(json.loads(text))
     assert back == layer
     assert type(back) is type(layer)
-    assert json.dumps(L.layer_to_json(back), sort_keys=True) == text
+    assert json.dumps(layer_to_json(back), sort_keys=True) == text
 
 
 def test_unknown_layer_kind() -> None:
     with pytest.raises(SpecError, match="unknown layer kind 'nope'"):
-        L.layer_from_json({"kind": "nope"})
+        layer_from_json({"kind": "nope"})
 
 
 @pytest.mark.parametrize(
     ("layer", "category"),
     [
-        pytest.param(L.AptPackages(), "recipe", id="apt"),
-        pytest.param(L.Commands(), "recipe", id="commands"),
-        pytest.param(L.UvScript(), "recipe", id="uv_script"),
-        pytest.param(L.EnvVars(), "files", id="env"),
-        pytest.param(L.SourceFolder(), "files", id="source_folder"),
-        pytest.param(L.CodeBundle(), "files", id="code_bundle"),
+        pytest.param(AptPackages(), "recipe", id="apt"),
+        pytest.param(Commands(), "recipe", id="commands"),
+        pytest.param(UvScript(), "recipe", id="uv_script"),
+        pytest.param(EnvVars(), "files", id="env"),
+        pytest.param(SourceFolder(), "files", id="source_folder"),
+        pytest.param(CodeBundle(), "files", id="code_bundle"),
     ],
 )
-def test_categories(layer: L.Layer, category: str) -> None:
+def test_categories(layer: Layer, category: str) -> None:
     assert layer.category == category
 
 
@@ -81,37 +104,37 @@ def test_categories(layer: L.Layer, category: str) -> None:
         pytest.param("install_project", (P / "pyproject.toml", P / "uv.lock", P), id="project"),
     ],
 )
-def test_uv_project_input_paths(mode: L.InstallMode, expected: tuple[Path, ...]) -> None:
-    layer = L.UvProject(pyproject=P / "pyproject.toml", uvlock=P / "uv.lock", mode=mode)
+def test_uv_project_input_paths(mode: InstallMode, expected: tuple[Path, ...]) -> None:
+    layer = UvProject(pyproject=P / "pyproject.toml", uvlock=P / "uv.lock", mode=mode)
     assert layer.input_paths() == expected
 
 
 @pytest.mark.parametrize(
     ("layer", "label"),
     [
-        pytest.param(L.AptPackages(packages=("a", "b")), "apt_packages a b", id="apt"),
-        pytest.param(L.Commands(commands=("x", "y", "z")), "commands x (+2)", id="commands"),
-        pytest.param(L.SourceFolder(src=P / "src"), "source_folder src/", id="folder"),
-        pytest.param(L.EnvVars(env=(("A", "1"), ("B", "2"))), "env_vars A B", id="env"),
+        pytest.param(AptPackages(packages=("a", "b")), "apt_packages a b", id="apt"),
+        pytest.param(Commands(commands=("x", "y", "z")), "commands x (+2)", id="commands"),
+        pytest.param(SourceFolder(src=P / "src"), "source_folder src/", id="folder"),
+        pytest.param(EnvVars(env=(("A", "1"), ("B", "2"))), "env_vars A B", id="env"),
     ],
 )
-def test_describe(layer: L.Layer, label: str) -> None:
+def test_describe(layer: Layer, label: str) -> None:
     assert layer.describe() == label
 
 
 @pytest.mark.parametrize(
     ("layer", "target"),
     [
-        pytest.param(L.SourceFolder(src=P / "src", dst="/app"), "/app/src", id="into-dst"),
+        pytest.param(SourceFolder(src=P / "src", dst="/app"), "/app/src", id="into-dst"),
         pytest.param(
-            L.SourceFolder(src=P / "src", dst="/app", copy_contents_only=True),
+            SourceFolder(src=P / "src", dst="/app", copy_contents_only=True),
             "/app",
             id="contents-only",
         ),
-        pytest.param(L.SourceFolder(src=P / "src"), "src", id="relative-dst"),
+        pytest.param(SourceFolder(src=P / "src"), "src", id="relative-dst"),
     ],
 )
-def test_source_folder_target(layer: L.SourceFolder, target: str) -> None:
+def test_source_folder_target(layer: SourceFolder, target: str) -> None:
     assert layer.target == target
 
 
@@ -121,18 +144,18 @@ def test_source_folder_target(layer: L.SourceFolder, target: str) -> None:
 @pytest.mark.parametrize(
     ("secret", "sid", "env_name", "target"),
     [
-        pytest.param(L.Secret("token"), "token", "TOKEN", "/run/secrets/token", id="plain"),
+        pytest.param(Secret("token"), "token", "TOKEN", "/run/secrets/token", id="plain"),
         pytest.param(
-            L.Secret("token", group="github"),
+            Secret("token", group="github"),
             "github.token",
             "GITHUB_TOKEN",
             "/run/secrets/github.token",
             id="grouped",
         ),
-        pytest.param(L.Secret("a b/c", mount="/etc/x"), "a_b_c", "A_B_C", "/etc/x", id="odd-key"),
+        pytest.param(Secret("a b/c", mount="/etc/x"), "a_b_c", "A_B_C", "/etc/x", id="odd-key"),
     ],
 )
-def test_secret_names(secret: L.Secret, sid: str, env_name: str, target: str) -> None:
+def test_secret_names(secret: Secret, sid: str, env_name: str, target: str) -> None:
     assert (secret.id, secret.env_name, secret.target) == (sid, env_name, target)
 
 
@@ -146,21 +169,21 @@ def test_secret_names(secret: L.Secret, sid: str, env_name: str, target: str) ->
 )
 def test_secret_rejects(kwargs: dict[str, str]) -> None:
     with pytest.raises(SpecError):
-        L.Secret(**kwargs)
+        Secret(**kwargs)
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
         pytest.param(None, (), id="none"),
-        pytest.param("tok", (L.Secret("tok"),), id="str"),
-        pytest.param(L.Secret("tok", group="g"), (L.Secret("tok", group="g"),), id="secret"),
-        pytest.param(["a", L.Secret("b")], (L.Secret("a"), L.Secret("b")), id="list"),
-        pytest.param(("a",), (L.Secret("a"),), id="tuple"),
+        pytest.param("tok", (Secret("tok"),), id="str"),
+        pytest.param(Secret("tok", group="g"), (Secret("tok", group="g"),), id="secret"),
+        pytest.param(["a", Secret("b")], (Secret("a"), Secret("b")), id="list"),
+        pytest.param(("a",), (Secret("a"),), id="tuple"),
     ],
 )
-def test_normalize_secrets(value: object, expected: tuple[L.Secret, ...]) -> None:
-    assert L.normalize_secrets(value, where="t") == expected
+def test_normalize_secrets(value: object, expected: tuple[Secret, ...]) -> None:
+    assert normalize_secrets(value, where="t") == expected
 
 
 @pytest.mark.parametrize(
@@ -175,7 +198,7 @@ def test_normalize_secrets(value: object, expected: tuple[L.Secret, ...]) -> Non
 )
 def test_normalize_secrets_rejects(value: object) -> None:
     with pytest.raises(TypeError, match="secret_mounts"):
-        L.normalize_secrets(value, where="t")
+        normalize_secrets(value, where="t")
 
 
 # -- env vars ---------------------------------------------------------------------------
@@ -187,26 +210,26 @@ def test_normalize_secrets_rejects(value: object) -> None:
 )
 def test_env_var_non_str_value(value: object) -> None:
     with pytest.raises(TypeError, match="must be a str"):
-        L.check_env_vars({"A": value})
+        check_env_vars({"A": value})
 
 
 def test_env_var_names_and_values_are_left_to_imaged_checks() -> None:
     """Names and line breaks are refused by imaged.spec.checks, which names the image too."""
-    assert L.check_env_vars({"1A": "x\ny"}) == (("1A", "x\ny"),)
+    assert check_env_vars({"1A": "x\ny"}) == (("1A", "x\ny"),)
     with pytest.raises(TypeError, match="name must be a str"):
-        L.check_env_vars({1: "v"})
+        check_env_vars({1: "v"})
 
 
 def test_env_vars_keep_order_and_values() -> None:
     env = {"_Z": "a b", "A1": "'\"$HOME\\n", "E": ""}
-    assert L.check_env_vars(env) == (("_Z", "a b"), ("A1", "'\"$HOME\\n"), ("E", ""))
+    assert check_env_vars(env) == (("_Z", "a b"), ("A1", "'\"$HOME\\n"), ("E", ""))
 
 
 def test_env_vars_need_a_dict() -> None:
     with pytest.raises(TypeError, match="dict"):
-        L.check_env_vars([("A", "1")])
+        check_env_vars([("A", "1")])
 
 
 def test_secrets_property() -> None:
-    assert L.Commands(commands=("x",), secret_mounts=SECRETS).secrets == SECRETS
-    assert L.EnvVars().secrets == ()
+    assert Commands(commands=("x",), secret_mounts=SECRETS).secrets == SECRETS
+    assert EnvVars().secrets == ()

@@ -218,7 +218,7 @@ async def test_supersede_cancel_cancels_the_stale_build_and_builds_the_newest_on
     assert build.cancelled == ["a"]
     assert build.calls == [("a", "first"), ("a", "third")]
     assert len(build.ends["a"]) == 1
-    assert sched.slots["a"].state == "idle"
+    assert sched.slots["a"].phase == "idle"
 
 
 async def test_supersede_queue_lets_the_build_finish_then_builds_once_more() -> None:
@@ -248,7 +248,7 @@ async def test_error_raised_while_cancelled_counts_as_superseded_not_failed() ->
         await anyio.sleep(0.1)
     assert "failed" not in kinds(events)
     assert build.calls == [("a", "first"), ("a", "second")]
-    assert sched.slots["a"].state == "idle"
+    assert sched.slots["a"].phase == "idle"
 
 
 async def test_request_while_waiting_for_a_build_slot_cancels_the_waiting_build() -> None:
@@ -338,7 +338,7 @@ async def test_transient_errors_retry_with_growing_backoff_then_reset(
     assert gaps[0] >= 0.045
     assert gaps[1] >= 0.095
     assert gaps[2] >= 0.195
-    assert (sched.slots["a"].attempts, sched.slots["a"].state) == (0, "idle")
+    assert (sched.slots["a"].attempts, sched.slots["a"].phase) == (0, "idle")
     assert sched.slots["a"].last_error is None
 
 
@@ -350,7 +350,7 @@ async def test_transient_retry_due_time_is_jittered_within_half_to_full_delay() 
         for attempt in (1, 2):
             before = time.monotonic()
             sched.request("a", "edit")  # a request does not wait for the backoff
-            await wait_for(lambda: sched.slots["a"].state == "retrying")
+            await wait_for(lambda: sched.slots["a"].phase == "retrying")
             due = sched.slots["a"].due
             assert due is not None
             assert sched.slots["a"].attempts == attempt
@@ -367,7 +367,7 @@ async def test_build_error_fails_without_retry_until_a_new_request() -> None:
     sched = make_scheduler(build, events, debounce=0.01, retry_initial=0.01)
     async with running(sched):
         sched.request("a", "edit")
-        await wait_for(lambda: sched.slots["a"].state == "failed")
+        await wait_for(lambda: sched.slots["a"].phase == "failed")
         await anyio.sleep(0.2)
         assert build.calls == [("a", "edit")]
         assert sched.idle()
@@ -376,7 +376,7 @@ async def test_build_error_fails_without_retry_until_a_new_request() -> None:
         await wait_for(lambda: "a" in build.ends)
     assert build.calls == [("a", "edit"), ("a", "fixed")]
     assert "retrying" not in kinds(events)
-    assert sched.slots["a"].state == "idle"
+    assert sched.slots["a"].phase == "idle"
 
 
 # -- forget ---------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ async def test_events_are_emitted_in_order() -> None:
         sched.request("a", "first")
         await wait_for(lambda: bool(build.starts))
         sched.request("a", "second")
-        await wait_for(lambda: sched.slots["a"].state == "failed")
+        await wait_for(lambda: sched.slots["a"].phase == "failed")
     assert kinds(events) == [
         "queued",
         "building",

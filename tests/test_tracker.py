@@ -27,8 +27,8 @@ from imaged.digest import cache as digest_cache
 from imaged.digest.cache import DigestCache
 from imaged.digest.image_digest import hash_image
 from imaged.errors import ImagedError, MissingPathError
-from imaged.spec import layers as L
 from imaged.spec.image import Image
+from imaged.spec.layers import CodeBundle
 
 BASE = "127.0.0.1:5000/base:1"
 
@@ -50,7 +50,7 @@ def assert_fresh(tracker: ImageTracker, images: Mapping[str, Image]) -> None:
 
 def bundle(image: Image, root: Path) -> Image:
     """A code bundle of ``root`` (with_code_bundle would pick the test file's project)."""
-    return image._with(L.CodeBundle(root=root))
+    return image._with(CodeBundle(root=root))
 
 
 @pytest.fixture
@@ -714,7 +714,7 @@ def test_a_bad_input_at_load_is_an_error_of_its_images_only(
     restore()
     if not (project / "src/.dockerignore").exists():
         write(project / "src/.dockerignore", "*.log\n.dockerignore\n")
-    moved = tracker.reconcile()
+    moved = tracker.restat()
     assert set(moved) == users
     assert tracker.errors == {}
     assert_fresh(tracker, images)
@@ -740,7 +740,7 @@ def test_an_unexpected_error_hashing_one_image_spares_the_others(
     assert "unexpected error while hashing image 'other'" in caplog.text
 
 
-# -- reconcile: the edits no event announced (review finding 3) -------------------------------
+# -- restat: the edits no event announced (review finding 3) -------------------------------
 
 
 def _age_all_files(root: Path) -> None:
@@ -750,7 +750,7 @@ def _age_all_files(root: Path) -> None:
         os.utime(path, (old, old), follow_symlinks=False)
 
 
-def test_reconcile_with_nothing_changed_moves_nothing_and_reads_nothing(
+def test_restat_with_nothing_changed_moves_nothing_and_reads_nothing(
     project: Path, images: dict[str, Image]
 ) -> None:
     _age_all_files(project)
@@ -758,7 +758,7 @@ def test_reconcile_with_nothing_changed_moves_nothing_and_reads_nothing(
     tracker = ImageTracker(cache)
     tracker.set_images(images)
     reads = cache.reads
-    assert tracker.reconcile() == {}
+    assert tracker.restat() == {}
     assert cache.reads == reads
     assert tracker.errors == {}
 
@@ -796,7 +796,7 @@ def test_reconcile_with_nothing_changed_moves_nothing_and_reads_nothing(
         ),
     ],
 )
-def test_reconcile_finds_an_edit_the_watcher_never_saw(
+def test_restat_finds_an_edit_the_watcher_never_saw(
     tracker: ImageTracker,
     images: dict[str, Image],
     project: Path,
@@ -806,22 +806,22 @@ def test_reconcile_finds_an_edit_the_watcher_never_saw(
     reason: Reason,
 ) -> None:
     write(project / relpath, text)  # and no apply_changes: the event was lost
-    changes = tracker.reconcile()
+    changes = tracker.restat()
     assert set(changes) == moved
     first = min(moved)
     assert reason in changes[first].reasons
     assert_fresh(tracker, images)
-    assert tracker.reconcile() == {}
+    assert tracker.restat() == {}
 
 
-def test_reconcile_clears_an_error_fixed_without_an_event(
+def test_restat_clears_an_error_fixed_without_an_event(
     tracker: ImageTracker, images: dict[str, Image], project: Path
 ) -> None:
     shutil.rmtree(project / "lib")
-    assert tracker.reconcile() == {}
+    assert tracker.restat() == {}
     assert set(tracker.errors) == {"other", "bundle"}
     write(project / "lib/lib.py", "Y = 2\n")
-    assert tracker.reconcile() == {}  # the same content as the last good digest
+    assert tracker.restat() == {}  # the same content as the last good digest
     assert tracker.errors == {}
     assert_fresh(tracker, images)
 

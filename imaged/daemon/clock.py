@@ -13,7 +13,7 @@ class QuietClock:
     tracker's hashing, until it is handled) and while the tracker hashes, so a debounce counts
     quiet time only. Otherwise a build queued by one batch of a burst starts while the next
     batch is filtered or hashed, and that batch supersedes it at once (issue 11, item 7).
-    Pauses may overlap (the watch loop and the reconcile loop): time stands still while any
+    Pauses may overlap (the watch loop and the stat sweep): time stands still while any
     one is open."""
 
     def __init__(self) -> None:

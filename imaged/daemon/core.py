@@ -1,16 +1,19 @@
 """The daemon's process: lifecycle, loops and signals, and what each loop's event does.
 
 The parts it composes each live beside it: ``views`` (what is shown, kept by a reducer over
-the events), ``bus`` (the sinks), ``modules`` (the definition modules), ``tracker`` (the
-digests), ``scheduler`` (when to build), ``builds`` (building, registry checks, records) and
-``server`` (the status endpoint, which reads the daemon as a ``StatusSource``).
+the events), ``bus`` (the sinks), ``inputs`` (file events and the stat sweep -> the tracker
+-> digest changes -> scheduler requests, over ``modules`` and ``tracker``), ``scheduler``
+(when to build), ``builds`` (building, registry checks, records) and ``server`` (the status
+endpoint, which reads the daemon as a ``StatusSource``).
 
 ``Daemon.run`` has the phases of uvicorn's server: ``prepare`` (definition paths and the state
-lock, before any task starts, so that failing there is one clear error), ``startup``
-(definitions, first reconcile, READY=1), the main loop (watcher, scheduler, watchdog,
-reconcile, status server) and ``shutdown`` (cancel builds within a bound, save state,
-STOPPING=1). Hashing runs in a worker thread, one tracker call at a time; an unexpected
-error while handling one event is an ``internal_error`` event, never the daemon's end.
+directory's lock, before any task starts, so that failing there is one clear error), ``startup``
+(definitions, the registry check, READY=1), the main loop (watcher, scheduler, watchdog,
+stat sweep, status server) and ``shutdown`` (cancel builds within a bound, save the records
+and the digest cache, STOPPING=1). An unexpected error while handling one event is an
+``internal_error`` event, never the daemon's end; its ``where`` is the guard's name
+(``handle_paths``, ``load_all``, ``reconcile`` for both the sweep and the registry check,
+``reload``: the names docs/events.md documents).
 """
 
 from __future__ import annotations
@@ -18,46 +21,37 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
-import time
 import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
-import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from imaged.config import Settings
 from imaged.daemon.builds import Builds
 from imaged.daemon.bus import EventBus
 from imaged.daemon.clock import QuietClock
+from imaged.daemon.inputs import DaemonInputs
 from imaged.daemon.metrics import Metrics
-from imaged.daemon.modules import DefinitionModules, find_definition_files
 from imaged.daemon.notify import SystemdNotifier
 from imaged.daemon.scheduler import Scheduler, SchedulerOptions
 from imaged.daemon.server import serve_status
 from imaged.daemon.store import StateStore
-from imaged.daemon.tracker import DigestChange, ImageTracker
+from imaged.daemon.tracker import ImageTracker
 from imaged.daemon.views import DaemonView
 from imaged.daemon.watcher import WatchBackend, watch_paths
-from imaged.digest.cache import DigestCache
-from imaged.errors import DefinitionError, ImagedError
+from imaged.errors import ImagedError
 from imaged.events import (
     DAEMON_EVENTS,
-    Changed,
     ConfigErrorEvent,
-    DefinitionErrorEvent,
     Event,
     EventSink,
     Failed,
-    HashError,
-    Ignored,
     InternalError,
-    NothingToDo,
     Ready,
     Reloaded,
     Stopped,
@@ -65,9 +59,7 @@ from imaged.events import (
     parse,
 )
 from imaged.registry.client import create_registry_client
-from imaged.spec.image import Image, ParentBase
-
-T = TypeVar("T")
+from imaged.spec.image import ParentBase
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +78,16 @@ class Daemon:
         reload_settings: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
-        self.targets = targets
         self.bus = EventBus(*([on_event] if on_event else []))
         self.notifier = notifier or SystemdNotifier.from_env()
         self.backend = backend
         self._reload_settings = reload_settings
         self.view = DaemonView()
         self.metrics = Metrics()
-        self.definitions = DefinitionModules(self.view, self.emit)
         self.builds = Builds(
             StateStore(settings.resolved_state_dir), self.view, self.metrics, self.emit
         )
-        self.tracker = ImageTracker(DigestCache())  # prepare() loads the saved cache
-        # One tracker call at a time, in a worker thread: the watch loop, the reconcile
-        # loop and a reload may all want it, and the tracker is not thread-safe.
-        self._tracker_lock = anyio.Lock()
-        self._holds_state = False  # the state lock is ours and the state is loaded
-        self.images: dict[str, Image] = {}
-        self._roots_changed = threading.Event()
-        self._reported_errors: dict[str, str] = {}
-        self._last_ignored_event = -1.0
+        self._owns_store = False  # the state directory's lock is ours and its records loaded
         self._stop = anyio.Event()
         self._clock = QuietClock()
         self.scheduler = Scheduler(
@@ -114,6 +96,16 @@ class Daemon:
             parents=self._parents,
             on_event=self._scheduler_event,
             clock=self._clock,
+        )
+        self.inputs = DaemonInputs(
+            settings=lambda: self.settings,
+            targets=targets,
+            view=self.view,
+            builds=self.builds,
+            metrics=self.metrics,
+            emit=self.emit,
+            clock=self._clock,
+            scheduler=self.scheduler,
         )
 
     # -- events -------------------------------------------------------------------------
@@ -163,7 +155,7 @@ class Daemon:
         return self.metrics.render()
 
     def status_line(self) -> str:
-        return self.view.status_line(len(self.images))
+        return self.view.status_line(len(self.inputs.images))
 
     # -- settings -----------------------------------------------------------------------
 
@@ -178,157 +170,61 @@ class Daemon:
         )
 
     def _parents(self, name: str) -> tuple[str, ...]:
-        image = self.images.get(name)
+        images = self.inputs.images
+        image = images.get(name)
         if image is None or not isinstance(image.base, ParentBase):
             return ()
         parent = image.base.image.name
-        return (parent,) if parent and parent in self.images else ()
-
-    # -- definitions --------------------------------------------------------------------
-
-    def definition_files(self) -> list[Path]:
-        s = self.settings
-        return find_definition_files(self.targets, s.definitions, recursive=s.recursive)
-
-    async def load_all(self) -> None:
-        try:
-            files = self.definition_files()
-        except DefinitionError as exc:
-            # A definitions folder deleted under a running daemon: keep the last good ones.
-            self.emit(DefinitionErrorEvent(file=exc.file, line=exc.line, error=str(exc)))
-            return
-        roots = self._roots()
-        self.definitions.forget_except(files)
-        await self.definitions.load_many(files, load_timeout=self.settings.load_timeout)
-        await self._refresh_images(roots_before=roots)
-
-    async def _refresh_images(self, *, roots_before: dict[Path, bool] | None = None) -> None:
-        images = self.definitions.merged_images(self.settings.registry)
-        async with self._tracker_lock:
-            roots = self._roots() if roots_before is None else roots_before
-            for name in set(self.images) - set(images):
-                self.scheduler.forget(name)
-                self.view.images.pop(name, None)
-            self.images = images
-            changes = await self._in_tracker(self.tracker.set_images, images)
-            if self._roots() != roots:
-                # Restart watching only when needed: events during a restart are lost.
-                self._roots_changed.set()
-            self._apply_digest_changes(changes, initial=not self.view.ready)
-
-    # -- changes ------------------------------------------------------------------------
-
-    def _apply_digest_changes(
-        self, changes: dict[str, DigestChange], *, initial: bool = False
-    ) -> None:
-        self._report_hash_errors()
-        for change in changes.values():
-            if change.image in self.images:
-                self._digest_moved(change, initial=initial)
-
-    def _report_hash_errors(self) -> None:
-        """An image with an unreadable input shows as failed until the input is back."""
-        errors = {name: str(exc) for name, exc in self.tracker.errors.items()}
-        for name, error in errors.items():
-            if self._reported_errors.get(name) != error:
-                self.emit(HashError(image=name, error=error))
-        for name in set(self._reported_errors) - set(errors):
-            if name in self.images:
-                self.view.image(name).error = None
-                self.scheduler.request(name, "its inputs are readable again")
-        self._reported_errors = errors
-
-    def _digest_moved(self, change: DigestChange, *, initial: bool = False) -> None:
-        name = change.image
-        tag = change.new_digest.removeprefix("sha256:")[:32]
-        image = self.images[name]
-        self.view.known_digest(name, tag, image.uri_for(tag) if image.name else None)
-        if initial:
-            return
-        why = "; ".join(str(r) for r in change.reasons) or "digest moved"
-        self.builds.changed(name)
-        self.emit(Changed(image=name, tag=tag, why=why))
-        self.scheduler.request(name, why)
-
-    async def handle_paths(self, paths: set[Path]) -> None:
-        """One batch of relevant changed paths from the watcher."""
-        definitions = self.definitions.paths()
-        touched = self.definitions.touched_by(paths)
-        if touched:
-            roots = self._roots()
-            for path in sorted(touched):
-                await self.definitions.load(path, load_timeout=self.settings.load_timeout)
-            await self._refresh_images(roots_before=roots)
-        other = {p for p in paths if p not in definitions}
-        if not other:
-            return
-        async with self._tracker_lock:
-            changes = await self._in_tracker(self.tracker.apply_changes, other)
-            if not changes:
-                self.emit(NothingToDo(paths=sorted(str(p) for p in other)[:10]))
-            self._apply_digest_changes(changes)
-
-    async def reconcile_inputs(self) -> None:
-        """Catch the edits the watcher missed: re-stat every input, rebuild what moved."""
-        async with self._tracker_lock:
-            changes = await self._in_tracker(self.tracker.reconcile)
-            self._apply_digest_changes(changes)
-
-    async def _in_tracker(self, call: Callable[..., T], *args: Any) -> T:
-        """One tracker call in a worker thread, so hashing never blocks the event loop; the
-        caller holds ``_tracker_lock``. Builds wait meanwhile (see QuietClock)."""
-        with self._clock.paused():
-            return await anyio.to_thread.run_sync(call, *args)
+        return (parent,) if parent and parent in images else ()
 
     # -- building -----------------------------------------------------------------------
 
     async def _build(self, name: str, reason: str) -> None:
-        image = self.images[name]
+        tracker = self.inputs.tracker
         await self.builds.build(
-            image,
+            self.inputs.images[name],
             reason,
             settings=self.settings,
-            cache=self.tracker.cache,
-            trees=self.tracker.lend_tree,  # kept current by events: the build walks nothing
+            cache=tracker.cache,
+            trees=tracker.lend_tree,  # kept current by events: the build walks nothing
         )
 
-    async def reconcile(self) -> None:
+    async def check_registry(self) -> None:
         """Ask the registry about every image; queue those whose tag is missing."""
-        async with self._tracker_lock:
-            digests = self.tracker.digests()
-            tags = {n: digests[n].tag for n in self.images if n in digests}
+        tags = await self.inputs.current_tags()
         await self.builds.check_registry(
-            self.images, tags, self.scheduler.request, settings=self.settings
+            self.inputs.images, tags, self.scheduler.request, settings=self.settings
         )
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Before any task starts: find the definition files and take the state lock, so a
-        bad path or a second daemon on the same state is one clear error, and never writes
-        over the state of the daemon that holds the lock."""
-        self.definition_files()
+        """Before any task starts: find the definition files and take the state directory's
+        lock, so a bad path or a second daemon on the same directory is one clear error, and
+        never writes over the records of the daemon that holds the lock."""
+        self.inputs.definition_files()
         store = self.builds.store
         store.lock()
         self.builds.records = store.load()
-        self.tracker = ImageTracker(store.load_cache())
-        self._holds_state = True
+        self.inputs.tracker = ImageTracker(store.load_cache())
+        self._owns_store = True
 
     async def startup(self) -> None:
-        await self._guarded("load_all", self.load_all)
-        await self._guarded("reconcile", self.reconcile)
+        await self._guarded("load_all", self.inputs.load_all)
+        await self._guarded("reconcile", self.check_registry)
         self.view.ready = True
         self.notifier.ready(self.status_line())
-        self.emit(Ready(images=len(self.images)))
+        self.emit(Ready(images=len(self.inputs.images)))
 
     async def _watch_loop(self) -> None:
+        inputs = self.inputs
         batches = watch_paths(
-            self._roots,
-            self._relevant,
+            inputs.roots,
+            inputs.is_relevant,
             stop_event=self._stop,
             backend=self.backend,
-            restart=self._roots_changed,
-            on_ignored=self._ignored,
+            restart=inputs.roots_changed,
+            on_ignored=inputs.ignored,
             busy=self._clock.paused,
         )
         # aclosing: a cancel inside handle_paths must close the generator (and the task group
@@ -336,26 +232,7 @@ class Daemon:
         async with aclosing(batches):
             async for batch in batches:
                 self.metrics.events.inc("batch")
-                await self._guarded("handle_paths", partial(self.handle_paths, batch))
-
-    def _ignored(self, paths: set[Path]) -> None:
-        """Changes no image depends on (ignored by a rule, or unrelated): counted, and said
-        once a second at most so a noisy folder cannot flood the event stream."""
-        self.metrics.events.inc("ignored", len(paths))
-        now = time.monotonic()
-        if now - self._last_ignored_event >= 1.0:
-            self._last_ignored_event = now
-            self.emit(Ignored(paths=sorted(str(p) for p in paths)[:10], count=len(paths)))
-
-    def _roots(self) -> dict[Path, bool]:
-        """Each folder to watch and whether recursively (the tracker's flag wins)."""
-        roots = dict.fromkeys({p.parent for p in self.definitions.paths()}, False)
-        roots.update(self.tracker.watch_roots())
-        self.metrics.watched_paths = len(roots)
-        return roots
-
-    def _relevant(self, path: Path) -> bool:
-        return path in self.definitions.paths() or self.tracker.is_relevant(path)
+                await self._guarded("handle_paths", partial(inputs.handle_paths, batch))
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval()
@@ -370,13 +247,14 @@ class Daemon:
             await anyio.sleep(5)
             self.notifier.status(self.status_line())
 
-    async def _reconcile_loop(self) -> None:
+    async def _restat_loop(self) -> None:
+        """The stat sweep every ``reconcile_seconds``: the edits the watcher missed."""
         period = self.settings.reconcile_seconds
         if period <= 0:
             return
         while True:
             await anyio.sleep(period)
-            await self._guarded("reconcile", self.reconcile_inputs)
+            await self._guarded("reconcile", self.inputs.restat)
 
     async def _signal_loop(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
@@ -399,8 +277,8 @@ class Daemon:
                 self.scheduler.options = self._scheduler_options()
             except ImagedError as exc:
                 self.emit(ConfigErrorEvent(error=str(exc)))
-        await self.load_all()
-        self.emit(Reloaded(images=len(self.images)))
+        await self.inputs.load_all()
+        self.emit(Reloaded(images=len(self.inputs.images)))
         self.notifier.ready(self.status_line())
 
     async def run(self, *, handle_signals: bool = True) -> None:
@@ -424,7 +302,7 @@ class Daemon:
         tg.start_soon(self._watch_loop)
         tg.start_soon(self._watchdog_loop)
         tg.start_soon(self._status_loop)
-        tg.start_soon(self._reconcile_loop)
+        tg.start_soon(self._restat_loop)
         if self.settings.status_address:
             tg.start_soon(serve_status, self, self.settings.status_address, self.emit)
         if handle_signals:
@@ -437,16 +315,18 @@ class Daemon:
             scope.cancel()
 
     async def shutdown(self) -> None:
-        """Save the state and release the lock; nothing when the state was never ours."""
-        if not self._holds_state:
+        """Save the records and the digest cache and release the state directory's lock;
+        nothing when the lock was never ours."""
+        if not self._owns_store:
             return
         # Plain blocking calls: nothing here can be cancelled half-way.
-        self._holds_state = False
+        self._owns_store = False
         store = self.builds.store
+        cache = self.inputs.tracker.cache
         try:
             store.save(self.builds.records)
-            self.tracker.cache.prune_missing()
-            store.save_cache(self.tracker.cache)
+            cache.prune_missing()
+            store.save_cache(cache)
         finally:
             store.unlock()
         self.emit(Stopped(pid=os.getpid()))

@@ -39,10 +39,10 @@ class SchedulerOptions:
 
 @dataclass
 class ImageSlot:
-    """Scheduling state of one image."""
+    """One image in the scheduler: its phase, the pending request, the build in flight."""
 
     name: str
-    state: str = "idle"  # idle | queued | building | failed | retrying
+    phase: str = "idle"  # idle | queued | building | failed | retrying
     reason: str = ""
     first_request: float | None = None
     due: float | None = None
@@ -101,9 +101,9 @@ class Scheduler:
         if slot.building and self.options.supersede == "cancel" and slot.scope is not None:
             slot.scope.cancel()
             send(self._on_event, Superseded(image=name, reason=reason))
-        if not slot.building and slot.state != "queued":
+        if not slot.building and slot.phase != "queued":
             # One event when the image becomes queued; merged requests only move the due time.
-            slot.state = "queued"
+            slot.phase = "queued"
             send(self._on_event, Queued(image=name, reason=reason))
         self._wake.set()
 
@@ -176,7 +176,7 @@ class Scheduler:
         with scope:
             try:
                 async with self._limiter:
-                    slot.state = "building"
+                    slot.phase = "building"
                     send(self._on_event, Building(image=slot.name, reason=slot.reason))
                     await self._build(slot.name, slot.reason)
                 outcome = "ok"
@@ -198,7 +198,7 @@ class Scheduler:
         if outcome == "ok":
             slot.built_generation = generation
             slot.attempts = 0
-            slot.state = "idle"
+            slot.phase = "idle"
             slot.last_error = None
         elif outcome == "transient" and not superseded:
             slot.attempts += 1
@@ -206,17 +206,17 @@ class Scheduler:
                 self.options.retry_max, self.options.retry_initial * 2 ** (slot.attempts - 1)
             )
             slot.due = self._clock() + delay * random.uniform(0.5, 1.0)  # jitter
-            slot.state = "retrying"
+            slot.phase = "retrying"
             retry = Retrying(image=slot.name, error=slot.last_error, delay=round(delay, 2))
             send(self._on_event, retry)
         elif outcome == "failed":
             slot.attempts = 0
-            slot.state = "failed"
+            slot.phase = "failed"
             send(self._on_event, Failed(image=slot.name, error=slot.last_error))
         if superseded:
-            # Changed while building: exactly one more build of the newest state.
+            # Changed while building: exactly one more build of the newest inputs.
             if slot.due is None:
                 slot.due = self._clock()
-            slot.state = "queued"
+            slot.phase = "queued"
             send(self._on_event, Queued(image=slot.name, reason=slot.reason))
         self._wake.set()

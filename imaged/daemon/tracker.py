@@ -34,8 +34,8 @@ from imaged.digest.trees import (
     excluded,
 )
 from imaged.errors import ImagedError
-from imaged.spec import layers as L
 from imaged.spec.image import DockerfileBase, Image, ParentBase
+from imaged.spec.layers import extra_ignores
 
 __all__ = ["DigestChange", "ImageTracker", "Reason"]
 
@@ -140,7 +140,7 @@ def _base_deps(image: Image) -> _LayerDeps | None:
 
 def image_deps(image: Image) -> tuple[_LayerDeps, ...]:
     """Every input of an image by layer, the base (and a parent's inputs) first."""
-    extras = L.extra_ignores(image.layers)
+    extras = extra_ignores(image.layers)
     layers = tuple(_layer_deps(image, i, extras) for i in range(len(image.layers)))
     base = _base_deps(image)
     return (base, *layers) if base else layers
@@ -357,12 +357,12 @@ class ImageTracker:
         self._reindex_if_rules_moved(batch)
         return self._rehash_touched(batch, spec_changes)
 
-    def reconcile(self) -> dict[str, DigestChange]:
+    def restat(self) -> dict[str, DigestChange]:
         """Find the edits no event announced: re-stat every tracked folder (no reads for
         unchanged files), re-read every ignore file, re-stat every single-file input, and
         retry every image in error. Returns the images whose digest moved.
 
-        >>> # for change in tracker.reconcile().values(): request_build(change.image)
+        >>> # for change in tracker.restat().values(): request_build(change.image)
         """
         batch = _Batch(files=self._moved_files(), ignores=set(self._ignores), hit=set(self._images))
         spec_changes = self._refresh_trees(batch, everything=True)

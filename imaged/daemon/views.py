@@ -44,7 +44,7 @@ class StatusSource(Protocol):
         ...
 
     def is_ready(self) -> bool:
-        """True once the first reconcile is done (``/healthz``)."""
+        """True once the first registry check is done (``/healthz``)."""
         ...
 
     def render_metrics(self) -> str:

@@ -16,8 +16,8 @@ from imaged.digest.files import stat_key
 from imaged.digest.trees import TreeIndex, TreeProvider, TreeSource, provide_tree, shared_tree
 from imaged.errors import MissingPathError, SpecError
 from imaged.safe_read import kind_of, os_reason, read_regular, shown_path
-from imaged.spec import layers as L
 from imaged.spec.image import DebianBase, DockerfileBase, Image, ParentBase, RefBase
+from imaged.spec.layers import FileInput, InputDigests, Layer, TreeInput, extra_ignores
 from imaged.spec.pins import RENDER_VERSION
 
 TAG_HEX_CHARS = 32
@@ -77,12 +77,12 @@ class _Inputs:
     files: list[tuple[str, str]] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
     digests: dict[Path, str] = field(default_factory=dict)
-    tree_digests: dict[L.TreeInput, str] = field(default_factory=dict)
+    tree_digests: dict[TreeInput, str] = field(default_factory=dict)
     executable: dict[Path, bool] = field(default_factory=dict)
     headers: dict[Path, str] = field(default_factory=dict)
 
-    def read(self) -> L.InputDigests:
-        return L.InputDigests(self.digests, self.tree_digests, self.executable, self.headers)
+    def read(self) -> InputDigests:
+        return InputDigests(self.digests, self.tree_digests, self.executable, self.headers)
 
 
 class _Hasher:
@@ -93,9 +93,9 @@ class _Hasher:
         self.image = image
         self.cache = cache
         self.trees = trees
-        self.extra_ignores = L.extra_ignores(image.layers)
+        self.extra_ignores = extra_ignores(image.layers)
 
-    def inputs(self, layer: L.Layer, label: str) -> tuple[list[object], _Inputs]:
+    def inputs(self, layer: Layer, label: str) -> tuple[list[object], _Inputs]:
         declared, got = layer.inputs(), _Inputs()
         for file in declared.files:
             self._read_file(file, label, got)
@@ -105,7 +105,7 @@ class _Hasher:
             got.trees.append(tree)
         return layer.digest_fields(got.read()), got
 
-    def _read_file(self, file: L.FileInput, label: str, got: _Inputs) -> None:
+    def _read_file(self, file: FileInput, label: str, got: _Inputs) -> None:
         path = file.path
         if file.read == "script_header":
             self._read_header(path, label, got)
@@ -118,7 +118,7 @@ class _Hasher:
         else:
             got.files.append((str(path), self._read_content(file, label, got)))
 
-    def _read_content(self, file: L.FileInput, label: str, got: _Inputs) -> str:
+    def _read_content(self, file: FileInput, label: str, got: _Inputs) -> str:
         """The content digest, as recorded for staging (with the exec bit of a mode file)."""
         path = file.path
         digest = got.digests[path] = self.file(path, label=label)
@@ -161,7 +161,7 @@ class _Hasher:
                 layer=label,
             ) from exc
 
-    def tree(self, tree: L.TreeInput, *, label: str) -> TreeIndex:
+    def tree(self, tree: TreeInput, *, label: str) -> TreeIndex:
         if not tree.root.is_dir():
             raise MissingPathError(
                 f"{tree.root} is not a folder", image=self.image.name, layer=label
@@ -170,7 +170,7 @@ class _Hasher:
         return provide_tree(self.trees, source, self.cache, image=self.image.name, layer=label)
 
 
-def _is_absent(file: L.FileInput) -> bool:
+def _is_absent(file: FileInput) -> bool:
     """A missing optional file: ``absent`` when it is not a file, ``floating`` when nothing
     is at its path."""
     if file.if_missing == "absent":

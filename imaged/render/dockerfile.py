@@ -20,7 +20,6 @@ from typing import assert_never, cast
 from imaged.digest.image_digest import ImageDigest, LayerDigest, hash_image
 from imaged.digest.trees import TreeIndex
 from imaged.errors import SpecError
-from imaged.spec import layers as L
 from imaged.spec.checks import (
     check_dependencies,
     check_image,
@@ -29,6 +28,27 @@ from imaged.spec.checks import (
     needs_exec_form,
 )
 from imaged.spec.image import DockerfileBase, Image
+from imaged.spec.layers import (
+    AptPackages,
+    CodeBundle,
+    Commands,
+    Dockerignore,
+    EnvVars,
+    FileLayer,
+    KnownLayer,
+    Layer,
+    PipOptions,
+    PipPackages,
+    PoetryProject,
+    RecipeLayer,
+    Requirements,
+    Secret,
+    SourceFiles,
+    SourceFolder,
+    UvProject,
+    UvScript,
+    Workdir,
+)
 from imaged.spec.pins import POETRY_VERSION, UV_VERSION, VENV
 
 CA_SECRET_ID = "imaged_build_ca"
@@ -69,7 +89,7 @@ class RenderedImage:
 
     dockerfile: str
     context: list[ContextItem] = field(default_factory=list)
-    secrets: list[L.Secret] = field(default_factory=list)
+    secrets: list[Secret] = field(default_factory=list)
     user_dockerfile: Path | None = None
 
     def listing(self) -> list[str]:
@@ -89,7 +109,7 @@ def quote_env(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _pip_args(opts: L.PipOptions) -> list[str]:
+def _pip_args(opts: PipOptions) -> list[str]:
     args: list[str] = []
     if opts.index_url:
         args += ["--index-url", opts.index_url]
@@ -100,7 +120,7 @@ def _pip_args(opts: L.PipOptions) -> list[str]:
     return args + list(opts.extra_args)
 
 
-def _secret_mounts(secrets: tuple[L.Secret, ...]) -> tuple[list[str], list[str]]:
+def _secret_mounts(secrets: tuple[Secret, ...]) -> tuple[list[str], list[str]]:
     mounts = [f"--mount=type=secret,id={s.id},target={s.target}" for s in secrets]
     exports = [f'export {s.as_env_var}="$(cat {s.target})"' for s in secrets if s.as_env_var]
     return mounts, exports
@@ -124,7 +144,7 @@ class _Renderer:
         return next(d for d in self.digest.layers if d.index == index)
 
     def python_run(
-        self, secrets: tuple[L.Secret, ...], steps: list[str], extra_mounts: tuple[str, ...] = ()
+        self, secrets: tuple[Secret, ...], steps: list[str], extra_mounts: tuple[str, ...] = ()
     ) -> None:
         self.ensure_uv()
         mounts, exports = _secret_mounts(secrets)
@@ -196,7 +216,7 @@ def _file_digest(layer_digest: LayerDigest, path: Path) -> str | None:
     return dict(layer_digest.files).get(str(path))
 
 
-def _apt(r: _Renderer, index: int, layer: L.AptPackages) -> None:
+def _apt(r: _Renderer, index: int, layer: AptPackages) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     pkgs = " ".join(shlex.quote(p) for p in layer.packages)
@@ -213,18 +233,18 @@ def _apt(r: _Renderer, index: int, layer: L.AptPackages) -> None:
     )
 
 
-def _install_args(opts: L.PipOptions, packages: tuple[str, ...]) -> str:
+def _install_args(opts: PipOptions, packages: tuple[str, ...]) -> str:
     """Options, then ``--``, then the requirements: none can be read as an option."""
     return " ".join(shlex.quote(a) for a in [*_pip_args(opts), "--", *packages])
 
 
-def _pip(r: _Renderer, index: int, layer: L.PipPackages) -> None:
+def _pip(r: _Renderer, index: int, layer: PipPackages) -> None:
     r.python_run(
         layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, layer.packages)}"]
     )
 
 
-def _requirements(r: _Renderer, index: int, layer: L.Requirements) -> None:
+def _requirements(r: _Renderer, index: int, layer: Requirements) -> None:
     d = r.layer_digest(index)
     mount = r.bind(index, layer.file, "requirements.txt", _file_digest(d, layer.file))
     args = " ".join(shlex.quote(a) for a in _pip_args(layer.pip))
@@ -235,7 +255,7 @@ def _requirements(r: _Renderer, index: int, layer: L.Requirements) -> None:
 
 
 def _project_mounts(
-    r: _Renderer, index: int, layer: L.UvProject | L.PoetryProject, lock: Path, lock_name: str
+    r: _Renderer, index: int, layer: UvProject | PoetryProject, lock: Path, lock_name: str
 ) -> tuple[list[str], str]:
     d = r.layer_digest(index)
     if layer.mode == "install_project":
@@ -256,7 +276,7 @@ def _project_mounts(
     return mounts, f"{MOUNT_ROOT}/{index}"
 
 
-def _uv_project(r: _Renderer, index: int, layer: L.UvProject) -> None:
+def _uv_project(r: _Renderer, index: int, layer: UvProject) -> None:
     mounts, workdir = _project_mounts(r, index, layer, layer.uvlock, "uv.lock")
     args = " ".join(shlex.quote(a) for a in _pip_args(layer.pip))
     locked = _file_digest(r.layer_digest(index), layer.uvlock) is not None
@@ -270,7 +290,7 @@ def _uv_project(r: _Renderer, index: int, layer: L.UvProject) -> None:
     r.python_run(layer.secret_mounts, steps, tuple(mounts))
 
 
-def _poetry_project(r: _Renderer, index: int, layer: L.PoetryProject) -> None:
+def _poetry_project(r: _Renderer, index: int, layer: PoetryProject) -> None:
     r.ensure_poetry()
     mounts, workdir = _project_mounts(r, index, layer, layer.poetry_lock, "poetry.lock")
     extra = " ".join(shlex.quote(a) for a in layer.extra_args)
@@ -285,7 +305,7 @@ def _poetry_project(r: _Renderer, index: int, layer: L.PoetryProject) -> None:
     r.python_run(layer.secret_mounts, steps, tuple(mounts))
 
 
-def _uv_script(r: _Renderer, index: int, layer: L.UvScript) -> None:
+def _uv_script(r: _Renderer, index: int, layer: UvScript) -> None:
     deps = r.layer_digest(index).values  # as read when the digest was computed
     if not deps:
         r.lines.append(f"# {layer.script.name} declares no dependencies")
@@ -295,7 +315,7 @@ def _uv_script(r: _Renderer, index: int, layer: L.UvScript) -> None:
     r.python_run(layer.secret_mounts, [f"{UV} pip install {_install_args(layer.pip, deps)}"])
 
 
-def _commands(r: _Renderer, index: int, layer: L.Commands) -> None:
+def _commands(r: _Renderer, index: int, layer: Commands) -> None:
     mounts, exports = _secret_mounts(layer.secret_mounts)
     r.out.secrets += layer.secret_mounts
     for command in layer.commands:
@@ -307,20 +327,20 @@ def _commands(r: _Renderer, index: int, layer: L.Commands) -> None:
             r.lines.append(f"RUN {command}")
 
 
-def _env(r: _Renderer, index: int, layer: L.EnvVars) -> None:
+def _env(r: _Renderer, index: int, layer: EnvVars) -> None:
     pairs = " ".join(f"{k}={quote_env(v)}" for k, v in layer.env)
     r.lines.append(f"ENV {pairs}")
 
 
-def _workdir(r: _Renderer, index: int, layer: L.Workdir) -> None:
+def _workdir(r: _Renderer, index: int, layer: Workdir) -> None:
     r.lines.append(f"WORKDIR {layer.path}")
 
 
-def _source_folder(r: _Renderer, index: int, layer: L.SourceFolder) -> None:
+def _source_folder(r: _Renderer, index: int, layer: SourceFolder) -> None:
     r.copy_tree(index, layer.target, r.layer_digest(index).trees[0])
 
 
-def _source_files(r: _Renderer, index: int, layer: L.SourceFiles) -> None:
+def _source_files(r: _Renderer, index: int, layer: SourceFiles) -> None:
     d = r.layer_digest(index)
     dest = f"layers/{index}"
     for path in layer.files:
@@ -330,58 +350,58 @@ def _source_files(r: _Renderer, index: int, layer: L.SourceFiles) -> None:
     r.lines.append(_copy_line(f"{dest}/", layer.dst.rstrip("/") + "/"))
 
 
-def _code_bundle(r: _Renderer, index: int, layer: L.CodeBundle) -> None:
+def _code_bundle(r: _Renderer, index: int, layer: CodeBundle) -> None:
     r.copy_tree(index, layer.dst, r.layer_digest(index).trees[0])
 
 
-def _dockerignore(r: _Renderer, index: int, layer: L.Dockerignore) -> None:
+def _dockerignore(r: _Renderer, index: int, layer: Dockerignore) -> None:
     """Its rules already shaped the file lists of the folder layers."""
 
 
-def render_layer(r: _Renderer, index: int, layer: L.Layer) -> None:
+def render_layer(r: _Renderer, index: int, layer: Layer) -> None:
     """One layer's Dockerfile lines and context items. The matches below are exhaustive
-    over ``L.KnownLayer`` (which tests/test_layer_kinds.py checks against LAYER_KINDS), so
+    over ``KnownLayer`` (which tests/test_layer_kinds.py checks against LAYER_KINDS), so
     mypy names a kind they forget."""
-    known = cast(L.KnownLayer, layer)
-    if isinstance(known, L.RecipeLayer):
+    known = cast(KnownLayer, layer)
+    if isinstance(known, RecipeLayer):
         _render_recipe(r, index, known)
     else:
         _render_files(r, index, known)
 
 
-def _render_recipe(r: _Renderer, index: int, layer: L.RecipeLayer) -> None:
+def _render_recipe(r: _Renderer, index: int, layer: RecipeLayer) -> None:
     match layer:
-        case L.AptPackages():
+        case AptPackages():
             _apt(r, index, layer)
-        case L.PipPackages():
+        case PipPackages():
             _pip(r, index, layer)
-        case L.Requirements():
+        case Requirements():
             _requirements(r, index, layer)
-        case L.UvProject():
+        case UvProject():
             _uv_project(r, index, layer)
-        case L.PoetryProject():
+        case PoetryProject():
             _poetry_project(r, index, layer)
-        case L.UvScript():
+        case UvScript():
             _uv_script(r, index, layer)
-        case L.Commands():
+        case Commands():
             _commands(r, index, layer)
         case _:
             assert_never(layer)
 
 
-def _render_files(r: _Renderer, index: int, layer: L.FileLayer) -> None:
+def _render_files(r: _Renderer, index: int, layer: FileLayer) -> None:
     match layer:
-        case L.EnvVars():
+        case EnvVars():
             _env(r, index, layer)
-        case L.Workdir():
+        case Workdir():
             _workdir(r, index, layer)
-        case L.SourceFolder():
+        case SourceFolder():
             _source_folder(r, index, layer)
-        case L.SourceFiles():
+        case SourceFiles():
             _source_files(r, index, layer)
-        case L.CodeBundle():
+        case CodeBundle():
             _code_bundle(r, index, layer)
-        case L.Dockerignore():
+        case Dockerignore():
             _dockerignore(r, index, layer)
         case _:
             assert_never(layer)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from imaged.errors import MissingPathError
-from imaged.spec import layers as L
+from imaged.spec.layers import Layer
 
 
 def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None:
@@ -18,7 +18,7 @@ def expect_path(path: Path, kind: str, *, image: str | None, layer: str) -> None
     raise MissingPathError(f"{path} {what} (expected a {kind})", image=image, layer=layer)
 
 
-def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
+def _layer_paths(layer: Layer) -> list[tuple[Path, str]]:
     """The declared inputs, files before folders; a ``floating`` file may be missing."""
     declared = layer.inputs()
     files = [
@@ -28,7 +28,7 @@ def _layer_paths(layer: L.Layer) -> list[tuple[Path, str]]:
 
 
 def validate_layers(
-    layers: Sequence[L.Layer], *, image: str | None, label: Callable[[int], str]
+    layers: Sequence[Layer], *, image: str | None, label: Callable[[int], str]
 ) -> None:
     """Every file and folder the layers read exists; ``label(index)`` names a layer.
     :meth:`Image.validate` calls it, after the base (this module does not know Image)."""
