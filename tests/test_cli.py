@@ -560,3 +560,32 @@ def test_a_path_longer_than_path_max_is_one_clear_error(tmp_path: Path) -> None:
     assert proc.stderr.startswith(f"error: {BAD_LAYER}: {tmp_path}/src/ddd")
     assert proc.stderr.endswith(f" characters): {TOO_LONG_REASON}\n")
     assert len(proc.stderr) < 400  # the 4 KiB path is shortened
+
+
+@pytest.mark.parametrize(
+    ("command", "suffix", "via_file"),
+    [
+        pytest.param("hash", "", False, id="hash-env"),
+        pytest.param("dockerfile", ":beta", False, id="dockerfile-env"),
+        pytest.param("build", "", False, id="build-env"),
+        pytest.param("build", "", True, id="build-config-file"),
+    ],
+)
+def test_the_cli_loads_definitions_within_the_configured_load_timeout(
+    tmp_path: Path, command: str, suffix: str, via_file: bool
+) -> None:
+    """``load_timeout`` (30 s by default) reaches the CLI's child loads, not only the daemon's."""
+    path = tmp_path / "images.py"
+    path.write_text("import time\ntime.sleep(20)\n" + DEFS)
+    args: list[str] = [command, f"{path}{suffix}"]
+    env = {}
+    if via_file:
+        config = tmp_path / "imaged.toml"
+        config.write_text("load_timeout = 0.5\n")
+        args = [command, "--config", str(config), "--dry-run", args[1]]
+    else:
+        env = {"IMAGED_LOAD_TIMEOUT": "0.5"}
+        args += ["--dry-run"] if command == "build" else []
+    proc = run_cli(*args, **env)
+    assert proc.returncode == 1
+    assert "loading timed out after 0.5 s" in proc.stderr

@@ -31,6 +31,7 @@ OUR_IMPORT = "from imaged import Image, Secret; from port_env import TaskEnviron
 NAMES = {
     "port-private",
     "port-api",
+    "port-implicit",
     "port-uv",
     "port-poetry",
     "port-script",
@@ -87,6 +88,55 @@ def test_root_dockerignore_keeps_files_out_of_a_source_folder(ported: dict[str, 
     copied = {path.rsplit("/", 1)[-1] for path in listing}
     assert "app.py" in copied
     assert {"data.bin", ".env"}.isdisjoint(copied)
+
+
+def test_the_projects_dockerignore_applies_without_with_dockerignore(
+    ported: dict[str, Image],
+) -> None:
+    listing = render_dockerfile(ported["port-implicit"]).listing()
+    copied = {path.rsplit("/", 1)[-1] for path in listing}
+    assert "app.py" in copied
+    assert {"data.bin", ".env"}.isdisjoint(copied)
+
+
+IMPLICIT_DEFS = """
+from imaged import Image
+from pathlib import Path
+ROOT = Path(__file__).parent.parent  # the project; this file is in its deploy/ folder
+base = Image.from_base("127.0.0.1:5000/py:3")
+inside = base.clone(name="inside").with_source_folder(ROOT / "src")
+outside = base.clone(name="outside").with_source_folder(ROOT.parent / "shared")
+explicit = inside.clone(name="explicit").with_dockerignore(ROOT / "other.ignore")
+"""
+
+
+def _listed(image: Image) -> list[str]:
+    (tree,) = hash_image(image, DigestCache()).layers[0].trees
+    return [entry.relpath for entry in tree.listing()]
+
+
+def test_the_projects_dockerignore_is_read_from_the_project_root(tmp_path: Path) -> None:
+    """The defining project (nearest pyproject.toml) holds the implicit ``.dockerignore``:
+    absent, it filters nothing; created or edited, it moves the digest; it does not reach
+    a folder outside the project, nor an image that names its own ignore file."""
+    root = tmp_path / "project"
+    for rel in ("src/app.py", "src/data.bin", "other.ignore", "pyproject.toml"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"{rel}\n")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared/data.bin").write_text("shared\n")
+    (root / "deploy").mkdir()
+    (root / "deploy/images.py").write_text(IMPLICIT_DEFS)
+    images = load_definitions(str(root / "deploy/images.py"))
+    assert images["inside"].layers[0].project_ignore == root / ".dockerignore"
+    before = hash_image(images["inside"], DigestCache()).digest
+    assert _listed(images["inside"]) == ["app.py", "data.bin"]
+    (root / ".dockerignore").write_text("src/data.bin\ndata.bin\n")
+    assert _listed(images["inside"]) == ["app.py"]
+    assert hash_image(images["inside"], DigestCache()).digest != before
+    assert _listed(images["outside"]) == ["data.bin"]
+    assert _listed(images["explicit"]) == ["app.py", "data.bin"]
+    assert Image.loads(images["inside"].dumps()) == images["inside"]
 
 
 def test_uv_and_poetry_install_the_tools_default_groups(ported: dict[str, Image]) -> None:
@@ -157,7 +207,7 @@ def test_ported_images_build_and_run(
     monkeypatch.setenv("IMAGED_SECRET_GITHUB_PAT", value)
     images = load_definitions(str(port(tmp_path) / "images.py"))
     cli, built = infra.docker_cli, {}
-    for name in ("port-private", "port-api", "port-uv"):
+    for name in ("port-private", "port-api", "port-implicit", "port-uv"):
         image = override_registry(images[name].clone(name=f"{name}-{run_id()}"), infra.registry)
         built[name] = build(image, force=True).uri
     private = probe_image(cli, built["port-private"], ProbeSpec(texts=["/out/pat.sha256"]))
@@ -172,6 +222,10 @@ def test_ported_images_build_and_run(
     assert api["modes"]["/app/src/.env"] is None
     assert api["cwd"] == "/app"
     assert api["versions"]["iniconfig"]
+    implicit = probe_image(cli, built["port-implicit"], ProbeSpec(paths=paths))
+    assert implicit["modes"]["/app/src/app.py"] is not None
+    assert implicit["modes"]["/app/src/data.bin"] is None
+    assert implicit["modes"]["/app/src/.env"] is None
     uv = probe_image(cli, built["port-uv"], ProbeSpec(dists=["iniconfig", "six"]))
     assert uv["versions"]["iniconfig"]
     assert uv["versions"]["six"]

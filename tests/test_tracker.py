@@ -954,3 +954,30 @@ def test_a_root_dockerignore_reads_paths_from_its_folder_and_the_tracker_agrees(
     write(tmp_path / "src/data.bin", "edited, still ignored\n")
     assert tracker.apply_changes([tmp_path / "src/data.bin"]) == {}
     assert_fresh(tracker, {"api": image})
+
+
+def test_the_projects_dockerignore_is_watched_and_moves_the_digest(tmp_path: Path) -> None:
+    """Without ``with_dockerignore``, the defining project's ``.dockerignore`` filters a
+    source folder inside it (Flyte's root_dir fallback): absent, created, edited, the
+    tracker watches it and agrees with a fresh hash at each step."""
+    write(tmp_path / "src/app.py", "print(1)\n")
+    write(tmp_path / "src/data.bin", "big\n")
+    ignore = tmp_path / ".dockerignore"
+    layer = L.SourceFolder(src=tmp_path / "src", dst="/app", project_ignore=ignore)
+    image = Image.from_base(BASE).clone(name="api")._with(layer)
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"api": image})
+    assert tracker.is_relevant(ignore)
+    assert tracker.watch_roots()[tmp_path] is False  # its folder, for its own entries only
+    listing = [e.relpath for e in tracker.digest_of("api").layers[0].trees[0].listing()]
+    assert listing == ["app.py", "data.bin"]
+    write(ignore, "src/data.bin\n")
+    changes = tracker.apply_changes([ignore])
+    assert changes["api"].reasons[0].files == (".dockerignore", "src/data.bin")
+    assert_fresh(tracker, {"api": image})
+    explicit = image._with(L.Dockerignore(path=write(tmp_path / "other.ignore", "# none\n")))
+    tracker.set_images({"api": explicit})  # an explicit ignore file replaces the project's
+    assert not tracker.is_relevant(ignore)
+    listing = [e.relpath for e in tracker.digest_of("api").layers[0].trees[0].listing()]
+    assert listing == ["app.py", "data.bin"]
+    assert_fresh(tracker, {"api": explicit})

@@ -129,10 +129,12 @@ def run_build(
     """Returns the number of images that failed."""
     sweep_stale_scratch()  # secret files a killed build left behind
     export_config_file(config_file)
-    deep = load_settings(config_file=config_file).recursive if recursive is None else recursive
+    settings = load_settings(config_file=config_file)
+    deep = settings.recursive if recursive is None else recursive
     images = load_targets(
         (targets,) if isinstance(targets, str) else targets,
         recursive=deep,
+        timeout=settings.load_timeout,
         echo=lambda line: click.echo(line, err=True),
     )
 

@@ -81,17 +81,19 @@ def main() -> None:
 def _load(target: str) -> dict[str, Any]:
     """The images of ``PATH[:NAME]``, imported in a child interpreter: a module that exits
     is an error, and what it prints goes to stderr, never into our stdout (``--json``)."""
+    from imaged.config import load_settings
     from imaged.definitions.child import load_target
 
-    return load_target(target, echo=_err)
+    return load_target(target, timeout=load_settings().load_timeout, echo=_err)
 
 
 def _load_all(targets: tuple[str, ...], recursive: bool | None) -> dict[str, Any]:
     from imaged.config import load_settings
     from imaged.definitions.child import load_targets
 
-    deep = load_settings().recursive if recursive is None else recursive
-    return load_targets(targets, recursive=deep, echo=_err)
+    settings = load_settings()
+    deep = settings.recursive if recursive is None else recursive
+    return load_targets(targets, recursive=deep, timeout=settings.load_timeout, echo=_err)
 
 
 _recursive_option = click.option(

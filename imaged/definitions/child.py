@@ -237,13 +237,19 @@ def load_target(
 
 
 def load_targets(
-    targets: Sequence[str], *, recursive: bool = False, echo: Callable[[str], None] | None = None
+    targets: Sequence[str],
+    *,
+    recursive: bool = False,
+    timeout: float = DEFAULTS.load_timeout,
+    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Image]:
     """The images of several ``PATH[:NAME]`` targets; a folder gives every definition file
     in it (with ``recursive``, below it too), as ``imaged plan`` and ``watch`` read them.
 
     Each file is loaded in a child (:func:`load_target`): a module that exits, prints or
-    reads secrets cannot end, corrupt or see the caller; ``echo`` gets what it printed."""
+    reads secrets cannot end, corrupt or see the caller, and one that takes longer than
+    ``timeout`` seconds (the ``load_timeout`` setting) is an error; ``echo`` gets what it
+    printed."""
     from imaged.definitions.loader import parse_target
 
     images: dict[str, Image] = {}
@@ -262,7 +268,7 @@ def load_targets(
             )
         for file in files:
             text_of_file = f"{file}:{target.name}" if target.name else str(file)
-            for name, image in load_target(text_of_file, echo=echo).items():
+            for name, image in load_target(text_of_file, timeout=timeout, echo=echo).items():
                 if name in images and images[name] != image:
                     raise DefinitionError(
                         f"image {name!r} is also defined in {origin[name]}; give each "

@@ -32,7 +32,7 @@ from imaged.digest.files import (
 from imaged.digest.ignore import IgnoreRules
 from imaged.errors import SpecError
 from imaged.safe_read import os_reason, shown_path
-from imaged.spec.layers import TreeInput
+from imaged.spec.layers import TreeInput, tree_ignores
 
 
 def _parent(relpath: str) -> str:
@@ -407,8 +407,10 @@ class TreeSource:
 
     @classmethod
     def of(cls, tree: TreeInput, extras: tuple[Path, ...]) -> TreeSource:
-        """The source of a folder a layer declares, with the image's extra ignore files."""
-        return cls(tree.root, extras, tree.gitignore, modules_only=tree.modules_only)
+        """The source of a folder a layer declares, with the image's extra ignore files
+        (or the defining project's ``.dockerignore``: :func:`tree_ignores`)."""
+        ignores = tree_ignores(tree, extras)
+        return cls(tree.root, ignores, tree.gitignore, modules_only=tree.modules_only)
 
     def read_rules(self) -> IgnoreRules:
         if self.dockerfile_context:

@@ -514,10 +514,20 @@ class Image:
     def with_source_folder(
         self, src: str | os.PathLike[str], dst: str = ".", copy_contents_only: bool = False
     ) -> Image:
-        """Copy a folder (``dst/<name>``, or its contents into ``dst``)."""
+        """Copy a folder (``dst/<name>``, or its contents into ``dst``), filtered by its
+        ``.dockerignore`` and the image's ``with_dockerignore`` files; without those, by the
+        defining project's ``.dockerignore`` (nearest pyproject.toml, else the definition's
+        folder), as Flyte reads its root's."""
         path = _resolve(src, where="with_source_folder")
+        caller = _caller_dir()
+        project_ignore = (find_project_root(caller) or caller) / ".dockerignore"
         return self._with(
-            SourceFolder(src=path, dst=_dst(dst), copy_contents_only=copy_contents_only)
+            SourceFolder(
+                src=path,
+                dst=_dst(dst),
+                copy_contents_only=copy_contents_only,
+                project_ignore=project_ignore,
+            )
         )
 
     def with_source_file(

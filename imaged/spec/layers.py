@@ -165,12 +165,15 @@ class FileInput:
 @dataclass(frozen=True)
 class TreeInput:
     """A folder a layer copies, filtered by its ``.dockerignore`` and the image's extra
-    ignore files; ``gitignore``: git's ignore files as well; ``modules_only``: its Python
-    files only (a code bundle's ``loaded_modules``)."""
+    ignore files (:func:`tree_ignores`); ``gitignore``: git's ignore files as well;
+    ``modules_only``: its Python files only (a code bundle's ``loaded_modules``);
+    ``project_ignore``: the defining project's ``.dockerignore`` (present or not), which
+    applies when the image has no ``with_dockerignore``, as Flyte reads its root's."""
 
     root: Path
     gitignore: bool = False
     modules_only: bool = False
+    project_ignore: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -402,6 +405,7 @@ class SourceFolder(Layer):
     src: Path = Path()
     dst: str = "."
     copy_contents_only: bool = False
+    project_ignore: Path | None = None  # the defining project's .dockerignore (TreeInput)
 
     def describe(self) -> str:
         return f"source_folder {self.src.name}/"
@@ -414,10 +418,13 @@ class SourceFolder(Layer):
         return str(PurePosixPath(self.dst) / self.src.name)
 
     def inputs(self) -> LayerInputs:
-        return LayerInputs(trees=(TreeInput(self.src),))
+        return LayerInputs(trees=(self._tree(),))
 
     def digest_fields(self, read: InputDigests) -> list[object]:
-        return [self.target, read.trees[TreeInput(self.src)]]
+        return [self.target, read.trees[self._tree()]]
+
+    def _tree(self) -> TreeInput:
+        return TreeInput(self.src, project_ignore=self.project_ignore)
 
 
 @dataclass(frozen=True)
@@ -498,6 +505,18 @@ def extra_ignores(layers: Iterable[Layer]) -> tuple[Path, ...]:
     return tuple(layer.path for layer in layers if isinstance(layer, Dockerignore))
 
 
+def tree_ignores(tree: TreeInput, extras: tuple[Path, ...]) -> tuple[Path, ...]:
+    """The ignore files, beside the folder's own ``.dockerignore``, that filter ``tree``:
+    the image's ``with_dockerignore`` files, else the defining project's ``.dockerignore``
+    (Flyte falls back to ``<root_dir>/.dockerignore`` the same way) for a folder inside
+    that project. The hasher and the tracker both read this, so what is hashed is watched."""
+    if extras or tree.project_ignore is None:
+        return extras
+    if tree.project_ignore.parent not in tree.root.parents:
+        return ()  # the project root's own .dockerignore (read already), or outside it
+    return (tree.project_ignore,)
+
+
 def _project_inputs(pyproject: Path, lock: FileInput, mode: InstallMode) -> LayerInputs:
     """A uv or poetry project: its pyproject and lock, and with ``install_project`` the
     project folder itself (git's ignore files apply, as for a code bundle)."""
@@ -562,6 +581,8 @@ def layer_to_json(layer: Layer) -> dict[str, Any]:
 def _from_json(annotation: str, value: Any) -> Any:
     if annotation == "Path":
         return Path(value)
+    if annotation == "Path | None":
+        return None if value is None else Path(value)
     if annotation == "tuple[Path, ...]":
         return tuple(Path(v) for v in value)
     if annotation == "tuple[Secret, ...]":

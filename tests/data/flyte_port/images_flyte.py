@@ -26,6 +26,9 @@ api = (
     .with_workdir(workdir="/app")
 )
 
+# No with_dockerignore: the project's .dockerignore applies, as Flyte reads its root's.
+implicit = base.clone(name="port-implicit").with_source_folder(HERE / "src", "/app")
+
 uv_app = base.clone(name="port-uv").with_uv_project(
     HERE / "uvproj" / "pyproject.toml", None, None, None, False, "--no-progress"
 )
