@@ -28,7 +28,7 @@ from imaged.digest.cache import DigestCache
 from imaged.digest.image_digest import hash_image
 from imaged.errors import ImagedError, MissingPathError
 from imaged.spec.image import Image
-from imaged.spec.layers import CodeBundle
+from imaged.spec.layers import CodeBundle, Dockerignore, SourceFolder
 
 BASE = "127.0.0.1:5000/base:1"
 
@@ -963,7 +963,7 @@ def test_the_projects_dockerignore_is_watched_and_moves_the_digest(tmp_path: Pat
     write(tmp_path / "src/app.py", "print(1)\n")
     write(tmp_path / "src/data.bin", "big\n")
     ignore = tmp_path / ".dockerignore"
-    layer = L.SourceFolder(src=tmp_path / "src", dst="/app", project_ignore=ignore)
+    layer = SourceFolder(src=tmp_path / "src", dst="/app", project_ignore=ignore)
     image = Image.from_base(BASE).clone(name="api")._with(layer)
     tracker = ImageTracker(DigestCache())
     tracker.set_images({"api": image})
@@ -975,7 +975,7 @@ def test_the_projects_dockerignore_is_watched_and_moves_the_digest(tmp_path: Pat
     changes = tracker.apply_changes([ignore])
     assert changes["api"].reasons[0].files == (".dockerignore", "src/data.bin")
     assert_fresh(tracker, {"api": image})
-    explicit = image._with(L.Dockerignore(path=write(tmp_path / "other.ignore", "# none\n")))
+    explicit = image._with(Dockerignore(path=write(tmp_path / "other.ignore", "# none\n")))
     tracker.set_images({"api": explicit})  # an explicit ignore file replaces the project's
     assert not tracker.is_relevant(ignore)
     listing = [e.relpath for e in tracker.digest_of("api").layers[0].trees[0].listing()]
