@@ -7,11 +7,13 @@ Then, one after the other:
 * ``--runs`` bursts (default 10): 2,000 new files, their writes paced over ``--spread``
   seconds (default 0.25; the issue's bursts took 0.2-0.4 s), the writer stalling
   ``--stall`` seconds half-way (default 0: no stall), then a wait for the push and a quiet
-  spell. Per run: the number of ``building`` and ``superseded`` events, and the seconds from the last write to the first ``building``;
+  spell. Per run: the number of ``building`` and ``superseded`` events, and the seconds
+  from the last write to the first ``building``;
 * ``--singles`` one-file edits (default 10): the seconds from the write to ``building``,
   the common latency that a fix for bursts must not make worse.
 
-Run: ``python bench/burst_bench.py [--runs N] [--singles N] [--files N] [--spread S] [--stall S]``.
+Run: ``python bench/burst_bench.py [--runs N] [--singles N] [--files N] [--spread S]
+[--stall S]``.
 """
 
 from __future__ import annotations
