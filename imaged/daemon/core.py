@@ -22,7 +22,6 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -322,7 +321,7 @@ class Daemon:
         self.emit(Ready(images=len(self.images)))
 
     async def _watch_loop(self) -> None:
-        batches = watch_paths(
+        watching = watch_paths(
             self._roots,
             self._relevant,
             stop_event=self._stop,
@@ -331,9 +330,9 @@ class Daemon:
             on_ignored=self._ignored,
             busy=self._clock.paused,
         )
-        # aclosing: a cancel inside handle_paths must close the generator (and the task group
-        # the backend holds open) in this task, not later from the garbage collector.
-        async with aclosing(batches):
+        # The watcher's task group lives in this task: a cancel inside handle_paths ends the
+        # task that receives from the backend too, here, not later from the garbage collector.
+        async with watching as batches:
             async for batch in batches:
                 self.metrics.events.inc("batch")
                 await self._guarded("handle_paths", partial(self.handle_paths, batch))
