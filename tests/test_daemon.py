@@ -512,6 +512,39 @@ async def test_a_burst_whose_writer_pauses_for_less_than_the_quiet_period_builds
     assert harness.builds == ["api", "api"]
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.1], ids=["one-batch", "two-batches"])
+async def test_an_editors_save_through_a_temp_file_and_a_rename_builds_once(
+    harness: Harness, gap: float
+) -> None:
+    harness.debounce_ms = 200
+    image = source_image(harness.root)
+    harness.define("a.py", api=image)
+    backend = TimedWatchBackend()
+    daemon = Daemon(
+        harness.settings(),
+        [harness.root / "defs"],
+        on_event=harness.events.append,
+        notifier=SystemdNotifier(None),
+        backend=backend,
+    )
+    main, tmp = harness.root / "src/app.py", harness.root / "src/.app.py.swp"
+    async with running(daemon):
+        mark = len(harness.events)
+        write(tmp, "print('saved')\n")
+        backend.emit(Change.added, tmp)
+        await anyio.sleep(gap)  # the editor's rename comes in the same batch, or the next
+        os.replace(tmp, main)
+        backend.emit(Change.deleted, tmp)
+        backend.emit(Change.added, main)
+        await harness.wait_event("built", "api", since=mark)
+        await anyio.sleep(0.4)  # a second build would have started by now
+        await settle(daemon)
+    kinds = [e["event"] for e in harness.events[mark:] if e["image"] == "api"]
+    assert kinds.count("building") == 1, kinds
+    assert len(backend.delivered) == (1 if gap == 0 else 2)
+    assert harness.builds == ["api", "api"]
+
+
 def test_the_quiet_clock_stands_still_while_any_of_overlapping_pauses_is_open() -> None:
     clock = QuietClock()
     first, second = clock.paused(), clock.paused()
