@@ -204,8 +204,11 @@ class _Held:
         self._busy = busy
         self._count = 0
         self._span: AbstractContextManager[object] | None = None
+        self._closed = False
 
     def take(self) -> None:
+        if self._closed:
+            return  # the watcher is closing: what still arrives is never handled
         if self._count == 0:
             # A plain context manager, not a cancel scope: it may be left from another task.
             self._span = self._busy()
@@ -218,7 +221,8 @@ class _Held:
             span, self._span = self._span, None
             span.__exit__(None, None, None)
 
-    def release_all(self) -> None:
+    def close(self) -> None:
+        self._closed = True
         self.release(self._count)
 
 
@@ -391,5 +395,5 @@ async def watch_paths(
             yield _Batches(receive, producer, held, relevant, on_ignored, stop_event)
         finally:
             producer.close()
-            held.release_all()
+            held.close()
             tg.cancel_scope.cancel()
