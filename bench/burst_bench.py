@@ -5,13 +5,15 @@ runs as a subprocess on one image with a source folder, at the default 200 ms de
 Then, one after the other:
 
 * ``--runs`` bursts (default 10): 2,000 new files, their writes paced over ``--spread``
-  seconds (default 0.25; the issue's bursts took 0.2-0.4 s), then a wait for the
-  push and a quiet spell. Per run: the number of ``building`` and ``superseded`` events, and
-  the seconds from the last write to the first ``building``;
+  seconds (default 0.25; the issue's bursts took 0.2-0.4 s), the writer stalling
+  ``--stall`` seconds half-way (default 0: no stall), then a wait for the push and a quiet
+  spell. Per run: the number of ``building`` and ``superseded`` events, and the seconds
+  from the last write to the first ``building``;
 * ``--singles`` one-file edits (default 10): the seconds from the write to ``building``,
   the common latency that a fix for bursts must not make worse.
 
-Run: ``python bench/burst_bench.py [--runs N] [--singles N] [--files N] [--spread S]``.
+Run: ``python bench/burst_bench.py [--runs N] [--singles N] [--files N] [--spread S]
+[--stall S]``.
 """
 
 from __future__ import annotations
@@ -43,16 +45,22 @@ def write_project(root: Path, name: str) -> Path:
     return defs
 
 
-def burst(folder: Path, files: int, spread: float, label: str) -> tuple[float, float]:
+def burst(
+    folder: Path, files: int, spread: float, label: str, stall: float = 0.0
+) -> tuple[float, float]:
     """``files`` new files in ``folder``, paced evenly over ``spread`` seconds (a checkout,
-    an install, a loaded machine); the wall times of the first and the last write."""
+    an install, a loaded machine), with no write for ``stall`` seconds half-way (a writer
+    descheduled, a slow disk); the wall times of the first and the last write."""
     folder.mkdir()
     bodies = [f"{label} {i}\n" for i in range(files)]
-    first = time.time()
+    first = paced = time.time()
     for i, body in enumerate(bodies):
+        if i == files // 2 and stall:
+            time.sleep(stall)
+            paced += stall  # the pacing goes on where it stopped
         with open(folder / f"f{i:04d}.txt", "w") as handle:
             handle.write(body)
-        ahead = first + spread * (i + 1) / files - time.time()
+        ahead = paced + spread * (i + 1) / files - time.time()
         if ahead > 0.002:
             time.sleep(ahead)
     return first, time.time()
@@ -85,14 +93,17 @@ def count(events: list[Event], kind: str) -> int:
 
 
 def run_bursts(
-    daemon: DaemonRun, src: Path, name: str, runs: int, files: int, spread: float
+    daemon: DaemonRun, src: Path, name: str, runs: int, files: int, spread: float, stall: float
 ) -> list[float]:
-    print(f"\n{runs} bursts of {files} new files, paced over {spread:g} s")
+    stalled = f", stalling {stall:g} s half-way" if stall else ""
+    print(f"\n{runs} bursts of {files} new files, paced over {spread:g} s{stalled}")
     print("run  write s  building  superseded  pushed  last write -> building s")
     latencies = []
     for run in range(runs):
         start = daemon.mark()
-        first, last = burst(src / f"burst-{run:02d}", files, spread, f"run {run} {time.time()}")
+        first, last = burst(
+            src / f"burst-{run:02d}", files, spread, f"run {run} {time.time()}", stall
+        )
         events = settle(daemon, name, start)
         latency = first_ts(events, "building") - last
         latencies.append(latency)
@@ -122,6 +133,9 @@ def main() -> None:
     parser.add_argument(
         "--spread", type=float, default=0.25, help="seconds a burst's writes span (default 0.25)"
     )
+    parser.add_argument(
+        "--stall", type=float, default=0.0, help="seconds the writer stops half-way (default 0)"
+    )
     args = parser.parse_args()
     state = load_state()
     env = settings_env(state) | {"IMAGED_DEBOUNCE_MS": str(DEBOUNCE_MS)}
@@ -137,7 +151,9 @@ def main() -> None:
         daemon = DaemonRun(defs, registry=state["registry"], env=env, log=Path(tmp) / "log")
         try:
             settle(daemon, name, 0)
-            bursts = run_bursts(daemon, root / "src", name, args.runs, args.files, args.spread)
+            bursts = run_bursts(
+                daemon, root / "src", name, args.runs, args.files, args.spread, args.stall
+            )
             singles = run_singles(daemon, root / "src", name, args.singles)
         finally:
             daemon.stop()

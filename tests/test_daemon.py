@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 from bad_inputs import FIFO_REASON, fifo_ignore_file
-from fakes import ScriptedWatchBackend
+from fakes import ScriptedWatchBackend, TimedWatchBackend
 from test_events import assert_declared
 from watchfiles import Change
 
@@ -460,6 +460,88 @@ async def test_a_burst_whose_next_batch_is_filtered_past_the_quiet_period_builds
         kinds = [e["event"] for e in harness.events[mark:] if e["image"] == "api"]
         assert kinds == ["changed", "queued", "changed", "building", "built"]
         assert "src/two.py" in harness.named("building", "api")[-1]["reason"]
+    assert harness.builds == ["api", "api"]
+
+
+async def test_a_burst_whose_writer_pauses_for_less_than_the_quiet_period_builds_once(
+    harness: Harness,
+) -> None:
+    # Issue 11, item 7: the writer of a burst stalls for 150 ms, shorter than the 200 ms
+    # quiet period. The backend batches raw events in time as watchfiles does; the quiet
+    # period counts from the last raw event, and the backend's batching is not quiet.
+    harness.debounce_ms = 200
+    harness.define("a.py", api=source_image(harness.root))
+    backend = TimedWatchBackend()
+    started: list[float] = []
+
+    def sink(event: Event) -> None:
+        harness.events.append(event)
+        if event["event"] == "building":
+            started.append(time.monotonic())
+
+    daemon = Daemon(
+        harness.settings(),
+        [harness.root / "defs"],
+        on_event=sink,
+        notifier=SystemdNotifier(None),
+        backend=backend,
+    )
+
+    async def writes(first: int, count: int) -> float:
+        for i in range(first, first + count):
+            path = write(harness.root / f"src/burst/f{i:03d}.py", f"N = {i}\n")
+            backend.emit(Change.added, path)
+            await anyio.sleep(0.005)
+        return time.monotonic()
+
+    async with running(daemon):
+        mark = len(harness.events)
+        stalled = await writes(0, 30)
+        await anyio.sleep(0.15)
+        resumed = time.monotonic()
+        last = await writes(30, 30)
+        await harness.wait_event("built", "api", since=mark)
+        await anyio.sleep(0.4)  # a second build would have started by now
+        await settle(daemon)
+    assert resumed - stalled < 0.2, "the writer stalled longer than the quiet period"
+    assert len(backend.delivered) >= 3  # the burst reached the daemon in several batches
+    kinds = [e["event"] for e in harness.events[mark:] if e["image"] == "api"]
+    assert kinds.count("building") == 1, kinds
+    assert "superseded" not in kinds
+    assert started[-1] - last >= 0.2  # a whole quiet period after the last raw event
+    assert harness.builds == ["api", "api"]
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.1], ids=["one-batch", "two-batches"])
+async def test_an_editors_save_through_a_temp_file_and_a_rename_builds_once(
+    harness: Harness, gap: float
+) -> None:
+    harness.debounce_ms = 200
+    image = source_image(harness.root)
+    harness.define("a.py", api=image)
+    backend = TimedWatchBackend()
+    daemon = Daemon(
+        harness.settings(),
+        [harness.root / "defs"],
+        on_event=harness.events.append,
+        notifier=SystemdNotifier(None),
+        backend=backend,
+    )
+    main, tmp = harness.root / "src/app.py", harness.root / "src/.app.py.swp"
+    async with running(daemon):
+        mark = len(harness.events)
+        write(tmp, "print('saved')\n")
+        backend.emit(Change.added, tmp)
+        await anyio.sleep(gap)  # the editor's rename comes in the same batch, or the next
+        os.replace(tmp, main)
+        backend.emit(Change.deleted, tmp)
+        backend.emit(Change.added, main)
+        await harness.wait_event("built", "api", since=mark)
+        await anyio.sleep(0.4)  # a second build would have started by now
+        await settle(daemon)
+    kinds = [e["event"] for e in harness.events[mark:] if e["image"] == "api"]
+    assert kinds.count("building") == 1, kinds
+    assert len(backend.delivered) == (1 if gap == 0 else 2)
     assert harness.builds == ["api", "api"]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import aclosing
 from pathlib import Path
 
 import anyio
@@ -56,17 +56,19 @@ async def collect(
     batches: list[set[Path]] = []
 
     async def consume() -> None:
-        async for batch in watch_paths(
+        watching = watch_paths(
             roots,
             relevant,
             stop_event=stop,
             backend=backend,
             restart=restart,
             on_ignored=on_ignored,
-        ):
-            batches.append(batch)
-            if len(batches) >= want:
-                stop.set()
+        )
+        async with watching as found:
+            async for batch in found:
+                batches.append(batch)
+                if len(batches) >= want:
+                    stop.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume)
@@ -109,9 +111,67 @@ async def test_batches_with_nothing_relevant_are_reported_as_ignored(tmp_path: P
     assert ignored == [{tmp_path / "b.pyc", tmp_path / "x.log"}]
 
 
-async def test_a_batch_is_busy_from_its_arrival_until_the_caller_asks_for_the_next(
+async def test_the_watcher_receives_while_the_caller_handles_and_stays_busy_until_all_is_handled(
     tmp_path: Path,
 ) -> None:
+    log: list[str] = []
+    loop_thread = threading.get_ident()
+    filter_threads: set[int] = set()
+
+    @contextlib.contextmanager
+    def busy() -> Iterator[None]:
+        log.append("enter")
+        try:
+            yield
+        finally:
+            log.append("leave")
+
+    def relevant(path: Path) -> bool:
+        filter_threads.add(threading.get_ident())
+        log.append(f"filter {path.name}")
+        return path.suffix == ".py"
+
+    steps: list[Step] = [
+        batch((Change.added, tmp_path / "a.py")),
+        batch((Change.added, tmp_path / "x.log")),
+        batch((Change.added, tmp_path / "b.py")),
+        lambda: log.append("received b.py"),
+        lambda: anyio.sleep(0.2),  # then quiet: nothing in hand once b.py is handled
+        batch((Change.added, tmp_path / "c.py")),
+    ]
+    stop = anyio.Event()
+    watching = watch_paths(
+        lambda: {tmp_path},
+        relevant,
+        stop_event=stop,
+        backend=ScriptedWatchBackend(steps),
+        busy=busy,
+    )
+    async with watching as batches:
+        assert await anext(batches) == {tmp_path / "a.py"}
+        await anyio.sleep(0.05)  # handling a.py: the next two batches arrive meanwhile
+        log.append("handled a.py")
+        assert await anext(batches) == {tmp_path / "b.py"}  # x.log and b.py, merged
+        log.append("handled b.py")
+        assert await anext(batches) == {tmp_path / "c.py"}
+        log.append("handled c.py")
+    assert log.index("received b.py") < log.index("handled a.py")
+    # One busy span from a.py's arrival until b.py is handled, a.py's hand-over included;
+    # then quiet; then one span for c.py, left when the block ends.
+    first, second = log.index("leave"), log.index("enter", 1)
+    assert log[0] == "enter"
+    assert log.index("handled b.py") < first < second < log.index("filter c.py")
+    assert log[-2:] == ["handled c.py", "leave"]
+    assert log.count("enter") == log.count("leave") == 2
+    assert sorted(e for e in log[:first] if e.startswith("filter")) == [
+        "filter a.py",
+        "filter b.py",
+        "filter x.log",
+    ]
+    assert loop_thread not in filter_threads  # the filter never blocks the event loop
+
+
+async def test_a_batch_of_nothing_relevant_is_busy_while_it_is_filtered(tmp_path: Path) -> None:
     log: list[str] = []
 
     @contextlib.contextmanager
@@ -127,28 +187,27 @@ async def test_a_batch_is_busy_from_its_arrival_until_the_caller_asks_for_the_ne
         return path.suffix == ".py"
 
     steps: list[Step] = [
-        batch((Change.added, tmp_path / "a.py")),
         batch((Change.added, tmp_path / "x.log")),
-        batch((Change.added, tmp_path / "b.py")),
+        lambda: anyio.sleep(0.1),
+        batch((Change.added, tmp_path / "a.py")),
     ]
-    stop = anyio.Event()
-    batches = watch_paths(
+    ignored: list[set[Path]] = []
+    watching = watch_paths(
         lambda: {tmp_path},
         relevant,
-        stop_event=stop,
+        stop_event=anyio.Event(),
         backend=ScriptedWatchBackend(steps),
         busy=busy,
+        on_ignored=ignored.append,
     )
-    async with aclosing(batches):
+    async with watching as batches:
         assert await anext(batches) == {tmp_path / "a.py"}
-        log.append("handled a.py")  # the caller's work on a batch counts as busy
-        assert await anext(batches) == {tmp_path / "b.py"}
-        log.append("handled b.py")
+        log.append("handled a.py")
     assert log == [
+        *("enter", "filter x.log", "leave"),
         *("enter", "filter a.py", "handled a.py", "leave"),
-        *("enter", "filter x.log", "leave"),  # an ignored batch is busy while it is filtered
-        *("enter", "filter b.py", "handled b.py", "leave"),  # closing the stream leaves too
     ]
+    assert ignored == [{tmp_path / "x.log"}]
 
 
 @pytest.mark.parametrize(
@@ -189,6 +248,7 @@ async def test_missing_root_is_watched_through_its_parent_until_it_appears(
         [
             lambda: root.mkdir(parents=True),
             batch((Change.added, tmp_path / "later")),
+            lambda: anyio.sleep(0.05),  # the caller sees the root appear: the plan moves
             batch((Change.added, root / "main.py")),
         ]
     )
@@ -280,12 +340,14 @@ async def _watch_real(
     roots = {src} if isinstance(src, Path) else src
 
     async def consume() -> None:
-        async for found in watch_paths(
+        watching = watch_paths(
             lambda: roots, _py_only, stop_event=stop, backend=WatchfilesBackend()
-        ):
-            batches.append(found)
-            if len(batches) >= want:
-                stop.set()
+        )
+        async with watching as found:
+            async for paths in found:
+                batches.append(paths)
+                if len(batches) >= want:
+                    stop.set()
 
     with anyio.fail_after(within + 3):
         async with anyio.create_task_group() as tg:
@@ -358,10 +420,12 @@ async def test_real_backend_feeds_the_tracker_one_move_per_atomic_save(tmp_path:
     changes: list[DigestChange] = []
 
     async def consume() -> None:
-        async for found in watch_paths(
+        watching = watch_paths(
             tracker.watch_roots, tracker.is_relevant, stop_event=stop, backend=WatchfilesBackend()
-        ):
-            changes.extend(tracker.apply_changes(found).values())
+        )
+        async with watching as found:
+            async for paths in found:
+                changes.extend(tracker.apply_changes(paths).values())
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
@@ -380,12 +444,10 @@ async def test_real_backend_feeds_the_tracker_one_move_per_atomic_save(tmp_path:
 async def test_cancelled_while_handling_a_batch_closes_cleanly_with_mixed_roots(
     tmp_path: Path,
 ) -> None:
-    """The daemon's pattern: with a recursive and a shallow root the real backend yields from
-    inside a task group, so the consumer must close the generator itself (aclosing) when it
-    is cancelled mid-batch; otherwise the garbage collector closes it from another task and
-    anyio raises "exit a cancel scope that isn't the current task's"."""
+    """The daemon's pattern: the task that receives from the real backend lives in a task
+    group of the consumer's own task (the ``async with`` block), so a cancel while the
+    consumer handles a batch ends it there, promptly, and leaves no task behind."""
     import gc
-    from contextlib import aclosing
 
     deep, shallow = tmp_path / "deep", tmp_path / "shallow"
     deep.mkdir()
@@ -393,16 +455,17 @@ async def test_cancelled_while_handling_a_batch_closes_cleanly_with_mixed_roots(
     stop = anyio.Event()
     first = anyio.Event()
     got: list[set[Path]] = []
+    before = {task.id for task in anyio.get_running_tasks()}
 
     async def consume() -> None:
-        batches = watch_paths(
+        watching = watch_paths(
             lambda: {deep: True, shallow: False},
             lambda _p: True,
             stop_event=stop,
             backend=WatchfilesBackend(),
             debounce_ms=50,
         )
-        async with aclosing(batches):
+        async with watching as batches:
             async for batch in batches:
                 got.append(batch)
                 first.set()
@@ -418,8 +481,11 @@ async def test_cancelled_while_handling_a_batch_closes_cleanly_with_mixed_roots(
             tg.start_soon(poke)
             with anyio.move_on_after(5):
                 await first.wait()
+            cancelled = time.monotonic()
             scope.cancel()
+    assert time.monotonic() - cancelled < 0.5  # the backend's thread saw the close at once
     gc.collect()
     await anyio.sleep(0.2)
     assert got
     assert deep / "x" in got[0]
+    assert {task.id for task in anyio.get_running_tasks()} == before

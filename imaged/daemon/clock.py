@@ -8,13 +8,15 @@ from collections.abc import Iterator
 
 
 class QuietClock:
-    """The scheduler's clock: monotonic time that stands still while the daemon has a batch
-    of changes in hand (from its arrival at the watcher, through the relevance filter and the
-    tracker's hashing, until it is handled) and while the tracker hashes, so a debounce counts
-    quiet time only. Otherwise a build queued by one batch of a burst starts while the next
-    batch is filtered or hashed, and that batch supersedes it at once (issue 11, item 7).
-    Pauses may overlap (the watch loop and the stat sweep): time stands still while any
-    one is open."""
+    """The scheduler's clock: monotonic time that stands still while the daemon has changes
+    in hand (from the arrival of a raw batch at the watcher, a few ms after its file events,
+    through the relevance filter and the tracker's hashing, until every batch received is
+    handled) and while the tracker hashes, so a debounce counts quiet time only, from a
+    burst's last file event. Otherwise a build queued by one batch of a burst starts while
+    the next batch is batched, filtered or hashed, and that batch supersedes it at once
+    (issue 11, item 7). Pauses may overlap (the watcher and the stat sweep) and may end
+    in another task than they began in (the watcher's receiving task begins one, its
+    consumer ends it): time stands still while any one is open."""
 
     def __init__(self) -> None:
         self._paused_at: float | None = None

@@ -23,7 +23,6 @@ import os
 import signal
 import traceback
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -218,7 +217,7 @@ class Daemon:
 
     async def _watch_loop(self) -> None:
         inputs = self.inputs
-        batches = watch_paths(
+        watching = watch_paths(
             inputs.roots,
             inputs.is_relevant,
             stop_event=self._stop,
@@ -227,9 +226,9 @@ class Daemon:
             on_ignored=inputs.ignored,
             busy=self._clock.paused,
         )
-        # aclosing: a cancel inside handle_paths must close the generator (and the task group
-        # the backend holds open) in this task, not later from the garbage collector.
-        async with aclosing(batches):
+        # The watcher's task group lives in this task: a cancel inside handle_paths ends the
+        # task that receives from the backend too, here, not later from the garbage collector.
+        async with watching as batches:
             async for batch in batches:
                 self.metrics.events.inc("batch")
                 await self._guarded("handle_paths", partial(inputs.handle_paths, batch))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, aclosing, nullcontext
 from pathlib import Path
 from typing import Protocol, cast
 
 import anyio
 import watchfiles
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from watchfiles import Change
 
 from imaged.daemon.tracker import outermost_paths
@@ -26,10 +29,15 @@ __all__ = [
     "watch_plan",
 ]
 
-STEP_MS = 50
-# How long the backend gathers raw OS events into one batch. Not the ``debounce_ms``
-# setting: that is the daemon's quiet period before a build, kept by the scheduler.
-BATCH_MS = 50
+STEP_MS = 50  # how often a watcher with nothing to watch looks for a stop or a restart
+# How often the backend looks for new raw OS events: a batch ends at the first step that
+# found no new one, or BATCH_MS after its first event. Both small, so that the watcher hears
+# of each raw event within a few steps and the daemon's quiet clock stops then (a batch is
+# "in hand" from its arrival): the quiet period before a build is measured from the last raw
+# event, not from a batch delivery. Not the ``debounce_ms`` setting: that is the daemon's
+# quiet period before a build, kept by the scheduler.
+RAW_STEP_MS = 10
+BATCH_MS = 20
 RUST_TIMEOUT_MS = 1_000
 
 RawBatch = set[tuple[Change, str]]
@@ -137,15 +145,15 @@ class _Restart:
 
 
 class _GenerationStop:
-    """Ends one watch generation: on the caller's stop, a restart request, or our own set()."""
+    """Ends one watch generation: once ``ended()`` holds (the caller's stop, a restart
+    request, the watcher closing), or on our own set(). The backend polls it from its thread."""
 
-    def __init__(self, stop: StopSignal, restart: _Restart) -> None:
-        self._stop = stop
-        self._restart = restart
+    def __init__(self, ended: Callable[[], bool]) -> None:
+        self._ended = ended
         self._set = False
 
     def is_set(self) -> bool:
-        return self._set or self._restart.pending() or self._stop.is_set()
+        return self._set or self._ended()
 
     def set(self) -> None:
         self._set = True
@@ -188,6 +196,158 @@ async def _wait_until(signal: StopSignal) -> None:
         await anyio.sleep(STEP_MS / 1000)
 
 
+class _Held:
+    """``busy()`` entered while any batch received from the backend is not yet handled:
+    one span from the first arrival until the caller has handled every batch in hand."""
+
+    def __init__(self, busy: Callable[[], AbstractContextManager[object]]) -> None:
+        self._busy = busy
+        self._count = 0
+        self._span: AbstractContextManager[object] | None = None
+        self._closed = False
+
+    def take(self) -> None:
+        if self._closed:
+            return  # the watcher is closing: what still arrives is never handled
+        if self._count == 0:
+            # A plain context manager, not a cancel scope: it may be left from another task.
+            self._span = self._busy()
+            self._span.__enter__()
+        self._count += 1
+
+    def release(self, count: int) -> None:
+        self._count = max(0, self._count - count)
+        if self._count == 0 and self._span is not None:
+            span, self._span = self._span, None
+            span.__exit__(None, None, None)
+
+    def close(self) -> None:
+        self._closed = True
+        self.release(self._count)
+
+
+class _Producer:
+    """The watching task: runs the backend generation after generation, and sends each raw
+    batch on as it arrives (held until handled), while the caller handles earlier ones."""
+
+    def __init__(
+        self,
+        roots: Callable[[], Roots],
+        backend: WatchBackend,
+        *,
+        stop_event: StopSignal,
+        restart: RestartFlag | None,
+        debounce_ms: int,
+    ) -> None:
+        self._roots = roots
+        self._backend = backend
+        self._stop = stop_event
+        self._requests = _Restart(restart)
+        self._debounce_ms = debounce_ms
+        self.closed = False
+        self.plan: dict[Path, bool] | None = None
+        self._generation = _GenerationStop(self._done)
+
+    def _done(self) -> bool:
+        return self.closed or self._stop.is_set()
+
+    def _ended(self) -> bool:
+        return self._done() or self._requests.pending()
+
+    def replan_if_moved(self) -> None:
+        """After a batch is handled: restart watching when the roots now plan otherwise."""
+        if self.plan is not None and watch_plan(self._roots()) != self.plan:
+            self._generation.set()  # the backend returns within a step; then we restart
+
+    def close(self) -> None:
+        self.closed = True  # the backend's thread sees it at its next step
+
+    async def run(self, send: MemoryObjectSendStream[RawBatch], held: _Held) -> None:
+        async with send:
+            while not self._done():
+                self._requests.take()
+                self._generation = _GenerationStop(self._ended)
+                self.plan = watch_plan(self._roots())
+                if self.plan:
+                    await self._watch(self.plan, send, held)
+                else:
+                    await _wait_until(self._generation)
+
+    async def _watch(
+        self, plan: dict[Path, bool], send: MemoryObjectSendStream[RawBatch], held: _Held
+    ) -> None:
+        batches = self._backend.watch(
+            sorted(p for p, deep in plan.items() if deep),
+            shallow=sorted(p for p, deep in plan.items() if not deep),
+            stop_event=self._generation,
+            debounce_ms=self._debounce_ms,
+            step_ms=RAW_STEP_MS,
+        )
+        async with aclosing(batches):
+            async for batch in batches:
+                held.take()
+                send.send_nowait(batch)
+
+
+class _Batches:
+    """What the caller iterates: the relevant paths of every raw batch received since it
+    last asked, merged into one, filtered in a worker thread (the event loop runs on)."""
+
+    def __init__(
+        self,
+        receive: MemoryObjectReceiveStream[RawBatch],
+        producer: _Producer,
+        held: _Held,
+        relevant: Callable[[Path], bool],
+        on_ignored: Callable[[set[Path]], None] | None,
+        stop_event: StopSignal,
+    ) -> None:
+        self._receive = receive
+        self._producer = producer
+        self._held = held
+        self._relevant = relevant
+        self._on_ignored = on_ignored
+        self._stop = stop_event
+        self._in_hand = 0
+
+    def __aiter__(self) -> _Batches:
+        return self
+
+    async def __anext__(self) -> set[Path]:
+        while True:
+            self._release()  # the caller has handled the last batch (or it was ignored)
+            self._producer.replan_if_moved()
+            paths = await self._take()
+            found = await anyio.to_thread.run_sync(_keep, self._relevant, paths)
+            if found:
+                return found
+            if self._on_ignored is not None and paths:
+                self._on_ignored(paths)
+
+    def _release(self) -> None:
+        self._held.release(self._in_hand)
+        self._in_hand = 0
+
+    async def _take(self) -> set[Path]:
+        """Every raw batch received so far (at least one), as paths."""
+        if self._stop.is_set():
+            raise StopAsyncIteration
+        try:
+            batches = [await self._receive.receive()]
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+            while True:
+                batches.append(self._receive.receive_nowait())
+        self._in_hand = len(batches)
+        return {Path(path) for batch in batches for _, path in batch}
+
+
+def _keep(relevant: Callable[[Path], bool], paths: set[Path]) -> set[Path]:
+    return {p for p in paths if relevant(p)}
+
+
+@contextlib.asynccontextmanager
 async def watch_paths(
     roots: Callable[[], Roots],
     relevant: Callable[[Path], bool],
@@ -198,47 +358,42 @@ async def watch_paths(
     restart: RestartFlag | None = None,
     on_ignored: Callable[[set[Path]], None] | None = None,
     busy: Callable[[], AbstractContextManager[object]] = nullcontext,
-) -> AsyncGenerator[set[Path], None]:
-    """Yield batches of relevant changed absolute paths until ``stop_event`` is set.
+) -> AsyncIterator[AsyncIterator[set[Path]]]:
+    """Watch; the block iterates batches of relevant changed absolute paths until
+    ``stop_event`` is set (or the block ends).
 
     ``roots()`` maps each folder to whether to watch it recursively (see :func:`watch_plan`;
     a plain set watches every folder recursively). Watching restarts with fresh ``roots()``
     when ``restart`` is set, after any batch that changed the plan (a reload, a root that
     appeared or disappeared): a root that does not exist yet is watched through its nearest
     existing parent folder, and ``relevant`` keeps the noise out; ``on_ignored`` hears about
-    each batch that held nothing relevant. ``busy()`` is entered when a batch arrives from
-    the backend and left when the caller asks for the next one: a batch is in hand from
-    before its filtering until the caller has handled it (the daemon's quiet period leaves
-    that time out, so a burst's next batch is never mistaken for quiet).
+    each batch that held nothing relevant.
 
-    >>> # async for paths in watch_paths(tracker.watch_roots, tracker.is_relevant,
-    >>> #                                stop_event=stop): tracker.apply_changes(paths)
+    A task in this block's task group keeps receiving from the backend while the caller
+    handles a batch; what arrives meanwhile is the next batch, merged. ``busy()`` is entered
+    when a raw batch arrives from the backend (within a few ms of its raw events) and left
+    once the caller has handled all it received and asks for more: the daemon's quiet
+    period leaves that time out, so it counts from a burst's last raw event, and neither the
+    backend's batching, nor the filter, nor hashing is mistaken for quiet.
+
+    >>> # async with watch_paths(tracker.watch_roots, tracker.is_relevant,
+    >>> #                        stop_event=stop) as batches:
+    >>> #     async for paths in batches: tracker.apply_changes(paths)
     """
-    backend = backend or WatchfilesBackend()
-    requests = _Restart(restart)
-    while not stop_event.is_set():
-        requests.take()
-        watched = watch_plan(roots())
-        generation = _GenerationStop(stop_event, requests)
-        if not watched:
-            await _wait_until(generation)
-            continue
-        batches = backend.watch(
-            sorted(p for p, deep in watched.items() if deep),
-            shallow=sorted(p for p, deep in watched.items() if not deep),
-            stop_event=generation,
-            debounce_ms=debounce_ms,
-            step_ms=STEP_MS,
-        )
-        async with aclosing(batches):
-            async for batch in batches:
-                # A plain context manager, not a cancel scope: it may stay open over a yield.
-                with busy():
-                    paths = {Path(path) for _, path in batch}
-                    found = {p for p in paths if relevant(p)}
-                    if found:
-                        yield found
-                    elif on_ignored is not None and paths:
-                        on_ignored(paths)
-                if watch_plan(roots()) != watched:
-                    generation.set()  # the backend returns within step_ms; then we restart
+    producer = _Producer(
+        roots,
+        backend or WatchfilesBackend(),
+        stop_event=stop_event,
+        restart=restart,
+        debounce_ms=debounce_ms,
+    )
+    held = _Held(busy)
+    send, receive = anyio.create_memory_object_stream[RawBatch](math.inf)
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(producer.run, send, held)
+        try:
+            yield _Batches(receive, producer, held, relevant, on_ignored, stop_event)
+        finally:
+            producer.close()
+            held.close()
+            tg.cancel_scope.cancel()
