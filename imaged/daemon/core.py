@@ -97,7 +97,7 @@ class Daemon:
         self.builds = Builds(
             StateStore(settings.resolved_state_dir), self.view, self.metrics, self.emit
         )
-        self.tracker = ImageTracker(DigestCache())  # prepare() loads the saved cache
+        self.tracker = ImageTracker(DigestCache(), hash_timeout=settings.hash_timeout)
         # One tracker call at a time, in a worker thread: the watch loop, the reconcile
         # loop and a reload may all want it, and the tracker is not thread-safe.
         self._tracker_lock = anyio.Lock()
@@ -274,6 +274,19 @@ class Daemon:
             changes = await self._in_tracker(self.tracker.reconcile)
             self._apply_digest_changes(changes)
 
+    async def _late_walks_loop(self) -> None:
+        """A first walk that ran out of time (a hung mount) and has ended since: adopt it,
+        so its images recover without waiting for an edit or the reconcile pass."""
+        while True:
+            await anyio.sleep(0.5)
+            if self.tracker.late_walks():
+                await self._guarded("collect_walks", self._collect_late_walks)
+
+    async def _collect_late_walks(self) -> None:
+        async with self._tracker_lock:
+            changes = await self._in_tracker(self.tracker.collect_walks)
+            self._apply_digest_changes(changes)
+
     async def _in_tracker(self, call: Callable[..., T], *args: Any) -> T:
         """One tracker call in a worker thread, so hashing never blocks the event loop; the
         caller holds ``_tracker_lock``. Builds wait meanwhile (see QuietClock)."""
@@ -311,7 +324,7 @@ class Daemon:
         store = self.builds.store
         store.lock()
         self.builds.records = store.load()
-        self.tracker = ImageTracker(store.load_cache())
+        self.tracker = ImageTracker(store.load_cache(), hash_timeout=self.settings.hash_timeout)
         self._holds_state = True
 
     async def startup(self) -> None:
@@ -425,6 +438,7 @@ class Daemon:
         tg.start_soon(self._watchdog_loop)
         tg.start_soon(self._status_loop)
         tg.start_soon(self._reconcile_loop)
+        tg.start_soon(self._late_walks_loop)
         if self.settings.status_address:
             tg.start_soon(serve_status, self, self.settings.status_address, self.emit)
         if handle_signals:

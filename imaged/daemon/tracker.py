@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from imaged.digest.bounds import FirstWalks
 from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import (
     ignore_files_of,
@@ -218,9 +219,11 @@ class ImageTracker:
     >>> # for name, change in tracker.apply_changes([Path("src/app/main.py")]).items(): ...
     """
 
-    def __init__(self, cache: DigestCache | None = None) -> None:
+    def __init__(self, cache: DigestCache | None = None, *, hash_timeout: float = 60.0) -> None:
         self._cache = default_cache() if cache is None else cache
         self._store = TreeStore(revalidate=False, size=None)
+        # First walks run in their own threads, each bounded: a hung mount fails its images.
+        self._walks = FirstWalks(hash_timeout)
         self._images: dict[str, Image] = {}
         self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
         self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
@@ -239,6 +242,9 @@ class ImageTracker:
         self._digests = {n: d for n, d in self._digests.items() if n in self._images}
         self._errors = {}
         self._index()
+        self._walks.start(
+            (s for s in self._spec_images if self._store.peek(s) is None), self._cache
+        )
         changes: dict[str, DigestChange] = {}
         memo: dict[Image, ImageDigest] = {}
         for name, image in self._images.items():
@@ -369,6 +375,27 @@ class ImageTracker:
         self._reindex_if_rules_moved(batch)
         batch.ignores = {f for f in batch.ignores if os.path.lexists(f)}  # names in reasons
         return self._rehash_touched(batch, spec_changes)
+
+    def late_walks(self) -> bool:
+        """True when a first walk that ran out of time has ended since: collect_walks."""
+        return bool(self._walks.late())
+
+    def collect_walks(self) -> dict[str, DigestChange]:
+        """Adopt the first walks that ended after their bound ran out, and rehash the
+        images that failed waiting for them. Returns the images whose digest moved."""
+        late = self._walks.late()
+        hit = {name for spec in late for name in self._spec_images.get(spec, ())}
+        changes = self._rehash_touched(_Batch(hit=hit), {})
+        self._walks.forget(late)  # those no image in error asked for
+        return changes
+
+    def _provide(self, source: TreeSource, cache: DigestCache) -> TreeIndex:
+        """The TreeProvider of this tracker's hashes: a held tree as the events left it,
+        else a first walk in its own thread, waited for at most ``hash_timeout``."""
+        if self._store.peek(source) is not None:
+            return self._store.provide(source, cache)
+        rules, tree = self._walks.result(source, cache)
+        return self._store.adopt(source, rules, tree)
 
     def _reindex_if_rules_moved(self, batch: _Batch) -> None:
         """A git tree's rules moved: its set of nested .gitignore files may have too."""
@@ -501,7 +528,7 @@ class ImageTracker:
         if not spec.root.is_dir():
             return set(old)
         try:
-            tree = self._store.provide(spec, self._cache)
+            tree = self._provide(spec, self._cache)
         except _INPUT_ERRORS:
             return set(old)
         return _diff(old, tree.file_digests())
@@ -558,7 +585,7 @@ class ImageTracker:
 
     def _hash_image(self, image: Image, memo: dict[Image, ImageDigest]) -> ImageDigest:
         if image not in memo:
-            memo[image] = hash_image(image, self._cache, trees=self._store.provide)
+            memo[image] = hash_image(image, self._cache, trees=self._provide)
         return memo[image]
 
 
