@@ -6,8 +6,12 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 FIFO_REASON = "cannot read ignore file: a named pipe (FIFO), not a regular file"
 DEVICE_REASON = "cannot read ignore file: a character device, not a regular file"
@@ -78,3 +82,31 @@ def without_root_reads() -> None:
 
 
 MakeBadInput = Callable[[Path], Path]
+
+
+def hung_reason(seconds: float) -> str:
+    """The end of the error of an input whose first walk ran out of ``hash_timeout``."""
+    return f"has taken over {seconds:g} s: a hung filesystem?"
+
+
+@contextmanager
+def hung_folder(folder: Path) -> Iterator[threading.Event]:
+    """Listing ``folder`` or anything below it blocks until the yielded event is set, as a
+    ``scandir`` on a hung NFS or FUSE mount never returns; every other folder lists as
+    usual. No real hung mount is at hand here (no FUSE, no NFS server to kill), so this is
+    ``os.scandir`` patched; the block's end releases every walk still stuck in it."""
+    release = threading.Event()
+    real = os.scandir
+    inside = str(folder) + os.sep
+
+    def scandir(path: Any = ".") -> Any:
+        text = os.fspath(path)
+        if text == str(folder) or text.startswith(inside):
+            release.wait()
+        return real(path)
+
+    with patch.object(os, "scandir", scandir):
+        try:
+            yield release
+        finally:
+            release.set()

@@ -19,6 +19,8 @@ from bad_inputs import (
     TOO_LONG_REASON,
     deep_path,
     fifo_ignore_file,
+    hung_folder,
+    hung_reason,
 )
 
 from imaged.daemon import tracker as tracker_module
@@ -954,3 +956,94 @@ def test_a_root_dockerignore_reads_paths_from_its_folder_and_the_tracker_agrees(
     write(tmp_path / "src/data.bin", "edited, still ignored\n")
     assert tracker.apply_changes([tmp_path / "src/data.bin"]) == {}
     assert_fresh(tracker, {"api": image})
+
+
+# -- a hung filesystem under one image's folder (issue 11) ------------------------------
+
+HUNG_TIMEOUT = 0.3
+
+
+def _recover_by_collecting(tracker: ImageTracker, edited: Path) -> dict[str, DigestChange]:
+    with_deadline = time.monotonic() + 5
+    while not tracker.late_walks():  # the walk ends a moment after the mount is back
+        assert time.monotonic() < with_deadline, "the released walk never ended"
+        time.sleep(0.01)
+    return tracker.collect_walks()
+
+
+def _recover_by_reconcile(tracker: ImageTracker, edited: Path) -> dict[str, DigestChange]:
+    return _retry(tracker.reconcile)
+
+
+def _recover_by_an_event(tracker: ImageTracker, edited: Path) -> dict[str, DigestChange]:
+    return _retry(lambda: tracker.apply_changes([edited]))
+
+
+def _retry(call: Callable[[], dict[str, DigestChange]]) -> dict[str, DigestChange]:
+    """``call`` until it reports a digest (the released walk may still be finishing)."""
+    deadline = time.monotonic() + 5
+    while not (moved := call()):
+        assert time.monotonic() < deadline, "the images never recovered"
+        time.sleep(0.05)
+    return moved
+
+
+Recover = Callable[[ImageTracker, Path], dict[str, DigestChange]]
+RECOVERIES = [
+    pytest.param(_recover_by_collecting, id="walk-ends"),
+    pytest.param(_recover_by_reconcile, id="reconcile"),
+    pytest.param(_recover_by_an_event, id="event"),
+]
+HUNG_FOLDERS = [
+    # folder, a file in it, the images that copy it, the first one's layer
+    pytest.param("src", "app/main.py", {"api", "worker", "child"}, "api", "source_folder src/"),
+    pytest.param("lib", "lib.py", {"other", "bundle"}, "other", "source_folder lib/", id="lib"),
+]
+
+
+@pytest.mark.timeout(20)  # an unbounded walk would hang here
+@pytest.mark.parametrize("recover", RECOVERIES)
+@pytest.mark.parametrize(("folder", "file", "users", "first", "layer"), HUNG_FOLDERS)
+def test_a_hung_folder_fails_its_images_in_bounded_time_and_they_recover(
+    images: dict[str, Image],
+    project: Path,
+    recover: Recover,
+    folder: str,
+    file: str,
+    users: set[str],
+    first: str,
+    layer: str,
+) -> None:
+    """``lib`` is also a code bundle's: finding its nested .gitignore files is bounded too."""
+    write(project / "lib/sub/.gitignore", "*.tmp\n")
+    edited = project / folder / file
+    tracker = ImageTracker(DigestCache(), hash_timeout=HUNG_TIMEOUT)
+    with hung_folder(project / folder) as release:
+        started = time.monotonic()
+        loaded = tracker.set_images(images)
+        took = time.monotonic() - started
+        assert took < HUNG_TIMEOUT + 1.5, took  # one bound for all, not one per image
+        assert set(loaded) == set(images) - users
+        assert set(tracker.errors) == users
+        assert str(tracker.errors[first]) == (
+            f"image {first!r}, layer #1 {layer}: hashing {project / folder} "
+            f"{hung_reason(HUNG_TIMEOUT)}"
+        )
+        assert_fresh(tracker, {n: i for n, i in images.items() if n not in users})
+        # Still hung: an event under it or the reconcile pass waits for nothing.
+        started = time.monotonic()
+        assert tracker.apply_changes([edited]) == {}
+        assert tracker.reconcile() == {}
+        assert time.monotonic() - started < 1.0
+        assert set(tracker.errors) == users
+        assert not tracker.late_walks()
+        release.set()
+        moved = recover(tracker, edited)
+    assert set(moved) == users
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+    # The adopted tree follows events as any other, and the nested .gitignore is watched.
+    assert tracker.is_relevant(project / "lib/sub/.gitignore")
+    write(edited, "print('after')\n")
+    assert set(tracker.apply_changes([edited])) == users
+    assert_fresh(tracker, images)

@@ -98,8 +98,13 @@ def _ignore_files(spec: TreeSource) -> tuple[Path, ...]:
     try:
         return ignore_files_of(spec.root, spec.extras, gitignore=spec.gitignore)
     except _INPUT_ERRORS:
-        root_files = (spec.root / ".gitignore",) if spec.gitignore else ()
-        return (spec.root / ".dockerignore", *root_files, *spec.extras)
+        return _root_ignore_files(spec)
+
+
+def _root_ignore_files(spec: TreeSource) -> tuple[Path, ...]:
+    """The ignore files of ``spec`` found without a walk: those at its root, and the extras."""
+    root_files = (spec.root / ".gitignore",) if spec.gitignore else ()
+    return (spec.root / ".dockerignore", *root_files, *spec.extras)
 
 
 def _is_rules_input(spec: TreeSource, path: str) -> bool:
@@ -224,6 +229,7 @@ class ImageTracker:
         self._store = TreeStore(revalidate=False, size=None)
         # First walks run in their own threads, each bounded: a hung mount fails its images.
         self._walks = FirstWalks(hash_timeout)
+        self._walked_ignores: dict[TreeSource, tuple[Path, ...]] = {}  # for the next _index
         self._images: dict[str, Image] = {}
         self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
         self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
@@ -254,6 +260,7 @@ class ImageTracker:
                 continue
             reasons = _definition_reasons(old_images.get(name), image, old, new, self._deps[name])
             changes[name] = DigestChange(name, old.digest if old else None, new.digest, reasons)
+        self._index_walked()
         return changes
 
     def _index(self) -> None:
@@ -268,10 +275,26 @@ class ImageTracker:
                     files.setdefault(path, set()).add(name)
                 for spec in dep.trees:
                     spec_images.setdefault(spec, set()).add(name)
-                    for ignore in _ignore_files(spec):
+                    for ignore in self._ignore_files_of(spec):
                         ignores.setdefault(str(ignore), set()).add(spec)
         self._spec_images, self._files, self._ignores = spec_images, files, ignores
+        self._walked_ignores.clear()
         self._store.keep_only(spec_images)
+
+    def _ignore_files_of(self, spec: TreeSource) -> tuple[Path, ...]:
+        """:func:`_ignore_files`, never walking a folder the store does not hold: finding
+        the nested ``.gitignore`` files is part of its first walk, which is bounded."""
+        walked = self._walked_ignores.get(spec)
+        if walked is not None:
+            return walked
+        if spec.gitignore and self._store.peek(spec) is None:
+            return _root_ignore_files(spec)
+        return _ignore_files(spec)
+
+    def _index_walked(self) -> None:
+        """A first walk of a folder with git's rules ended: watch its nested .gitignore."""
+        if self._walked_ignores:
+            self._index()
 
     # -- queries
 
@@ -394,8 +417,10 @@ class ImageTracker:
         else a first walk in its own thread, waited for at most ``hash_timeout``."""
         if self._store.peek(source) is not None:
             return self._store.provide(source, cache)
-        rules, tree = self._walks.result(source, cache)
-        return self._store.adopt(source, rules, tree)
+        walked = self._walks.result(source, cache)
+        if source.gitignore and not source.dockerfile_context:
+            self._walked_ignores[source] = walked.ignore_files
+        return self._store.adopt(source, walked.rules, walked.tree)
 
     def _reindex_if_rules_moved(self, batch: _Batch) -> None:
         """A git tree's rules moved: its set of nested .gitignore files may have too."""
@@ -511,7 +536,8 @@ class ImageTracker:
         moved, forget them and keep its old listing to diff against."""
         snapshots: dict[TreeSource, dict[str, str]] = {}
         touched = {s for f in batch.ignores for s in self._ignores.get(f, ())}
-        for spec in touched | batch.suspects:
+        # A folder whose first walk is under way (maybe hung): that walk reads its rules.
+        for spec in (touched | batch.suspects) - self._walks.pending():
             old = self._store.known_rules(spec)
             try:
                 new: IgnoreRules | None = spec.read_rules()
@@ -549,6 +575,7 @@ class ImageTracker:
             reasons = _file_reasons(deps, old, new, batch, spec_changes)
             changes[name] = DigestChange(name, old.digest if old else None, new.digest, reasons)
         self._store.keep_only(self._spec_images)
+        self._index_walked()
         return changes
 
     def _needs_rehash(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from imaged.digest.cache import DigestCache
+from imaged.digest.files import ignore_files_of
 from imaged.digest.ignore import IgnoreRules
 from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.digest.trees import TreeIndex, TreeProvider, TreeSource, shared_tree
@@ -97,8 +98,14 @@ def hash_within(
     return outcome.get()
 
 
-# What a first walk gives: the rules it read and the index it built with them.
-Walked = tuple[IgnoreRules, TreeIndex]
+@dataclass(frozen=True)
+class Walked:
+    """What a first walk gives: the rules it read, the index it built with them, and (for
+    a folder with git's rules) the ignore files that can change them, nested ones included."""
+
+    rules: IgnoreRules
+    tree: TreeIndex
+    ignore_files: tuple[Path, ...] = ()
 
 
 def walk_tree(source: TreeSource, cache: DigestCache) -> Walked:
@@ -106,7 +113,10 @@ def walk_tree(source: TreeSource, cache: DigestCache) -> Walked:
     rules = source.read_rules()
     tree = TreeIndex.build(source.root, rules, cache)
     _ = tree.digest
-    return rules, tree
+    if not source.gitignore or source.dockerfile_context:
+        return Walked(rules, tree)
+    ignores = ignore_files_of(source.root, source.extras, gitignore=True)
+    return Walked(rules, tree, ignores)
 
 
 class FirstWalks:
@@ -117,7 +127,7 @@ class FirstWalks:
     that does not end in time stays pending: :meth:`late` names those done since, and the
     next :meth:`result` of its source returns it.
 
-    >>> # walks = FirstWalks(60.0); walks.start(sources, cache); rules, tree = walks.result(s, cache)
+    >>> # walks = FirstWalks(60.0); walks.start(sources, cache); walked = walks.result(s, cache)
     """
 
     def __init__(self, timeout: float) -> None:
