@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from bad_inputs import (
     deep_path,
     dev_zero_ignore_file,
     fifo_ignore_file,
+    hung_folder,
+    hung_reason,
     locked_folder,
     unlock,
     without_root_reads,
@@ -560,3 +563,63 @@ def test_a_path_longer_than_path_max_is_one_clear_error(tmp_path: Path) -> None:
     assert proc.stderr.startswith(f"error: {BAD_LAYER}: {tmp_path}/src/ddd")
     assert proc.stderr.endswith(f" characters): {TOO_LONG_REASON}\n")
     assert len(proc.stderr) < 400  # the 4 KiB path is shortened
+
+
+# -- a hung filesystem under one image's folder (issue 11) ----------------------------------
+
+# The CLI with every listing of $TEST_HUNG_FOLDER blocked for good, as on a hung NFS or FUSE
+# mount (the definitions load in a child, which lists nothing; the hashing is done here).
+HUNG_CLI = """
+import os, sys, threading
+from imaged.cli.main import main
+
+hung, real = os.environ.pop("TEST_HUNG_FOLDER"), os.scandir
+
+def scandir(path="."):
+    text = os.fspath(path)
+    if text == hung or text.startswith(hung + os.sep):
+        threading.Event().wait()
+    return real(path)
+
+os.scandir = scandir
+main()
+"""
+
+
+@pytest.mark.parametrize("command", ["hash", "build"])
+def test_a_hung_folder_fails_its_image_and_the_process_still_exits(
+    tmp_path: Path, command: str
+) -> None:
+    defs, src = bad_input_project(tmp_path, lambda src: src)
+    extra = ["--dry-run"] if command == "build" else []
+    env = {**os.environ, "TEST_HUNG_FOLDER": str(src), "IMAGED_HASH_TIMEOUT": "0.5"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", HUNG_CLI, command, str(defs), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,  # the stuck walk must not keep the process alive
+        check=False,
+        env=env,
+    )
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 1, proc.stderr
+    error = f"{BAD_LAYER}: hashing {src} {hung_reason(0.5)}"
+    if command == "hash":
+        assert proc.stderr == f"error: {error}\n"
+        assert proc.stdout.startswith(f"good\t{REGISTRY}/good:")
+    else:
+        assert proc.stderr == f"bad: FAILED: {error}\n"
+        assert "# good: registry.example:5000/good:" in proc.stdout
+
+
+def test_hash_json_of_a_hung_folder_holds_the_other_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs, src = bad_input_project(tmp_path, lambda src: src)
+    monkeypatch.setenv("IMAGED_HASH_TIMEOUT", "0.3")
+    with hung_folder(src):
+        result = invoke("hash", str(defs), "--json")
+    assert result.exit_code == 1
+    assert [row["name"] for row in json.loads(result.stdout)] == ["good"]
+    assert result.stderr == f"error: {BAD_LAYER}: hashing {src} {hung_reason(0.3)}\n"

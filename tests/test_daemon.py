@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from bad_inputs import FIFO_REASON, fifo_ignore_file
+from bad_inputs import FIFO_REASON, fifo_ignore_file, hung_folder, hung_reason
 from fakes import ScriptedWatchBackend
 from test_events import assert_declared
 from watchfiles import Change
@@ -68,6 +68,7 @@ class Harness:
     backend: ScriptedWatchBackend = field(default_factory=ScriptedWatchBackend)
     reconcile_seconds: float = 0.0
     debounce_ms: int = 0
+    hash_timeout: float = 60.0
 
     def define(self, module: str, **images: Image) -> Path:
         path = write(self.root / "defs" / module, "import imaged\n").resolve()
@@ -82,6 +83,7 @@ class Harness:
             debounce_ms=self.debounce_ms,
             max_wait_ms=1000,
             concurrency=2,
+            hash_timeout=self.hash_timeout,
         )
 
     def daemon(self, *targets: Path) -> Daemon:
@@ -259,6 +261,35 @@ async def test_a_fifo_ignore_file_fails_its_image_only_and_the_daemon_starts(
         mark = len(harness.events)
         harness.edit(fifo, "*.log\n")
         await harness.wait_event("built", "bad", since=mark)
+    assert harness.named("internal_error") == []
+
+
+@pytest.mark.timeout(15)  # an unbounded first walk would hang the startup
+async def test_a_hung_folder_fails_its_image_only_and_it_recovers_when_the_mount_is_back(
+    harness: Harness,
+) -> None:
+    harness.hash_timeout = 0.3
+    src = harness.root / "src"
+    bad = source_image(harness.root, "bad")
+    write(harness.root / "other/app.py", "print('other')\n")
+    good = Image.from_base(BASE).clone(name="good").with_source_folder(harness.root / "other")
+    harness.define("a.py", bad=bad, good=good)
+    with hung_folder(src) as release:
+        async with running(harness.daemon()) as daemon:
+            assert harness.named("ready")
+            assert harness.builds == ["good"]
+            error = await harness.wait_event("hash_error", "bad")
+            assert error["error"] == (
+                f"image 'bad', layer #1 source_folder src/: hashing {src} {hung_reason(0.3)}"
+            )
+            status = {row["name"]: row["state"] for row in daemon.snapshot()["images"]}
+            assert status == {"bad": "failed", "good": "up to date"}
+            mark = len(harness.events)
+            release.set()  # the mount is back: the walk ends and the image is built
+            await harness.wait_event("built", "bad", since=mark)
+            assert daemon.view.images["bad"].state == "up to date"
+            assert daemon.view.images["bad"].error is None
+    assert harness.builds == ["good", "bad"]
     assert harness.named("internal_error") == []
 
 

@@ -20,19 +20,34 @@ from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.digest.trees import TreeIndex, TreeProvider, TreeSource, shared_tree
 from imaged.errors import HashTimeoutError
 from imaged.safe_read import shown_path
-from imaged.spec.image import Image
+from imaged.spec.bases import DockerfileBase
+from imaged.spec.image import Image, ParentBase
 
 T = TypeVar("T")
 
 
 def timeout_error(
-    path: Path | str, seconds: float, *, image: str | None = None
+    path: Path | str, seconds: float, *, image: str | None = None, layer: str | None = None
 ) -> HashTimeoutError:
     """The error of an input whose hashing did not end in time."""
     return HashTimeoutError(
         f"hashing {shown_path(path)} has taken over {seconds:g} s: a hung filesystem?",
         image=image,
+        layer=layer,
     )
+
+
+def copied_by(image: Image, root: Path) -> tuple[str | None, str | None]:
+    """The image (``image`` or a parent) and the layer that copy the folder ``root``."""
+    for index, layer in enumerate(image.layers):
+        if any(tree.root == root for tree in layer.inputs().trees):
+            return image.name, image.layer_label(index)
+    base = image.base
+    if isinstance(base, DockerfileBase) and base.context == root:
+        return image.name, "from_dockerfile"
+    if isinstance(base, ParentBase):
+        return copied_by(base.image, root)
+    return image.name, None
 
 
 @dataclass
@@ -90,11 +105,13 @@ def hash_within(
 
     >>> # digest = hash_within(image, load_settings().hash_timeout, name="api")
     """
-    name = name or image.name
-    reading = _Reading(trees, f"the inputs of image {name!r}")
+    reading = _Reading(trees, f"the inputs of image {name or image.name!r}")
     outcome = start_in_thread(lambda: hash_image(image, trees=reading), name="imaged-hash")
     if not outcome.done.wait(seconds):
-        raise timeout_error(reading.path, seconds, image=name)
+        owner, layer = (image.name, None)
+        if isinstance(reading.path, Path):
+            owner, layer = copied_by(image, reading.path)
+        raise timeout_error(reading.path, seconds, image=owner or name, layer=layer)
     return outcome.get()
 
 
