@@ -110,3 +110,35 @@ def hung_folder(folder: Path) -> Iterator[threading.Event]:
             yield release
         finally:
             release.set()
+
+
+_MNT_DETACH = 2
+
+
+@contextmanager
+def hung_fuse_mount(mountpoint: Path) -> Iterator[Callable[[], None]]:
+    """A real FUSE mount at ``mountpoint`` (made here) whose server never answers: every
+    stat, listing or read below it blocks in the kernel, as on a hung FUSE or NFS mount.
+    The yielded call aborts the connection (what blocked fails with ENOTCONN) and unmounts
+    it, as the block's end does; so a failed test leaves no mount that could hang the
+    clean-up. Needs root and ``/dev/fuse``; an OSError when the mount is refused."""
+    mountpoint.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+    target = os.fsencode(mountpoint)
+    if libc.mount(b"imaged-test-hung", target, b"fuse", 0, options) != 0:
+        errno = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(errno, os.strerror(errno), str(mountpoint))
+    mounted = [True]
+
+    def end() -> None:
+        if mounted.pop() if mounted else False:
+            os.close(fd)  # aborts the connection: no call below it blocks any more
+            libc.umount2(target, _MNT_DETACH)
+
+    try:
+        yield end
+    finally:
+        end()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from bad_inputs import (
     dev_zero_ignore_file,
     fifo_ignore_file,
     hung_folder,
+    hung_fuse_mount,
     hung_reason,
     locked_folder,
     unlock,
@@ -623,3 +625,27 @@ def test_hash_json_of_a_hung_folder_holds_the_other_images(
     assert result.exit_code == 1
     assert [row["name"] for row in json.loads(result.stdout)] == ["good"]
     assert result.stderr == f"error: {BAD_LAYER}: hashing {src} {hung_reason(0.3)}\n"
+
+
+def test_a_real_hung_fuse_mount_fails_its_image_and_the_process_still_exits(
+    tmp_path: Path,
+) -> None:
+    """No patch: ``src/mnt`` is a FUSE mount whose server never answers, so the walk of
+    ``src`` blocks in the kernel; the CLI fails that image and exits all the same."""
+    defs, src = bad_input_project(tmp_path, lambda src: src)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hung_fuse_mount(src / "mnt"))
+        except OSError as exc:
+            pytest.skip(f"cannot mount FUSE here (root and /dev/fuse needed): {exc}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "imaged", "hash", str(defs)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "IMAGED_HASH_TIMEOUT": "0.5"},
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"error: {BAD_LAYER}: hashing {src} {hung_reason(0.5)}\n"
+    assert proc.stdout.startswith(f"good\t{REGISTRY}/good:")
