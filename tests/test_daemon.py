@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from bad_inputs import FIFO_REASON, fifo_ignore_file, hung_folder, hung_reason
+from bad_inputs import FIFO_REASON, fifo_ignore_file, hung_folder, hung_fuse_mount, hung_reason
 from fakes import ScriptedWatchBackend
 from test_events import assert_declared
 from watchfiles import Change
@@ -290,6 +290,39 @@ async def test_a_hung_folder_fails_its_image_only_and_it_recovers_when_the_mount
             assert daemon.view.images["bad"].state == "up to date"
             assert daemon.view.images["bad"].error is None
     assert harness.builds == ["good", "bad"]
+    assert harness.named("internal_error") == []
+
+
+@pytest.mark.timeout(20)
+async def test_a_real_hung_fuse_mount_fails_its_image_only_and_it_recovers_once_gone(
+    harness: Harness,
+) -> None:
+    """No patch: ``src/mnt`` is a FUSE mount whose server never answers. Aborted, what
+    was stuck fails (ENOTCONN) and is reported; unmounted, the next event heals the image."""
+    harness.hash_timeout = 0.3
+    src = harness.root / "src"
+    bad = source_image(harness.root, "bad")
+    write(harness.root / "other/app.py", "print('other')\n")
+    good = Image.from_base(BASE).clone(name="good").with_source_folder(harness.root / "other")
+    harness.define("a.py", bad=bad, good=good)
+    with ExitStack() as stack:
+        try:
+            unmount = stack.enter_context(hung_fuse_mount(src / "mnt"))
+        except OSError as exc:
+            pytest.skip(f"cannot mount FUSE here (root and /dev/fuse needed): {exc}")
+        async with running(harness.daemon()) as daemon:
+            assert harness.builds == ["good"]
+            error = await harness.wait_event("hash_error", "bad")
+            assert error["error"].endswith(f"hashing {src} {hung_reason(0.3)}")
+            assert daemon.view.images["good"].state == "up to date"
+            mark = len(harness.events)
+            unmount()
+            error = await harness.wait_event("hash_error", "bad", since=mark)
+            assert "Transport endpoint is not connected" in error["error"]
+            mark = len(harness.events)
+            harness.edit(src / "app.py", "print('back')\n")
+            await harness.wait_event("built", "bad", since=mark)
+            assert daemon.view.images["bad"].state == "up to date"
     assert harness.named("internal_error") == []
 
 
