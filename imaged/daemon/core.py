@@ -9,7 +9,8 @@ digests), ``scheduler`` (when to build), ``builds`` (building, registry checks, 
 lock, before any task starts, so that failing there is one clear error), ``startup``
 (definitions, first reconcile, READY=1), the main loop (watcher, scheduler, watchdog,
 reconcile, status server) and ``shutdown`` (cancel builds within a bound, save state,
-STOPPING=1). Hashing runs in a worker thread, one tracker call at a time; an unexpected
+STOPPING=1). Hashing runs in a worker thread, one tracker call at a time (the first walk of
+a folder in a thread of its own, bounded by ``hash_timeout``); an unexpected
 error while handling one event is an ``internal_error`` event, never the daemon's end.
 """
 
@@ -284,7 +285,10 @@ class Daemon:
 
     async def _collect_late_walks(self) -> None:
         async with self._tracker_lock:
+            roots = self._roots()
             changes = await self._in_tracker(self.tracker.collect_walks)
+            if self._roots() != roots:  # a code bundle's walk found the .gitignore to watch
+                self._roots_changed.set()
             self._apply_digest_changes(changes)
 
     async def _in_tracker(self, call: Callable[..., T], *args: Any) -> T:

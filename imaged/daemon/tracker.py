@@ -4,7 +4,10 @@ What each layer reads comes from its declaration (``Layer.inputs``). Folders are
 :class:`~imaged.digest.trees.TreeStore` that trusts events (no revalidation), so a one-file
 edit re-stats one path and rehashes one branch of one tree, never a walk. Digests come from
 :func:`imaged.digest.image_digest.hash_image` itself, served those trees; a build is lent
-the same trees (:meth:`ImageTracker.lend_tree`).
+the same trees (:meth:`ImageTracker.lend_tree`). The first walk of a folder runs in a thread
+of its own (:class:`~imaged.digest.bounds.FirstWalks`), adopted here once done: past
+``hash_timeout`` (a hung mount) its images are in error, never the others, and they heal
+when the walk ends (:meth:`ImageTracker.collect_walks`), at the next event or reconcile.
 """
 
 from __future__ import annotations
@@ -400,7 +403,8 @@ class ImageTracker:
         return self._rehash_touched(batch, spec_changes)
 
     def late_walks(self) -> bool:
-        """True when a first walk that ran out of time has ended since: collect_walks."""
+        """True when a first walk that ran out of time has ended since: collect_walks.
+        Safe beside a running tracker call (it reads only the walks, under their lock)."""
         return bool(self._walks.late())
 
     def collect_walks(self) -> dict[str, DigestChange]:
