@@ -43,6 +43,7 @@ BASE = "127.0.0.1:5000/base:1"
 SCRIPT = '# /// script\n# dependencies = ["httpx"]\n# ///\nprint("hi")\n'
 BAD_HEADER = '# /// script\n# dependencies = ["httpx"\n# ///\nprint("hi")\n'
 Event = dict[str, Any]
+HUNG_TIMEOUT = 1.0  # hash_timeout under a hung folder: the good one walks well within it
 
 
 @pytest.fixture
@@ -268,7 +269,7 @@ async def test_a_fifo_ignore_file_fails_its_image_only_and_the_daemon_starts(
 async def test_a_hung_folder_fails_its_image_only_and_it_recovers_when_the_mount_is_back(
     harness: Harness,
 ) -> None:
-    harness.hash_timeout = 0.3
+    harness.hash_timeout = HUNG_TIMEOUT
     src = harness.root / "src"
     bad = source_image(harness.root, "bad")
     write(harness.root / "other/app.py", "print('other')\n")
@@ -280,7 +281,7 @@ async def test_a_hung_folder_fails_its_image_only_and_it_recovers_when_the_mount
             assert harness.builds == ["good"]
             error = await harness.wait_event("hash_error", "bad")
             assert error["error"] == (
-                f"image 'bad', layer #1 source_folder src/: hashing {src} {hung_reason(0.3)}"
+                f"image 'bad', layer #1 source_folder src/: hashing {src} {hung_reason(HUNG_TIMEOUT)}"
             )
             status = {row["name"]: row["state"] for row in daemon.snapshot()["images"]}
             assert status == {"bad": "failed", "good": "up to date"}
@@ -299,7 +300,7 @@ async def test_a_real_hung_fuse_mount_fails_its_image_only_and_it_recovers_once_
 ) -> None:
     """No patch: ``src/mnt`` is a FUSE mount whose server never answers. Aborted, what
     was stuck fails (ENOTCONN) and is reported; unmounted, the next event heals the image."""
-    harness.hash_timeout = 0.3
+    harness.hash_timeout = HUNG_TIMEOUT
     src = harness.root / "src"
     bad = source_image(harness.root, "bad")
     write(harness.root / "other/app.py", "print('other')\n")
@@ -313,7 +314,7 @@ async def test_a_real_hung_fuse_mount_fails_its_image_only_and_it_recovers_once_
         async with running(harness.daemon()) as daemon:
             assert harness.builds == ["good"]
             error = await harness.wait_event("hash_error", "bad")
-            assert error["error"].endswith(f"hashing {src} {hung_reason(0.3)}")
+            assert error["error"].endswith(f"hashing {src} {hung_reason(HUNG_TIMEOUT)}")
             assert daemon.view.images["good"].state == "up to date"
             mark = len(harness.events)
             unmount()
