@@ -278,6 +278,11 @@ class Settings:
     load_timeout: float = _setting(
         30.0, _positive_float, "Seconds a definition module may take to load."
     )
+    hash_timeout: float = _setting(
+        60.0,
+        _positive_float,
+        "Seconds the first walk of a folder may take before its images fail (a hung mount).",
+    )
     shutdown_timeout: float = _setting(
         10.0, _positive_float, "Seconds a graceful stop waits for builds to cancel."
     )

@@ -2,7 +2,8 @@
 
 ImagedError                      every error imaged raises on purpose (CLI exit 1)
 ├── SpecError (ValueError)       an image definition is wrong: names the image and layer
-│   └── MissingPathError         a referenced file or folder is absent or of the wrong kind
+│   ├── MissingPathError         a referenced file or folder is absent or of the wrong kind
+│   └── HashTimeoutError         an input took over hash_timeout to read (a hung filesystem?)
 ├── ScriptHeaderError            a PEP 723 header is malformed: names the file and line
 ├── DefinitionError              a definition module failed to load: names the file and line
 ├── ConfigError                  a bad setting: names the key and file (CLI exit 78)
@@ -46,6 +47,11 @@ class SpecError(ImagedError, ValueError):
 
 class MissingPathError(SpecError):
     """A file or folder a layer references does not exist or is of the wrong kind."""
+
+
+class HashTimeoutError(SpecError):
+    """Hashing an input took longer than ``hash_timeout``: a read or a folder listing that
+    does not return (a hung NFS or FUSE mount)."""
 
 
 class ScriptHeaderError(ImagedError, ValueError):

@@ -6,8 +6,12 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 FIFO_REASON = "cannot read ignore file: a named pipe (FIFO), not a regular file"
 DEVICE_REASON = "cannot read ignore file: a character device, not a regular file"
@@ -78,3 +82,63 @@ def without_root_reads() -> None:
 
 
 MakeBadInput = Callable[[Path], Path]
+
+
+def hung_reason(seconds: float) -> str:
+    """The end of the error of an input whose first walk ran out of ``hash_timeout``."""
+    return f"has taken over {seconds:g} s: a hung filesystem?"
+
+
+@contextmanager
+def hung_folder(folder: Path) -> Iterator[threading.Event]:
+    """Listing ``folder`` or anything below it blocks until the yielded event is set, as a
+    ``scandir`` on a hung NFS or FUSE mount never returns; every other folder lists as
+    usual. No real hung mount is at hand here (no FUSE, no NFS server to kill), so this is
+    ``os.scandir`` patched; the block's end releases every walk still stuck in it."""
+    release = threading.Event()
+    real = os.scandir
+    inside = str(folder) + os.sep
+
+    def scandir(path: Any = ".") -> Any:
+        text = os.fspath(path)
+        if text == str(folder) or text.startswith(inside):
+            release.wait()
+        return real(path)
+
+    with patch.object(os, "scandir", scandir):
+        try:
+            yield release
+        finally:
+            release.set()
+
+
+_MNT_DETACH = 2
+
+
+@contextmanager
+def hung_fuse_mount(mountpoint: Path) -> Iterator[Callable[[], None]]:
+    """A real FUSE mount at ``mountpoint`` (made here) whose server never answers: every
+    stat, listing or read below it blocks in the kernel, as on a hung FUSE or NFS mount.
+    The yielded call aborts the connection (what blocked fails with ENOTCONN) and unmounts
+    it, as the block's end does; so a failed test leaves no mount that could hang the
+    clean-up. Needs root and ``/dev/fuse``; an OSError when the mount is refused."""
+    mountpoint.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+    target = os.fsencode(mountpoint)
+    if libc.mount(b"imaged-test-hung", target, b"fuse", 0, options) != 0:
+        errno = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(errno, os.strerror(errno), str(mountpoint))
+    mounted = [True]
+
+    def end() -> None:
+        if mounted.pop() if mounted else False:
+            os.close(fd)  # aborts the connection: no call below it blocks any more
+            libc.umount2(target, _MNT_DETACH)
+
+    try:
+        yield end
+    finally:
+        end()

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ from bad_inputs import (
     deep_path,
     dev_zero_ignore_file,
     fifo_ignore_file,
+    hung_folder,
+    hung_fuse_mount,
+    hung_reason,
     locked_folder,
     unlock,
     without_root_reads,
@@ -589,3 +594,87 @@ def test_the_cli_loads_definitions_within_the_configured_load_timeout(
     proc = run_cli(*args, **env)
     assert proc.returncode == 1
     assert "loading timed out after 0.5 s" in proc.stderr
+
+
+# -- a hung filesystem under one image's folder (issue 11) ----------------------------------
+
+# The CLI with every listing of $TEST_HUNG_FOLDER blocked for good, as on a hung NFS or FUSE
+# mount (the definitions load in a child, which lists nothing; the hashing is done here).
+HUNG_CLI = """
+import os, sys, threading
+from imaged.cli.main import main
+
+hung, real = os.environ.pop("TEST_HUNG_FOLDER"), os.scandir
+
+def scandir(path="."):
+    text = os.fspath(path)
+    if text == hung or text.startswith(hung + os.sep):
+        threading.Event().wait()
+    return real(path)
+
+os.scandir = scandir
+main()
+"""
+
+
+@pytest.mark.parametrize("command", ["hash", "build"])
+def test_a_hung_folder_fails_its_image_and_the_process_still_exits(
+    tmp_path: Path, command: str
+) -> None:
+    defs, src = bad_input_project(tmp_path, lambda src: src)
+    extra = ["--dry-run"] if command == "build" else []
+    env = {**os.environ, "TEST_HUNG_FOLDER": str(src), "IMAGED_HASH_TIMEOUT": "1"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", HUNG_CLI, command, str(defs), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,  # the stuck walk must not keep the process alive
+        check=False,
+        env=env,
+    )
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 1, proc.stderr
+    error = f"{BAD_LAYER}: hashing {src} {hung_reason(1)}"
+    if command == "hash":
+        assert proc.stderr == f"error: {error}\n"
+        assert proc.stdout.startswith(f"good\t{REGISTRY}/good:")
+    else:
+        assert proc.stderr == f"bad: FAILED: {error}\n"
+        assert "# good: registry.example:5000/good:" in proc.stdout
+
+
+def test_hash_json_of_a_hung_folder_holds_the_other_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs, src = bad_input_project(tmp_path, lambda src: src)
+    monkeypatch.setenv("IMAGED_HASH_TIMEOUT", "1")
+    with hung_folder(src):
+        result = invoke("hash", str(defs), "--json")
+    assert result.exit_code == 1
+    assert [row["name"] for row in json.loads(result.stdout)] == ["good"]
+    assert result.stderr == f"error: {BAD_LAYER}: hashing {src} {hung_reason(1)}\n"
+
+
+def test_a_real_hung_fuse_mount_fails_its_image_and_the_process_still_exits(
+    tmp_path: Path,
+) -> None:
+    """No patch: ``src/mnt`` is a FUSE mount whose server never answers, so the walk of
+    ``src`` blocks in the kernel; the CLI fails that image and exits all the same."""
+    defs, src = bad_input_project(tmp_path, lambda src: src)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hung_fuse_mount(src / "mnt"))
+        except OSError as exc:
+            pytest.skip(f"cannot mount FUSE here (root and /dev/fuse needed): {exc}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "imaged", "hash", str(defs)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "IMAGED_HASH_TIMEOUT": "1"},
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"error: {BAD_LAYER}: hashing {src} {hung_reason(1)}\n"
+    assert proc.stdout.startswith(f"good\t{REGISTRY}/good:")

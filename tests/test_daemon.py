@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from bad_inputs import FIFO_REASON, fifo_ignore_file
+from bad_inputs import FIFO_REASON, fifo_ignore_file, hung_folder, hung_fuse_mount, hung_reason
 from fakes import ScriptedWatchBackend, TimedWatchBackend
 from test_events import assert_declared
 from watchfiles import Change
@@ -43,6 +43,7 @@ BASE = "127.0.0.1:5000/base:1"
 SCRIPT = '# /// script\n# dependencies = ["httpx"]\n# ///\nprint("hi")\n'
 BAD_HEADER = '# /// script\n# dependencies = ["httpx"\n# ///\nprint("hi")\n'
 Event = dict[str, Any]
+HUNG_TIMEOUT = 1.0  # hash_timeout under a hung folder: the good one walks well within it
 
 
 @pytest.fixture
@@ -68,6 +69,7 @@ class Harness:
     backend: ScriptedWatchBackend = field(default_factory=ScriptedWatchBackend)
     reconcile_seconds: float = 0.0
     debounce_ms: int = 0
+    hash_timeout: float = 60.0
 
     def define(self, module: str, **images: Image) -> Path:
         path = write(self.root / "defs" / module, "import imaged\n").resolve()
@@ -82,6 +84,7 @@ class Harness:
             debounce_ms=self.debounce_ms,
             max_wait_ms=1000,
             concurrency=2,
+            hash_timeout=self.hash_timeout,
         )
 
     def daemon(self, *targets: Path) -> Daemon:
@@ -259,6 +262,68 @@ async def test_a_fifo_ignore_file_fails_its_image_only_and_the_daemon_starts(
         mark = len(harness.events)
         harness.edit(fifo, "*.log\n")
         await harness.wait_event("built", "bad", since=mark)
+    assert harness.named("internal_error") == []
+
+
+@pytest.mark.timeout(15)  # an unbounded first walk would hang the startup
+async def test_a_hung_folder_fails_its_image_only_and_it_recovers_when_the_mount_is_back(
+    harness: Harness,
+) -> None:
+    harness.hash_timeout = HUNG_TIMEOUT
+    src = harness.root / "src"
+    bad = source_image(harness.root, "bad")
+    write(harness.root / "other/app.py", "print('other')\n")
+    good = Image.from_base(BASE).clone(name="good").with_source_folder(harness.root / "other")
+    harness.define("a.py", bad=bad, good=good)
+    with hung_folder(src) as release:
+        async with running(harness.daemon()) as daemon:
+            assert harness.named("ready")
+            assert harness.builds == ["good"]
+            error = await harness.wait_event("hash_error", "bad")
+            assert error["error"] == (
+                f"image 'bad', layer #1 source_folder src/: hashing {src} {hung_reason(HUNG_TIMEOUT)}"
+            )
+            status = {row["name"]: row["state"] for row in daemon.snapshot()["images"]}
+            assert status == {"bad": "failed", "good": "up to date"}
+            mark = len(harness.events)
+            release.set()  # the mount is back: the walk ends and the image is built
+            await harness.wait_event("built", "bad", since=mark)
+            assert daemon.view.images["bad"].state == "up to date"
+            assert daemon.view.images["bad"].error is None
+    assert harness.builds == ["good", "bad"]
+    assert harness.named("internal_error") == []
+
+
+@pytest.mark.timeout(20)
+async def test_a_real_hung_fuse_mount_fails_its_image_only_and_it_recovers_once_gone(
+    harness: Harness,
+) -> None:
+    """No patch: ``src/mnt`` is a FUSE mount whose server never answers. Aborted, what
+    was stuck fails (ENOTCONN) and is reported; unmounted, the next event heals the image."""
+    harness.hash_timeout = HUNG_TIMEOUT
+    src = harness.root / "src"
+    bad = source_image(harness.root, "bad")
+    write(harness.root / "other/app.py", "print('other')\n")
+    good = Image.from_base(BASE).clone(name="good").with_source_folder(harness.root / "other")
+    harness.define("a.py", bad=bad, good=good)
+    with ExitStack() as stack:
+        try:
+            unmount = stack.enter_context(hung_fuse_mount(src / "mnt"))
+        except OSError as exc:
+            pytest.skip(f"cannot mount FUSE here (root and /dev/fuse needed): {exc}")
+        async with running(harness.daemon()) as daemon:
+            assert harness.builds == ["good"]
+            error = await harness.wait_event("hash_error", "bad")
+            assert error["error"].endswith(f"hashing {src} {hung_reason(HUNG_TIMEOUT)}")
+            assert daemon.view.images["good"].state == "up to date"
+            mark = len(harness.events)
+            unmount()
+            error = await harness.wait_event("hash_error", "bad", since=mark)
+            assert "Transport endpoint is not connected" in error["error"]
+            mark = len(harness.events)
+            harness.edit(src / "app.py", "print('back')\n")
+            await harness.wait_event("built", "bad", since=mark)
+            assert daemon.view.images["bad"].state == "up to date"
     assert harness.named("internal_error") == []
 
 

@@ -19,6 +19,8 @@ from bad_inputs import (
     TOO_LONG_REASON,
     deep_path,
     fifo_ignore_file,
+    hung_folder,
+    hung_reason,
 )
 
 from imaged.daemon import tracker as tracker_module
@@ -981,3 +983,96 @@ def test_the_projects_dockerignore_is_watched_and_moves_the_digest(tmp_path: Pat
     listing = [e.relpath for e in tracker.digest_of("api").layers[0].trees[0].listing()]
     assert listing == ["app.py", "data.bin"]
     assert_fresh(tracker, {"api": explicit})
+
+
+# -- a hung filesystem under one image's folder (issue 11) ------------------------------
+
+HUNG_TIMEOUT = 1.0  # the good folders must walk within it on a loaded CI machine
+
+
+def _recover_by_collecting(tracker: ImageTracker, edited: Path) -> dict[str, DigestChange]:
+    return tracker.collect_walks() if tracker.late_walks() else {}
+
+
+def _recover_by_restat(tracker: ImageTracker, edited: Path) -> dict[str, DigestChange]:
+    return tracker.restat()
+
+
+def _recover_by_an_event(tracker: ImageTracker, edited: Path) -> dict[str, DigestChange]:
+    return tracker.apply_changes([edited])
+
+
+def _until_healed(
+    tracker: ImageTracker, attempt: Callable[[], dict[str, DigestChange]]
+) -> set[str]:
+    """The images ``attempt`` reports moved, tried until no image is in error: the released
+    walks end a moment after the mount is back, not all at once."""
+    deadline, moved = time.monotonic() + 5, set()
+    while tracker.errors:
+        assert time.monotonic() < deadline, f"never healed: {tracker.errors}"
+        moved |= set(attempt())
+        time.sleep(0.02)
+    return moved
+
+
+Recover = Callable[[ImageTracker, Path], dict[str, DigestChange]]
+RECOVERIES = [
+    pytest.param(_recover_by_collecting, id="walk-ends"),
+    pytest.param(_recover_by_restat, id="restat"),
+    pytest.param(_recover_by_an_event, id="event"),
+]
+HUNG_FOLDERS = [
+    # folder, a file in it, the images that copy it, the first one's layer
+    pytest.param(
+        "src", "app/main.py", {"api", "worker", "child"}, "api", "source_folder src/", id="src"
+    ),
+    pytest.param("lib", "lib.py", {"other", "bundle"}, "other", "source_folder lib/", id="lib"),
+]
+
+
+@pytest.mark.timeout(20)  # an unbounded walk would hang here
+@pytest.mark.parametrize("recover", RECOVERIES)
+@pytest.mark.parametrize(("folder", "file", "users", "first", "layer"), HUNG_FOLDERS)
+def test_a_hung_folder_fails_its_images_in_bounded_time_and_they_recover(
+    images: dict[str, Image],
+    project: Path,
+    recover: Recover,
+    folder: str,
+    file: str,
+    users: set[str],
+    first: str,
+    layer: str,
+) -> None:
+    """``lib`` is also a code bundle's: finding its nested .gitignore files is bounded too."""
+    write(project / "lib/sub/.gitignore", "*.tmp\n")
+    edited = project / folder / file
+    tracker = ImageTracker(DigestCache(), hash_timeout=HUNG_TIMEOUT)
+    with hung_folder(project / folder) as release:
+        started = time.monotonic()
+        loaded = tracker.set_images(images)
+        took = time.monotonic() - started
+        assert took < HUNG_TIMEOUT + 1.5, took  # one bound for all, not one per image
+        assert set(loaded) == set(images) - users
+        assert set(tracker.errors) == users
+        assert str(tracker.errors[first]) == (
+            f"image {first!r}, layer #1 {layer}: hashing {project / folder} "
+            f"{hung_reason(HUNG_TIMEOUT)}"
+        )
+        assert_fresh(tracker, {n: i for n, i in images.items() if n not in users})
+        # Still hung: an event under it or the reconcile pass waits for nothing.
+        started = time.monotonic()
+        assert tracker.apply_changes([edited]) == {}
+        assert tracker.restat() == {}
+        assert time.monotonic() - started < 1.0
+        assert set(tracker.errors) == users
+        assert not tracker.late_walks()
+        release.set()
+        moved = _until_healed(tracker, lambda: recover(tracker, edited))
+    assert moved == users
+    assert tracker.errors == {}
+    assert_fresh(tracker, images)
+    # The adopted tree follows events as any other, and the nested .gitignore is watched.
+    assert tracker.is_relevant(project / "lib/sub/.gitignore")
+    write(edited, "print('after')\n")
+    assert set(tracker.apply_changes([edited])) == users
+    assert_fresh(tracker, images)

@@ -13,7 +13,8 @@ import click
 from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, export_config_file, load_settings
 from imaged.definitions.child import load_targets
-from imaged.errors import ImagedError
+from imaged.digest.bounds import hash_within
+from imaged.errors import HashTimeoutError, ImagedError
 from imaged.pipeline.build import ImageBuild, abuild
 from imaged.pipeline.logins import check_images
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
@@ -67,7 +68,7 @@ async def _build_all(
             "note: images without a registry are built into the local engine only, not pushed",
             err=True,
         )
-    failed = 0
+    images, failed = _hashed(images, settings, as_json)
     async with create_registry_client(settings) as client:
         checked = {} if force or dry_run else await _check_all(images, settings, client)
         for name, image in _ordered(images):
@@ -86,6 +87,26 @@ async def _build_all(
                 continue
             _report(result, name, None, as_json)
     return failed
+
+
+def _hashed(
+    images: dict[str, Image], settings: Settings, as_json: bool
+) -> tuple[dict[str, Image], int]:
+    """The images whose inputs hash within ``hash_timeout`` (so a hung mount under one
+    image's folder fails that image, not the run), and how many failed."""
+    kept: dict[str, Image] = {}
+    for name, image in images.items():
+        try:
+            hash_within(
+                override_registry(image, settings.registry), settings.hash_timeout, name=name
+            )
+        except HashTimeoutError as exc:
+            _report(None, name, exc, as_json)
+            continue
+        except ImagedError:
+            pass  # abuild reports it, as it validates first
+        kept[name] = image
+    return kept, len(images) - len(kept)
 
 
 async def _check_all(

@@ -139,14 +139,19 @@ def hash_command(
 ) -> None:
     """Print each image's name, URI and content tag. TARGETS are PATH[:NAME] or folders."""
     from imaged.config import load_settings
-    from imaged.digest.image_digest import hash_image
+    from imaged.digest.bounds import hash_within
     from imaged.spec.image import override_registry
 
     settings = load_settings(overrides={"registry": registry})
-    rows = []
+    rows, errors = [], []
     for name, found in _load_all(targets, recursive).items():
         image = override_registry(found, settings.registry)  # the URI `imaged build` pushes
-        digest = hash_image(image)
+        try:
+            digest = hash_within(image, settings.hash_timeout, name=name)
+        except ImagedError as exc:  # this image fails; the others still hash
+            _err(f"error: {exc}")
+            errors.append(exc)
+            continue
         rows.append(
             {
                 "name": name,
@@ -160,9 +165,11 @@ def hash_command(
         )
     if as_json:
         _out(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        _out(f"{row['name']}\t{row['uri']}\t{row['tag']}")
+    else:
+        for row in rows:
+            _out(f"{row['name']}\t{row['uri']}\t{row['tag']}")
+    if errors:
+        sys.exit(errors[0].exit_code)
 
 
 @main.command("dockerfile")

@@ -13,7 +13,8 @@ stat sweep, status server) and ``shutdown`` (cancel builds within a bound, save 
 and the digest cache, STOPPING=1). An unexpected error while handling one event is an
 ``internal_error`` event, never the daemon's end; its ``where`` is the guard's name
 (``handle_paths``, ``load_all``, ``reconcile`` for both the sweep and the registry check,
-``reload``: the names docs/events.md documents).
+``collect_walks``, ``reload``: the names docs/events.md documents). The first walk of a
+folder runs in a thread of its own, bounded by ``hash_timeout``.
 """
 
 from __future__ import annotations
@@ -176,6 +177,13 @@ class Daemon:
         parent = image.base.image.name
         return (parent,) if parent and parent in images else ()
 
+    async def _late_walks_loop(self) -> None:
+        """Adopt first walks that ran out of time (a hung mount) once they end."""
+        while True:
+            await anyio.sleep(0.5)
+            if self.inputs.tracker.late_walks():
+                await self._guarded("collect_walks", self.inputs.collect_late_walks)
+
     # -- building -----------------------------------------------------------------------
 
     async def _build(self, name: str, reason: str) -> None:
@@ -205,7 +213,9 @@ class Daemon:
         store = self.builds.store
         store.lock()
         self.builds.records = store.load()
-        self.inputs.tracker = ImageTracker(store.load_cache())
+        self.inputs.tracker = ImageTracker(
+            store.load_cache(), hash_timeout=self.settings.hash_timeout
+        )
         self._owns_store = True
 
     async def startup(self) -> None:
@@ -302,6 +312,7 @@ class Daemon:
         tg.start_soon(self._watchdog_loop)
         tg.start_soon(self._status_loop)
         tg.start_soon(self._restat_loop)
+        tg.start_soon(self._late_walks_loop)
         if self.settings.status_address:
             tg.start_soon(serve_status, self, self.settings.status_address, self.emit)
         if handle_signals:

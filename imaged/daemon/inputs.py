@@ -79,7 +79,8 @@ class DaemonInputs:
         self.emit = emit
         self.clock = clock
         self.scheduler = scheduler
-        self.tracker = ImageTracker(DigestCache())  # the daemon's prepare() loads the saved cache
+        # The daemon's prepare() loads the saved cache into a new one.
+        self.tracker = ImageTracker(DigestCache(), hash_timeout=settings().hash_timeout)
         self._tracker_lock = anyio.Lock()
         self.images: dict[str, Image] = {}
         self.roots_changed = threading.Event()  # the watcher restarts on the new roots
@@ -143,6 +144,16 @@ class DaemonInputs:
         """The stat sweep: catch the edits the watcher missed, re-stat every input."""
         async with self._tracker_lock:
             changes = await self._in_tracker(self.tracker.restat)
+            self._apply_digest_changes(changes)
+
+    async def collect_late_walks(self) -> None:
+        """A first walk that ran out of time (a hung mount) and has ended since: adopt it, so
+        its images recover without waiting for an edit or the stat sweep."""
+        async with self._tracker_lock:
+            roots = self.roots()
+            changes = await self._in_tracker(self.tracker.collect_walks)
+            if self.roots() != roots:  # a code bundle's walk found the .gitignore to watch
+                self.roots_changed.set()
             self._apply_digest_changes(changes)
 
     def ignored(self, paths: set[Path]) -> None:

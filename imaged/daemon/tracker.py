@@ -4,7 +4,10 @@ What each layer reads comes from its declaration (``Layer.inputs``). Folders are
 :class:`~imaged.digest.trees.TreeStore` that trusts events (no revalidation), so a one-file
 edit re-stats one path and rehashes one branch of one tree, never a walk. Digests come from
 :func:`imaged.digest.image_digest.hash_image` itself, served those trees; a build is lent
-the same trees (:meth:`ImageTracker.lend_tree`).
+the same trees (:meth:`ImageTracker.lend_tree`). The first walk of a folder runs in a thread
+of its own (:class:`~imaged.digest.bounds.FirstWalks`), adopted here once done: past
+``hash_timeout`` (a hung mount) its images are in error, never the others, and they heal
+when the walk ends (:meth:`ImageTracker.collect_walks`), at the next event or reconcile.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from imaged.digest.bounds import FirstWalks
 from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.files import (
     ignore_files_of,
@@ -97,8 +101,13 @@ def _ignore_files(spec: TreeSource) -> tuple[Path, ...]:
     try:
         return ignore_files_of(spec.root, spec.extras, gitignore=spec.gitignore)
     except _INPUT_ERRORS:
-        root_files = (spec.root / ".gitignore",) if spec.gitignore else ()
-        return (spec.root / ".dockerignore", *root_files, *spec.extras)
+        return _root_ignore_files(spec)
+
+
+def _root_ignore_files(spec: TreeSource) -> tuple[Path, ...]:
+    """The ignore files of ``spec`` found without a walk: those at its root, and the extras."""
+    root_files = (spec.root / ".gitignore",) if spec.gitignore else ()
+    return (spec.root / ".dockerignore", *root_files, *spec.extras)
 
 
 def _is_rules_input(spec: TreeSource, path: str) -> bool:
@@ -218,9 +227,12 @@ class ImageTracker:
     >>> # for name, change in tracker.apply_changes([Path("src/app/main.py")]).items(): ...
     """
 
-    def __init__(self, cache: DigestCache | None = None) -> None:
+    def __init__(self, cache: DigestCache | None = None, *, hash_timeout: float = 60.0) -> None:
         self._cache = default_cache() if cache is None else cache
         self._store = TreeStore(revalidate=False, size=None)
+        # First walks run in their own threads, each bounded: a hung mount fails its images.
+        self._walks = FirstWalks(hash_timeout)
+        self._walked_ignores: dict[TreeSource, tuple[Path, ...]] = {}  # for the next _index
         self._images: dict[str, Image] = {}
         self._deps: dict[str, tuple[_LayerDeps, ...]] = {}
         self._digests: dict[str, ImageDigest] = {}  # the last good digest of each image
@@ -239,6 +251,9 @@ class ImageTracker:
         self._digests = {n: d for n, d in self._digests.items() if n in self._images}
         self._errors = {}
         self._index()
+        self._walks.start(
+            (s for s in self._spec_images if self._store.peek(s) is None), self._cache
+        )
         changes: dict[str, DigestChange] = {}
         memo: dict[Image, ImageDigest] = {}
         for name, image in self._images.items():
@@ -248,6 +263,7 @@ class ImageTracker:
                 continue
             reasons = _definition_reasons(old_images.get(name), image, old, new, self._deps[name])
             changes[name] = DigestChange(name, old.digest if old else None, new.digest, reasons)
+        self._index_walked()
         return changes
 
     def _index(self) -> None:
@@ -262,10 +278,26 @@ class ImageTracker:
                     files.setdefault(path, set()).add(name)
                 for spec in dep.trees:
                     spec_images.setdefault(spec, set()).add(name)
-                    for ignore in _ignore_files(spec):
+                    for ignore in self._ignore_files_of(spec):
                         ignores.setdefault(str(ignore), set()).add(spec)
         self._spec_images, self._files, self._ignores = spec_images, files, ignores
+        self._walked_ignores.clear()
         self._store.keep_only(spec_images)
+
+    def _ignore_files_of(self, spec: TreeSource) -> tuple[Path, ...]:
+        """:func:`_ignore_files`, never walking a folder the store does not hold: finding
+        the nested ``.gitignore`` files is part of its first walk, which is bounded."""
+        walked = self._walked_ignores.get(spec)
+        if walked is not None:
+            return walked
+        if spec.gitignore and self._store.peek(spec) is None:
+            return _root_ignore_files(spec)
+        return _ignore_files(spec)
+
+    def _index_walked(self) -> None:
+        """A first walk of a folder with git's rules ended: watch its nested .gitignore."""
+        if self._walked_ignores:
+            self._index()
 
     # -- queries
 
@@ -369,6 +401,30 @@ class ImageTracker:
         self._reindex_if_rules_moved(batch)
         batch.ignores = {f for f in batch.ignores if os.path.lexists(f)}  # names in reasons
         return self._rehash_touched(batch, spec_changes)
+
+    def late_walks(self) -> bool:
+        """True when a first walk that ran out of time has ended since: collect_walks.
+        Safe beside a running tracker call (it reads only the walks, under their lock)."""
+        return bool(self._walks.late())
+
+    def collect_walks(self) -> dict[str, DigestChange]:
+        """Adopt the first walks that ended after their bound ran out, and rehash the
+        images that failed waiting for them. Returns the images whose digest moved."""
+        late = self._walks.late()
+        hit = {name for spec in late for name in self._spec_images.get(spec, ())}
+        changes = self._rehash_touched(_Batch(hit=hit), {})
+        self._walks.forget(late)  # those no image in error asked for
+        return changes
+
+    def _provide(self, source: TreeSource, cache: DigestCache) -> TreeIndex:
+        """The TreeProvider of this tracker's hashes: a held tree as the events left it,
+        else a first walk in its own thread, waited for at most ``hash_timeout``."""
+        if self._store.peek(source) is not None:
+            return self._store.provide(source, cache)
+        walked = self._walks.result(source, cache)
+        if source.gitignore and not source.dockerfile_context:
+            self._walked_ignores[source] = walked.ignore_files
+        return self._store.adopt(source, walked.rules, walked.tree)
 
     def _reindex_if_rules_moved(self, batch: _Batch) -> None:
         """A git tree's rules moved: its set of nested .gitignore files may have too."""
@@ -484,7 +540,8 @@ class ImageTracker:
         moved, forget them and keep its old listing to diff against."""
         snapshots: dict[TreeSource, dict[str, str]] = {}
         touched = {s for f in batch.ignores for s in self._ignores.get(f, ())}
-        for spec in touched | batch.suspects:
+        # A folder whose first walk is under way (maybe hung): that walk reads its rules.
+        for spec in (touched | batch.suspects) - self._walks.pending():
             old = self._store.known_rules(spec)
             try:
                 new: IgnoreRules | None = spec.read_rules()
@@ -501,7 +558,7 @@ class ImageTracker:
         if not spec.root.is_dir():
             return set(old)
         try:
-            tree = self._store.provide(spec, self._cache)
+            tree = self._provide(spec, self._cache)
         except _INPUT_ERRORS:
             return set(old)
         return _diff(old, tree.file_digests())
@@ -522,6 +579,7 @@ class ImageTracker:
             reasons = _file_reasons(deps, old, new, batch, spec_changes)
             changes[name] = DigestChange(name, old.digest if old else None, new.digest, reasons)
         self._store.keep_only(self._spec_images)
+        self._index_walked()
         return changes
 
     def _needs_rehash(
@@ -558,7 +616,7 @@ class ImageTracker:
 
     def _hash_image(self, image: Image, memo: dict[Image, ImageDigest]) -> ImageDigest:
         if image not in memo:
-            memo[image] = hash_image(image, self._cache, trees=self._store.provide)
+            memo[image] = hash_image(image, self._cache, trees=self._provide)
         return memo[image]
 
 

@@ -523,6 +523,17 @@ class TreeStore:
             slot.lent = slot.lent or lend
             return fresh
 
+    def adopt(self, source: TreeSource, rules: IgnoreRules, tree: TreeIndex) -> TreeIndex:
+        """Hold ``tree``, walked elsewhere with ``rules`` (a bounded first walk), as the index
+        of ``source``; a tree already held for the same folder and rules is kept instead."""
+        with self._lock:
+            self._rules[source] = rules
+        slot = self._slot((source.root, rules))
+        with slot.lock:
+            if slot.tree is None or slot.tree.cache is not tree.cache:
+                slot.tree, slot.lent = tree, False
+            return slot.tree
+
     # -- rules
 
     def rules_of(self, source: TreeSource) -> IgnoreRules:
