@@ -632,12 +632,10 @@ class RegistryClient:
             }
             return await self._send("POST", realm, registry=registry, data=form)
         auth = _basic_header(credentials) if credentials is not None else None
-        query: list[tuple[str, str | int | float | bool | None]] = [
-            ("scope", one) for one in scope.split()
-        ] + [(key, value) for key, value in form.items() if key != "scope"]
-        return await self._send(
-            "GET", realm, registry=registry, auth=auth, params=httpx.QueryParams(query)
-        )
+        query = httpx.QueryParams({key: v for key, v in form.items() if key != "scope"})
+        for one in scope.split():
+            query = query.add("scope", one)
+        return await self._send("GET", realm, registry=registry, auth=auth, params=query)
 
     async def _credentials_for(self, registry: str) -> Credentials | None:
         async with self._lock(registry, "credentials"):
