@@ -17,8 +17,9 @@ What is written, so the result reads like BuildKit's and the same inputs give th
   kept). BuildKit's attestation manifests (``vnd.docker.reference.type``) name the old
   manifests, so they are left out.
 
-Push order: every blob the new manifests name (HEAD first; a cross-repository mount from the
-stem's repository on the same registry; else an upload), then the configs, then the platform
+Push order: every blob the new manifests name (HEAD first, skipped when there; a stem blob is
+mounted from the stem's repository on the same registry, or else read from it and uploaded;
+a tail blob is uploaded), then the configs, then the platform
 manifests by digest, and the manifest or index under the target tag LAST: a push cut off
 midway leaves no tag naming a missing blob.
 """
@@ -274,16 +275,16 @@ class _Pusher:
     ) -> Literal["present", "mounted", "uploaded", "copied"]:
         if await self.client.blob_exists(self.target, digest) is Existence.EXISTS:
             return "present"
+        if data is not None:
+            await self.client.upload_blob(self.target, digest, data, size)
+            return "uploaded"
         if self._can_mount() and await self.client.mount_blob(
             self.target, digest, self.stem.repository
         ):
             return "mounted"
-        if data is None:
-            data = await self.client.get_blob(self.stem, digest)
-            await self.client.upload_blob(self.target, digest, data, size)
-            return "copied"
+        data = await self.client.get_blob(self.stem, digest)  # whole, in memory: a fallback
         await self.client.upload_blob(self.target, digest, data, size)
-        return "uploaded"
+        return "copied"
 
     def _can_mount(self) -> bool:
         same_registry = self.stem.registry == self.target.registry

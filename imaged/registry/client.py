@@ -778,8 +778,9 @@ def _error_text(response: httpx.Response) -> str:
     if not errors:
         return ""
     first = errors[0]
+    message = f": {first['message']}" if first.get("message") else ""
     detail = f" ({first['detail']})" if first.get("detail") else ""
-    return f" {first.get('code')}: {first.get('message')}{detail}"
+    return f" {first.get('code')}{message}{detail}"
 
 
 def _layer_media_types(body: bytes) -> set[str]:

@@ -1,0 +1,317 @@
+"""Tests for registry/append.py and the client's write calls: the config edit rules, a fake
+Distribution API that refuses what real registries refuse, and real registries (docker)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from registry_fakes import FakeRegistry, new_layer, sha256
+
+from imaged.errors import RegistryError, RegistryNotFound, RegistryUnavailable, is_transient
+from imaged.registry.append import (
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    ConfigEdit,
+    HistoryEntry,
+    NewLayer,
+    append_layers,
+    apply_env,
+    edit_config,
+    resolve_workdir,
+)
+
+pytestmark = pytest.mark.anyio
+
+STEM_CONFIG: dict[str, Any] = {
+    "architecture": "amd64",
+    "os": "linux",
+    "created": "2026-01-01T00:00:00Z",
+    "config": {
+        "Env": ["PATH=/usr/bin:/bin", "LANG=C"],
+        "Entrypoint": ["/bin/app"],
+        "Cmd": ["serve"],
+        "WorkingDir": "/srv",
+        "Labels": {"keep": "yes", "dev.imaged.digest": "sha256:stem"},
+    },
+    "history": [{"created_by": "stem layer"}],
+}
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.parametrize(
+    ("env", "pairs", "expected"),
+    [
+        pytest.param(["A=1"], [("B", "2")], ["A=1", "B=2"], id="append"),
+        pytest.param(["A=1", "B=2"], [("A", "3")], ["A=3", "B=2"], id="replace-in-place"),
+        pytest.param([], [("A", "1"), ("A", "2")], ["A=2"], id="later-wins"),
+        pytest.param(["AB=1"], [("A", "x=y")], ["AB=1", "A=x=y"], id="prefix-is-not-a-match"),
+        pytest.param(["a=1"], [("A", "2")], ["a=1", "A=2"], id="case-sensitive"),
+    ],
+)
+def test_apply_env(env: list[str], pairs: list[tuple[str, str]], expected: list[str]) -> None:
+    assert apply_env(env, pairs) == expected
+
+
+@pytest.mark.parametrize(
+    ("current", "requested", "expected"),
+    [
+        pytest.param("", "/app", "/app", id="absolute"),
+        pytest.param("/srv", "/app/", "/app", id="trailing-slash"),
+        pytest.param("/srv", "app", "/srv/app", id="relative"),
+        pytest.param("", "app", "/app", id="relative-to-root"),
+        pytest.param("/srv/a", "../b", "/srv/b", id="dotdot"),
+        pytest.param("/", "//x//y", "/x/y", id="double-slashes"),
+    ],
+)
+def test_resolve_workdir(current: str, requested: str, expected: str) -> None:
+    assert resolve_workdir(current, requested) == expected
+
+
+def test_edit_config_keeps_the_rest_and_appends() -> None:
+    layer = new_layer({"app/main.py": b"print(1)\n"})
+    edit = ConfigEdit(
+        env=[("LANG", "C.UTF-8"), ("APP", "1")],
+        workdir="/app",
+        labels={"dev.imaged.digest": "sha256:new"},
+    )
+    new = edit_config(
+        STEM_CONFIG | {"rootfs": {"type": "layers", "diff_ids": ["d0"]}}, [layer], edit
+    )
+    assert new["rootfs"]["diff_ids"] == ["d0", layer.diff_id]
+    assert new["config"]["Env"] == ["PATH=/usr/bin:/bin", "LANG=C.UTF-8", "APP=1"]
+    assert new["config"]["WorkingDir"] == "/app"
+    assert new["config"]["Labels"] == {"keep": "yes", "dev.imaged.digest": "sha256:new"}
+    assert new["config"]["Entrypoint"] == ["/bin/app"]
+    assert new["config"]["Cmd"] == ["serve"]
+    assert new["created"] == "2026-01-01T00:00:00Z"
+    assert new["history"][1:] == [
+        {"created_by": "COPY layers/1/ /app/ # buildkit", "comment": "buildkit.dockerfile.v0"},
+        {
+            "created_by": "ENV LANG=C.UTF-8 APP=1",
+            "comment": "buildkit.dockerfile.v0",
+            "empty_layer": True,
+        },
+        {"created_by": "WORKDIR /app", "comment": "buildkit.dockerfile.v0", "empty_layer": True},
+        {
+            "created_by": "LABEL dev.imaged.digest=sha256:new",
+            "comment": "buildkit.dockerfile.v0",
+            "empty_layer": True,
+        },
+    ]
+    assert STEM_CONFIG["config"]["Env"] == ["PATH=/usr/bin:/bin", "LANG=C"]  # not changed
+
+
+def test_history_must_match_the_layers() -> None:
+    layer = new_layer({"a": b"a"})
+    edit = ConfigEdit(history=[HistoryEntry("ENV A=1", empty_layer=True)])
+    with pytest.raises(ValueError, match="0 entries with a layer for 1 layers"):
+        edit_config(STEM_CONFIG, [layer], edit)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "layer_type"),
+    [
+        pytest.param(DOCKER_MANIFEST, DOCKER_LAYER, id="docker-v2"),
+        pytest.param(OCI_MANIFEST, OCI_LAYER, id="oci"),
+    ],
+)
+async def test_append_to_a_manifest(media_type: str, layer_type: str) -> None:
+    fake = FakeRegistry()
+    fake.put_image("base", "stem", media_type, STEM_CONFIG)
+    layer = new_layer({"app/main.py": b"print(1)\n"})
+    edit = ConfigEdit(env=[("A", "1")], workdir="/app")
+    async with fake.client() as client:
+        pushed = await append_layers(
+            client, fake.ref("base", "stem"), fake.ref("app", "v1"), [layer], edit
+        )
+        again = await append_layers(
+            client, fake.ref("base", "stem"), fake.ref("app", "v2"), [layer], edit
+        )
+    mt, body = fake.manifests[("app", "v1")]
+    manifest = json.loads(body)
+    assert mt == media_type == manifest["mediaType"] == pushed.media_type
+    assert pushed.digest == sha256(body) == again.digest  # deterministic
+    assert manifest["layers"][-1] == {
+        "mediaType": layer_type,
+        "digest": layer.digest,
+        "size": layer.size,
+    }
+    config = json.loads(fake.blobs[("app", manifest["config"]["digest"])])
+    assert config["config"]["Env"][-1] == "A=1"
+    assert {b.how for b in pushed.blobs} == {"mounted", "uploaded"}
+    assert {b.how for b in again.blobs} == {"present"}
+    assert pushed.uploaded_bytes == layer.size + manifest["config"]["size"]
+
+
+async def test_refused_mount_falls_back_to_copy_and_upload() -> None:
+    fake = FakeRegistry(mounts=False)
+    fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
+    layer = new_layer({"f": b"x"})
+    async with fake.client() as client:
+        pushed = await append_layers(
+            client, fake.ref("base", "stem"), fake.ref("app", "v1"), [layer], ConfigEdit()
+        )
+    hows = {b.digest: b.how for b in pushed.blobs}
+    assert hows[layer.digest] == "uploaded"
+    assert "copied" in hows.values()  # the stem's layer, read from its repository
+    assert len(fake.calls("DELETE")) == 1  # the upload the refused mount opened is cancelled
+    assert fake.uploads == {}
+    assert ("app", "v1") in fake.manifests
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["relative-location", "absolute-location"])
+async def test_refused_monolithic_upload_falls_back_to_chunks(absolute: bool) -> None:
+    fake = FakeRegistry(monolithic=False, absolute_location=absolute)
+    data = bytes(range(256)) * 40  # 10 KiB: three chunks of 4 KiB
+    digest = sha256(data)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 1000):
+            yield data[start : start + 1000]
+
+    async with fake.client() as client:
+        how = await client.upload_blob(
+            fake.ref("app", "x"), digest, stream, len(data), chunk_size=4096
+        )
+    assert how == "chunked"
+    assert fake.blobs[("app", digest)] == data
+    assert len(fake.calls("PATCH")) == 3
+
+
+async def test_forbidden_media_type_is_an_error_naming_it() -> None:
+    fake = FakeRegistry(forbid=frozenset({OCI_MANIFEST}))
+    fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
+    async with fake.client() as client:
+        with pytest.raises(RegistryError) as caught:
+            await append_layers(
+                client,
+                fake.ref("base", "stem"),
+                fake.ref("app", "v1"),
+                [new_layer({"f": b"x"})],
+                ConfigEdit(),
+            )
+    message = str(caught.value)
+    assert f"refused manifest media type {OCI_MANIFEST}" in message
+    assert OCI_LAYER in message
+    assert "MANIFEST_INVALID" in message
+    assert not is_transient(caught.value)
+
+
+async def test_503_mid_upload_is_transient_and_no_manifest_is_put() -> None:
+    def fail(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PUT" and "/blobs/uploads/" in request.url.path:
+            return httpx.Response(
+                503, json={"errors": [{"code": "UNAVAILABLE", "message": "busy"}]}
+            )
+        return None
+
+    fake = FakeRegistry(fail=fail)
+    fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
+    layer = new_layer({"f": b"x"})
+    async with fake.client() as client:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await append_layers(
+                client, fake.ref("base", "stem"), fake.ref("app", "v1"), [layer], ConfigEdit()
+            )
+    assert is_transient(caught.value)
+    assert f"HTTP 503 UNAVAILABLE: busy for the upload of blob {layer.digest} in app" in str(
+        caught.value
+    )
+    assert not [p for p in fake.calls("PUT") if "/manifests/" in p]
+
+
+async def test_a_missing_stem_is_not_found() -> None:
+    fake = FakeRegistry()
+    async with fake.client() as client:
+        with pytest.raises(RegistryNotFound, match="has no manifest stem in base"):
+            await append_layers(
+                client, fake.ref("base", "stem"), fake.ref("app", "v1"), [], ConfigEdit()
+            )
+
+
+async def test_get_manifest_checks_the_digest() -> None:
+    fake = FakeRegistry()
+    fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
+    wrong = "sha256:" + "0" * 64
+    fake.manifests[("base", wrong)] = fake.manifests[("base", "stem")]
+    async with fake.client() as client:
+        with pytest.raises(RegistryError, match=f"whose bytes have digest sha256:.* not {wrong}"):
+            await client.get_manifest(f"{fake.host}/base@{wrong}")
+
+
+async def test_get_blob_checks_the_digest() -> None:
+    fake = FakeRegistry()
+    digest = sha256(b"right")
+    fake.blobs[("app", digest)] = b"wrong"
+    async with fake.client() as client:
+        with pytest.raises(
+            RegistryError, match=f"sent blob {digest} of app whose bytes have digest"
+        ):
+            await client.get_blob(fake.ref("app", "x"), digest)
+
+
+async def test_layer_media_type_must_match_the_stem() -> None:
+    fake = FakeRegistry()
+    fake.put_image("base", "stem", DOCKER_MANIFEST, STEM_CONFIG)
+    blob = new_layer({"f": b"x"})
+    layer = NewLayer(blob.digest, blob.size, blob.diff_id, blob.data, "x", media_type=OCI_LAYER)
+    async with fake.client() as client:
+        with pytest.raises(ValueError, match=f"its layers are {DOCKER_LAYER}"):
+            await append_layers(
+                client, fake.ref("base", "stem"), fake.ref("app", "v1"), [layer], ConfigEdit()
+            )
+    assert not fake.calls("PUT")
+
+
+async def test_append_to_an_index() -> None:
+    fake = FakeRegistry()
+    digests = [
+        fake.put_image("base", arch, OCI_MANIFEST, STEM_CONFIG | {"architecture": arch})
+        for arch in ("amd64", "arm64")
+    ]
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": d,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": a},
+            }
+            for d, a in zip(digests, ("amd64", "arm64"), strict=True)
+        ],
+    }
+    body = json.dumps(index).encode()
+    fake.manifests[("base", "multi")] = (OCI_INDEX, body)
+    layer = new_layer({"f": b"x"})
+    async with fake.client() as client:
+        pushed = await append_layers(
+            client, fake.ref("base", "multi"), fake.ref("app", "v1"), [layer], ConfigEdit()
+        )
+    mt, new_body = fake.manifests[("app", "v1")]
+    new_index = json.loads(new_body)
+    assert mt == OCI_INDEX
+    assert pushed.digest == sha256(new_body)
+    assert [m["platform"]["architecture"] for m in new_index["manifests"]] == ["amd64", "arm64"]
+    for entry in new_index["manifests"]:
+        child = json.loads(fake.manifests[("app", entry["digest"])][1])
+        assert child["layers"][-1]["digest"] == layer.digest
+        config = json.loads(fake.blobs[("app", child["config"]["digest"])])
+        assert config["architecture"] == entry["platform"]["architecture"]
+        assert config["rootfs"]["diff_ids"][-1] == layer.diff_id
+    assert [p for p in fake.calls("PUT") if "/manifests/" in p][
+        -1
+    ] == "/v2/app/manifests/v1"  # the tag last
+    assert [b.how for b in pushed.blobs].count("uploaded") == 3  # one layer, two configs
