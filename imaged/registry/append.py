@@ -337,9 +337,8 @@ async def _append_child(pusher: _Pusher, entry: Json, edit: ConfigEdit) -> Json:
     media_type, body, _ = await pusher.client.get_manifest(child, accept=types)
     new_body = await _append_manifest(pusher, child, media_type, body, edit)
     digest = _digest(new_body)
-    await pusher.client.put_manifest(
-        dataclasses.replace(child, digest=digest), media_type, new_body
-    )
+    pushed = dataclasses.replace(pusher.target, tag=None, digest=digest)
+    await pusher.client.put_manifest(pushed, media_type, new_body)
     return entry | {"mediaType": media_type, "digest": digest, "size": len(new_body)}
 
 
