@@ -4,14 +4,25 @@ Distribution API that refuses what real registries refuse, and real registries (
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from registry_fakes import FakeRegistry, new_layer, sha256
+from e2e_support import docker, pull_fresh, run_id
+from infra import Infra
+from registry_fakes import FakeRegistry, image_manifest, layer_blob, new_layer, sha256
 
-from imaged.errors import RegistryError, RegistryNotFound, RegistryUnavailable, is_transient
+from imaged.errors import (
+    RegistryAuthError,
+    RegistryError,
+    RegistryNotFound,
+    RegistryUnavailable,
+    is_transient,
+)
 from imaged.registry.append import (
     DOCKER_LAYER,
     DOCKER_MANIFEST,
@@ -24,8 +35,10 @@ from imaged.registry.append import (
     append_layers,
     apply_env,
     edit_config,
+    encode_json,
     resolve_workdir,
 )
+from imaged.registry.client import RegistryClient
 
 pytestmark = pytest.mark.anyio
 
@@ -234,7 +247,7 @@ async def test_503_mid_upload_is_transient_and_no_manifest_is_put() -> None:
 async def test_a_missing_stem_is_not_found() -> None:
     fake = FakeRegistry()
     async with fake.client() as client:
-        with pytest.raises(RegistryNotFound, match="has no manifest stem in base"):
+        with pytest.raises(RegistryNotFound, match="manifest stem in base not found"):
             await append_layers(
                 client, fake.ref("base", "stem"), fake.ref("app", "v1"), [], ConfigEdit()
             )
@@ -315,3 +328,139 @@ async def test_append_to_an_index() -> None:
         -1
     ] == "/v2/app/manifests/v1"  # the tag last
     assert [b.how for b in pushed.blobs].count("uploaded") == 3  # one layer, two configs
+
+
+# ---------------------------------------------------------------- real registries (docker)
+
+
+async def push_stem(
+    client: RegistryClient, ref: str, *, media_type: str = OCI_MANIFEST, arch: str = "amd64"
+) -> str:
+    """Push a one-layer image (no binaries) to `ref` with the client itself; its digest."""
+    blob, diff_id = layer_blob({"stem.txt": f"stem {arch}\n".encode()})
+    config = STEM_CONFIG | {
+        "architecture": arch,
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    config_body = encode_json(config)
+    for data in (blob, config_body):
+        await client.upload_blob(ref, sha256(data), data, len(data))
+    body = encode_json(image_manifest(media_type, config_body, [blob]))
+    return await client.put_manifest(ref, media_type, body)
+
+
+def tail_edit() -> ConfigEdit:
+    return ConfigEdit(
+        env=[("GREETING", "hi there"), ("PATH", "/app/bin:/usr/local/bin:/usr/bin:/bin")],
+        workdir="/app",
+        labels={"dev.imaged.digest": "sha256:" + "1" * 64},
+    )
+
+
+def skopeo_json(*args: str) -> Any:
+    done = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def test_real_append_to_the_debian_base_runs(infra: Infra) -> None:
+    target = f"{infra.registry}/append-{run_id()}"
+    layer = new_layer({"app/hello.txt": b"hello from the tail\n"})
+    async with RegistryClient() as client:
+        pushed = await append_layers(
+            client, infra.debian_base, f"{target}:v1", [layer], tail_edit()
+        )
+        again = await append_layers(client, infra.debian_base, f"{target}:v2", [layer], tail_edit())
+    hows = {b.digest: b.how for b in pushed.blobs}
+    assert hows.pop(layer.digest) == "uploaded"
+    assert sorted(hows.values()) == ["mounted", "uploaded"]  # the base layer, the config
+    assert {b.how for b in again.blobs} == {"present"}
+    assert again.digest == pushed.digest
+    uri = f"{target}:v1"
+    try:
+        pull_fresh(infra.docker_cli, uri, env=infra.docker_env())
+        out = docker(
+            infra.docker_cli,
+            "run",
+            "--rm",
+            uri,
+            "sh",
+            "-c",
+            'cat hello.txt; echo "$GREETING:$PWD"',
+            env=infra.docker_env(),
+        ).stdout
+    finally:
+        docker(infra.docker_cli, "rmi", "-f", uri, check=False, env=infra.docker_env())
+    assert out == "hello from the tail\nhi there:/app\n"
+    config = skopeo_json("--config", f"docker://{uri}")
+    assert config["config"]["WorkingDir"] == "/app"
+    assert config["config"]["Env"] == [
+        "PATH=/app/bin:/usr/local/bin:/usr/bin:/bin",
+        "GREETING=hi there",
+    ]
+    assert config["config"]["Labels"] == {"dev.imaged.digest": "sha256:" + "1" * 64}
+    assert config["history"][-4]["created_by"] == "COPY layers/1/ /app/ # buildkit"
+
+
+async def test_real_append_with_basic_auth(infra: Infra, docker_config_dir: Path) -> None:
+    repo = f"{infra.auth_registry}/append-auth-{run_id()}"
+    layer = new_layer({"app/hello.txt": b"authorised\n"})
+    async with RegistryClient(docker_config_dir=docker_config_dir) as client:
+        await push_stem(client, f"{repo}-stem:s", media_type=DOCKER_MANIFEST)
+        pushed = await append_layers(client, f"{repo}-stem:s", f"{repo}:v1", [layer], tail_edit())
+    creds = f"{infra.auth_user}:{infra.auth_password}"
+    raw = skopeo_json("--raw", "--creds", creds, f"docker://{repo}:v1")
+    assert raw["mediaType"] == DOCKER_MANIFEST
+    assert [la["mediaType"] for la in raw["layers"]] == [DOCKER_LAYER, DOCKER_LAYER]
+    assert "mounted" in {b.how for b in pushed.blobs}
+    config = skopeo_json("--config", "--creds", creds, f"docker://{repo}:v1")
+    assert config["config"]["Entrypoint"] == ["/bin/app"]
+    assert config["config"]["Cmd"] == ["serve"]
+
+
+async def test_real_append_without_credentials_is_refused(infra: Infra) -> None:
+    async with RegistryClient(docker_config_dir=Path("/nonexistent")) as client:
+        with pytest.raises(
+            RegistryAuthError, match=f"no credentials were found for {infra.auth_registry}"
+        ):
+            await append_layers(
+                client,
+                f"{infra.auth_registry}/none:s",
+                f"{infra.auth_registry}/none:v1",
+                [],
+                ConfigEdit(),
+            )
+
+
+class RefuseMonolithic(httpx.AsyncBaseTransport):
+    """The real transport, except that a PUT that carries a blob's bytes is answered 405."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.patches = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        carries = int(request.headers.get("content-length") or 0) > 0
+        if request.method == "PUT" and "/blobs/uploads/" in request.url.path and carries:
+            return httpx.Response(405, request=request)
+        self.patches += request.method == "PATCH"
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_real_chunked_upload_when_monolithic_is_refused(infra: Infra) -> None:
+    transport = RefuseMonolithic()
+    ref = f"{infra.registry}/append-chunked-{run_id()}:x"
+    data = os.urandom(300_000)
+    async with RegistryClient(transport=transport) as client:
+        how = await client.upload_blob(ref, sha256(data), data, len(data), chunk_size=128 << 10)
+        assert await client.get_blob(ref, sha256(data)) == data
+    assert how == "chunked"
+    assert transport.patches == 3

@@ -457,7 +457,9 @@ class RegistryClient:
         code, detail = response.status_code, _error_text(response)
         where = f"{what} in {ref.repository}"
         if code == 404:
-            return RegistryNotFound(f"registry {ref.registry} has no {where} (HTTP 404{detail})")
+            return RegistryNotFound(
+                f"registry {ref.registry}: {where} not found (HTTP 404{detail})"
+            )
         if code in (401, 403):
             return await self._auth_error(ref.registry, f"refused {where} (HTTP {code}{detail})")
         if status_is_transient(code):
@@ -513,6 +515,8 @@ class RegistryClient:
         scopes separated by spaces (a mount: push on the target, pull on the source); a
         streamed `content` is a function so the second send streams it afresh; `unknown`
         says, when the registry cannot be reached, what is left unknown."""
+        if params:  # merged into the URL: a Location may carry a query of its own
+            url = str(httpx.URL(url).copy_merge_params(dict(params)))
         send = functools.partial(
             self._send,
             method,
@@ -521,7 +525,6 @@ class RegistryClient:
             accept=accept,
             headers=headers,
             content=content,
-            params=httpx.QueryParams(params) if params else None,
             unknown=unknown,
         )
         cached = self._cached_auth(registry, scope)
