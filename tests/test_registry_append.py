@@ -3,17 +3,20 @@ Distribution API that refuses what real registries refuse, and real registries (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from e2e_support import docker, pull_fresh, run_id
 from infra import Infra
+from private_registry import PrivateRegistry, private_registry
 from registry_fakes import FakeRegistry, image_manifest, layer_blob, new_layer, sha256
 
 from imaged.errors import (
@@ -25,6 +28,7 @@ from imaged.errors import (
 )
 from imaged.registry.append import (
     DOCKER_LAYER,
+    DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_LAYER,
@@ -38,7 +42,7 @@ from imaged.registry.append import (
     encode_json,
     resolve_workdir,
 )
-from imaged.registry.client import RegistryClient
+from imaged.registry.client import Existence, RegistryClient
 
 pytestmark = pytest.mark.anyio
 
@@ -464,3 +468,103 @@ async def test_real_chunked_upload_when_monolithic_is_refused(infra: Infra) -> N
         assert await client.get_blob(ref, sha256(data)) == data
     assert how == "chunked"
     assert transport.patches == 3
+
+
+@pytest.fixture
+def own_registry(infra: Infra, tmp_path: Path) -> Iterator[PrivateRegistry]:
+    """A registry of this test's own, which it may kill (the infra marks the test docker)."""
+    with private_registry(tmp_path / "registry") as registry:
+        yield registry
+
+
+async def test_registry_killed_mid_upload_leaves_no_manifest(own_registry: PrivateRegistry) -> None:
+    reg = own_registry.address
+    chunk, count = os.urandom(1 << 20), 50  # 50 MiB, streamed slowly
+    hasher = hashlib.sha256()
+    for _ in range(count):
+        hasher.update(chunk)
+    digest = "sha256:" + hasher.hexdigest()
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for index in range(count):
+            if index == 8:
+                own_registry.kill()  # 8 MiB in: as a crash would
+            yield chunk
+            await anyio.sleep(0.002)
+
+    small = new_layer({"app/a.txt": b"a"})
+    big = NewLayer(
+        digest, len(chunk) * count, "sha256:" + "2" * 64, slowly, "COPY big /big # buildkit"
+    )
+    async with RegistryClient() as client:
+        await push_stem(client, f"{reg}/app:stem")
+        with pytest.raises(RegistryUnavailable) as caught:
+            await append_layers(
+                client, f"{reg}/app:stem", f"{reg}/app:v1", [small, big], tail_edit()
+            )
+    assert is_transient(caught.value)
+    assert f"registry {reg} is unreachable" in str(caught.value)
+    assert f"the upload of blob {digest} to app did not complete" in str(caught.value)
+    own_registry.start()
+    async with RegistryClient() as client:
+        assert await client.manifest_exists(f"{reg}/app:v1") is Existence.MISSING
+        assert await client.blob_exists(f"{reg}/app", digest) is Existence.MISSING
+        assert await client.blob_exists(f"{reg}/app", small.digest) is Existence.EXISTS
+        assert await client.manifest_exists(f"{reg}/app:stem") is Existence.EXISTS
+
+
+@pytest.mark.parametrize(
+    ("index_type", "child_type", "layer_type"),
+    [
+        pytest.param(OCI_INDEX, OCI_MANIFEST, OCI_LAYER, id="oci-index"),
+        pytest.param(DOCKER_LIST, DOCKER_MANIFEST, DOCKER_LAYER, id="docker-manifest-list"),
+    ],
+)
+async def test_real_append_to_an_index(
+    infra: Infra, own_registry: PrivateRegistry, index_type: str, child_type: str, layer_type: str
+) -> None:
+    reg = own_registry.address
+    archs = ("amd64", "arm64")
+    layer = new_layer({"app/hello.txt": b"every platform\n"})
+    async with RegistryClient() as client:
+        children = [
+            await push_stem(client, f"{reg}/base:{arch}", media_type=child_type, arch=arch)
+            for arch in archs
+        ]
+        entries = []
+        for arch, digest in zip(archs, children, strict=True):
+            _, body, _ = await client.get_manifest(f"{reg}/base@{digest}")
+            platform = {"architecture": arch, "os": "linux"}
+            entries.append(
+                {"mediaType": child_type, "digest": digest, "size": len(body), "platform": platform}
+            )
+        index = {"schemaVersion": 2, "mediaType": index_type, "manifests": entries}
+        await client.put_manifest(f"{reg}/base:multi", index_type, encode_json(index))
+        pushed = await append_layers(
+            client, f"{reg}/base:multi", f"{reg}/app:v1", [layer], tail_edit()
+        )
+    raw = skopeo_json("--raw", f"docker://{reg}/app:v1")
+    assert raw["mediaType"] == index_type
+    assert [m["platform"]["architecture"] for m in raw["manifests"]] == list(archs)
+    assert [m["digest"] for m in raw["manifests"]] == list(pushed.manifests)
+    for arch in archs:
+        config = skopeo_json("--config", "--override-arch", arch, f"docker://{reg}/app:v1")
+        assert config["architecture"] == arch
+        assert config["rootfs"]["diff_ids"][-1] == layer.diff_id
+        assert config["config"]["WorkingDir"] == "/app"
+        child = skopeo_json(
+            "--raw",
+            "--override-arch",
+            arch,
+            f"docker://{reg}/app@{pushed.manifests[archs.index(arch)]}",
+        )
+        assert child["layers"][-1] == {
+            "mediaType": layer_type,
+            "digest": layer.digest,
+            "size": layer.size,
+        }
+    uri = f"{reg}/app:v1"
+    try:  # the engine checks each layer's diff_id against the config when it pulls
+        pull_fresh(infra.docker_cli, uri, env=infra.docker_env())
+    finally:
+        docker(infra.docker_cli, "rmi", "-f", uri, check=False, env=infra.docker_env())
