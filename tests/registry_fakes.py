@@ -89,6 +89,7 @@ class FakeRegistry:
     mounts: bool = True
     monolithic: bool = True
     forbid: frozenset[str] = frozenset()
+    forbid_status: int = 400
     absolute_location: bool = False
     fail: Callable[[httpx.Request], httpx.Response | None] = lambda request: None
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)
@@ -137,6 +138,8 @@ class FakeRegistry:
     def _manifest(self, request: httpx.Request, repo: str, ref: str, body: bytes) -> httpx.Response:
         if request.method == "PUT":
             media_type = request.headers["content-type"]
+            if media_type in self.forbid and self.forbid_status == 415:
+                return httpx.Response(415, text="unsupported media type")
             if media_type in self.forbid:
                 error = {"code": "MANIFEST_INVALID", "message": "manifest invalid"}
                 return httpx.Response(400, json={"errors": [error]})

@@ -206,8 +206,9 @@ async def test_refused_monolithic_upload_falls_back_to_chunks(absolute: bool) ->
     assert len(fake.calls("PATCH")) == 3
 
 
-async def test_forbidden_media_type_is_an_error_naming_it() -> None:
-    fake = FakeRegistry(forbid=frozenset({OCI_MANIFEST}))
+@pytest.mark.parametrize("status", [400, 415], ids=["400-manifest-invalid", "415"])
+async def test_forbidden_media_type_is_an_error_naming_it(status: int) -> None:
+    fake = FakeRegistry(forbid=frozenset({OCI_MANIFEST}), forbid_status=status)
     fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
     async with fake.client() as client:
         with pytest.raises(RegistryError) as caught:
@@ -221,8 +222,38 @@ async def test_forbidden_media_type_is_an_error_naming_it() -> None:
     message = str(caught.value)
     assert f"refused manifest media type {OCI_MANIFEST}" in message
     assert OCI_LAYER in message
-    assert "MANIFEST_INVALID" in message
+    assert f"HTTP {status}" in message
     assert not is_transient(caught.value)
+
+
+async def test_token_scopes_push_on_the_target_and_pull_on_the_mount_source() -> None:
+    scopes: list[list[str]] = []
+
+    def token_auth(request: httpx.Request) -> httpx.Response | None:
+        if request.url.host == "auth.example.com":
+            scopes.append(request.url.params.get_list("scope"))
+            token = " ".join(scopes[-1])
+            return httpx.Response(200, json={"token": token, "expires_in": 300})
+        if request.headers.get("authorization", "").startswith("Bearer "):
+            return None
+        challenge = 'Bearer realm="https://auth.example.com/token",service="fake"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    fake = FakeRegistry(fail=token_auth)
+    fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
+    async with fake.client() as client:
+        pushed = await append_layers(
+            client,
+            fake.ref("base", "stem"),
+            fake.ref("app", "v1"),
+            [new_layer({"f": b"x"})],
+            ConfigEdit(),
+        )
+    assert "mounted" in {b.how for b in pushed.blobs}
+    assert ["repository:app:pull,push", "repository:base:pull"] in scopes
+    assert ["repository:app:pull,push"] in scopes
+    assert ["repository:base:pull"] in scopes
+    assert ("app", "v1") in fake.manifests
 
 
 async def test_503_mid_upload_is_transient_and_no_manifest_is_put() -> None:
