@@ -171,6 +171,19 @@ async def test_append_to_a_manifest(media_type: str, layer_type: str) -> None:
     assert pushed.uploaded_bytes == layer.size + manifest["config"]["size"]
 
 
+async def test_same_repository_sends_only_the_tail() -> None:
+    fake = FakeRegistry()
+    fake.put_image("app", "stem", OCI_MANIFEST, STEM_CONFIG)
+    layer = new_layer({"f": b"x"})
+    async with fake.client() as client:
+        pushed = await append_layers(
+            client, fake.ref("app", "stem"), fake.ref("app", "v1"), [layer], ConfigEdit()
+        )
+    assert [b.how for b in pushed.blobs] == ["present", "uploaded", "uploaded"]
+    assert len(fake.calls("HEAD")) == 2  # the tail layer and the config; the stem's is known
+    assert ("app", "v1") in fake.manifests
+
+
 async def test_refused_mount_falls_back_to_copy_and_upload() -> None:
     fake = FakeRegistry(mounts=False)
     fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)

@@ -18,7 +18,7 @@ What is written, so the result reads like BuildKit's and the same inputs give th
   manifests, so they are left out.
 
 Push order: every blob the new manifests name (HEAD first, skipped when there; a stem blob is
-mounted from the stem's repository on the same registry, or else read from it and uploaded;
+taken as there when the target is the stem's repository, else mounted from the stem's repository on the same registry, or else read from it and uploaded;
 a tail blob is uploaded), then the configs, then the platform
 manifests by digest, and the manifest or index under the target tag LAST: a push cut off
 midway leaves no tag naming a missing blob.
@@ -273,6 +273,8 @@ class _Pusher:
     async def _push(
         self, digest: str, size: int, data: BlobSource | None
     ) -> Literal["present", "mounted", "uploaded", "copied"]:
+        if data is None and self.stem.name == self.target.name:
+            return "present"  # the stem's manifest in this repository keeps its blobs
         if await self.client.blob_exists(self.target, digest) is Existence.EXISTS:
             return "present"
         if data is not None:

@@ -683,6 +683,8 @@ class RegistryClient:
 
 
 def _accept_headers(accept: bool | Sequence[str]) -> list[tuple[str, str]]:
+    if isinstance(accept, str):
+        accept = [accept]
     types = MANIFEST_MEDIA_TYPES if accept is True else () if accept is False else accept
     return [("Accept", media_type) for media_type in types]
 
