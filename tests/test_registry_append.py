@@ -200,6 +200,21 @@ async def test_refused_mount_falls_back_to_copy_and_upload() -> None:
     assert ("app", "v1") in fake.manifests
 
 
+async def test_a_stem_blob_corrupted_on_copy_is_an_error_and_no_manifest_is_put() -> None:
+    fake = FakeRegistry(mounts=False)
+    fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
+    manifest = json.loads(fake.manifests[("base", "stem")][1])
+    stem_layer = manifest["layers"][0]["digest"]
+    fake.blobs[("base", stem_layer)] = b"rotten"
+    async with fake.client() as client:
+        with pytest.raises(RegistryError, match=f"sent blob {stem_layer} of base whose bytes"):
+            await append_layers(
+                client, fake.ref("base", "stem"), fake.ref("app", "v1"), [], ConfigEdit()
+            )
+    assert ("app", stem_layer) not in fake.blobs
+    assert not [p for p in fake.calls("PUT") if "/manifests/" in p]
+
+
 @pytest.mark.parametrize("absolute", [False, True], ids=["relative-location", "absolute-location"])
 async def test_refused_monolithic_upload_falls_back_to_chunks(absolute: bool) -> None:
     fake = FakeRegistry(monolithic=False, absolute_location=absolute)
@@ -501,6 +516,37 @@ class RefuseMonolithic(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class RefuseMounts(httpx.AsyncBaseTransport):
+    """The real transport, except that a mount request loses its `mount` and `from`: the
+    registry opens an upload instead (202), as one that refuses mounts does."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.deletes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "mount" in request.url.params:
+            request.url = request.url.copy_with(query=None)
+        self.deletes += request.method == "DELETE"
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_real_refused_mount_streams_the_stem_blob(infra: Infra) -> None:
+    transport = RefuseMounts()
+    repo = f"{infra.registry}/append-nomount-{run_id()}"
+    layer = new_layer({"app/hello.txt": b"copied\n"})
+    async with RegistryClient(transport=transport) as client:
+        await push_stem(client, f"{repo}-stem:s")
+        pushed = await append_layers(client, f"{repo}-stem:s", f"{repo}:v1", [layer], tail_edit())
+    assert sorted(b.how for b in pushed.blobs) == ["copied", "uploaded", "uploaded"]
+    assert transport.deletes == 1  # the upload the registry opened instead was cancelled
+    config = skopeo_json("--config", f"docker://{repo}:v1")
+    assert config["rootfs"]["diff_ids"][-1] == layer.diff_id
 
 
 async def test_real_chunked_upload_when_monolithic_is_refused(infra: Infra) -> None:

@@ -17,9 +17,10 @@ What is written, so the result reads like BuildKit's and the same inputs give th
   kept). BuildKit's attestation manifests (``vnd.docker.reference.type``) name the old
   manifests, so they are left out.
 
-Push order: every blob the new manifests name (HEAD first, skipped when there; a stem blob is
-taken as there when the target is the stem's repository, else mounted from the stem's repository on the same registry, or else read from it and uploaded;
-a tail blob is uploaded), then the configs, then the platform
+Push order: every blob the new manifests name (a stem blob is taken as there when the target
+is the stem's repository; else HEAD, skipped when there; else a stem blob is mounted from the
+stem's repository on the same registry, or streamed from it; a tail blob is uploaded), then
+the configs, then the platform
 manifests by digest, and the manifest or index under the target tag LAST: a push cut off
 midway leaves no tag naming a missing blob.
 """
@@ -284,8 +285,8 @@ class _Pusher:
             self.target, digest, self.stem.repository
         ):
             return "mounted"
-        data = await self.client.get_blob(self.stem, digest)  # whole, in memory: a fallback
-        await self.client.upload_blob(self.target, digest, data, size)
+        stream = self.client.stream_blob(self.stem, digest)
+        await self.client.upload_blob(self.target, digest, stream, size)
         return "copied"
 
     def _can_mount(self) -> bool:

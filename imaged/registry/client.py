@@ -288,6 +288,45 @@ class RegistryClient:
             )
         return response.content
 
+    def stream_blob(self, ref: ImageRef | str, digest: str) -> Callable[[], AsyncIterator[bytes]]:
+        """A :data:`BlobSource` streaming blob `digest` of `ref`'s repository (a copy into
+        another repository without holding it in memory); its digest is checked at the end."""
+        ref = _as_ref(ref)
+
+        async def stream() -> AsyncIterator[bytes]:
+            hasher = hashlib.sha256()
+            async for chunk in self._blob_chunks(ref, digest):
+                hasher.update(chunk)
+                yield chunk
+            if digest.startswith("sha256:") and "sha256:" + hasher.hexdigest() != digest:
+                raise RegistryError(
+                    f"registry {ref.registry} sent blob {digest} of {ref.repository} whose "
+                    f"bytes have digest sha256:{hasher.hexdigest()}"
+                )
+
+        return stream
+
+    async def _blob_chunks(self, ref: ImageRef, digest: str) -> AsyncIterator[bytes]:
+        if await self.blob_exists(ref, digest) is Existence.MISSING:  # authorises too
+            raise RegistryNotFound(
+                f"registry {ref.registry}: blob {digest} in {ref.repository} not found"
+            )
+        auth = self._cached_auth(ref.registry, _pull(ref))
+        http = self._root._http
+        assert http is not None, "blob_exists checked the client is open"
+        headers = {"Authorization": auth} if auth else {}
+        try:
+            async with http.stream("GET", self.blob_url(ref, digest), headers=headers) as response:
+                if response.status_code != 200:
+                    raise await self._fail(ref, response, f"blob {digest}")
+                async for chunk in response.aiter_bytes(1 << 20):
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise RegistryUnavailable(
+                f"registry {ref.registry} broke off sending blob {digest} of {ref.repository}: "
+                f"{type(exc).__name__}"
+            ) from exc
+
     async def mount_blob(self, ref: ImageRef | str, digest: str, from_repo: str) -> bool:
         """Mount blob `digest` from repository `from_repo` of the same registry into `ref`'s.
 
