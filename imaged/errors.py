@@ -9,6 +9,7 @@ ImagedError                      every error imaged raises on purpose (CLI exit 
 ├── ConfigError                  a bad setting: names the key and file (CLI exit 78)
 ├── RegistryError                talking to a registry failed
 │   ├── RegistryUnavailable      existence unknown: unreachable, 5xx, timeout (transient)
+│   ├── RegistryNotFound         a manifest or blob that was read is not there (HTTP 404)
 │   └── RegistryAuthError        credentials missing or refused
 ├── EngineError                  the Docker engine is unreachable or refused a call (transient)
 ├── SecretError                  a build secret could not be resolved on the build host
@@ -95,6 +96,10 @@ class RegistryUnavailable(RegistryError):
     """The registry could not answer: existence is unknown. Transient, worth a retry."""
 
     transient = True
+
+
+class RegistryNotFound(RegistryError):
+    """A manifest or blob imaged reads (a stem, its config) is not in the registry."""
 
 
 class RegistryAuthError(RegistryError):

@@ -7,14 +7,16 @@ Distribution API, with Docker's auth flows and credentials from the one resolver
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import functools
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,13 +27,20 @@ import anyio.to_thread
 import httpx
 
 from imaged.config import Settings
-from imaged.errors import ImagedError, RegistryAuthError, RegistryError, RegistryUnavailable
+from imaged.errors import (
+    ImagedError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryNotFound,
+    RegistryUnavailable,
+)
 from imaged.failures import status_is_transient
 from imaged.registry.auth import DOCKER_CONFIG_ORIGIN, CredentialResolver, Credentials
 from imaged.registry.ref import ImageRef, api_host
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",
+    "BlobSource",
     "Existence",
     "ImageRef",
     "RegistryClient",
@@ -49,10 +58,16 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 )
+_UNKNOWN_EXISTS = "whether the image exists is unknown (never assume it exists)"
 _MIN_TOKEN_LIFETIME = 60.0  # the token spec: "if expires_in is less than 60, assume 60"
 _TOKEN_MARGIN = 5.0
 
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+BlobSource = bytes | Callable[[], AsyncIterator[bytes]]
+"""A blob's bytes, or a function that streams them afresh on each call (a retry re-reads)."""
+Content = BlobSource
 
 
 class Existence(enum.Enum):
@@ -228,6 +243,271 @@ class RegistryClient:
             "sha256:" + hashlib.sha256(response.content).hexdigest()
         )
 
+    async def get_manifest(
+        self, ref: ImageRef | str, *, accept: Sequence[str] = MANIFEST_MEDIA_TYPES
+    ) -> tuple[str, bytes, str]:
+        """`(media type, body, digest)` of `ref`'s manifest, its digest checked against what was
+        asked for (``@digest``) or what the registry said (`Docker-Content-Digest`).
+
+        Raises RegistryNotFound when it is not there, RegistryError when its media type is
+        none of `accept` or its bytes do not match its digest.
+        """
+        ref = _as_ref(ref)
+        response = await self.request(
+            "GET", self.manifest_url(ref), registry=ref.registry, scope=_pull(ref), accept=accept
+        )
+        if response.status_code != 200:
+            raise await self._fail(ref, response, f"manifest {ref.reference}")
+        body = response.content
+        digest = _sha256(body)
+        claimed = ref.digest or response.headers.get("docker-content-digest") or digest
+        if claimed.startswith("sha256:") and claimed != digest:
+            raise RegistryError(
+                f"registry {ref.registry} sent manifest {ref} whose bytes have digest {digest}, "
+                f"not {claimed}"
+            )
+        media_type = _media_type(response, body)
+        if media_type not in accept:
+            raise RegistryError(
+                f"registry {ref.registry} sent manifest {ref} of media type {media_type!r}, "
+                f"none of those imaged reads ({', '.join(accept)})"
+            )
+        return media_type, body, digest
+
+    async def get_blob(self, ref: ImageRef | str, digest: str) -> bytes:
+        """The blob `digest` of `ref`'s repository, read whole (a config) and checked."""
+        ref = _as_ref(ref)
+        url = self.blob_url(ref, digest)
+        response = await self.request("GET", url, registry=ref.registry, scope=_pull(ref))
+        if response.status_code != 200:
+            raise await self._fail(ref, response, f"blob {digest}")
+        if digest.startswith("sha256:") and _sha256(response.content) != digest:
+            raise RegistryError(
+                f"registry {ref.registry} sent blob {digest} of {ref.repository} whose bytes "
+                f"have digest {_sha256(response.content)}"
+            )
+        return response.content
+
+    def stream_blob(self, ref: ImageRef | str, digest: str) -> Callable[[], AsyncIterator[bytes]]:
+        """A :data:`BlobSource` streaming blob `digest` of `ref`'s repository (a copy into
+        another repository without holding it in memory); its digest is checked at the end."""
+        ref = _as_ref(ref)
+
+        async def stream() -> AsyncIterator[bytes]:
+            hasher = hashlib.sha256()
+            async for chunk in self._blob_chunks(ref, digest):
+                hasher.update(chunk)
+                yield chunk
+            if digest.startswith("sha256:") and "sha256:" + hasher.hexdigest() != digest:
+                raise RegistryError(
+                    f"registry {ref.registry} sent blob {digest} of {ref.repository} whose "
+                    f"bytes have digest sha256:{hasher.hexdigest()}"
+                )
+
+        return stream
+
+    async def _blob_chunks(self, ref: ImageRef, digest: str) -> AsyncIterator[bytes]:
+        if await self.blob_exists(ref, digest) is Existence.MISSING:  # authorises too
+            raise RegistryNotFound(
+                f"registry {ref.registry}: blob {digest} in {ref.repository} not found"
+            )
+        auth = self._cached_auth(ref.registry, _pull(ref))
+        http = self._root._http
+        assert http is not None, "blob_exists checked the client is open"
+        headers = {"Authorization": auth} if auth else {}
+        try:
+            async with http.stream("GET", self.blob_url(ref, digest), headers=headers) as response:
+                if response.status_code != 200:
+                    raise await self._fail(ref, response, f"blob {digest}")
+                async for chunk in response.aiter_bytes(1 << 20):
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise RegistryUnavailable(
+                f"registry {ref.registry} broke off sending blob {digest} of {ref.repository}: "
+                f"{type(exc).__name__}"
+            ) from exc
+
+    async def mount_blob(self, ref: ImageRef | str, digest: str, from_repo: str) -> bool:
+        """Mount blob `digest` from repository `from_repo` of the same registry into `ref`'s.
+
+        True when mounted (201). False when the registry opened an upload instead (202: it
+        refuses mounts, or the source lacks the blob); that upload is cancelled.
+        """
+        ref = _as_ref(ref)
+        response = await self.request(
+            "POST",
+            self.upload_url(ref),
+            registry=ref.registry,
+            scope=f"{_push(ref)} repository:{from_repo}:pull",
+            params={"mount": digest, "from": from_repo},
+            unknown=f"whether blob {digest} was mounted into {ref.repository} is unknown",
+        )
+        if response.status_code == 201:
+            return True
+        if response.status_code == 202:
+            await self._cancel_upload(ref, response)
+            return False
+        raise await self._fail(ref, response, f"a mount of blob {digest} from {from_repo}")
+
+    async def upload_blob(
+        self,
+        ref: ImageRef | str,
+        digest: str,
+        data: BlobSource,
+        size: int,
+        *,
+        chunk_size: int = 8 << 20,
+    ) -> str:
+        """Upload blob `digest` (`size` bytes) into `ref`'s repository; returns how: "monolithic"
+        (POST then one PUT), or "chunked" (PATCHes then PUT) when the registry refuses the
+        monolithic PUT (HTTP 400, 405, 411, 413 or 416 that is not a digest or size error)."""
+        ref = _as_ref(ref)
+        location = await self._start_upload(ref, digest)
+        response = await self._upload_put(ref, location, digest, data, size)
+        if response.status_code == 201:
+            return self._uploaded(ref, digest, response, "monolithic")
+        if not _refuses_monolithic(response):
+            raise await self._fail(ref, response, f"the upload of blob {digest}")
+        await self._cancel_upload(ref, response, location)
+        location = await self._start_upload(ref, digest)
+        location = await self._upload_chunks(ref, location, digest, data, chunk_size)
+        response = await self._upload_put(ref, location, digest, b"", 0)
+        if response.status_code != 201:
+            raise await self._fail(ref, response, f"the chunked upload of blob {digest}")
+        return self._uploaded(ref, digest, response, "chunked")
+
+    async def put_manifest(self, ref: ImageRef | str, media_type: str, body: bytes) -> str:
+        """PUT `body` as `ref`'s manifest (under its tag, or its digest); returns the digest.
+
+        A registry that refuses the media type (HTTP 415, or 400 MANIFEST_INVALID or
+        UNSUPPORTED) is a RegistryError naming it and the layers' media types.
+        """
+        ref = _as_ref(ref)
+        digest = _sha256(body)
+        response = await self.request(
+            "PUT",
+            self.manifest_url(ref),
+            registry=ref.registry,
+            scope=_push(ref),
+            headers={"Content-Type": media_type},
+            content=body,
+            unknown=f"whether manifest {digest} was stored as {ref} is unknown",
+        )
+        if response.status_code not in (200, 201):
+            raise await self._manifest_refused(ref, media_type, body, response)
+        stored = response.headers.get("docker-content-digest") or digest
+        if stored != digest:
+            raise RegistryError(
+                f"registry {ref.registry} stored manifest {ref} as {stored}, but its bytes have "
+                f"digest {digest}"
+            )
+        return digest
+
+    def upload_url(self, ref: ImageRef) -> str:
+        """The `/v2/<name>/blobs/uploads/` URL that starts an upload into `ref`'s repository."""
+        return f"{self.base_url(ref.registry)}/v2/{ref.repository}/blobs/uploads/"
+
+    async def _start_upload(self, ref: ImageRef, digest: str) -> str:
+        response = await self.request(
+            "POST",
+            self.upload_url(ref),
+            registry=ref.registry,
+            scope=_push(ref),
+            unknown=f"blob {digest} was not uploaded to {ref.repository}",
+        )
+        if response.status_code != 202 or "location" not in response.headers:
+            raise await self._fail(ref, response, f"the start of an upload of blob {digest}")
+        return _location(response)
+
+    async def _upload_put(
+        self, ref: ImageRef, location: str, digest: str, data: BlobSource, size: int
+    ) -> httpx.Response:
+        return await self.request(
+            "PUT",
+            location,
+            registry=ref.registry,
+            scope=_push(ref),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            content=data,
+            params={"digest": digest},
+            unknown=f"the upload of blob {digest} to {ref.repository} did not complete",
+        )
+
+    async def _upload_chunks(
+        self, ref: ImageRef, location: str, digest: str, data: BlobSource, chunk_size: int
+    ) -> str:
+        start = 0
+        async for chunk in _chunks(data, chunk_size):
+            end = start + len(chunk) - 1
+            response = await self.request(
+                "PATCH",
+                location,
+                registry=ref.registry,
+                scope=_push(ref),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{start}-{end}",
+                    "Content-Length": str(len(chunk)),
+                },
+                content=chunk,
+                unknown=f"the upload of blob {digest} to {ref.repository} did not complete",
+            )
+            if response.status_code != 202 or "location" not in response.headers:
+                raise await self._fail(ref, response, f"bytes {start}-{end} of blob {digest}")
+            _check_range(ref, digest, response, end)
+            location, start = _location(response), end + 1
+        return location
+
+    def _uploaded(self, ref: ImageRef, digest: str, response: httpx.Response, how: str) -> str:
+        stored = response.headers.get("docker-content-digest") or digest
+        if stored != digest:
+            raise RegistryError(
+                f"registry {ref.registry} stored blob {digest} of {ref.repository} as {stored}"
+            )
+        return how
+
+    async def _cancel_upload(
+        self, ref: ImageRef, response: httpx.Response, location: str | None = None
+    ) -> None:
+        """Best effort: DELETE an upload session the registry opened; it expires anyway."""
+        if location is None and "location" not in response.headers:
+            return
+        url = location or _location(response)
+        with contextlib.suppress(RegistryError):
+            await self.request("DELETE", url, registry=ref.registry, scope=_push(ref))
+
+    async def _manifest_refused(
+        self, ref: ImageRef, media_type: str, body: bytes, response: httpx.Response
+    ) -> RegistryError:
+        codes = _error_codes(response)
+        if response.status_code == 415 or (
+            response.status_code == 400 and {"MANIFEST_INVALID", "UNSUPPORTED"} & set(codes)
+        ):
+            layers = ", ".join(sorted(_layer_media_types(body))) or "none"
+            return RegistryError(
+                f"registry {ref.registry} refused manifest media type {media_type} for {ref} "
+                f"(HTTP {response.status_code}{_error_text(response)}); its layers' media "
+                f"types: {layers}"
+            )
+        return await self._fail(ref, response, f"manifest {ref.reference}")
+
+    async def _fail(self, ref: ImageRef, response: httpx.Response, what: str) -> RegistryError:
+        """The error for an unexpected answer about `what` in `ref`'s repository."""
+        code, detail = response.status_code, _error_text(response)
+        where = f"{what} in {ref.repository}"
+        if code == 404:
+            return RegistryNotFound(
+                f"registry {ref.registry}: {where} not found (HTTP 404{detail})"
+            )
+        if code in (401, 403):
+            return await self._auth_error(ref.registry, f"refused {where} (HTTP {code}{detail})")
+        if status_is_transient(code):
+            return RegistryUnavailable(
+                f"registry {ref.registry} at {self.base_url(ref.registry)} answered HTTP {code}"
+                f"{detail} for {where}; a retry may pass"
+            )
+        return RegistryError(f"registry {ref.registry} refused {where}: HTTP {code}{detail}")
+
     async def check_many(
         self, refs: Sequence[ImageRef | str]
     ) -> dict[str, Existence | ImagedError]:
@@ -257,17 +537,42 @@ class RegistryClient:
         raise self._status_error(registry, f"{url}", response.status_code)
 
     async def request(
-        self, method: str, url: str, *, registry: str, scope: str, accept: bool = False
+        self,
+        method: str,
+        url: str,
+        *,
+        registry: str,
+        scope: str,
+        accept: bool | Sequence[str] = False,
+        headers: Mapping[str, str] | None = None,
+        content: Content | None = None,
+        params: Mapping[str, str] | None = None,
+        unknown: str = _UNKNOWN_EXISTS,
     ) -> httpx.Response:
         """One authorised call on `registry`: sent with a cached token for `scope`, and on a
-        401 challenge authorised (Basic or Bearer) and sent again."""
+        401 challenge authorised (Basic or Bearer) and sent again. `scope` may hold several
+        scopes separated by spaces (a mount: push on the target, pull on the source); a
+        streamed `content` is a function so the second send streams it afresh; `unknown`
+        says, when the registry cannot be reached, what is left unknown."""
+        if params:  # merged into the URL: a Location may carry a query of its own
+            url = str(httpx.URL(url).copy_merge_params(dict(params)))
+        send = functools.partial(
+            self._send,
+            method,
+            url,
+            registry=registry,
+            accept=accept,
+            headers=headers,
+            content=content,
+            unknown=unknown,
+        )
         cached = self._cached_auth(registry, scope)
-        response = await self._send(method, url, registry=registry, auth=cached, accept=accept)
+        response = await send(auth=cached)
         if response.status_code != 401:
             return response
         challenge = response.headers.get("www-authenticate", "")
         auth = await self._authorize(registry, scope, challenge, rejected=cached)
-        return await self._send(method, url, registry=registry, auth=auth, accept=accept)
+        return await send(auth=auth)
 
     async def _request_manifest(self, method: str, ref: ImageRef) -> httpx.Response:
         url = self.manifest_url(ref)
@@ -369,7 +674,10 @@ class RegistryClient:
             }
             return await self._send("POST", realm, registry=registry, data=form)
         auth = _basic_header(credentials) if credentials is not None else None
-        return await self._send("GET", realm, registry=registry, auth=auth, params=form)
+        query = httpx.QueryParams({key: v for key, v in form.items() if key != "scope"})
+        for one in scope.split():
+            query = query.add("scope", one)
+        return await self._send("GET", realm, registry=registry, auth=auth, params=query)
 
     async def _credentials_for(self, registry: str) -> Credentials | None:
         async with self._lock(registry, "credentials"):
@@ -385,26 +693,39 @@ class RegistryClient:
         *,
         registry: str,
         auth: str | None = None,
-        accept: bool = False,
-        params: dict[str, str] | None = None,
+        accept: bool | Sequence[str] = False,
+        headers: Mapping[str, str] | None = None,
+        content: Content | None = None,
+        params: httpx.QueryParams | None = None,
         data: dict[str, str] | None = None,
+        unknown: str = _UNKNOWN_EXISTS,
     ) -> httpx.Response:
         http = self._root._http
         if http is None:
             raise RuntimeError("use RegistryClient as `async with RegistryClient() as client:`")
-        headers = httpx.Headers([("Accept", t) for t in MANIFEST_MEDIA_TYPES] if accept else [])
+        sent = httpx.Headers(_accept_headers(accept))
+        sent.update(headers or {})
         if auth is not None:
-            headers["Authorization"] = auth
+            sent["Authorization"] = auth
+        body = content() if callable(content) else content
         try:
-            return await http.request(method, url, headers=headers, params=params, data=data)
+            return await http.request(
+                method, url, headers=sent, params=params, data=data, content=body
+            )
         except httpx.TimeoutException:
             cause = f"timed out after {self._timeout:g} s"
         except httpx.TransportError as exc:
             cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise RegistryUnavailable(
-            f"registry {registry} is unreachable at {_origin(url)}: {cause}; "
-            "whether the image exists is unknown (never assume it exists)"
+            f"registry {registry} is unreachable at {_origin(url)}: {cause}; {unknown}"
         )
+
+
+def _accept_headers(accept: bool | Sequence[str]) -> list[tuple[str, str]]:
+    if isinstance(accept, str):
+        accept = [accept]
+    types = MANIFEST_MEDIA_TYPES if accept is True else () if accept is False else accept
+    return [("Accept", media_type) for media_type in types]
 
 
 def create_registry_client(
@@ -427,6 +748,92 @@ def create_registry_client(
 
 def _pull(ref: ImageRef) -> str:
     return f"repository:{ref.repository}:pull"
+
+
+def _push(ref: ImageRef) -> str:
+    return f"repository:{ref.repository}:pull,push"
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _media_type(response: httpx.Response, body: bytes) -> str:
+    header = str(response.headers.get("content-type", "")).partition(";")[0].strip()
+    if header and header not in ("application/json", "application/octet-stream"):
+        return header
+    try:
+        found: object = json.loads(body).get("mediaType")
+    except (ValueError, AttributeError):
+        found = None
+    return found if isinstance(found, str) else header
+
+
+def _location(response: httpx.Response) -> str:
+    """The absolute URL of a Location header, which may be relative to the request."""
+    return str(response.request.url.join(response.headers["location"]))
+
+
+def _refuses_monolithic(response: httpx.Response) -> bool:
+    if response.status_code not in (400, 405, 411, 413, 416):
+        return False
+    return not {"DIGEST_INVALID", "SIZE_INVALID"} & set(_error_codes(response))
+
+
+def _check_range(ref: ImageRef, digest: str, response: httpx.Response, end: int) -> None:
+    received = response.headers.get("range")
+    if received is not None and received.removeprefix("bytes=") != f"0-{end}":
+        raise RegistryError(
+            f"registry {ref.registry} holds bytes {received} of blob {digest} for "
+            f"{ref.repository} after bytes up to {end} were sent"
+        )
+
+
+async def _chunks(data: BlobSource, size: int) -> AsyncIterator[bytes]:
+    if isinstance(data, bytes):
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+        return
+    buffer = bytearray()
+    async for piece in data():
+        buffer += piece
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+def _errors(response: httpx.Response) -> list[dict[str, object]]:
+    try:
+        errors = response.json().get("errors")
+    except (ValueError, AttributeError):
+        return []
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def _error_codes(response: httpx.Response) -> list[str]:
+    return [str(e.get("code")) for e in _errors(response)]
+
+
+def _error_text(response: httpx.Response) -> str:
+    """` CODE: message (detail)` of the registry's first error, or nothing."""
+    errors = _errors(response)
+    if not errors:
+        return ""
+    first = errors[0]
+    message = f": {first['message']}" if first.get("message") else ""
+    detail = f" ({first['detail']})" if first.get("detail") else ""
+    return f" {first.get('code')}{message}{detail}"
+
+
+def _layer_media_types(body: bytes) -> set[str]:
+    try:
+        manifest = json.loads(body)
+        entries = manifest.get("layers") or manifest.get("manifests") or []
+        return {str(e["mediaType"]) for e in entries if isinstance(e, dict) and "mediaType" in e}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return set()
 
 
 def _parse_token(registry: str, response: httpx.Response) -> tuple[str, float]:
