@@ -100,6 +100,34 @@ def test_missing_secret_names_every_place_and_no_value(tmp_path: Path) -> None:
     assert SECRET_VALUE not in message
 
 
+@pytest.mark.parametrize(
+    ("link", "secret"),
+    [
+        pytest.param("token", Secret("token"), id="file-symlink"),
+        pytest.param("github", Secret("hostname", group="github"), id="group-symlink"),
+    ],
+)
+def test_a_symlink_out_of_secrets_dir_is_refused(tmp_path: Path, link: str, secret: Secret) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hostname").write_text(SECRET_VALUE)
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    (folder / link).symlink_to(outside / "hostname" if link == "token" else outside)
+    with pytest.raises(SecretError, match="leads out of secrets_dir") as info:
+        resolve_secret(secret, Settings(secrets_dir=folder), environ={})
+    assert SECRET_VALUE not in str(info.value)
+
+
+def test_a_symlink_inside_secrets_dir_is_followed(tmp_path: Path) -> None:
+    folder = _secrets_dir(tmp_path)
+    (folder / "..data").mkdir()  # as a Kubernetes secret volume lays its files out
+    (folder / "..data" / "pat").write_text("from-link")
+    (folder / "pat").symlink_to(folder / "..data" / "pat")
+    settings = Settings(secrets_dir=tmp_path / "secrets")
+    assert resolve_secret(Secret("pat"), settings, environ={}).value == b"from-link"
+
+
 def test_missing_secret_without_secrets_dir_says_so() -> None:
     with pytest.raises(SecretError, match="IMAGED_SECRETS_DIR"):
         resolve_secret(Secret("tok"), Settings(), environ={})
