@@ -100,6 +100,34 @@ def test_missing_secret_names_every_place_and_no_value(tmp_path: Path) -> None:
     assert SECRET_VALUE not in message
 
 
+@pytest.mark.parametrize(
+    ("link", "secret"),
+    [
+        pytest.param("token", Secret("token"), id="file-symlink"),
+        pytest.param("github", Secret("hostname", group="github"), id="group-symlink"),
+    ],
+)
+def test_a_symlink_out_of_secrets_dir_is_refused(tmp_path: Path, link: str, secret: Secret) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hostname").write_text(SECRET_VALUE)
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    (folder / link).symlink_to(outside / "hostname" if link == "token" else outside)
+    with pytest.raises(SecretError, match="leads out of secrets_dir") as info:
+        resolve_secret(secret, Settings(secrets_dir=folder), environ={})
+    assert SECRET_VALUE not in str(info.value)
+
+
+def test_a_symlink_inside_secrets_dir_is_followed(tmp_path: Path) -> None:
+    folder = _secrets_dir(tmp_path)
+    (folder / "..data").mkdir()  # as a Kubernetes secret volume lays its files out
+    (folder / "..data" / "pat").write_text("from-link")
+    (folder / "pat").symlink_to(folder / "..data" / "pat")
+    settings = Settings(secrets_dir=tmp_path / "secrets")
+    assert resolve_secret(Secret("pat"), settings, environ={}).value == b"from-link"
+
+
 def test_missing_secret_without_secrets_dir_says_so() -> None:
     with pytest.raises(SecretError, match="IMAGED_SECRETS_DIR"):
         resolve_secret(Secret("tok"), Settings(), environ={})
@@ -587,14 +615,21 @@ def test_cli_reads_a_private_docker_config_only_for_logins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_logins: bool
 ) -> None:
     user_config = tmp_path / "user-docker"
-    (user_config / "contexts").mkdir(parents=True)
+    for folder in ("contexts/meta", "cli-plugins", "buildx/instances"):
+        (user_config / folder).mkdir(parents=True)
+    (user_config / "cli-plugins" / "docker-buildx").write_text("#!/bin/sh\n")
+    (user_config / "buildx" / "current").write_text('{"Key": "farm"}')
+    (user_config / "config.json").write_text('{"auths": {"user.example.com": {}}}')
     monkeypatch.setenv("DOCKER_CONFIG", str(user_config))
     seen = tmp_path / "seen"
-    # The script records where DOCKER_CONFIG points, its modes, its config and its contexts.
+    # The script records where DOCKER_CONFIG points, its modes, its config, its entries and
+    # what the CLI and buildx would find in them.
     body = (
         f'echo "$DOCKER_CONFIG" > {seen}.dir; stat -c %a "$DOCKER_CONFIG" > {seen}.mode\n'
         f'stat -c %a "$DOCKER_CONFIG/config.json" >> {seen}.mode\n'
         f'cat "$DOCKER_CONFIG/config.json" > {seen}.json; ls "$DOCKER_CONFIG" > {seen}.ls\n'
+        f'cat "$DOCKER_CONFIG/buildx/current" > {seen}.builder\n'
+        f'ls "$DOCKER_CONFIG/cli-plugins" > {seen}.plugins\n'
         "exit 1\n"
     )
     builder = _builder_with_script(tmp_path, body)
@@ -610,7 +645,12 @@ def test_cli_reads_a_private_docker_config_only_for_logins(
     assert not private.exists()  # removed with the build's scratch folder
     assert (tmp_path / "seen.mode").read_text().split() == ["700", "600"]
     assert (tmp_path / "seen.json").read_bytes().strip() == config
-    assert (tmp_path / "seen.ls").read_text().split() == ["config.json", "contexts"]
+    entries = ["buildx", "cli-plugins", "config.json", "contexts"]
+    assert (tmp_path / "seen.ls").read_text().split() == entries
+    assert (tmp_path / "seen.builder").read_text() == '{"Key": "farm"}'
+    assert (tmp_path / "seen.plugins").read_text().split() == ["docker-buildx"]
+    assert (user_config / "buildx" / "current").exists()  # the user's own folder stays
+    assert "user.example.com" in (user_config / "config.json").read_text()
     assert "Y2k6cHc=" not in repr(request)
 
 

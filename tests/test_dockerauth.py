@@ -354,6 +354,18 @@ def test_login_secret_docker_config_json_gives_every_listed_host() -> None:
             b'{"auths": {"r.io": {"x": "hunter2"}}}', "r.io", "no credentials", id="empty"
         ),
         pytest.param(b"\xffhunter2", "r.io", "not UTF-8", id="binary"),
+        pytest.param(
+            b'{"auths": {"r.io": {"auth": "hunter2!"}}}',
+            "r.io",
+            r"the auths entry for r\.io has an `auth` value that is not base64",
+            id="bad-base64-auth",
+        ),
+        pytest.param(
+            b'{"auths": {"r.io": {"auth": "aHVudGVyMg=="}}}',  # base64 of hunter2, no colon
+            "r.io",
+            "not base64 of user:password",
+            id="auth-without-colon",
+        ),
     ],
 )
 def test_bad_login_secret_says_why_and_never_quotes_it(

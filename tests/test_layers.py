@@ -152,7 +152,17 @@ def test_source_folder_target(layer: SourceFolder, target: str) -> None:
             "/run/secrets/github.token",
             id="grouped",
         ),
-        pytest.param(Secret("a b/c", mount="/etc/x"), "a_b_c", "A_B_C", "/etc/x", id="odd-key"),
+        pytest.param(Secret("a b:c", mount="/etc/x"), "a_b_c", "A_B_C", "/etc/x", id="odd-key"),
+        pytest.param(
+            Secret("hf-token"), "hf-token", "HF_TOKEN", "/run/secrets/hf-token", id="dash"
+        ),
+        pytest.param(
+            Secret("GITHUB_PAT", group="ci.v2"),
+            "ci.v2.GITHUB_PAT",
+            "CI_V2_GITHUB_PAT",
+            "/run/secrets/ci.v2.GITHUB_PAT",
+            id="dotted-group",
+        ),
     ],
 )
 def test_secret_names(secret: Secret, sid: str, env_name: str, target: str) -> None:
@@ -170,6 +180,32 @@ def test_secret_names(secret: Secret, sid: str, env_name: str, target: str) -> N
 def test_secret_rejects(kwargs: dict[str, str]) -> None:
     with pytest.raises(SpecError):
         Secret(**kwargs)
+
+
+# Each would read a file outside <secrets_dir> (or the folder itself) on the build host.
+HOSTILE_NAMES = [
+    pytest.param("/etc/hostname", id="absolute"),
+    pytest.param("../../etc/hostname", id="dotdot-path"),
+    pytest.param("..", id="dotdot"),
+    pytest.param(".", id="dot"),
+    pytest.param("a/b", id="slash"),
+    pytest.param("a\\..\\..\\b", id="backslash"),
+    pytest.param("tok\0en", id="nul"),
+    pytest.param("", id="empty"),
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_secret_key_must_be_one_file_name(name: str) -> None:
+    with pytest.raises(SpecError, match="must be one file name under secrets_dir") as info:
+        Secret(name, mount="/run/x")
+    assert "group='github'" in str(info.value)  # says what to write instead
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_secret_group_must_be_one_file_name(name: str) -> None:
+    with pytest.raises(SpecError, match=r"group .* must be one file name under secrets_dir"):
+        Secret("x", group=name)
 
 
 @pytest.mark.parametrize(

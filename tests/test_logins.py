@@ -12,7 +12,7 @@ import pytest
 
 from imaged import Image, Secret
 from imaged.config import Settings
-from imaged.errors import SecretError
+from imaged.errors import SecretError, SpecError
 from imaged.pipeline.logins import check_images, registry_logins
 from imaged.registry.auth import Credentials
 from imaged.registry.client import Existence, RegistryClient
@@ -56,6 +56,27 @@ def test_an_unset_registry_secret_is_a_secret_error(monkeypatch: pytest.MonkeyPa
     with pytest.raises(SecretError, match="IMAGED_SECRET_NOPE") as info:
         registry_logins(image, Settings())
     assert str(info.value).startswith("registry_secret of image 'a': secret 'nope' not found")
+
+
+@pytest.mark.parametrize(
+    "name", ["/etc/hostname", "../../etc/hostname", "..", "a/b", "a\\b", "x\0"]
+)
+def test_a_registry_secret_names_one_file_under_secrets_dir(name: str) -> None:
+    with pytest.raises(SpecError, match="must be one file name under secrets_dir"):
+        Image.from_base("debian:12").clone(name="a", registry=REG, registry_secret=name)
+    with pytest.raises(SpecError, match="must be one file name under secrets_dir"):
+        Image.from_base("debian:12").clone(
+            name="a", registry=REG, registry_secret=Secret("config.json", group=name)
+        )
+
+
+def test_a_registry_secret_symlinked_out_of_secrets_dir_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {REG: {"auth": "eDp5"}}}))
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "docker").symlink_to(tmp_path / "config.json")
+    image = Image.from_base("debian:12").clone(name="a", registry=REG, registry_secret="docker")
+    with pytest.raises(SecretError, match=r"registry_secret of image 'a'.*leads out of"):
+        registry_logins(image, Settings(secrets_dir=tmp_path / "secrets"))
 
 
 def test_each_check_uses_its_image_logins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,14 +176,27 @@ def _user_docker_config_dir() -> str:
 
 
 def _write_docker_config(folder: str, config: bytes) -> str:
-    """``folder/docker-config/config.json`` (0700/0600); the user's contexts stay reachable."""
+    """``folder/docker-config/config.json`` (0700/0600), beside a link to every other entry
+    of the user's config folder: the CLI finds its plugins (``cli-plugins``, buildx itself),
+    buildx its builders (``buildx``) and both the contexts (``contexts``) where they were."""
     path = os.path.join(folder, "docker-config")
     os.mkdir(path, 0o700)
     _write_private(os.path.join(path, "config.json"), config)
-    contexts = os.path.join(_user_docker_config_dir(), "contexts")
-    if os.path.isdir(contexts):
-        os.symlink(contexts, os.path.join(path, "contexts"))
+    _link_user_config_entries(path)
     return path
+
+
+def _link_user_config_entries(path: str) -> None:
+    """Link (never copy: the links are removed with the folder, the targets stay) each entry
+    of the user's Docker config folder but ``config.json``; none when it does not exist."""
+    user_dir = _user_docker_config_dir()
+    try:
+        names = os.listdir(user_dir)
+    except OSError:
+        return
+    for name in names:
+        if name != "config.json":
+            os.symlink(os.path.join(user_dir, name), os.path.join(path, name))
 
 
 @contextmanager

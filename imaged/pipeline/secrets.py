@@ -14,8 +14,20 @@ from imaged.spec.layers import Secret
 
 
 def secret_file(secret: Secret, secrets_dir: Path) -> Path:
-    """Where a secret's file lives: ``<secrets_dir>/<group>/<key>`` or ``<secrets_dir>/<key>``."""
-    return secrets_dir / secret.group / secret.key if secret.group else secrets_dir / secret.key
+    """Where a secret's file lives: ``<secrets_dir>/<group>/<key>`` or ``<secrets_dir>/<key>``.
+
+    A Secret's key and group are single file names (see :class:`Secret`); a file or group
+    folder that is a symlink leading out of ``secrets_dir`` is refused as well, so a
+    definition can only ever read what the operator put under ``secrets_dir``.
+    """
+    path = secrets_dir / secret.group / secret.key if secret.group else secrets_dir / secret.key
+    root = Path(os.path.realpath(secrets_dir))  # realpath: a symlink loop is no RuntimeError
+    if not Path(os.path.realpath(path)).is_relative_to(root):
+        raise SecretError(
+            f"secret {secret.id!r}: {path} leads out of secrets_dir {root} (a symlink?); "
+            "put the file itself under secrets_dir"
+        )
+    return path
 
 
 def resolve_secret(

@@ -170,7 +170,7 @@ def _logins_from_config(text: str, origin: str) -> dict[str, Credentials]:
     logins: dict[str, Credentials] = {}
     for key, entry in auths.items():
         host = normalize_registry_host(key)
-        found = _parse_auth_entry(entry, host) if isinstance(entry, dict) else None
+        found = _parse_auth_entry(entry, host, origin=origin) if isinstance(entry, dict) else None
         if found is None:
             raise SecretError(f"{origin}: the auths entry for {host} has no credentials")
         logins[host] = Credentials(
@@ -302,11 +302,14 @@ def _from_auths(auths: Any, host: str) -> Credentials | None:
     return None
 
 
-def _parse_auth_entry(entry: dict[str, Any], host: str) -> Credentials | None:
+def _parse_auth_entry(
+    entry: dict[str, Any], host: str, *, origin: str | None = None
+) -> Credentials | None:
+    """One `auths` entry, of the Docker config or (`origin`) of a registry_secret."""
     username = str(entry.get("username") or "")
     password = str(entry.get("password") or "")
     if entry.get("auth"):
-        username, password = _decode_basic(str(entry["auth"]), host)
+        username, password = _decode_basic(str(entry["auth"]), host, origin)
     token = entry.get("identitytoken") or entry.get("identityToken")
     if token:
         return Credentials(username=username, identity_token=str(token))
@@ -315,15 +318,15 @@ def _parse_auth_entry(entry: dict[str, Any], host: str) -> Credentials | None:
     return None
 
 
-def _decode_basic(auth: str, host: str) -> tuple[str, str]:
+def _decode_basic(auth: str, host: str, origin: str | None) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(auth, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         decoded = ""
     username, sep, password = decoded.partition(":")
-    if not sep:
-        raise RegistryAuthError(
-            f"the Docker config's auths entry for {host} has an `auth` value that is not "
-            "base64 of user:password"
-        )
-    return username, password
+    if sep:
+        return username, password
+    problem = f"the auths entry for {host} has an `auth` value that is not base64 of user:password"
+    if origin is not None:  # the value is never quoted: it is the secret
+        raise SecretError(f"{origin}: {problem}")
+    raise RegistryAuthError(f"the Docker config's {problem.removeprefix('the ')}")

@@ -19,7 +19,10 @@ break renders in the JSON exec form (see :func:`needs_exec_form`).
 Not checked, because they reach neither the Dockerfile nor an argv: host paths of
 requirements, pyproject and lock files, ignore files and a ``from_dockerfile`` file (bound
 or staged under fixed names), the names of copied files (context paths only) and secret
-keys and groups (made into ``[A-Za-z0-9_.-]`` BuildKit ids).
+keys and groups (made into ``[A-Za-z0-9_.-]`` BuildKit ids). A secret's key and group do
+name a file on the build host, ``<secrets_dir>/<group>/<key>``: :class:`Secret` refuses
+one that is not a single file name (empty, ``.``, ``..``, a ``/``, ``\\`` or NUL) and
+``pipeline/secrets.py`` a file that resolves outside ``secrets_dir``.
 
 Called when an Image is made (definition time) and again by ``render_dockerfile``. Pure.
 """

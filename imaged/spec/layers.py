@@ -46,7 +46,8 @@ class Secret:
 
     The fields are Flyte 2's ``flyte.Secret``. During a build the value comes from the
     build host: the environment variable ``IMAGED_SECRET_<ID>`` (``<ID>`` is
-    :attr:`env_name`), else the file ``<secrets_dir>/<group>/<key>`` (``IMAGED_SECRETS_DIR``).
+    :attr:`env_name`), else the file ``<secrets_dir>/<group>/<key>`` (``IMAGED_SECRETS_DIR``);
+    so the key and the group are each one file name (no ``/``, ``\\``, NUL, ``.`` or ``..``).
     Inside the RUN step it is a file at ``mount`` (default ``/run/secrets/<id>``) and, as in
     Flyte, the variable ``as_env_var`` for that step only. Without ``mount`` or
     ``as_env_var`` the variable is ``GROUP_KEY`` upper-cased (``Secret("hf-token")`` gives
@@ -62,8 +63,9 @@ class Secret:
     as_env_var: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, str) or not self.key:
-            raise SpecError(f"Secret key must be a non-empty string, got {self.key!r}")
+        _check_file_name(self, "key", self.key)
+        if self.group is not None:
+            _check_file_name(self, "group", self.group)
         if self.mount is not None and not PurePosixPath(self.mount).is_absolute():
             raise SpecError(f"Secret {self.key!r}: mount {self.mount!r} must be an absolute path")
         if self.as_env_var is None and self.mount is None:
@@ -97,6 +99,19 @@ SecretSpec = str | Secret
 _RESERVED_ENV = frozenset(
     {"PATH", "HOME", "SHELL", "PWD", "IFS", "USER", "TERM", "LANG", "TMPDIR", "VIRTUAL_ENV"}
 )
+
+
+def _check_file_name(secret: Secret, field_name: str, value: object) -> None:
+    """A key or group names one file or folder under ``secrets_dir``: never a path that could
+    leave it (``/etc/hostname``, ``../x``, ``a/b``), never empty, never NUL."""
+    if not isinstance(value, str):
+        raise SpecError(f"Secret {field_name} must be a string, got {value!r}")
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
+        raise SpecError(
+            f"Secret {secret.key!r} (group {secret.group!r}): {field_name} {value!r} must be "
+            "one file name under secrets_dir: not empty, '.' or '..', without '/', '\\' or "
+            "NUL; write Secret('token', group='github') for <secrets_dir>/github/token"
+        )
 
 
 def _default_env_name(secret: Secret) -> str:
