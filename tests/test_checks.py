@@ -1,7 +1,8 @@
 """imaged.spec.checks: every string bound for the Dockerfile or a tool's argv, valid and hostile.
 
-Each row names one field, a value that must pass and a hostile one that must be refused when
-the Image is defined, with a SpecError naming the image, the layer and the value. The real
+Each row names one field, a value that must pass (and reach the rendered Dockerfile or the
+build's argv as SHOWN says) and a hostile one that must be refused when the Image is defined,
+with a SpecError naming the image, the layer and the value. The real
 engine checks are in tests/test_checks_e2e.py.
 """
 
@@ -14,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from imaged import Image, Secret
+from imaged.builders.base import BuildRequest
+from imaged.builders.local import DockerCli, build_argv
 from imaged.errors import SpecError
 from imaged.render.dockerfile import render_dockerfile
 from imaged.spec import image as image_module
 from imaged.spec.checks import LINE_BREAKS, has_line_break, needs_exec_form
 
-Make = Callable[[str], Image]
+Make = Callable[[str, Path], Image]  # (the value, a folder for the files it reads)
 NAME = "app"
 BASE = "127.0.0.1:5000/python:3.11-slim-bookworm"
 PWN = "\nRUN touch /pwned"
@@ -40,7 +43,7 @@ def script(tmp: Path, deps: list[str], name: str = "job.py") -> Path:
 FIELDS = [
     # -- FROM, names, platform (FROM line, docker -t and --platform)
     pytest.param(
-        lambda v: Image.from_base(v).clone(name=NAME),
+        lambda v, root: Image.from_base(v).clone(name=NAME),
         BASE,
         BASE + PWN,
         None,
@@ -48,7 +51,7 @@ FIELDS = [
         id="base-ref-break",
     ),
     pytest.param(
-        lambda v: Image.from_base(v).clone(name=NAME),
+        lambda v, root: Image.from_base(v).clone(name=NAME),
         "debian@sha256:" + "a" * 64,
         "--platform=linux/arm64 debian",
         None,
@@ -56,7 +59,7 @@ FIELDS = [
         id="base-ref-option",
     ),
     pytest.param(
-        lambda v: Image.from_base(v).clone(name=NAME),
+        lambda v, root: Image.from_base(v).clone(name=NAME),
         "debian:12",
         "debian:12 AS x",
         None,
@@ -64,13 +67,18 @@ FIELDS = [
         id="base-ref-space",
     ),
     pytest.param(
-        lambda v: base().clone(name=v), "my-app", "app" + PWN, "app" + PWN, None, id="name"
+        lambda v, root: base().clone(name=v), "my-app", "app" + PWN, "app" + PWN, None, id="name"
     ),
     pytest.param(
-        lambda v: base().clone(registry=v), "reg:5000/team", "-evil:5000", NAME, None, id="registry"
+        lambda v, root: base().clone(registry=v),
+        "reg:5000/team",
+        "-evil:5000",
+        NAME,
+        None,
+        id="registry",
     ),
     pytest.param(
-        lambda v: Image.from_base(BASE, platform=v).clone(name=NAME),
+        lambda v, root: Image.from_base(BASE, platform=v).clone(name=NAME),
         "linux/arm/v7",
         "linux/amd64,linux/arm64",
         None,
@@ -78,7 +86,7 @@ FIELDS = [
         id="platform-list",
     ),
     pytest.param(
-        lambda v: Image.from_base(BASE, platform=v).clone(name=NAME),
+        lambda v, root: Image.from_base(BASE, platform=v).clone(name=NAME),
         "linux/arm64",
         "linux/arm64\x0b",
         None,
@@ -86,7 +94,7 @@ FIELDS = [
         id="platform-break",
     ),
     pytest.param(
-        lambda v: Image.from_dockerfile("/x/Dockerfile", None, v),
+        lambda v, root: Image.from_dockerfile(root / "Dockerfile", None, v),
         "built",
         "built\x00",
         "built\x00",
@@ -95,7 +103,7 @@ FIELDS = [
     ),
     # -- instruction fields
     pytest.param(
-        lambda v: base().with_workdir(v),
+        lambda v, root: base().with_workdir(v),
         "/srv/my app",
         "/app" + PWN,
         NAME,
@@ -103,7 +111,7 @@ FIELDS = [
         id="workdir",
     ),
     pytest.param(
-        lambda v: base().with_workdir(v),
+        lambda v, root: base().with_workdir(v),
         "/app",
         "/app\\",
         NAME,
@@ -111,7 +119,7 @@ FIELDS = [
         id="workdir-continuation",
     ),
     pytest.param(
-        lambda v: base().with_workdir(v),
+        lambda v, root: base().with_workdir(v),
         "/app",
         "/app\u2028RUN x",
         NAME,
@@ -119,7 +127,7 @@ FIELDS = [
         id="workdir-u2028",
     ),
     pytest.param(
-        lambda v: base().with_env_vars({v: "1"}),
+        lambda v, root: base().with_env_vars({v: "1"}),
         "PORT",
         "A" + PWN,
         NAME,
@@ -127,7 +135,7 @@ FIELDS = [
         id="env-name",
     ),
     pytest.param(
-        lambda v: base().with_env_vars({"A": v}),
+        lambda v, root: base().with_env_vars({"A": v}),
         'say "hi" $HOME \\',
         "x\x85y",
         NAME,
@@ -135,7 +143,7 @@ FIELDS = [
         id="env-value",
     ),
     pytest.param(
-        lambda v: base().with_source_folder("/x/src", v),
+        lambda v, root: base().with_source_folder(root / "src", v),
         "/opt/a b",
         "/opt" + PWN,
         NAME,
@@ -143,7 +151,7 @@ FIELDS = [
         id="folder-dst",
     ),
     pytest.param(
-        lambda v: base().with_source_folder(v, "/opt"),
+        lambda v, root: base().with_source_folder(root / v, "/opt"),
         "src",
         "src\nRUN touch pwned",
         NAME,
@@ -151,7 +159,7 @@ FIELDS = [
         id="folder-name",
     ),
     pytest.param(
-        lambda v: base().with_source_file("/x/a.py", v),
+        lambda v, root: base().with_source_file(root / "a.py", v),
         "/etc/app",
         "/etc\r\nRUN x",
         NAME,
@@ -159,7 +167,7 @@ FIELDS = [
         id="file-dst",
     ),
     pytest.param(
-        lambda v: base().with_code_bundle(dst=v),
+        lambda v, root: base().with_code_bundle(dst=v),
         "/srv",
         "/srv\x0c",
         NAME,
@@ -167,7 +175,7 @@ FIELDS = [
         id="bundle-dst",
     ),
     pytest.param(
-        lambda v: base().with_commands(v),
+        lambda v, root: base().with_commands(v),
         "echo a\necho b",
         "echo \x00",
         NAME,
@@ -176,7 +184,7 @@ FIELDS = [
     ),
     # -- packages and options (apt-get, uv pip install, uv sync, poetry install)
     pytest.param(
-        lambda v: base().with_apt_packages("curl", v),
+        lambda v, root: base().with_apt_packages("curl", v),
         "libssl3=3.0.11-1~deb12u2",
         "-oDPkg::Pre-Invoke::=touch /pwned",
         NAME,
@@ -184,7 +192,7 @@ FIELDS = [
         id="apt-option",
     ),
     pytest.param(
-        lambda v: base().with_apt_packages(v),
+        lambda v, root: base().with_apt_packages(v),
         "jq",
         "jq" + PWN,
         NAME,
@@ -192,7 +200,7 @@ FIELDS = [
         id="apt-break",
     ),
     pytest.param(
-        lambda v: base().with_pip_packages(v),
+        lambda v, root: base().with_pip_packages(v),
         "pkg @ https://files.example.invalid/pkg-1.0.tar.gz",
         "--index-url=http://evil.invalid/simple",
         NAME,
@@ -200,7 +208,7 @@ FIELDS = [
         id="pip-option",
     ),
     pytest.param(
-        lambda v: base().with_pip_packages(v),
+        lambda v, root: base().with_pip_packages(v),
         "flask[async]>=2,<4",
         " -e .",
         NAME,
@@ -208,7 +216,7 @@ FIELDS = [
         id="pip-spaced-option",
     ),
     pytest.param(
-        lambda v: base().with_pip_packages(v),
+        lambda v, root: base().with_pip_packages(v),
         "tomli",
         "tomli\u2029",
         NAME,
@@ -216,7 +224,7 @@ FIELDS = [
         id="pip-break",
     ),
     pytest.param(
-        lambda v: base().with_pip_packages("x", index_url=v),
+        lambda v, root: base().with_pip_packages("x", index_url=v),
         "https://pypi.internal/simple",
         "--trusted-host=evil",
         NAME,
@@ -224,7 +232,7 @@ FIELDS = [
         id="index-url",
     ),
     pytest.param(
-        lambda v: base().with_pip_packages("x", extra_index_urls=[v]),
+        lambda v, root: base().with_pip_packages("x", extra_index_urls=[v]),
         "https://extra/simple",
         "https://extra/simple" + PWN,
         NAME,
@@ -232,7 +240,7 @@ FIELDS = [
         id="extra-index-url",
     ),
     pytest.param(
-        lambda v: base().with_pip_packages("x", extra_args=[v]),
+        lambda v, root: base().with_pip_packages("x", extra_args=[v]),
         "--no-build-isolation",
         "--upgrade" + PWN,
         NAME,
@@ -240,7 +248,7 @@ FIELDS = [
         id="pip-extra-args",
     ),
     pytest.param(
-        lambda v: base().with_requirements("/x/requirements.txt", extra_args=[v]),
+        lambda v, root: base().with_requirements(root / "requirements.txt", extra_args=[v]),
         "--no-deps",
         "--no-deps\x1e",
         NAME,
@@ -248,7 +256,7 @@ FIELDS = [
         id="requirements-extra-args",
     ),
     pytest.param(
-        lambda v: base().with_uv_project("/x/pyproject.toml", index_url=v),
+        lambda v, root: base().with_uv_project(root / "pyproject.toml", index_url=v),
         "https://pypi.internal/simple",
         "-x",
         NAME,
@@ -256,7 +264,7 @@ FIELDS = [
         id="uv-project-index-url",
     ),
     pytest.param(
-        lambda v: base().with_uv_project("/x/pyproject.toml", extra_args=[v]),
+        lambda v, root: base().with_uv_project(root / "pyproject.toml", extra_args=[v]),
         "--frozen",
         "--frozen\r",
         NAME,
@@ -264,7 +272,7 @@ FIELDS = [
         id="uv-project-extra-args",
     ),
     pytest.param(
-        lambda v: base().with_poetry_project("/x/pyproject.toml", extra_args=[v]),
+        lambda v, root: base().with_poetry_project(root / "pyproject.toml", extra_args=[v]),
         "--sync",
         "--sync" + PWN,
         NAME,
@@ -273,7 +281,7 @@ FIELDS = [
     ),
     # -- secrets (a --mount= list and a shell line)
     pytest.param(
-        lambda v: base().with_apt_packages("x", secret_mounts=Secret("t", mount=v)),
+        lambda v, root: base().with_apt_packages("x", secret_mounts=Secret("t", mount=v)),
         "/run/secrets/t.1",
         "/run/t,type=bind,source=/",
         NAME,
@@ -281,7 +289,7 @@ FIELDS = [
         id="secret-mount-comma",
     ),
     pytest.param(
-        lambda v: base().with_commands("true", secret_mounts=Secret("t", mount=v)),
+        lambda v, root: base().with_commands("true", secret_mounts=Secret("t", mount=v)),
         "/run/t",
         "/run/t$(id)",
         NAME,
@@ -289,7 +297,7 @@ FIELDS = [
         id="secret-mount-shell",
     ),
     pytest.param(
-        lambda v: base().with_pip_packages("x", secret_mounts=Secret("t", mount=v)),
+        lambda v, root: base().with_pip_packages("x", secret_mounts=Secret("t", mount=v)),
         "/run/t",
         "/run/t" + PWN,
         NAME,
@@ -299,19 +307,99 @@ FIELDS = [
 ]
 
 
+# Each valid value as it must reach the Dockerfile or the build's argv (``-t``, ``--platform``).
+SHOWN = {
+    "base-ref-break": f"FROM {BASE}\n",
+    "base-ref-option": "FROM debian@sha256:" + "a" * 64 + "\n",
+    "base-ref-space": "FROM debian:12\n",
+    "name": "-t 127.0.0.1:5000/my-app:",
+    "registry": "-t reg:5000/team/app:",
+    "platform-list": "--platform linux/arm/v7 ",
+    "platform-break": "--platform linux/arm64 ",
+    "from_dockerfile-name": "-t built:",
+    "workdir": "WORKDIR /srv/my app\n",
+    "workdir-continuation": "WORKDIR /app\n",
+    "workdir-u2028": "WORKDIR /app\n",
+    "env-name": 'ENV PORT="1"\n',
+    "env-value": r'ENV A="say \"hi\" \$HOME \\"' + "\n",
+    "folder-dst": 'COPY ["layers/0/", "/opt/a b/src/"]\n',
+    "folder-name": "COPY layers/0/ /opt/src/\n",
+    "file-dst": "COPY layers/0/ /etc/app/\n",
+    "bundle-dst": "COPY layers/0/ /srv/\n",
+    "command-nul": 'RUN ["/bin/sh", "-c", "echo a\\necho b"]\n',
+    "apt-option": "--no-install-recommends -- curl 'libssl3=3.0.11-1~deb12u2'\n",
+    "apt-break": "--no-install-recommends -- jq\n",
+    "pip-option": "uv pip install -- 'pkg @ https://files.example.invalid/pkg-1.0.tar.gz'\n",
+    "pip-spaced-option": "uv pip install -- 'flask[async]>=2,<4'\n",
+    "pip-break": "uv pip install -- tomli\n",
+    "index-url": "uv pip install --index-url https://pypi.internal/simple -- x\n",
+    "extra-index-url": "uv pip install --extra-index-url https://extra/simple -- x\n",
+    "pip-extra-args": "uv pip install --no-build-isolation -- x\n",
+    "requirements-extra-args": "uv pip install --no-deps -r /tmp/imaged-inputs/0/requirements.txt\n",
+    "uv-project-index-url": "--no-install-project --index-url https://pypi.internal/simple\n",
+    "uv-project-extra-args": "--no-install-project --frozen\n",
+    "poetry-extra-args": "--no-root --no-ansi --sync\n",
+    "secret-mount-comma": "--mount=type=secret,id=t,target=/run/secrets/t.1 \\\n",
+    "secret-mount-shell": "--mount=type=secret,id=t,target=/run/t \\\n",
+    "secret-mount-break": "--mount=type=secret,id=t,target=/run/t \\\n",
+}
+
+
+def project(root: Path) -> Path:
+    """The files the rows read: a folder, a file, requirements, projects, a Dockerfile."""
+    files = {
+        "src/m.py": "X = 1\n",
+        "a.py": "A = 1\n",
+        "requirements.txt": "tomli\n",
+        "pyproject.toml": '[project]\nname = "p"\nversion = "0"\n',
+        "uv.lock": "version = 1\n",
+        "poetry.lock": "",
+        "Dockerfile": "FROM scratch\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def rendered_and_argv(image: Image) -> str:
+    """The Dockerfile, then the docker build argv (a classic CLI, no buildx) joined by spaces."""
+    request = BuildRequest(
+        image_name=image.name or "",
+        context_dir=Path("ctx"),
+        dockerfile=Path("Dockerfile"),
+        tags=(image.uri,),
+        platforms=image.platform,
+        push=False,
+    )
+    argv = build_argv(DockerCli("docker", "20.10.24", buildx=False), request, secret_files={})
+    return render_dockerfile(image).dockerfile + " ".join(argv) + " "
+
+
+def test_every_row_says_how_its_valid_value_is_shown() -> None:
+    assert set(SHOWN) == {row.id for row in FIELDS}
+
+
 @pytest.mark.parametrize(("make", "valid", "hostile", "image", "layer"), FIELDS)
-def test_valid_value_passes(
-    make: Make, valid: str, hostile: str, image: str | None, layer: str | None
+def test_valid_value_reaches_the_dockerfile_or_argv_as_written(
+    make: Make,
+    valid: str,
+    hostile: str,
+    image: str | None,
+    layer: str | None,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    make(valid)
+    shown = SHOWN[request.node.callspec.id]
+    assert shown in rendered_and_argv(make(valid, project(tmp_path)))
 
 
 @pytest.mark.parametrize(("make", "valid", "hostile", "image", "layer"), FIELDS)
 def test_hostile_value_refused_naming_image_layer_and_value(
-    make: Make, valid: str, hostile: str, image: str | None, layer: str | None
+    make: Make, valid: str, hostile: str, image: str | None, layer: str | None, tmp_path: Path
 ) -> None:
     with pytest.raises(SpecError) as info:
-        make(hostile)
+        make(hostile, tmp_path)
     assert (info.value.image, info.value.layer) == (image, layer)
     assert repr(hostile) in str(info.value)
     assert "\n" not in str(info.value), "the message is one line: the value is shown escaped"

@@ -553,11 +553,13 @@ async def test_a_burst_whose_writer_pauses_for_less_than_the_quiet_period_builds
     )
 
     async def writes(first: int, count: int) -> float:
+        """Emit ``count`` raw events 5 ms apart; the time of the last one."""
         for i in range(first, first + count):
+            if i > first:
+                await anyio.sleep(0.005)
             path = write(harness.root / f"src/burst/f{i:03d}.py", f"N = {i}\n")
             backend.emit(Change.added, path)
-            await anyio.sleep(0.005)
-        return time.monotonic()
+        return time.monotonic()  # right after the last emit: no trailing sleep
 
     async with running(daemon):
         mark = len(harness.events)

@@ -367,7 +367,7 @@ def test_code_bundle_ignores_standard_and_gitignore(project: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     bundle: Image = module.img
-    assert bundle.layers[0].input_paths() == (project,)
+    assert bundle.layers[0].inputs().paths() == (project,)
     before = bundle.digest
     (project / "secret.env").write_text("x")
     (project / ".venv").mkdir()

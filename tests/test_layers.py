@@ -104,9 +104,9 @@ def test_categories(layer: Layer, category: str) -> None:
         pytest.param("install_project", (P / "pyproject.toml", P / "uv.lock", P), id="project"),
     ],
 )
-def test_uv_project_input_paths(mode: InstallMode, expected: tuple[Path, ...]) -> None:
+def test_uv_project_inputs(mode: InstallMode, expected: tuple[Path, ...]) -> None:
     layer = UvProject(pyproject=P / "pyproject.toml", uvlock=P / "uv.lock", mode=mode)
-    assert layer.input_paths() == expected
+    assert layer.inputs().paths() == expected
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ stats no tree, and a tree lent to a build keeps the state it was lent in."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from imaged import Image
 from imaged.builders.base import BuildOutcome, BuildRequest
 from imaged.config import Settings
 from imaged.daemon.tracker import ImageTracker
+from imaged.digest import trees
 from imaged.digest.cache import DigestCache
 from imaged.digest.image_digest import hash_image
 from imaged.digest.trees import TreeIndex
@@ -139,3 +141,51 @@ def test_an_edit_the_tracker_has_not_seen_is_caught_at_staging(tmp_path: Path) -
     result = anyio.run(run)
     assert builder.staged[0]["layers/0/d2/m25.py"] == "X = 'unseen, longer'\n"
     assert result.digest == hash_image(image, DigestCache()).digest
+
+
+def test_a_build_lending_trees_beside_the_tracker_never_rehashes_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build thread lends trees without the daemon's lock while the tracker folds
+    events in and hashes: the two never rehash one tree at once (which raised "Set changed
+    size during iteration" from the tree's dirty set), and both see the same digests."""
+    src = _project(tmp_path)
+    image = _image(src)
+    tracker = ImageTracker(DigestCache())
+    tracker.set_images({"app": image})
+    real_ancestors = trees.ancestors
+
+    def slow_ancestors(relpath: str) -> list[str]:
+        time.sleep(0.001)  # widens the window while a rehash walks the dirty folders
+        return real_ancestors(relpath)
+
+    monkeypatch.setattr(trees, "ancestors", slow_ancestors)
+    done, failures, lent = threading.Event(), list[BaseException](), list[str]()
+
+    def build_thread() -> None:
+        while not done.is_set():
+            try:
+                lent.append(hash_image(image, tracker.cache, trees=tracker.lend_tree).digest)
+            except Exception as exc:  # what the build would fail with
+                failures.append(exc)
+                return
+            time.sleep(0.0005)  # lets the tracker's thread take the GIL back (no convoy)
+
+    lender = threading.Thread(target=build_thread)
+    lender.start()
+    try:
+        for i in range(40):
+            edited = [src / f"d{d}" / f"m{d * 10 + i % 10}.py" for d in range(3)]
+            for path in edited:
+                path.write_text(f"X = {i!r}\n")
+            tracker.apply_changes(edited)
+            assert tracker.errors == {}
+    finally:
+        done.set()
+        lender.join()
+    assert failures == []
+    assert len(lent) > 1
+    final = tracker.digest_of("app").digest
+    assert hash_image(image, tracker.cache, trees=tracker.lend_tree).digest == final
+    monkeypatch.undo()
+    assert final == hash_image(image, DigestCache()).digest

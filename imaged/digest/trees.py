@@ -482,6 +482,8 @@ class TreeStore:
       source keeps its rules until :meth:`forget_rules`, the owner folds changes in with
       :meth:`change`, and a use neither walks nor stats. A tree :meth:`lend` gave to another
       thread (the build) is copied before the next change, so the borrower keeps a whole state.
+      Every tree leaves the store (and :meth:`change`) hashed, under its slot's lock, so no two
+      threads rehash one tree at once.
 
     >>> # tree = shared_trees().provide(TreeSource(Path("src")), default_cache()); tree.digest
     """
@@ -513,12 +515,14 @@ class TreeStore:
             old = slot.tree
             if old is None or old.cache is not cache:
                 fresh = TreeIndex.build(key[0], key[1], cache)
-                _ = fresh.digest
                 slot.lent = False
             elif self.revalidate:
                 fresh = old.revalidated()
             else:
                 fresh = old
+            # Hashed under the lock: a tree served leaves with nothing left to rehash, so
+            # the owner and a borrower never run one tree's rehash at once.
+            _ = fresh.digest
             slot.tree = fresh
             slot.lent = slot.lent or lend
             return fresh
@@ -588,7 +592,9 @@ class TreeStore:
             if slot.lent:
                 tree, slot.lent = tree._clone(), False
                 slot.tree = tree
-            return edit(tree)
+            changed = edit(tree)
+            _ = tree.digest  # rehashed here, under the lock (see _serve)
+            return changed
 
     def drop(self, key: TreeKey) -> None:
         with self._lock:

@@ -200,6 +200,7 @@ class LayerInputs:
     trees: tuple[TreeInput, ...] = ()
 
     def paths(self) -> tuple[Path, ...]:
+        """Absolute host paths the layer reads (files, then folders)."""
         return (*(f.path for f in self.files), *(t.root for t in self.trees))
 
 
@@ -250,10 +251,6 @@ class Layer(ABC):
     @abstractmethod
     def digest_fields(self, read: InputDigests) -> list[object]:
         """The values this layer's digest encodes, in order: ``encode([kind, fields])``."""
-
-    def input_paths(self) -> tuple[Path, ...]:
-        """Absolute host paths this layer reads (files, then folders)."""
-        return self.inputs().paths()
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
