@@ -49,7 +49,7 @@ _READ = 1 << 20
 _TYPEFLAG = {FILE: b"0", SYMLINK: b"2", DIR: b"5"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LayerEntry:
     """One tar entry of a layer: ``path`` has no leading or trailing slash."""
 
@@ -67,10 +67,15 @@ class LayerEntry:
         """The name in the tar: a folder's ends with ``/``."""
         return f"{self.path}/" if self.type == DIR else self.path
 
-    @property
+    @functools.cached_property
+    def header(self) -> bytes:
+        """Its tar header block(s): :func:`tar_header`."""
+        return tar_header(self)
+
+    @functools.cached_property
     def tar_size(self) -> int:
         """Bytes this entry takes in the uncompressed tar (headers and padding included)."""
-        return len(tar_header(self)) + _padded(self.size if self.type == FILE else 0)
+        return len(self.header) + _padded(self.size if self.type == FILE else 0)
 
 
 def _padded(size: int) -> int:
@@ -163,7 +168,7 @@ def tar_header(entry: LayerEntry) -> bytes:
 
 
 def _pax_records(name: bytes, link: bytes) -> list[tuple[bytes, bytes]]:
-    records = [(k, v) for k, v in ((b"linkpath", link), (b"path", name)) if not _fits(v)]
+    records = [(k, v) for k, v in ((b"path", name), (b"linkpath", link)) if not _fits(v)]
     if any(not _is_utf8(v) for _, v in records):
         records.insert(0, (b"hdrcharset", b"BINARY"))
     return records
@@ -185,7 +190,7 @@ def _fit(value: bytes) -> bytes:
     """A ustar field's stand-in for a name the PAX header carries (as tarfile writes it)."""
     if _fits(value):
         return value
-    return bytes(c if c < 128 else ord("?") for c in value)[:100]
+    return os.fsdecode(value).encode("ascii", "replace")[:100]
 
 
 def _pax_record(key: bytes, value: bytes) -> bytes:
@@ -393,7 +398,7 @@ def write_layer(entries: Sequence[LayerEntry], cache: MemberCache | None = None)
     checked against their digests and compressed.
     """
     cache = cache or MemberCache()
-    headers = [tar_header(e) for e in entries]
+    headers = [e.header for e in entries]
     keys = [_member_key(e, h) for e, h in zip(entries, headers, strict=True)]
     layer_key = hashlib.sha256(b"\0".join(keys)).digest()
     known = cache.layer(layer_key)
@@ -456,42 +461,51 @@ def layer_entries(
     return tree_entries(digest.trees[0], destination(target, workdir))
 
 
-def _ends_segment(entry: LayerEntry, size: int, target_bytes: int) -> bool:
-    """A path ends a segment with odds size/target (from its sha256): segments hold about
-    ``target_bytes``, and whether one ends depends on that entry alone."""
+def ends_segment(entry: LayerEntry, target_bytes: int) -> bool:
+    """Whether ``entry`` ends a segment: with odds (its tar size)/``target_bytes``, drawn
+    from its path's sha256, so segments hold about ``target_bytes`` and the verdict depends
+    on that entry alone."""
     h = int.from_bytes(hashlib.sha256(os.fsencode(entry.path)).digest()[:8], "big")
-    return h * target_bytes < size << 64
+    return h * target_bytes < entry.tar_size << 64
+
+
+def _segments(entries: Sequence[LayerEntry], target_bytes: int) -> list[list[LayerEntry]]:
+    segments: list[list[LayerEntry]] = [[]]
+    for entry in entries:
+        segments[-1].append(entry)
+        if ends_segment(entry, target_bytes):
+            segments.append([])
+    return [s for s in segments if s]
+
+
+def _cut(segment: list[LayerEntry], max_bytes: int) -> list[list[LayerEntry]]:
+    """A segment past ``max_bytes`` in parts of at most that (a bigger file alone), cut from
+    its own start: an edit inside moves only this segment's cuts."""
+    parts: list[list[LayerEntry]] = [[]]
+    held = 0
+    for entry in segment:
+        if parts[-1] and held + entry.tar_size > max_bytes:
+            parts.append([])
+            held = 0
+        parts[-1].append(entry)
+        held += entry.tar_size
+    return parts
 
 
 def split_entries(entries: Sequence[LayerEntry], *, split_bytes: int) -> list[list[LayerEntry]]:
     """``entries`` (sorted) as one layer, or, past ``split_bytes`` of tar, as several.
 
-    The rule is content-defined and local: an entry ends a part with odds of its tar size
-    over ``split_bytes // 4`` (decided by its path's sha256), so parts hold about a quarter
-    of the threshold; a part that would exceed ``split_bytes`` is cut where it reaches it.
-    A one-file edit changes the part holding it (and its neighbour when the file's size
-    moves its own verdict); an added file changes one part; the others keep their bytes and
-    digests. Every part carries the folders above its entries, so each is a layer of its own.
+    Content-defined and local: the sorted entries fall into segments at the entries that
+    :func:`ends_segment` picks (about ``split_bytes // 4`` each); a segment bigger than
+    ``split_bytes`` is cut from its start. A one-file edit changes the part holding it (and
+    merges it with, or splits it from, its neighbour when the file's new size changes its
+    own verdict); an added file changes its part; every other part keeps its bytes and
+    digests. Each part carries the folders above its entries: it is a layer of its own.
     """
-    sizes = [e.tar_size for e in entries]
-    if sum(sizes) + len(END_OF_ARCHIVE) <= split_bytes:
+    if sum(e.tar_size for e in entries) + len(END_OF_ARCHIVE) <= split_bytes:
         return [list(entries)]
-    target = max(1, split_bytes // 4)
-    parts: list[list[LayerEntry]] = []
-    part: list[LayerEntry] = []
-    held = 0
-    for entry, size in zip(entries, sizes, strict=True):
-        if part and held + size > split_bytes:
-            parts.append(part)
-            part, held = [], 0
-        part.append(entry)
-        held += size
-        if _ends_segment(entry, size, target):
-            parts.append(part)
-            part, held = [], 0
-    if part:
-        parts.append(part)
-    return [with_parents(p, "") for p in parts]
+    segments = _segments(entries, max(1, split_bytes // 4))
+    return [with_parents(p, "") for s in segments for p in _cut(s, split_bytes)]
 
 
 def write_layers(
