@@ -230,7 +230,7 @@ def _block(name: bytes, typeflag: bytes, mode: int, size: int, mtime: int, link:
         link.ljust(100, b"\0"),
         b"ustar\x0000",
         bytes(64),  # uname, gname
-        _octal(0, 8) * 2,
+        bytes(16),  # devmajor, devminor: empty, not "0000000" (tarfile changed this in 3.11.x)
         bytes(155 + 12),  # prefix (unused: long names go to PAX), padding
     ]
     block = b"".join(fields)
