@@ -47,6 +47,9 @@ LEVEL = 2  # ISA-L's levels are 0-3; 2 is within a few % of zlib -6 in size, ~5x
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _READ = 1 << 20
 _TYPEFLAG = {FILE: b"0", SYMLINK: b"2", DIR: b"5"}
+# The mode field carries the file type bits too, as Go's archive/tar writes them for the
+# engine's layers (0o100644, 0o40755, 0o120777), so the entries equal BuildKit's.
+_TYPE_BITS = {FILE: 0o100000, SYMLINK: 0o120000, DIR: 0o40000}
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ def _pax_header(records: list[tuple[bytes, bytes]]) -> bytes:
 
 def _ustar(entry: LayerEntry, name: bytes, link: bytes) -> bytes:
     size = entry.size if entry.type == FILE else 0
-    return _block(name, _TYPEFLAG[entry.type], entry.mode, size, entry.mtime, link)
+    mode = _TYPE_BITS[entry.type] | entry.mode
+    return _block(name, _TYPEFLAG[entry.type], mode, size, entry.mtime, link)
 
 
 def _octal(value: int, width: int) -> bytes:
