@@ -2,6 +2,7 @@
 
     python bench/layertar_bench.py                 # 5,000 files (~20 MB), 5 cold / 9 edits
     python bench/layertar_bench.py --files 200 --json
+    python bench/layertar_bench.py --dir /usr/lib/python3.11/email   # a copy of a real tree
 
 Every row writes the layer of the same tree (hash_bench's generated source tree, filtered
 by its .dockerignore). The baseline is the plain way in the same run: ``tarfile`` in
@@ -13,11 +14,12 @@ zlib_ng.zlib_ng and stdlib zlib share one API).
 from __future__ import annotations
 
 import argparse
-import gzip
+import functools
 import hashlib
 import io
 import json
 import random
+import shutil
 import statistics
 import sys
 import tarfile
@@ -33,13 +35,13 @@ from isal import isal_zlib
 from zlib_ng import zlib_ng
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hash_bench import age, generate_tree  # noqa: E402
+from hash_bench import age, generate_tree
 
-from imaged.digest.cache import DigestCache  # noqa: E402
-from imaged.digest.files import FILE, folder_rules  # noqa: E402
-from imaged.digest.trees import TreeIndex  # noqa: E402
-from imaged.render import layertar  # noqa: E402
-from imaged.render.layertar import LayerEntry, MemberCache, tree_entries, write_layers  # noqa: E402
+from imaged.digest.cache import DigestCache
+from imaged.digest.files import FILE, folder_rules
+from imaged.digest.trees import TreeIndex
+from imaged.render import layertar
+from imaged.render.layertar import LayerEntry, MemberCache, tree_entries, write_layers
 
 COMPRESSORS: list[tuple[str, ModuleType, int]] = [
     ("isal level 1", isal_zlib, 1),
@@ -80,9 +82,12 @@ def baseline(entries: list[LayerEntry]) -> int:
     return len(out.getvalue())
 
 
+def cold_write(entries: list[LayerEntry]) -> list[layertar.LayerBlob]:
+    return write_layers(entries, split_bytes=NO_SPLIT, cache=MemberCache())
+
+
 def use(module: ModuleType, level: int) -> None:
-    layertar.isal_zlib = module  # type: ignore[attr-defined]
-    layertar.LEVEL = level  # type: ignore[misc]
+    vars(layertar).update(isal_zlib=module, LEVEL=level)
     layertar.end_member.cache_clear()
 
 
@@ -123,7 +128,7 @@ def diff_id_costs(entries: list[LayerEntry], repeats: int) -> dict[str, float]:
     files = [e for e in entries if e.type == FILE]
     cache = MemberCache()
     layertar.write_layer(files, cache)
-    cached = [m.data for m in cache._members.values()]  # noqa: SLF001 - the bench peeks
+    cached = [m.data for m in cache._members.values()]
 
     def reread() -> None:
         h = hashlib.sha256()
@@ -148,11 +153,23 @@ def diff_id_costs(entries: list[LayerEntry], repeats: int) -> dict[str, float]:
     }
 
 
-def run(n_files: int, cold_repeats: int, edit_repeats: int, split: int) -> dict[str, Any]:
+def make_source(tmp: Path, n_files: int, copy_of: Path | None) -> Path:
+    """hash_bench's generated tree, or a copy of a real one (edits must not touch it)."""
+    root = tmp / "src"
+    if copy_of is not None:
+        shutil.copytree(copy_of, root, symlinks=True)
+    else:
+        generate_tree(root, n_files)
+    age(root)
+    return root
+
+
+def run(
+    n_files: int, cold_repeats: int, edit_repeats: int, split: int, copy_of: Path | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="layertar-bench-") as tmp:
-        tree = generate_tree(Path(tmp) / "src", n_files)
-        age(tree.root)
-        index = TreeIndex.build(tree.root, folder_rules(tree.root), DigestCache())
+        root = make_source(Path(tmp), n_files, copy_of)
+        index = TreeIndex.build(root, folder_rules(root), DigestCache())
         entries = tree_entries(index, "/app")
         files = [e.relpath for e in index.listing() if e.type == FILE]
         raw = sum(e.tar_size for e in entries) + 1024
@@ -163,7 +180,7 @@ def run(n_files: int, cold_repeats: int, edit_repeats: int, split: int) -> dict[
         for name, module, level in COMPRESSORS:
             use(module, level)
             cold_s, blobs = median_of(
-                lambda: write_layers(entries, split_bytes=NO_SPLIT, cache=MemberCache()),
+                functools.partial(cold_write, entries),
                 cold_repeats,
             )
             edit_s, _, _, members = warm_edit(index, files, NO_SPLIT, edit_repeats)
@@ -200,7 +217,9 @@ def run(n_files: int, cold_repeats: int, edit_repeats: int, split: int) -> dict[
 def show(result: dict[str, Any]) -> None:
     base = result["rows"][0]
     print(f"{result['files']} files, {result['tar_bytes'] / 1e6:.1f} MB of tar")
-    print(f"{'row':36} {'cold s':>8} {'x base':>7} {'MB':>7} {'ratio':>6} {'edit s':>8} {'x base':>7}")
+    print(
+        f"{'row':36} {'cold s':>8} {'x base':>7} {'MB':>7} {'ratio':>6} {'edit s':>8} {'x base':>7}"
+    )
     for row in result["rows"]:
         edit = row.get("edit_s")
         print(
@@ -225,9 +244,10 @@ def main() -> None:
     parser.add_argument("--cold-repeats", type=int, default=5)
     parser.add_argument("--edit-repeats", type=int, default=9)
     parser.add_argument("--split-bytes", type=int, default=8 << 20)
+    parser.add_argument("--dir", type=Path, help="bench a copy of this tree instead")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.files, args.cold_repeats, args.edit_repeats, args.split_bytes)
+    result = run(args.files, args.cold_repeats, args.edit_repeats, args.split_bytes, args.dir)
     show(result)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -245,7 +245,7 @@ class Settings:
     fastpath_split_bytes: int = _setting(
         8 << 20,
         _positive_int,
-        "Tar bytes past which the fast path splits a folder into layers of about a quarter of it.",
+        "Tar bytes past which the fast path splits a folder into several layers.",
     )
     definitions: tuple[str, ...] = _setting(
         (), _strings, "Comma-separated definition files or folders the daemon loads."

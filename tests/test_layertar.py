@@ -38,6 +38,7 @@ from imaged.render.layertar import (
     ends_segment,
     files_entries,
     layer_entries,
+    part_target,
     split_entries,
     tar_header,
     tree_entries,
@@ -348,7 +349,9 @@ def part_keys(parts: list[list[LayerEntry]]) -> list[tuple[tuple[str, int, str |
 
 def cut_free(parts: list[list[LayerEntry]], split: int) -> bool:
     """Every part but the last ends where a segment ends (no part was cut for its size)."""
-    return all(ends_segment(p[-1], split // 4) for p in parts[:-1])
+    files = [e for p in parts for e in p if e.type == FILE]
+    target = part_target(sum(e.tar_size for e in files) + 1024, split)
+    return all(ends_segment(p[-1], target) for p in parts[:-1])
 
 
 SPLIT = 64 * 1024

@@ -46,6 +46,8 @@ LEVEL = 2  # ISA-L's levels are 0-3; 2 is within a few % of zlib -6 in size, ~5x
 # Go's compress/gzip writes it): nothing in it depends on the machine or the time.
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _READ = 1 << 20
+PART_DIVISOR = 16
+MAX_PARTS = 32
 _TYPEFLAG = {FILE: b"0", SYMLINK: b"2", DIR: b"5"}
 # The mode field carries the file type bits too, as Go's archive/tar writes them for the
 # engine's layers (0o100644, 0o40755, 0o120777), so the entries equal BuildKit's.
@@ -148,10 +150,17 @@ def _size_of(path: Path) -> int:
 def with_parents(entries: Iterable[LayerEntry], prefix: str) -> list[LayerEntry]:
     """``entries`` with ``prefix`` and every folder above an entry, sorted by path bytes."""
     by_path = {e.path: e for e in entries}
-    for path in [prefix, *by_path] if prefix else list(by_path):
-        parts = path.split("/")
-        for i in range(1, len(parts) + (1 if path == prefix else 0)):
-            by_path.setdefault("/".join(parts[:i]), folder_entry("/".join(parts[:i])))
+    done: set[str] = set()
+    for path in [f"{prefix}/", *by_path] if prefix else list(by_path):
+        folder = path.rpartition("/")[0]
+        if not folder or folder in done:  # sorted input: siblings share their parents
+            continue
+        done.add(folder)
+        parts = folder.split("/")
+        for i in range(1, len(parts) + 1):
+            above = "/".join(parts[:i])
+            if above not in by_path:
+                by_path[above] = folder_entry(above)
     return sorted(by_path.values(), key=sort_key)
 
 
@@ -162,8 +171,10 @@ def sort_key(entry: LayerEntry) -> bytes:
 # -- tar headers
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def tar_header(entry: LayerEntry) -> bytes:
-    """The header block(s) of ``entry``: a PAX header first when a name does not fit ustar."""
+    """The header block(s) of ``entry``: a PAX header first when a name does not fit ustar.
+    Remembered: the same entry of the next write (a one-file edit) is not encoded again."""
     name, link = os.fsencode(entry.name), os.fsencode(entry.target or "")
     records = _pax_records(name, link)
     pax = _pax_header(records) if records else b""
@@ -496,19 +507,32 @@ def _cut(segment: list[LayerEntry], max_bytes: int) -> list[list[LayerEntry]]:
     return parts
 
 
+def part_target(total_bytes: int, split_bytes: int) -> int:
+    """The tar bytes a part of a split folder holds on average: a sixteenth of the
+    threshold, doubled until the folder makes at most about 32 parts (an image may hold
+    only so many layers: overlay2 stacks at most 128). It moves only when the folder's size
+    crosses a power of two of it, and then the parts are cut anew, once."""
+    target = max(1, split_bytes // PART_DIVISOR)
+    while total_bytes > target * MAX_PARTS:
+        target *= 2
+    return target
+
+
 def split_entries(entries: Sequence[LayerEntry], *, split_bytes: int) -> list[list[LayerEntry]]:
     """``entries`` (sorted) as one layer, or, past ``split_bytes`` of tar, as several.
 
     Content-defined and local: the sorted entries fall into segments at the entries that
-    :func:`ends_segment` picks (about ``split_bytes // 4`` each); a segment bigger than
-    ``split_bytes`` is cut from its start. A one-file edit changes the part holding it (and
-    merges it with, or splits it from, its neighbour when the file's new size changes its
-    own verdict); an added file changes its part; every other part keeps its bytes and
-    digests. Each part carries the folders above its entries: it is a layer of its own.
+    :func:`ends_segment` picks (:func:`part_target` bytes each, on average); a segment
+    bigger than ``split_bytes`` is cut from its start. A one-file edit changes the part
+    holding it (and merges it with, or splits it from, its neighbour when the file's new
+    size changes its own verdict); an added file changes its part; every other part keeps
+    its bytes and digests. Each part carries the folders above its entries: it is a layer of
+    its own.
     """
-    if sum(e.tar_size for e in entries) + len(END_OF_ARCHIVE) <= split_bytes:
+    total = sum(e.tar_size for e in entries) + len(END_OF_ARCHIVE)
+    if total <= split_bytes:
         return [list(entries)]
-    segments = _segments(entries, max(1, split_bytes // 4))
+    segments = _segments(entries, part_target(total, split_bytes))
     return [with_parents(p, "") for s in segments for p in _cut(s, split_bytes)]
 
 
