@@ -422,17 +422,23 @@ def test_a_resize_or_an_added_file_changes_at_most_two_parts(
         assert new <= 2
 
 
-def test_an_inserted_file_in_the_middle_changes_one_part() -> None:
+def test_inserted_files_change_one_part_each() -> None:
+    """Big and small files added anywhere: a rule that cut by running size would shift
+    every part after the insertion; this one changes the part that takes the file (two,
+    when the new file ends a segment itself, or when its segment is past the threshold and
+    so cut in two, as one is here: the cut moves inside that segment only)."""
     rng = random.Random(7)
     paths = sorted(f"pkg{rng.randrange(50)}/mod{i}.py" for i in range(5000))
     entries = synthetic(paths, [rng.randrange(0, 8000) for _ in paths])
     split = 4 << 20
     before = split_entries(entries, split_bytes=split)
-    added = synthetic([*paths, "pkg25/new.py"], [e.size for e in entries] + [300])
-    after = split_entries(added, split_bytes=split)
     assert len(before) > 4
-    gone, new = changed(before, after)
-    assert (gone, new) in {(1, 1), (1, 2)}
+    for n in range(12):
+        new = f"pkg{rng.randrange(50)}/new{n}.py"
+        added = synthetic([*paths, new], [e.size for e in entries] + [rng.choice([300, 90_000])])
+        gone, fresh = changed(before, split_entries(added, split_bytes=split))
+        assert 1 <= gone <= 2, new
+        assert 1 <= fresh <= 2, new
 
 
 def test_a_segment_past_the_threshold_is_cut_and_each_part_has_its_folders() -> None:
@@ -529,3 +535,10 @@ def test_the_layers_equal_those_buildkit_builds(
             if mine.get(p) != theirs.get(p)
         }
         assert differ == {}
+
+
+def test_a_file_of_8_gib_or_more_gets_a_binary_size_field() -> None:
+    big = LayerEntry("app/big.bin", FILE, 0o644, 0, size=9 << 30, digest="0" * 64)
+    header = tar_header(big)
+    assert len(header) == 512
+    assert tarfile.TarInfo.frombuf(header, "utf-8", "strict").size == 9 << 30
