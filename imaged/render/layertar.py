@@ -4,8 +4,10 @@ The entries come from the same :class:`TreeIndex` listing and content digests th
 digest was computed from, with the metadata staging gives them (:mod:`imaged.render.context`):
 owner 0:0 with empty names, files 0644 or 0755, folders 0755, symlinks 0777; a file's mtime
 is :func:`staged_mtime_ns` of its content in whole seconds (the engine's layer tar keeps
-seconds), folders and symlinks :data:`FIXED_MTIME`. BuildKit's own folder mtimes are not
-reproducible (README, "What reaches BuildKit"), so only those differ from a built layer.
+seconds), folders and symlinks :data:`FIXED_MTIME`. tests/test_layertar.py builds the same
+layers with BuildKit and compares them entry by entry: they differ only in folder mtimes
+(BuildKit's are not reproducible: README, "What reaches BuildKit") and in owner names
+(the engine's Go tar writes root/root; ours are empty, the numeric 0:0 is what unpacks).
 
 Headers are encoded here, not by :mod:`tarfile`, so the bytes do not move with Python: POSIX
 ustar, with a PAX header only for a name or link target that is longer than its field or not
