@@ -242,6 +242,11 @@ class Settings:
     push_timeout: float = _setting(
         1800.0, _positive_float, "Seconds an engine call may take (push)."
     )
+    fastpath_split_bytes: int = _setting(
+        8 << 20,
+        _positive_int,
+        "Tar bytes past which the fast path splits a folder into several layers.",
+    )
     definitions: tuple[str, ...] = _setting(
         (), _strings, "Comma-separated definition files or folders the daemon loads."
     )
