@@ -77,3 +77,66 @@ def test_a_push_that_may_pass_is_transient_but_a_refusal_is_not() -> None:
         PushError("push of r/x:1 failed: unauthorized: authentication required")
     )
     assert not is_transient(PushError("push of r/x:1 failed: denied: requested access"))
+
+
+class _NoCredentials:
+    def auth_config(self, registry: str | None) -> dict[str, str]:
+        return {}
+
+    def docker_config(self) -> bytes | None:
+        return None
+
+
+class BuildingRegistry(FakeRegistry):
+    """A FakeRegistry the build can also ask for push credentials (it has none)."""
+
+    credentials = _NoCredentials()
+
+
+def _count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the image name of every hash_image call, wherever it is made from."""
+    import imaged.digest.image_digest as image_digest
+
+    real, seen = image_digest.hash_image, []
+
+    def counting(image: Image, *args: Any, **kwargs: Any) -> Any:
+        seen.append(image.name or "")
+        return real(image, *args, **kwargs)
+
+    for module in ("digest.image_digest", "digest.bounds", "pipeline.build", "render.dockerfile"):
+        monkeypatch.setattr(f"imaged.{module}.hash_image", counting)
+    return seen
+
+
+def test_build_hashes_each_image_once_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bounded hash is the one the registry check, abuild and staging use: nothing
+    outside the time bound reads the inputs again (a mount that hangs later hangs only the
+    staging copy, which must read them)."""
+    from test_rebuild_trees import RecordingBuilder
+
+    (tmp_path / "a.txt").write_text("a")
+    base = Image.from_base("debian:12").with_source_file(tmp_path / "a.txt", "/a")
+    images = {
+        "one": base.clone(name="one", registry="reg.example:5000"),
+        "two": base.clone(name="two", registry="reg.example:5000").with_workdir("/w"),
+    }
+    fake = BuildingRegistry(
+        {"reg.example:5000/one": Existence.EXISTS, "reg.example:5000/two": Existence.MISSING}
+    )
+    builder = RecordingBuilder()
+    monkeypatch.setattr(cmd_build, "create_registry_client", fake)
+    monkeypatch.setattr("imaged.pipeline.build.get_builder", lambda *_: builder)
+    monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
+    seen = _count_hashes(monkeypatch)
+
+    async def run() -> int:
+        return await cmd_build._build_all(
+            images, force=False, dry_run=False, as_json=True, overrides={}, config_file=None
+        )
+
+    assert anyio.run(run) == 0
+    assert sorted(seen) == ["one", "two"]
+    assert [r.tags for r in builder.requests] == [(images["two"].uri,)]
+    assert fake.single == []

@@ -723,3 +723,25 @@ def test_the_json_sink_on_a_closed_pipe_points_stdout_at_devnull(
         _json_line({"event": "stopped"})  # the exit flush must not fail again
     finally:
         stream.close()
+
+
+# -- the registry check and a reload ---------------------------------------------------------------
+
+
+async def test_a_reload_while_the_registry_check_awaits_raises_no_key_error(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tags are taken under the tracker lock; a reload that drops an image right after
+    (before the check reads the images) must not leave a tag without its image."""
+    harness.define("a.py", api=source_image(harness.root))
+    async with running(harness.daemon()) as daemon:
+        taken = daemon.inputs.current_tags
+
+        async def then_reload() -> Any:
+            snapshot = await taken()
+            daemon.inputs.images = {}  # a reload that removed every image, as _refresh_images
+            return snapshot
+
+        monkeypatch.setattr(daemon.inputs, "current_tags", then_reload)
+        await daemon.check_registry()  # a KeyError here is the daemon's internal_error
+        assert daemon.view.images["api"].state == "up to date"

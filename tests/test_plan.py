@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bad_inputs import FIFO_REASON, fifo_ignore_file, hung_folder, hung_reason
 from click.testing import CliRunner, Result
 
 from imaged.cli.main import main as cli_main
@@ -15,6 +16,7 @@ from imaged.cli.plan import _layer_diff
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.definitions.loader import load_definitions
 from imaged.digest.image_digest import hash_image
+from imaged.safe_read import shown_path
 from imaged.spec.image import Image
 
 pytestmark = pytest.mark.timeout(300)
@@ -202,6 +204,113 @@ def test_missing_definition_file_is_a_clear_error(tmp_path: Path) -> None:
     result = run_plan(str(tmp_path / "nope.py"))
     assert result.exit_code == 1
     assert "definition file or folder not found" in result.output
+
+
+LOCAL_DEFS = """\
+from pathlib import Path
+
+from imaged import Image
+
+HERE = Path(__file__).parent
+base = Image.from_base("debian:12")
+bad = base.clone(name="bad").with_source_folder(HERE / "src", "/app")
+good = base.clone(name="good").with_source_folder(HERE / "other", "/app")
+"""
+BAD_LAYER = "image 'bad', layer #1 source_folder src/"
+
+
+def local_project(folder: Path, prelude: str = "") -> tuple[Path, Path]:
+    """Definitions of ``bad`` (copies ``src``) and ``good`` (copies ``other``), with no
+    registry; ``prelude`` runs first in the module. Returns the file and ``src``."""
+    for name in ("src", "other"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "app.py").write_text("print('hi')\n")
+    (folder / "images.py").write_text(prelude + LOCAL_DEFS)
+    return folder / "images.py", folder / "src"
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_definitions_load_in_a_child_without_secrets_and_their_output_goes_to_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGED_SECRET_TOK", "s3cret-value-of-the-token")
+    prelude = 'import os\nprint("tok:", os.environ.get("IMAGED_SECRET_TOK", "<hidden>"))\n'
+    defs, _ = local_project(tmp_path / "proj", prelude)
+    result = run_plan("--json", str(defs))
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.stdout + result.stderr
+    assert result.stderr == "tok: <hidden>\n"
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(row["name"], row["status"]) for row in rows] == [("bad", "local"), ("good", "local")]
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_a_definition_that_outlives_load_timeout_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs, _ = local_project(tmp_path / "proj", "import time\ntime.sleep(10)\n")
+    monkeypatch.setenv("IMAGED_LOAD_TIMEOUT", "0.5")
+    result = run_plan(str(defs))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == f"error: {defs}: loading timed out after 0.5 s\n"
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_an_image_with_a_bad_input_fails_alone_and_the_plan_exits_1(tmp_path: Path) -> None:
+    defs, src = local_project(tmp_path / "proj")
+    fifo = fifo_ignore_file(src)
+    result = run_plan(str(defs))
+    assert result.exit_code == 1, result.output
+    assert block(result.stdout, "bad") == [
+        "bad: failed",
+        f"    error: {BAD_LAYER}: {shown_path(fifo)}: {FIFO_REASON}",
+    ]
+    assert block(result.stdout, "good")[0].startswith("good: local good:")
+    rows = {
+        row["name"]: row
+        for row in map(json.loads, run_plan("--json", str(defs)).stdout.splitlines())
+    }
+    assert rows["bad"] == {
+        "name": "bad",
+        "uri": None,
+        "status": "failed",
+        "reasons": [],
+        "error": f"{BAD_LAYER}: {shown_path(fifo)}: {FIFO_REASON}",
+    }
+    assert rows["good"]["status"] == "local"
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_a_hung_folder_fails_its_image_after_hash_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defs, src = local_project(tmp_path / "proj")
+    monkeypatch.setenv("IMAGED_HASH_TIMEOUT", "1")
+    with hung_folder(src):
+        result = run_plan(str(defs))
+    assert result.exit_code == 1, result.output
+    assert block(result.stdout, "bad") == [
+        "bad: failed",
+        f"    error: {BAD_LAYER}: hashing {src} {hung_reason(1)}",
+    ]
+    assert block(result.stdout, "good")[0].startswith("good: local good:")
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_a_folder_is_searched_below_only_with_recursive(tmp_path: Path) -> None:
+    defs, _ = local_project(tmp_path / "deploy" / "jobs")
+    shallow = run_plan(str(tmp_path / "deploy"))
+    assert shallow.exit_code == 1
+    assert "pass --recursive to search the folders below it" in shallow.stderr
+    deep = run_plan("--recursive", str(tmp_path / "deploy"))
+    assert deep.exit_code == 0, deep.output
+    assert [line.split(":")[0] for line in deep.stdout.splitlines() if line[0] != " "] == [
+        "bad",
+        "good",
+    ]
+    named = run_plan(f"{defs}:good")
+    assert [line.split(":")[0] for line in named.stdout.splitlines() if line[0] != " "] == ["good"]
 
 
 # -- the layer diff ------------------------------------------------------------------------

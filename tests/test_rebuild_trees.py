@@ -189,3 +189,51 @@ def test_a_build_lending_trees_beside_the_tracker_never_rehashes_with_it(
     assert hash_image(image, tracker.cache, trees=tracker.lend_tree).digest == final
     monkeypatch.undo()
     assert final == hash_image(image, DigestCache()).digest
+
+
+def test_a_digest_hashed_ahead_is_staged_and_an_edit_since_is_rehashed(tmp_path: Path) -> None:
+    """``abuild(hashed=...)`` takes the digest made ahead (``imaged build`` hashes within
+    its time bound) instead of hashing again; an edit after that hash is caught at staging
+    (ContextChangedError) and re-hashed, so the tag still names what is built."""
+    from imaged.pipeline.build import Hashed
+
+    src = _project(tmp_path)
+    image = _image(src)
+    ahead = hash_image(image, DigestCache())
+    (src / "d1" / "m13.py").write_text("X = 'edited after the hash'\n")
+    builder = RecordingBuilder()
+    events: list[dict[str, Any]] = []
+    settings = Settings(state_dir=tmp_path / "state")
+
+    async def run() -> Any:
+        return await abuild(
+            image,
+            settings=settings,
+            builder=builder,
+            hashed=Hashed(image, ahead),
+            on_event=events.append,
+        )
+
+    result = anyio.run(run)
+    rehashed = [e for e in events if e["event"] == "rehashed"]
+    assert [(e["old"], e["new"]) for e in rehashed] == [(ahead.tag, result.tag)]
+    assert result.digest == hash_image(image, DigestCache()).digest != ahead.digest
+    assert builder.staged[0]["layers/0/d1/m13.py"] == "X = 'edited after the hash'\n"
+
+
+def test_a_digest_hashed_ahead_for_another_image_is_not_used(tmp_path: Path) -> None:
+    from imaged.pipeline.build import Hashed
+
+    src = _project(tmp_path)
+    image = _image(src)
+    other = image.with_workdir("/elsewhere")
+    builder = RecordingBuilder()
+    settings = Settings(state_dir=tmp_path / "state")
+
+    async def run() -> Any:
+        hashed = Hashed(other, hash_image(other, DigestCache()))
+        return await abuild(image, settings=settings, builder=builder, hashed=hashed)
+
+    result = anyio.run(run)
+    assert result.digest == hash_image(image, DigestCache()).digest
+    assert builder.requests[0].tags == (result.uri,)

@@ -15,7 +15,7 @@ from imaged.config import Settings, export_config_file, load_settings
 from imaged.definitions.child import load_targets
 from imaged.digest.bounds import hash_within
 from imaged.errors import HashTimeoutError, ImagedError
-from imaged.pipeline.build import ImageBuild, abuild
+from imaged.pipeline.build import Hashed, ImageBuild, abuild
 from imaged.pipeline.logins import check_images
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.spec.image import Image, override_registry
@@ -68,9 +68,9 @@ async def _build_all(
             "note: images without a registry are built into the local engine only, not pushed",
             err=True,
         )
-    images, failed = _hashed(images, settings, as_json)
+    images, hashed, failed = _hashed(images, settings, as_json)
     async with create_registry_client(settings) as client:
-        checked = {} if force or dry_run else await _check_all(images, settings, client)
+        checked = {} if force or dry_run else await _check_all(hashed, settings, client)
         for name, image in _ordered(images):
             try:
                 result = await abuild(
@@ -80,6 +80,7 @@ async def _build_all(
                     settings=settings,
                     registry_client=client,
                     checked=checked,
+                    hashed=hashed.get(name),
                 )
             except ImagedError as exc:
                 failed += 1
@@ -91,14 +92,17 @@ async def _build_all(
 
 def _hashed(
     images: dict[str, Image], settings: Settings, as_json: bool
-) -> tuple[dict[str, Image], int]:
+) -> tuple[dict[str, Image], dict[str, Hashed], int]:
     """The images whose inputs hash within ``hash_timeout`` (so a hung mount under one
-    image's folder fails that image, not the run), and how many failed."""
+    image's folder fails that image, not the run), their digests (hashed once, here: the
+    registry check and abuild use them), and how many failed."""
     kept: dict[str, Image] = {}
+    hashed: dict[str, Hashed] = {}
     for name, image in images.items():
+        effective = override_registry(image, settings.registry)  # the image abuild builds
         try:
-            hash_within(
-                override_registry(image, settings.registry), settings.hash_timeout, name=name
+            hashed[name] = Hashed(
+                effective, hash_within(effective, settings.hash_timeout, name=name)
             )
         except HashTimeoutError as exc:
             _report(None, name, exc, as_json)
@@ -106,22 +110,14 @@ def _hashed(
         except ImagedError:
             pass  # abuild reports it, as it validates first
         kept[name] = image
-    return kept, len(images) - len(kept)
+    return kept, hashed, len(images) - len(kept)
 
 
 async def _check_all(
-    images: dict[str, Image], settings: Settings, client: RegistryClient
+    hashed: dict[str, Hashed], settings: Settings, client: RegistryClient
 ) -> dict[str, Existence]:
-    """Ask the registry about every image at once; errors are left for abuild to raise."""
-    wanted: dict[str, Image] = {}
-    for image in images.values():
-        effective = override_registry(image, settings.registry)
-        if not effective.registry:
-            continue
-        try:
-            wanted[effective.uri] = effective
-        except ImagedError:
-            continue  # abuild reports it, with the image's name
+    """Ask the registry about every hashed image at once; errors are left for abuild."""
+    wanted = {h.image.uri_for(h.digest.tag): h.image for h in hashed.values() if h.image.registry}
     found = await check_images(client, wanted, settings)
     return {uri: answer for uri, answer in found.items() if isinstance(answer, Existence)}
 

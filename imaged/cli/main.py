@@ -295,24 +295,27 @@ def daemon_command(
 
 
 @main.command("plan")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("targets", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
 @_registry_option
 @_state_dir_option
 @_config_option
+@_recursive_option
 @handle_errors
 def plan_command(
-    paths: tuple[Path, ...],
+    targets: tuple[str, ...],
     as_json: bool,
     registry: str | None,
     state_dir: Path | None,
     config_file: Path | None,
+    recursive: bool | None,
 ) -> None:
-    """Dry run: which tags exist, and for the rest which layers differ and why."""
+    """Dry run: which tags exist, and for the rest which layers differ and why.
+    TARGETS are PATH[:NAME] or folders."""
     from imaged.cli.plan import run_plan
 
-    settings = _settings(config_file, _daemon_overrides(registry=registry, state_dir=state_dir))
-    sys.exit(run_plan(paths, settings=settings, as_json=as_json))
+    overrides = _daemon_overrides(registry=registry, state_dir=state_dir, recursive=recursive)
+    sys.exit(run_plan(targets, settings=_settings(config_file, overrides), as_json=as_json))
 
 
 @main.command("status")

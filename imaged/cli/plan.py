@@ -11,8 +11,9 @@ import click
 
 from imaged.config import Settings
 from imaged.daemon.store import ImageRecord, StateStore
-from imaged.definitions.loader import load_definitions
-from imaged.digest.image_digest import ImageDigest, hash_image
+from imaged.definitions.child import load_targets
+from imaged.digest.bounds import hash_within
+from imaged.digest.image_digest import ImageDigest
 from imaged.errors import ImagedError
 from imaged.pipeline.logins import check_images
 from imaged.registry.client import Existence, create_registry_client
@@ -61,55 +62,84 @@ def _reasons(record: ImageRecord | None, digest: ImageDigest, status: str) -> li
     return ["no layer moved since the last push"]
 
 
-def _collect(paths: tuple[Path, ...], settings: Settings) -> dict[str, Image]:
-    from imaged.definitions.child import discover_definition_files
+def _collect(targets: tuple[str, ...], settings: Settings) -> dict[str, Image]:
+    """The images of ``targets``, each module loaded in a child (no secrets in its
+    environment, within ``load_timeout``; what it prints goes to stderr, never the plan)."""
+    images = load_targets(
+        targets,
+        recursive=settings.recursive,
+        timeout=settings.load_timeout,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    return {name: override_registry(image, settings.registry) for name, image in images.items()}
 
-    images: dict[str, Image] = {}
-    for file in discover_definition_files(list(paths), recursive=settings.recursive):
-        for name, image in load_definitions(str(file)).items():
-            images[name] = override_registry(image, settings.registry)
-    return images
+
+def _hashed(
+    images: dict[str, Image], settings: Settings
+) -> tuple[dict[str, ImageDigest], dict[str, ImagedError]]:
+    """Each image's digest within ``hash_timeout``, or the error that image failed with."""
+    digests: dict[str, ImageDigest] = {}
+    errors: dict[str, ImagedError] = {}
+    for name, image in images.items():
+        try:
+            digests[name] = hash_within(image, settings.hash_timeout, name=name)
+        except ImagedError as exc:  # this image fails; the others are still planned
+            errors[name] = exc
+    return digests, errors
+
+
+def _status(outcome: Existence | ImagedError | None) -> str:
+    if outcome is Existence.EXISTS:
+        return "exists"
+    if outcome is Existence.MISSING:
+        return "missing"
+    return "local" if outcome is None else "unknown"
+
+
+def _row(name: str, uri: str, outcome: Existence | ImagedError | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": name, "uri": uri, "status": _status(outcome), "reasons": []}
+    if isinstance(outcome, ImagedError):
+        row["error"] = str(outcome)
+    return row
+
+
+def _failed(name: str, error: ImagedError) -> dict[str, Any]:
+    """The row of an image that could not be hashed: no tag, so no URI."""
+    return {"name": name, "uri": None, "status": "failed", "reasons": [], "error": str(error)}
 
 
 async def _plan(images: dict[str, Image], settings: Settings) -> list[dict[str, Any]]:
     records = StateStore(settings.resolved_state_dir).load()
-    digests = {name: hash_image(image) for name, image in images.items()}
+    digests, errors = _hashed(images, settings)  # a one-shot command: nothing else waits
     uris = {name: images[name].uri_for(d.tag) for name, d in digests.items()}
     wanted = {u: images[n] for n, u in uris.items() if images[n].registry}
     async with create_registry_client(settings) as client:
         found = await check_images(client, wanted, settings)
-    rows = []
-    for name, digest in digests.items():
-        outcome = found.get(uris[name])
-        status = (
-            "exists"
-            if outcome is Existence.EXISTS
-            else "missing"
-            if outcome is Existence.MISSING
-            else "local"
-            if outcome is None
-            else "unknown"
-        )
-        row: dict[str, Any] = {"name": name, "uri": uris[name], "status": status, "reasons": []}
-        if isinstance(outcome, ImagedError):
-            row["error"] = str(outcome)
-        if status != "exists":
-            row["reasons"] = _reasons(records.get(name), digest, status)
+    rows: list[dict[str, Any]] = []
+    for name in images:
+        if name in errors:
+            rows.append(_failed(name, errors[name]))
+            continue
+        row = _row(name, uris[name], found.get(uris[name]))
+        if row["status"] != "exists":
+            row["reasons"] = _reasons(records.get(name), digests[name], row["status"])
         rows.append(row)
     return rows
 
 
-def run_plan(paths: tuple[Path, ...], *, settings: Settings, as_json: bool) -> int:
-    """Print the plan; exit code 1 when some registry could not answer."""
-    images = _collect(paths, settings)
+def run_plan(targets: tuple[str, ...], *, settings: Settings, as_json: bool) -> int:
+    """Print the plan; exit code 1 when an image failed to hash or its registry could not
+    answer (the other images are still planned)."""
+    images = _collect(targets, settings)
     rows = anyio.run(_plan, images, settings)
     for row in rows:
         if as_json:
             click.echo(json.dumps(row))
             continue
-        click.echo(f"{row['name']}: {row['status']} {row['uri']}")
+        where = f" {row['uri']}" if row["uri"] else ""
+        click.echo(f"{row['name']}: {row['status']}{where}")
         for reason in row["reasons"]:
             click.echo(f"    {reason}")
         if "error" in row:
             click.echo(f"    error: {row['error']}")
-    return 1 if any(r["status"] == "unknown" for r in rows) else 0
+    return 1 if any(r["status"] in ("unknown", "failed") for r in rows) else 0

@@ -108,7 +108,9 @@ class Builds:
         settings: Settings,
     ) -> None:
         """Ask the registry about every image; request those whose tag is missing. An image
-        without a registry builds only when its state record holds another tag."""
+        without a registry builds only when its state record holds another tag. A name in
+        ``tags`` without its image (a reload in between) is skipped."""
+        tags = {name: tag for name, tag in tags.items() if name in images}
         for name, tag in tags.items():
             if not images[name].registry:
                 self._check_record(name, tag, request)

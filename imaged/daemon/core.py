@@ -198,9 +198,9 @@ class Daemon:
 
     async def check_registry(self) -> None:
         """Ask the registry about every image; queue those whose tag is missing."""
-        tags = await self.inputs.current_tags()
+        images, tags = await self.inputs.current_tags()
         await self.builds.check_registry(
-            self.inputs.images, tags, self.scheduler.request, settings=self.settings
+            images, tags, self.scheduler.request, settings=self.settings
         )
 
     # -- lifecycle ----------------------------------------------------------------------

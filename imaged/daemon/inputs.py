@@ -165,11 +165,12 @@ class DaemonInputs:
             self._last_ignored_event = now
             self.emit(Ignored(paths=sorted(str(p) for p in paths)[:10], count=len(paths)))
 
-    async def current_tags(self) -> dict[str, str]:
-        """Each image's content tag as the tracker has it now (for the registry check)."""
+    async def current_tags(self) -> tuple[dict[str, Image], dict[str, str]]:
+        """The images and each one's content tag as the tracker has it now, taken together
+        (for the registry check: a reload after this cannot leave a tag without its image)."""
         async with self._tracker_lock:
-            digests = self.tracker.digests()
-            return {n: digests[n].tag for n in self.images if n in digests}
+            images, digests = self.images, self.tracker.digests()
+            return images, {n: digests[n].tag for n in images if n in digests}
 
     # -- what the watcher watches -------------------------------------------------------
 

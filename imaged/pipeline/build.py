@@ -74,6 +74,16 @@ class ImageBuild:
         return data
 
 
+@dataclass(frozen=True)
+class Hashed:
+    """An image, with the registry override applied, and its digest, hashed ahead of
+    :func:`abuild` (within a time bound, say). abuild uses the digest only for this very
+    image, and staging still checks each file against it (re-hashing when one moved)."""
+
+    image: Image
+    digest: ImageDigest
+
+
 def _uri(image: Image, digest: ImageDigest) -> str:
     return image.uri_for(digest.tag)
 
@@ -111,8 +121,12 @@ def _effective(image: Image, settings: Settings) -> Image:
     return override_registry(image, settings.registry)
 
 
-def _validate_and_hash(image: Image, cache: DigestCache, trees: TreeProvider | None) -> ImageDigest:
+def _validate_and_hash(
+    image: Image, cache: DigestCache, trees: TreeProvider | None, hashed: Hashed | None
+) -> ImageDigest:
     image.validate()
+    if hashed is not None and hashed.image == image:
+        return hashed.digest
     return hash_image(image, cache, trees=trees)
 
 
@@ -124,12 +138,19 @@ def _revalidating(trees: TreeProvider | None) -> TreeProvider | None:
 
 
 def _stage(
-    image: Image, cache: DigestCache, workdir: Path, trees: TreeProvider | None
+    image: Image,
+    cache: DigestCache,
+    workdir: Path,
+    trees: TreeProvider | None,
+    first: ImageDigest | None = None,
 ) -> tuple[ImageDigest, RenderedImage, Path]:
-    """Hash, render and stage; re-hash when a file moved in between (re-stating the trees:
-    a provider kept current by events may not have seen that edit yet)."""
+    """Render and stage ``first`` (else hash first); re-hash when a file moved in between
+    (re-stating the trees: a provider kept current by events may not have seen that edit)."""
     for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
-        digest = hash_image(image, cache, trees=trees if attempt == 1 else _revalidating(trees))
+        if attempt == 1 and first is not None:
+            digest = first
+        else:
+            digest = hash_image(image, cache, trees=trees if attempt == 1 else _revalidating(trees))
         rendered = render_dockerfile(image, digest)
         try:
             dockerfile = stage_context(rendered, workdir / "context")
@@ -189,11 +210,14 @@ async def abuild(
     trees: TreeProvider | None = None,
     on_event: EventSink | None = None,
     checked: Mapping[str, Existence] | None = None,
+    hashed: Hashed | None = None,
 ) -> ImageBuild:
     """Build and push ``image`` unless its content tag already exists in the registry.
 
     ``checked`` carries answers of a concurrent existence check made just before (by URI);
-    an image whose URI is not in it (or moved since) is checked here. ``trees`` serves each
+    an image whose URI is not in it (or moved since) is checked here. ``hashed`` is its
+    digest made just before, used (not hashed again) when its image is this one with the
+    registry override applied. ``trees`` serves each
     copied folder's index (default: the process-wide store, which re-stats each tree); the
     daemon passes the trees its events keep current, so a rebuild walks nothing.
 
@@ -213,12 +237,13 @@ async def abuild(
                 trees=trees,
                 on_event=on_event,
                 checked=checked,
+                hashed=hashed,
             )
     cache = cache or default_cache()
     image = _effective(image, settings)
     started = time.perf_counter()
     # Hashing reads files: off the event loop, so a big tree never starves the daemon.
-    digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache, trees)
+    digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache, trees, hashed)
     result = ImageBuild(
         name=image.name or "",
         uri=_uri(image, digest),
@@ -259,7 +284,10 @@ async def abuild(
         trees=trees,
         on_event=on_event,
     )
-    await _build_and_push(image, chosen, settings, cache, trees, force, result, on_event, client)
+    # A digest hashed ahead (under a time bound) is staged as it is, checked file by file;
+    # otherwise staging hashes again, in the folder's lock.
+    staging = _Staging(cache, trees, digest if hashed is not None else None)
+    await _build_and_push(image, chosen, settings, staging, force, result, on_event, client)
     if not result.pushed:
         _BUILT_LOCALLY.add(result.uri)
     result.timings["total"] = time.perf_counter() - started
@@ -283,12 +311,20 @@ def _dry_run(image: Image, digest: ImageDigest, chosen: Builder, result: ImageBu
     return result
 
 
+@dataclass(frozen=True)
+class _Staging:
+    """What staging reads from: the digest cache, the trees, and the digest to stage."""
+
+    cache: DigestCache
+    trees: TreeProvider | None
+    digest: ImageDigest | None
+
+
 async def _build_and_push(
     image: Image,
     chosen: Builder,
     settings: Settings,
-    cache: DigestCache,
-    trees: TreeProvider | None,
+    staging: _Staging,
     force: bool,
     result: ImageBuild,
     on_event: EventSink | None,
@@ -301,7 +337,7 @@ async def _build_and_push(
     async with _locked(workdir):
         t0 = time.perf_counter()
         digest, _rendered, dockerfile = await anyio.to_thread.run_sync(
-            _stage, image, cache, workdir, trees
+            _stage, image, staging.cache, workdir, staging.trees, staging.digest
         )
         result.timings["stage"] = time.perf_counter() - t0
         if digest.digest != result.digest:
