@@ -198,6 +198,18 @@ async def _ensure_parent(
     send(on_event, ParentReady(image=image.name, parent=parent.uri, status=parent.status))
 
 
+@asynccontextmanager
+async def _given_or_own_client(
+    given: RegistryClient | None, settings: Settings
+) -> AsyncIterator[RegistryClient]:
+    """``given``, or a client of this call's own, closed when the call ends."""
+    if given is not None:
+        yield given
+        return
+    async with create_registry_client(settings) as own:
+        yield own
+
+
 async def abuild(
     image: Image,
     *,
@@ -224,74 +236,60 @@ async def abuild(
     >>> # result = await abuild(Image.from_base("debian:12").clone(name="x", registry="localhost:5000"))
     """
     settings = settings or load_settings()
-    if registry_client is None:
-        async with create_registry_client(settings) as own:
-            return await abuild(
-                image,
-                force=force,
-                dry_run=dry_run,
-                builder=builder,
-                settings=settings,
-                registry_client=own,
-                cache=cache,
-                trees=trees,
-                on_event=on_event,
-                checked=checked,
-                hashed=hashed,
-            )
-    cache = cache or default_cache()
-    image = _effective(image, settings)
-    started = time.perf_counter()
-    # Hashing reads files: off the event loop, so a big tree never starves the daemon.
-    digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache, trees, hashed)
-    result = ImageBuild(
-        name=image.name or "",
-        uri=_uri(image, digest),
-        tag=digest.tag,
-        digest=digest.digest,
-        status="",
-        layers=[d.to_json() for d in digest.layers],
-    )
-    result.timings["hash"] = time.perf_counter() - started
-    chosen = builder if not isinstance(builder, str | None) else get_builder(builder, settings)
-    result.builder = chosen.name
-    if dry_run:
-        return _dry_run(image, digest, chosen, result)
-    if not image.registry and not force and result.uri in _BUILT_LOCALLY:
-        # Content-addressed: built into the engine by this process already (a parent shared
-        # by several children). Images with a registry ask the registry instead.
-        result.status, result.skipped = "skipped", True
-        send(on_event, BuildSkipped(image=image.name, uri=result.uri))
-        return result
-    logins = await anyio.to_thread.run_sync(registry_logins, image, settings)
-    client = registry_client.with_logins(logins)
-    if image.registry and not force:
-        t0 = time.perf_counter()
-        exists = (checked or {}).get(result.uri)
-        if exists is None:
-            exists = await check_existence(image, digest, client)
-        result.timings["check"] = time.perf_counter() - t0
-        if exists is Existence.EXISTS:
+    async with _given_or_own_client(registry_client, settings) as shared:
+        cache = cache or default_cache()
+        image = _effective(image, settings)
+        started = time.perf_counter()
+        # Hashing reads files: off the event loop, so a big tree never starves the daemon.
+        digest = await anyio.to_thread.run_sync(_validate_and_hash, image, cache, trees, hashed)
+        result = ImageBuild(
+            name=image.name or "",
+            uri=_uri(image, digest),
+            tag=digest.tag,
+            digest=digest.digest,
+            status="",
+            layers=[d.to_json() for d in digest.layers],
+        )
+        result.timings["hash"] = time.perf_counter() - started
+        chosen = builder if not isinstance(builder, str | None) else get_builder(builder, settings)
+        result.builder = chosen.name
+        if dry_run:
+            return _dry_run(image, digest, chosen, result)
+        if not image.registry and not force and result.uri in _BUILT_LOCALLY:
+            # Content-addressed: built into the engine by this process already (a parent shared
+            # by several children). Images with a registry ask the registry instead.
             result.status, result.skipped = "skipped", True
             send(on_event, BuildSkipped(image=image.name, uri=result.uri))
             return result
-    await _ensure_parent(
-        image,
-        settings=settings,
-        client=registry_client,
-        builder=chosen,
-        cache=cache,
-        trees=trees,
-        on_event=on_event,
-    )
-    # A digest hashed ahead (under a time bound) is staged as it is, checked file by file;
-    # otherwise staging hashes again, in the folder's lock.
-    staging = _Staging(cache, trees, digest if hashed is not None else None)
-    await _build_and_push(image, chosen, settings, staging, force, result, on_event, client)
-    if not result.pushed:
-        _BUILT_LOCALLY.add(result.uri)
-    result.timings["total"] = time.perf_counter() - started
-    return result
+        logins = await anyio.to_thread.run_sync(registry_logins, image, settings)
+        client = shared.with_logins(logins)
+        if image.registry and not force:
+            t0 = time.perf_counter()
+            exists = (checked or {}).get(result.uri)
+            if exists is None:
+                exists = await check_existence(image, digest, client)
+            result.timings["check"] = time.perf_counter() - t0
+            if exists is Existence.EXISTS:
+                result.status, result.skipped = "skipped", True
+                send(on_event, BuildSkipped(image=image.name, uri=result.uri))
+                return result
+        await _ensure_parent(
+            image,
+            settings=settings,
+            client=shared,
+            builder=chosen,
+            cache=cache,
+            trees=trees,
+            on_event=on_event,
+        )
+        # A digest hashed ahead (under a time bound) is staged as it is, checked file by file;
+        # otherwise staging hashes again, in the folder's lock.
+        staging = _Staging(cache, trees, digest if hashed is not None else None)
+        await _build_and_push(image, chosen, settings, staging, force, result, on_event, client)
+        if not result.pushed:
+            _BUILT_LOCALLY.add(result.uri)
+        result.timings["total"] = time.perf_counter() - started
+        return result
 
 
 def _dry_run(image: Image, digest: ImageDigest, chosen: Builder, result: ImageBuild) -> ImageBuild:
