@@ -508,3 +508,114 @@ def test_docker_entries_become_remote_builders_on_their_engine(tmp_path: Path) -
         "unix:///run/other.sock",
         "ssh://me@farm",
     ]
+
+
+# -- the pipeline and the daemon around it ---------------------------------------------------
+
+
+class RecordingBuilder(FakeEngine):
+    def __init__(self) -> None:
+        super().__init__("rec")
+        self.requests: list[BuildRequest] = []
+
+    async def build(self, request: BuildRequest, *, on_event: Any = None) -> BuildOutcome:
+        self.requests.append(request)
+        return await super().build(request, on_event=on_event)
+
+
+def test_the_pipeline_gives_a_family_and_copies_the_engine_into_the_result(
+    tmp_path: Path,
+) -> None:
+    from imaged.pipeline.build import abuild
+    from imaged.spec.image import Image
+
+    recording = RecordingBuilder()
+    pool = PoolBuilder(
+        Settings(), engines=[Engine("e1", recording, 2)], state_file=tmp_path / "pool.json"
+    )
+    base = Image.from_base("debian:12").with_commands("true").clone(name="fam-base")
+    middle = Image.from_base(base).with_env_vars({"A": "1"}).clone(name="fam-middle")
+    child = Image.from_base(middle).with_env_vars({"B": "2"}).clone(name="fam-child")
+    events: list[dict[str, Any]] = []
+    settings = Settings(state_dir=tmp_path / "state")
+
+    async def main() -> Any:
+        return await abuild(child, settings=settings, builder=pool, on_event=events.append)
+
+    result = anyio.run(main)
+    assert [(r.image_name, r.family) for r in recording.requests] == [
+        ("fam-base", "fam-base"),
+        ("fam-middle", "fam-base"),
+        ("fam-child", "fam-base"),
+    ]
+    assert (result.engine, result.placement) == ("e1", "parent built here")
+    placed = [(e["image"], e["placement"]) for e in events if e["event"] == "building"]
+    assert placed[-2:] == [("fam-child", None), ("fam-child", "parent built here")]
+
+
+def test_the_daemon_says_where_a_build_was_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imaged.daemon.builds import Builds
+    from imaged.daemon.store import StateStore
+    from imaged.digest.cache import DigestCache
+    from imaged.pipeline.build import ImageBuild
+    from imaged.spec.image import Image
+
+    async def fake_abuild(image: Image, *, on_event: Any, builder: Any, **_: Any) -> ImageBuild:
+        assert builder == "the daemon's builder"
+        on_event(
+            {
+                "event": "building",
+                "image": image.name,
+                "uri": "r/a:1",
+                "engine": None,
+                "placement": None,
+            }
+        )
+        on_event(
+            {
+                "event": "building",
+                "image": image.name,
+                "uri": "r/a:1",
+                "engine": "e2",
+                "placement": "last built here",
+            }
+        )
+        result = ImageBuild("a", "r/a:1", "1", "d", status="pushed", pushed=True)
+        result.engine, result.placement = "e2", "last built here"
+        return result
+
+    monkeypatch.setattr("imaged.daemon.builds.abuild", fake_abuild)
+    emitted: list[Any] = []
+    view, metrics = DaemonView(), Metrics()
+    builds = Builds(StateStore(tmp_path), view, metrics, emitted.append)
+
+    async def main() -> None:
+        image = Image.from_base("debian:12").clone(name="a")
+        await builds.build(
+            image,
+            "edit",
+            settings=Settings(),
+            cache=DigestCache(),
+            builder="the daemon's builder",  # type: ignore[arg-type]
+        )
+
+    anyio.run(main)
+    assert [type(e).__name__ for e in emitted] == ["Building", "Pushed"]
+    assert (emitted[0].engine, emitted[0].placement) == ("e2", "last built here")
+    assert (emitted[1].engine, emitted[1].placement) == ("e2", "last built here")
+    assert metrics.engine_builds.values == {"e2": 1.0}
+
+
+def test_a_daemon_with_a_bad_pool_entry_fails_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imaged.daemon.core import Daemon
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    (tmp_path / "defs.py").write_text("")
+    settings = Settings(state_dir=tmp_path / "state", pool=(PoolEntry("context:gone"),))
+    daemon = Daemon(settings, [tmp_path / "defs.py"])
+    with pytest.raises(ConfigError, match=r"pool entry 'context:gone': .*no docker context"):
+        daemon.prepare()
