@@ -234,7 +234,7 @@ def test_unknown_builder_lists_available(entry_points: list[FakeEntryPoint]) -> 
         get_builder("nope", Settings())
     assert info.value.key == "builder"
     assert "'nope'" in str(info.value)
-    assert "available: fake, local, remote" in str(info.value)
+    assert "available: fake, local, pool, remote" in str(info.value)
 
 
 @pytest.mark.parametrize(
