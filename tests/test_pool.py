@@ -619,3 +619,30 @@ def test_a_daemon_with_a_bad_pool_entry_fails_before_it_starts(
     daemon = Daemon(settings, [tmp_path / "defs.py"])
     with pytest.raises(ConfigError, match=r"pool entry 'context:gone': .*no docker context"):
         daemon.prepare()
+
+
+def test_a_probe_of_an_engine_that_accepts_but_never_answers_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from imaged.builders import pool as pool_module
+    from imaged.builders.remote import RemoteBuilder
+
+    monkeypatch.setattr(pool_module, "PROBE_TIMEOUT", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (backlog), never answers
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        remote = RemoteBuilder(Settings(docker_host=address))
+        pool = PoolBuilder(Settings(), engines=[Engine(address, remote, 1)], state_file=None)
+        engine = pool.engines[0]
+        pool.mark_down(engine, "gone")
+        engine.next_probe = 0.0
+
+        async def main() -> bool:
+            with anyio.fail_after(10):  # the probe gives up long before this
+                return await pool.probe(engine)
+
+        assert anyio.run(main) is False
+    assert not engine.up
+    assert engine.error is not None
+    assert "timed out" in engine.error or "no answer within 0.5s" in engine.error, engine.error

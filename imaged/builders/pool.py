@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from imaged.builders.base import Builder, BuildOutcome, BuildRequest
 from imaged.builders.local import find_docker_cli
@@ -156,6 +157,30 @@ def engines_from_settings(settings: Settings) -> list[Engine]:
     return engines
 
 
+async def _answers(builder: Builder) -> None:
+    """Whether the engine answers: a Docker engine is pinged with a short timeout, in a
+    thread a timed-out probe abandons (a hung engine never holds up placement); any other
+    builder is asked its own ``check``."""
+    if not isinstance(builder, RemoteBuilder):
+        await builder.check()
+        return
+    await anyio.to_thread.run_sync(_ping, builder, abandon_on_cancel=True)
+
+
+def _ping(builder: RemoteBuilder) -> None:
+    import docker
+    import requests
+
+    try:
+        api = docker.APIClient(version="auto", timeout=PROBE_TIMEOUT, **builder.client_kwargs())
+        try:
+            api.ping()
+        finally:
+            api.close()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise builder.unreachable(exc) from exc
+
+
 def engine_failed(exc: BaseException) -> bool:
     """The engine stopped answering (not the image's fault): EngineError, or a transient
     failure the one table (:mod:`imaged.failures`) calls the engine's."""
@@ -270,10 +295,11 @@ class PoolBuilder:
         engine.probing = True
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
-                await engine.builder.check()
+                await _answers(engine.builder)
         except (ImagedError, TimeoutError, OSError) as exc:
             engine.failures += 1
-            engine.error = _short(exc)
+            timed_out = isinstance(exc, TimeoutError) and not str(exc)
+            engine.error = f"no answer within {PROBE_TIMEOUT:g}s" if timed_out else _short(exc)
             delay = min(PROBE_MAX, PROBE_INITIAL * 2**engine.failures)
             engine.next_probe = self._clock() + delay
             return False
