@@ -646,3 +646,14 @@ def test_a_probe_of_an_engine_that_accepts_but_never_answers_is_bounded(
     assert not engine.up
     assert engine.error is not None
     assert "timed out" in engine.error or "no answer within 0.5s" in engine.error, engine.error
+
+
+def test_probing_every_engine_marks_the_ones_that_do_not_answer(tmp_path: Path) -> None:
+    pool, fakes = make_pool(tmp_path, ("e1", 1, ()), ("e2", 1, ()))
+    fakes["e2"].answers = False
+    pool.mark_down(pool.engines[0], "was down")
+    anyio.run(pool.probe_all)
+    assert [(e["state"], e["error"]) for e in pool.engine_states()] == [
+        ("up", None),
+        ("down", "Docker engine at e2 is unreachable: connection refused"),
+    ]

@@ -309,23 +309,29 @@ class PoolBuilder:
         self._wakeup.set()
         return True
 
+    async def probe_all(self) -> None:
+        """Ask every engine at once whether it answers; mark each up or down (the daemon's
+        start, so the view is true before the first build)."""
+
+        async def one(engine: Engine) -> None:
+            try:
+                with anyio.fail_after(PROBE_TIMEOUT):
+                    await _answers(engine.builder)
+            except (ImagedError, TimeoutError, OSError) as exc:
+                self.mark_down(engine, _short(exc) if str(exc) else "no answer")
+            else:
+                engine.up, engine.error = True, None
+
+        async with anyio.create_task_group() as tg:
+            for engine in self.engines:
+                tg.start_soon(one, engine)
+
     async def probe_due(self) -> None:
         """Probe every down engine whose backoff has run out."""
         now = self._clock()
         for engine in self.engines:
             if not engine.up and not engine.probing and engine.next_probe <= now:
                 await self.probe(engine)
-
-    def next_probe_in(self) -> float | None:
-        """Seconds until the next probe is due; None when every engine is up."""
-        due = [e.next_probe for e in self.engines if not e.up]
-        return max(0.0, min(due) - self._clock()) if due else None
-
-    async def watch_engines(self) -> None:
-        """Probe down engines as their backoff runs out, until cancelled (the daemon's loop)."""
-        while True:
-            await self.probe_due()
-            await anyio.sleep(min(self.next_probe_in() or WAIT_POLL, WAIT_POLL))
 
     # -- placement
 

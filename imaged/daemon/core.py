@@ -266,6 +266,8 @@ class Daemon:
     async def _engines_loop(self) -> None:
         """Probe a pool's down engines as their backoff runs out, so one that is back shows
         up (and takes builds) even while nothing is placed; nothing without a pool."""
+        if isinstance(self.builder, PoolBuilder):
+            await self.builder.probe_all()
         while True:
             if isinstance(self.builder, PoolBuilder):
                 await self.builder.probe_due()
