@@ -657,3 +657,13 @@ def test_probing_every_engine_marks_the_ones_that_do_not_answer(tmp_path: Path) 
         ("up", None),
         ("down", "Docker engine at e2 is unreachable: connection refused"),
     ]
+
+
+def test_imaged_build_says_which_engine_built_an_image() -> None:
+    from imaged.cli.build import _line
+    from imaged.pipeline.build import ImageBuild
+
+    result = ImageBuild("api", "r/api:1", "1", "d", status="pushed", pushed=True)
+    assert _line(result).endswith(" in 0.0s")  # no pool: as before
+    result.engine, result.placement = "tcp://10.0.0.5:2375", "last built here"
+    assert _line(result).endswith(" in 0.0s on tcp://10.0.0.5:2375 (last built here)")
