@@ -8,6 +8,7 @@ Precedence: command-line flags > ``IMAGED_*`` environment variables > the config
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -184,6 +185,124 @@ def _address(value: Any) -> str | None:
     return text
 
 
+POOL_SCHEMES = ("unix://", "tcp://", "ssh://", "context:", "buildx:")
+_LABEL = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+_POOL_KEYS = frozenset({"address", "capacity", "labels"})
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """One engine of the build pool: where it is, how many builds at once (None: the
+    ``pool_capacity`` default) and its labels (platforms it builds, say ``linux/arm64``).
+
+    >>> PoolEntry("tcp://10.0.0.5:2375", 4, ("linux/amd64",)).kind
+    'docker'
+    """
+
+    address: str
+    capacity: int | None = None
+    labels: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``docker`` (an engine URL), ``context`` (a Docker context) or ``buildx``."""
+        scheme = self.address.split(":", 1)[0]
+        return scheme if scheme in ("context", "buildx") else "docker"
+
+    @property
+    def target(self) -> str:
+        """The engine URL, the context's name or the buildx builder's name."""
+        return self.address.split(":", 1)[1] if self.kind != "docker" else self.address
+
+
+def _check_address(address: str) -> str:
+    if not address.startswith(POOL_SCHEMES):
+        scheme = address.split(":", 1)[0] if ":" in address else address
+        raise ValueError(
+            f"pool entry {address!r}: wrong scheme {scheme!r} (expected unix://, tcp://, "
+            "ssh://, context:NAME or buildx:NAME)"
+        )
+    rest = address.split(":", 1)[1].removeprefix("//")
+    if not rest or (address.startswith("tcp://") and not re.fullmatch(r"[^/:]+:\d+/?", rest)):
+        what = "HOST:PORT" if address.startswith("tcp://") else "a name or path"
+        raise ValueError(f"pool entry {address!r}: needs {what} after the scheme")
+    return address
+
+
+def _pool_capacity(address: str, raw: Any) -> int | None:
+    if raw is None:
+        return None
+    try:
+        if isinstance(raw, bool | float) or int(raw) < 1:
+            raise ValueError
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"pool entry {address!r}: capacity {raw!r} is not a whole number >= 1"
+        ) from None
+
+
+def _pool_labels(address: str, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [label for label in raw.split("+") if label]
+    if not isinstance(raw, list) or not all(isinstance(v, str) and _LABEL.match(v) for v in raw):
+        raise ValueError(
+            f"pool entry {address!r}: labels {raw!r} must be names such as linux/arm64 "
+            "(a list, or a+b in a string)"
+        )
+    return tuple(raw)
+
+
+def _pool_entry_text(text: str) -> PoolEntry:
+    """``ADDRESS [capacity=N] [labels=a+b]``."""
+    address, *options = text.split()
+    _check_address(address)
+    table: dict[str, Any] = {"address": address}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key not in ("capacity", "labels") or key in table:
+            raise ValueError(
+                f"pool entry {text!r}: {option!r} is not capacity=N or labels=a+b (once each)"
+            )
+        table[key] = value
+    return _pool_entry_table(table)
+
+
+def _pool_entry_table(table: Mapping[str, Any]) -> PoolEntry:
+    address = table.get("address")
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"pool entry {dict(table)!r} needs an address")
+    address = _check_address(address.strip())
+    unknown = sorted(set(table) - _POOL_KEYS)
+    if unknown:
+        raise ValueError(
+            f"pool entry {address!r}: unknown key {unknown[0]!r} (address, capacity, labels)"
+        )
+    capacity = _pool_capacity(address, table.get("capacity"))
+    return PoolEntry(address, capacity, _pool_labels(address, table.get("labels", [])))
+
+
+def _pool(value: Any) -> tuple[PoolEntry, ...]:
+    if isinstance(value, str):
+        value = [item for item in value.split(",") if item.strip()]
+    if not isinstance(value, list | tuple):
+        raise TypeError("expected a list of engines or 'ADDRESS [capacity=N] [labels=a+b],...'")
+    entries: list[PoolEntry] = []
+    for item in value:
+        if isinstance(item, PoolEntry):
+            entry = item
+        elif isinstance(item, str):
+            entry = _pool_entry_text(item.strip())
+        elif isinstance(item, dict):
+            entry = _pool_entry_table(item)
+        else:
+            raise TypeError(f"pool entry {item!r} is neither a string nor a table")
+        if any(e.address.rstrip("/") == entry.address.rstrip("/") for e in entries):
+            raise ValueError(f"pool entry {entry.address!r} is listed twice")
+        entries.append(entry)
+    return tuple(entries)
+
+
 def _default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "imaged"
@@ -227,6 +346,15 @@ class Settings:
         None, _text, "Engine URL for the remote builder (tcp://, ssh://, unix://)."
     )
     docker_context: str | None = _setting(None, _text, "Docker context for the remote builder.")
+    pool: tuple[PoolEntry, ...] = _setting(
+        (),
+        _pool,
+        "Build engines: 'ADDRESS [capacity=N] [labels=a+b],...' (unix://, tcp://, ssh://, "
+        "context:NAME, buildx:NAME); empty: one engine, as the builder setting says.",
+    )
+    pool_capacity: int = _setting(
+        2, _positive_int, "Builds at once per pool engine that names no capacity."
+    )
     build_ca_bundle: Path | None = _setting(
         None,
         _path,

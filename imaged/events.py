@@ -113,6 +113,8 @@ class Superseded(Event):
 class Building(Event):
     kind = "building"
     reason: str
+    engine: str | None = None
+    placement: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +130,8 @@ class Finished(Event):
     manifest_digest: str | None
     why: str
     seconds: float
+    engine: str | None = None
+    placement: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +240,8 @@ class Rehashed(Event):
 class BuildBuilding(Event):
     kind = "building"
     uri: str
+    engine: str | None = None
+    placement: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,11 +44,13 @@ class FakeDaemon:
         self.metrics = Metrics()
         self.queue_depth = 4
         self.events: list[dict[str, Any]] = []
+        self.pool: dict[str, Any] = {}  # a pool's "engines" and "engine_status", when set
 
     def snapshot(self) -> dict[str, Any]:
         if self.broken:
             raise RuntimeError("state is broken")
-        return {"ready": self.ready, "images": IMAGES, "modules": {"/defs/bad.py": "boom"}}
+        modules = {"/defs/bad.py": "boom"}
+        return {"ready": self.ready, "images": IMAGES, "modules": modules, **self.pool}
 
     def is_ready(self) -> bool:
         return self.ready
@@ -319,3 +321,57 @@ async def test_status_command_prints_one_row_per_image() -> None:
         "worker\tbuilding\t-\tapp.py changed",
         "/defs/bad.py\tdefinition error\tboom",
     ]
+
+
+ENGINES = [
+    {"engine": "tcp://a:2375", "state": "down", "running": 0, "capacity": 2, "labels": [],
+     "builds": 3, "error": "connection refused"},
+    {"engine": "buildx:arm", "state": "down", "running": 0, "capacity": 1, "labels": [],
+     "builds": 0, "error": "failed to dial gRPC"},
+]  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_config_env")
+async def test_status_command_shows_each_engine_and_no_engine_available() -> None:
+    daemon = FakeDaemon()
+    daemon.pool = {"engines": ENGINES, "engine_status": "no engine available"}
+    async with serving(daemon):
+        assert daemon.status_address is not None
+        argv = ["status", "--address", daemon.status_address]
+        result = await anyio.to_thread.run_sync(CliRunner().invoke, cli_main, argv)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[3:] == [
+        "engine tcp://a:2375\tdown\t0/2\tconnection refused",
+        "engine buildx:arm\tdown\t0/1\tfailed to dial gRPC",
+        "pool\tno engine available",
+    ]
+
+
+def test_the_live_table_shows_the_engine_of_each_build_and_each_engine() -> None:
+    from rich.console import Console
+
+    from imaged.cli.watch import _table
+    from imaged.daemon.views import DaemonView
+    from imaged.events import Building
+
+    def render(view: DaemonView) -> str:
+        source = FakeDaemon()
+        source.snapshot = view.to_json  # type: ignore[method-assign]
+        console = Console(width=220, record=True)
+        console.print(_table(source))
+        return console.export_text()
+
+    view = DaemonView(engines=ENGINES)
+    view.apply(
+        Building(image="api", reason="edit", engine="tcp://a:2375", placement="last built here")
+    )
+    text = render(view)
+    assert "engine" in text.splitlines()[2]  # a column of its own
+    assert "tcp://a:2375" in text.splitlines()[4]
+    assert "last built here" in text
+    assert "engine down" in text
+    assert "0/2 running" in text
+    assert "connection refused" in text
+    assert "no engine available" in text
+    assert "engine" not in render(DaemonView())  # no pool: the table as before

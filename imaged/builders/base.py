@@ -1,7 +1,7 @@
 """The builder interface the build pipeline calls, builder selection, and BuildKit output parsing.
 
 A builder turns a staged build context into an image in an engine and, when asked, pushes it.
-``local`` and ``remote`` ship with imaged; other builders register an entry point in the group
+``local``, ``remote`` and ``pool`` ship with imaged; other builders register an entry point in the group
 ``imaged.builders`` whose object is called with the :class:`~imaged.config.Settings`.
 This module imports no I/O library: the builders themselves load lazily.
 """
@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "imaged.builders"
 BUILTIN_BUILDERS: dict[str, str] = {
     "local": "imaged.builders.local:LocalBuilder",
     "remote": "imaged.builders.remote:RemoteBuilder",
+    "pool": "imaged.builders.pool:shared_pool",
 }
 OUTPUT_TAIL_LINES = 40
 
@@ -54,6 +55,9 @@ class BuildRequest:
     # the Docker config the build CLI must use to pull its base (and buildx to push).
     push_auth: Mapping[str, str] = field(default_factory=dict, repr=False)
     docker_config: bytes | None = field(default=None, repr=False)
+    # The root of the image's parent chain (its own name when it has no parent): a pool
+    # builds a parent and its children on one engine, where the parent already is.
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tags:
@@ -69,6 +73,9 @@ class BuildOutcome:
     build_seconds: float
     push_seconds: float
     command: tuple[str, ...]
+    # Set by a pool: the engine that built it, and why it was placed there.
+    engine: str | None = None
+    placement: str | None = None
 
 
 @runtime_checkable
@@ -114,13 +121,34 @@ def _load_factory(name: str) -> object:
         ) from exc
 
 
+def _builder_name(name: str | None, settings: Settings) -> str:
+    """``name``, else the setting; a non-empty ``pool`` turns the default ``local`` into
+    ``pool``, and contradicts any other builder."""
+    chosen = name or settings.builder or DEFAULTS.builder
+    if settings.pool and chosen == "local":
+        return "pool"
+    if settings.pool and chosen != "pool":
+        raise ConfigError(
+            f"{ENV_VARS['pool']} lists engines, but the builder is {chosen!r}: set "
+            f"{ENV_VARS['builder']} to pool (or local), or empty the pool",
+            key="pool",
+        )
+    if chosen == "pool" and not settings.pool:
+        raise ConfigError(
+            f"the pool builder needs engines: set {ENV_VARS['pool']} "
+            "(for example unix:///var/run/docker.sock,tcp://10.0.0.5:2375)",
+            key="pool",
+        )
+    return chosen
+
+
 def get_builder(name: str | None, settings: Settings) -> Builder:
     """The builder called ``name`` (default: ``settings.builder``, ``IMAGED_BUILDER``).
 
     >>> get_builder("local", Settings()).name
     'local'
     """
-    chosen = name or settings.builder or DEFAULTS.builder
+    chosen = _builder_name(name, settings)
     factory = _load_factory(chosen)
     if not callable(factory):
         raise ConfigError(f"builder {chosen!r} is not callable: {factory!r}", key="builder")

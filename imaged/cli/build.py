@@ -37,7 +37,8 @@ def _line(result: ImageBuild) -> str:
     where = "built and pushed" if result.pushed else "built into the local engine (no registry)"
     digest = f" manifest {result.manifest_digest}" if result.manifest_digest else ""
     total = result.timings.get("total", 0.0)
-    return f"{result.name}: {where} {result.uri}{digest} in {total:.1f}s"
+    engine = f" on {result.engine} ({result.placement})" if result.engine else ""
+    return f"{result.name}: {where} {result.uri}{digest} in {total:.1f}s{engine}"
 
 
 def _report(result: ImageBuild | None, name: str, error: ImagedError | None, as_json: bool) -> None:

@@ -35,20 +35,43 @@ def _table(source: StatusSource) -> Any:
 
     status = source.snapshot()
     table = Table(title="imaged", expand=True)
-    for col in ("image", "state", "tag", "last push", "why"):
+    engines = status.get("engines") or []
+    columns = ("image", "state", "tag", "last push", *(("engine",) if engines else ()), "why")
+    for col in columns:
         table.add_column(col, overflow="fold")
     for view in status["images"]:
         pushed_at = view["pushed_at"]
         pushed = time.strftime("%H:%M:%S", time.localtime(pushed_at)) if pushed_at else ""
         state = view["state"]
         why = view["error"] if state == "failed" and view["error"] else view["why"]
-        table.add_row(
-            view["name"], f"[{_STYLE.get(state, '')}]{state}[/]", view["tag"] or "", pushed, why
-        )
+        if engines and view.get("placement") and state in ("building", "pushing"):
+            why = f"{why} [dim]({view['placement']})[/]"
+        engine = (view.get("engine") or "",) if engines else ()
+        styled = f"[{_STYLE.get(state, '')}]{state}[/]"
+        table.add_row(view["name"], styled, view["tag"] or "", pushed, *engine, why)
+    blank = ("",) if engines else ()
     for file, error in sorted(status["modules"].items()):
         if error:
-            table.add_row(Path(file).name, "[red]definition error[/]", "", "", error)
+            table.add_row(Path(file).name, "[red]definition error[/]", "", "", *blank, error)
+    for row in _engine_rows(status):
+        table.add_row(*row[:4], *blank, row[4])
     return table
+
+
+def _engine_rows(status: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """A pool's engines: name, up/down, running/capacity, builds, error; and the pool's
+    state when no engine is up."""
+    rows = []
+    for engine in status.get("engines") or []:
+        up = engine["state"] == "up"
+        state = "[green]engine up[/]" if up else "[red]engine down[/]"
+        load = f"{engine['running']}/{engine['capacity']} running"
+        rows.append(
+            (engine["engine"], state, load, f"{engine['builds']} built", engine["error"] or "")
+        )
+    if status.get("engine_status") == "no engine available":
+        rows.append(("pool", "[red]no engine available[/]", "", "", "builds wait and retry"))
+    return rows
 
 
 async def _run_live(daemon: Daemon) -> None:
@@ -145,4 +168,9 @@ def status_command(address: str) -> int:
     for file, error in data["modules"].items():
         if error:
             click.echo(f"{file}\tdefinition error\t{error}")
+    for engine in data.get("engines") or []:
+        load = f"{engine['running']}/{engine['capacity']}"
+        click.echo(f"engine {engine['engine']}\t{engine['state']}\t{load}\t{engine['error'] or ''}")
+    if data.get("engine_status"):
+        click.echo(f"pool\t{data['engine_status']}")
     return 0

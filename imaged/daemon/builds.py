@@ -10,13 +10,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from imaged.builders.base import Builder
 from imaged.config import Settings
 from imaged.daemon.metrics import Metrics
 from imaged.daemon.store import ImageRecord, StateStore
 from imaged.daemon.views import DaemonView
 from imaged.digest.cache import DigestCache
 from imaged.digest.trees import TreeProvider
-from imaged.events import Built, Event, Finished, Pushed, Pushing, Skipped
+from imaged.events import Building, Built, Event, Finished, Pushed, Pushing, Skipped
 from imaged.pipeline.build import ImageBuild, abuild
 from imaged.pipeline.logins import check_images
 from imaged.registry.client import Existence, RegistryClient
@@ -51,16 +52,23 @@ class Builds:
         settings: Settings,
         cache: DigestCache,
         trees: TreeProvider | None = None,
+        builder: Builder | None = None,
     ) -> None:
         """Build (and push) one image; its outcome is recorded, counted and emitted. ``trees``
-        lends the build the daemon's event-fed trees, so it walks and re-stats nothing."""
+        lends the build the daemon's event-fed trees, so it walks and re-stats nothing;
+        ``builder`` is the daemon's one builder (a pool keeps its load and health there)."""
         name = image.name or ""
         view = self._view.image(name)
         started = time.monotonic()
 
         def on_engine_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "build_done" and view.state == "building":
+            kind = event.get("event")
+            if kind == "build_done" and view.state == "building":
                 self._emit(Pushing(image=name))
+            elif kind == "building" and event.get("engine"):
+                # A pool placed the build (or moved it): the daemon's building says where.
+                engine, placement = event["engine"], event.get("placement")
+                self._emit(Building(image=name, reason=reason, engine=engine, placement=placement))
 
         result = await abuild(
             image,
@@ -69,6 +77,7 @@ class Builds:
             cache=cache,
             trees=trees,
             on_event=on_engine_event,
+            builder=builder,
         )
         self._view.known_digest(name, result.tag, result.uri)
         self._record(name, result)
@@ -82,6 +91,8 @@ class Builds:
                 manifest_digest=result.manifest_digest,
                 why=reason,
                 seconds=seconds,
+                engine=result.engine,
+                placement=result.placement,
             )
         )
 
@@ -93,6 +104,8 @@ class Builds:
         if not result.skipped:
             record.pushed_at = time.time()
             self._metrics.builds.inc("pushed" if result.pushed else "built")
+            if result.engine:
+                self._metrics.engine_builds.inc(result.engine)
             self._metrics.build_seconds.observe(result.timings.get("build", 0.0))
             self._metrics.push_seconds.observe(result.timings.get("push", 0.0))
         first_change = self._change_times.pop(name, None)

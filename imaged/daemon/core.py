@@ -31,6 +31,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from imaged.builders.base import Builder, get_builder
+from imaged.builders.pool import PoolBuilder
 from imaged.config import Settings
 from imaged.daemon.builds import Builds
 from imaged.daemon.bus import EventBus
@@ -88,6 +90,7 @@ class Daemon:
             StateStore(settings.resolved_state_dir), self.view, self.metrics, self.emit
         )
         self._owns_store = False  # the state directory's lock is ours and its records loaded
+        self.builder: Builder | None = None  # made in prepare: one for every build
         self._stop = anyio.Event()
         self._clock = QuietClock()
         self.scheduler = Scheduler(
@@ -145,16 +148,23 @@ class Daemon:
     # -- status (StatusSource) ----------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        self.view.engines = self._engine_states()
         return self.view.to_json()
+
+    def _engine_states(self) -> list[dict[str, Any]]:
+        """Each pool engine: up or down, running and capacity; none without a pool."""
+        return self.builder.engine_states() if isinstance(self.builder, PoolBuilder) else []
 
     def is_ready(self) -> bool:
         return self.view.ready
 
     def render_metrics(self) -> str:
         self.metrics.queue_depth = self.scheduler.queue_depth
+        self.metrics.engines = self._engine_states()
         return self.metrics.render()
 
     def status_line(self) -> str:
+        self.view.engines = self._engine_states()
         return self.view.status_line(len(self.inputs.images))
 
     # -- settings -----------------------------------------------------------------------
@@ -194,6 +204,7 @@ class Daemon:
             settings=self.settings,
             cache=tracker.cache,
             trees=tracker.lend_tree,  # kept current by events: the build walks nothing
+            builder=self.builder,
         )
 
     async def check_registry(self) -> None:
@@ -210,6 +221,7 @@ class Daemon:
         lock, so a bad path or a second daemon on the same directory is one clear error, and
         never writes over the records of the daemon that holds the lock."""
         self.inputs.definition_files()
+        self.builder = get_builder(None, self.settings)  # a bad pool entry fails here, once
         store = self.builds.store
         store.lock()
         self.builds.records = store.load()
@@ -251,6 +263,16 @@ class Daemon:
             self.notifier.watchdog()
             await anyio.sleep(interval)
 
+    async def _engines_loop(self) -> None:
+        """Probe a pool's down engines as their backoff runs out, so one that is back shows
+        up (and takes builds) even while nothing is placed; nothing without a pool."""
+        if isinstance(self.builder, PoolBuilder):
+            await self.builder.probe_all()
+        while True:
+            if isinstance(self.builder, PoolBuilder):
+                await self.builder.probe_due()
+            await anyio.sleep(1.0)
+
     async def _status_loop(self) -> None:
         while True:
             await anyio.sleep(5)
@@ -282,7 +304,9 @@ class Daemon:
         self.notifier.reloading()
         if self._reload_settings is not None:
             try:
-                self.settings = self._reload_settings()
+                settings = self._reload_settings()
+                self.builder = get_builder(None, settings)
+                self.settings = settings
                 self.scheduler.options = self._scheduler_options()
             except ImagedError as exc:
                 self.emit(ConfigErrorEvent(error=str(exc)))
@@ -313,6 +337,7 @@ class Daemon:
         tg.start_soon(self._status_loop)
         tg.start_soon(self._restat_loop)
         tg.start_soon(self._late_walks_loop)
+        tg.start_soon(self._engines_loop)
         if self.settings.status_address:
             tg.start_soon(serve_status, self, self.settings.status_address, self.emit)
         if handle_signals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 _BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
@@ -72,6 +73,11 @@ class Metrics:
     builds: Counter = field(
         default_factory=lambda: Counter("imaged_builds_total", "Builds by result.", "result")
     )
+    engine_builds: Counter = field(
+        default_factory=lambda: Counter(
+            "imaged_engine_builds_total", "Builds by the pool engine that ran them.", "engine"
+        )
+    )
     events: Counter = field(
         default_factory=lambda: Counter(
             "imaged_watch_events_total", "File event batches handled.", "kind"
@@ -90,6 +96,24 @@ class Metrics:
     )
     queue_depth: int = 0
     watched_paths: int = 0
+    engines: list[dict[str, Any]] = field(default_factory=list)  # a pool's engine states
+
+    def _engine_lines(self) -> list[str]:
+        gauges = (
+            ("imaged_engine_up", "1 while the pool engine answers, 0 while it is down.", "up"),
+            ("imaged_engine_builds_running", "Builds running on the pool engine.", "running"),
+            ("imaged_engine_capacity", "Builds the pool engine runs at once.", "capacity"),
+        )
+        """A pool's engines (none without a pool: a single engine adds nothing here)."""
+        if not self.engines and not self.engine_builds.values:
+            return []
+        lines = self.engine_builds.render()
+        for name, help_text, key in gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            for engine in self.engines:
+                value = int(engine["state"] == "up") if key == "up" else int(engine[key])
+                lines.append(f'{name}{{engine="{_label(str(engine["engine"]))}"}} {value}')
+        return lines
 
     def render(self) -> str:
         lines: list[str] = []
@@ -109,4 +133,5 @@ class Metrics:
             "# TYPE imaged_watched_paths gauge",
             f"imaged_watched_paths {self.watched_paths}",
         ]
+        lines += self._engine_lines()
         return "\n".join(lines) + "\n"

@@ -63,6 +63,8 @@ class ImageView:
     pushed_at: float | None = None
     why: str = ""
     error: str | None = None
+    engine: str | None = None  # the pool engine of its current or last build, and why
+    placement: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -76,6 +78,7 @@ class DaemonView:
     modules: dict[str, str | None] = field(default_factory=dict)  # file -> last load error
     ready: bool = False
     started_at: float = field(default_factory=time.time)
+    engines: list[dict[str, Any]] = field(default_factory=list)  # a pool's, as it says
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,7 +86,16 @@ class DaemonView:
             "started_at": self.started_at,
             "images": [v.to_json() for v in sorted(self.images.values(), key=lambda v: v.name)],
             "modules": self.modules,
+            "engines": self.engines,
+            "engine_status": self.engine_status(),
         }
+
+    def engine_status(self) -> str | None:
+        """``2/3 engines up``, ``no engine available``; None without a pool."""
+        if not self.engines:
+            return None
+        up = sum(1 for e in self.engines if e["state"] == "up")
+        return f"{up}/{len(self.engines)} engines up" if up else "no engine available"
 
     def image(self, name: str) -> ImageView:
         return self.images.setdefault(name, ImageView(name))
@@ -98,10 +110,13 @@ class DaemonView:
         view.state = _STATE_AFTER.get(type(event), view.state)
         if isinstance(event, Building):
             view.why, view.error = event.reason, None
+            view.engine, view.placement = event.engine, event.placement
         elif isinstance(event, Failed | HashError):
             view.error = str(event.error)
         elif isinstance(event, Finished):
             view.state, view.uri = "up to date", event.uri
+            if event.engine is not None:
+                view.engine, view.placement = event.engine, event.placement
             if not isinstance(event, Skipped):
                 view.pushed_at = time.time()
 
@@ -125,4 +140,6 @@ class DaemonView:
         for v in self.images.values():
             count[v.state] = count.get(v.state, 0) + 1
         parts = ", ".join(f"{n} {s}" for s, n in sorted(count.items()))
-        return f"{images} images: {parts}" if parts else f"{images} images"
+        line = f"{images} images: {parts}" if parts else f"{images} images"
+        engines = self.engine_status()
+        return f"{line}; {engines}" if engines else line

@@ -60,6 +60,8 @@ class ImageBuild:
     pushed: bool = False
     skipped: bool = False
     builder: str | None = None
+    engine: str | None = None  # a pool's engine, and why the build was placed there
+    placement: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     dockerfile: str | None = None
     context_listing: list[str] = field(default_factory=list)
@@ -353,6 +355,7 @@ async def _build_and_push(
             push=bool(image.registry),
             push_auth=push_auth,
             docker_config=docker_config,
+            family=_family(image),
         )
         send(on_event, BuildBuilding(image=image.name, uri=result.uri))
         outcome = await chosen.build(request, on_event=on_event)
@@ -360,10 +363,19 @@ async def _build_and_push(
     result.timings["build"] = outcome.build_seconds
     result.timings["push"] = outcome.push_seconds
     result.manifest_digest = outcome.manifest_digest
+    result.engine, result.placement = outcome.engine, outcome.placement
     result.pushed = request.push
     result.status = "pushed" if request.push else "built"
     done = BuildPushed if request.push else BuildBuilt
     send(on_event, done(image=image.name, uri=result.uri, manifest_digest=outcome.manifest_digest))
+
+
+def _family(image: Image) -> str | None:
+    """The first image of its parent chain (itself without a parent): a pool builds a
+    family on one engine."""
+    while isinstance(image.base, ParentBase):
+        image = image.base.image
+    return image.name
 
 
 def _registry_auth(image: Image, client: RegistryClient) -> tuple[dict[str, str], bytes | None]:
