@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -47,11 +48,15 @@ def infra_env(state: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def make_tree(root: Path, files: int, total_bytes: int, *, salt: str = "") -> list[Path]:
+def make_tree(
+    root: Path, files: int, total_bytes: int, *, salt: str = "", source_like: bool = False
+) -> list[Path]:
     """``files`` files in folders of 100, ``total_bytes`` in all, mtimes 10 s in the past.
 
-    The old mtimes keep the digest caches from re-reading every file (the racy-git rule
-    distrusts entries recorded within 2 s of a file's mtime).
+    Each file repeats one line (gzip makes ~1% of it), or with ``source_like`` holds
+    seeded code-like text that compresses about as source code does (a gzip ratio of
+    ~0.3). The old mtimes keep the digest caches from re-reading every file (the racy-git
+    rule distrusts entries recorded within 2 s of a file's mtime).
     """
     size = max(total_bytes // files, 16)
     past = time.time() - 10
@@ -59,11 +64,87 @@ def make_tree(root: Path, files: int, total_bytes: int, *, salt: str = "") -> li
     for i in range(files):
         path = root / f"d{i // 100:03d}" / f"f{i:05d}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        line = f"file {salt}{i} ".encode()
-        path.write_bytes((line * (size // len(line) + 1))[:size])
+        if source_like:
+            path.write_bytes(source_text(random.Random(f"{salt}{i}"), size))
+        else:
+            line = f"file {salt}{i} ".encode()
+            path.write_bytes((line * (size // len(line) + 1))[:size])
         os.utime(path, (past, past))
         paths.append(path)
     return paths
+
+
+_TOKENS = [
+    "def",
+    "return",
+    "self",
+    "import",
+    "from",
+    "class",
+    "for",
+    "in",
+    "if",
+    "else",
+    "elif",
+    "None",
+    "True",
+    "False",
+    "=",
+    "==",
+    "(",
+    ")",
+    ":",
+    ",",
+    "[",
+    "]",
+    "+",
+    "-",
+    "*",
+    ".",
+    "await",
+    "async",
+    "with",
+    "as",
+    "try",
+    "except",
+    "raise",
+    "yield",
+    "lambda",
+    "not",
+    "and",
+    "or",
+]
+_NAMES = [
+    "value",
+    "path",
+    "data",
+    "result",
+    "name",
+    "items",
+    "config",
+    "index",
+    "count",
+    "key",
+    "node",
+    "event",
+    "image",
+]
+
+
+def source_text(rng: random.Random, size: int) -> bytes:
+    """``size`` bytes of code-like lines: indentation, keywords and numbered names."""
+    lines, held = [], 0
+    while held < size:
+        words = [
+            rng.choice(_TOKENS)
+            if rng.random() < 0.6
+            else f"{rng.choice(_NAMES)}_{rng.randrange(400)}"
+            for _ in range(rng.randrange(2, 10))
+        ]
+        line = "    " * rng.randrange(4) + " ".join(words) + "\n"
+        lines.append(line)
+        held += len(line)
+    return "".join(lines).encode()[:size]
 
 
 def edit(path: Path, label: str) -> float:
