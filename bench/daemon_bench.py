@@ -268,9 +268,11 @@ class Trees:
     plain_paths: list[Path]
 
 
-def make_trees(root: Path, files: int, total_bytes: int) -> Trees:
+def make_trees(root: Path, files: int, total_bytes: int, salt: str) -> Trees:
+    """``salt`` makes the contents new to the engine's build cache and the registry: a
+    tree another run already built would make every build a cache hit."""
     project, plain = root / "project", root / "plain"
-    paths = make_tree(project / "src", files, total_bytes)
+    paths = make_tree(project / "src", files, total_bytes, salt=salt)
     (project / "src" / ".dockerignore").write_text("*.log\n")
     shutil.copytree(project / "src", plain / "src")
     plain_paths = [plain / p.relative_to(project) for p in paths]
@@ -300,7 +302,7 @@ def bench_size(state: dict[str, Any], files: int, total_bytes: int, plan: Plan) 
     name = f"imaged-bench/daemon-{files}-{run}"
     with tempfile.TemporaryDirectory(prefix="imaged-daemon-bench-") as tmp:
         root = Path(tmp)
-        trees = make_trees(root, files, total_bytes)
+        trees = make_trees(root, files, total_bytes, f"{run} ")
         plain_ref = plain_context(state, trees.plain, f"imaged-bench/plain-{files}-{run}")
         defs = write_project(trees.project, {name: "src"})
         image = load_definitions(str(defs))[name].clone(registry=state["registry"])

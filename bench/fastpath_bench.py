@@ -366,7 +366,8 @@ def make_projects(root: Path, files: int, total_bytes: int, b: Bench) -> dict[st
     build and push each (plain, build) to warm the engine's cache and push the stem."""
     run = uuid.uuid4().hex[:6]
     first = root / "plain"
-    paths = make_tree(first / "src", files, total_bytes, source_like=True)
+    # salted by the run: a tree an earlier run built would make every build a cache hit
+    paths = make_tree(first / "src", files, total_bytes, salt=run, source_like=True)
     (first / "src" / ".dockerignore").write_text("*.log\n")
     projects = {}
     for side in SIDES:
@@ -750,12 +751,13 @@ def main() -> None:
     args = parser.parse_args()
     edits = args.edits or (3 if args.quick else 9)
     state = load_state()
+    callers = settings_note()
     env = {**infra_env(state), "IMAGED_STATUS_ADDRESS": "127.0.0.1:0"}
     os.environ.update(infra_env(state))  # this process hashes the same definitions
     os.environ.pop("IMAGED_REGISTRY", None)
     print(
-        f"IMAGED_* set by the caller: {settings_note()}; the rest default (the daemon's "
-        "status server on a free port); tags/list polled every 10 ms; "
+        f"IMAGED_* set by the caller: {callers}; the rest default but the infrastructure's "
+        "base, CLI and CA and the daemon's status port; tags/list polled every 10 ms; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )
     b = Bench(state, Registry(state["registry"]), env)
