@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
+from isal import isal_zlib
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -177,11 +178,13 @@ class Registry:
             now = time.time()
             for tag in listed - before:
                 seen.setdefault(tag, now)
-            tag = done()
-            if tag is not None and tag in seen:
-                return seen[tag], tag
+            wanted = done()
+            if wanted is not None and wanted in seen:
+                return seen[wanted], wanted
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.address}/{repo}: no new tag {tag} within {timeout:g} s")
+                raise RuntimeError(
+                    f"{self.address}/{repo}: no new tag {wanted} listed within {timeout:g} s"
+                )
             time.sleep(POLL_S)
 
     def manifest(self, repo: str, ref: str) -> dict[str, Any]:
@@ -239,7 +242,10 @@ class Background(threading.Thread):
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         super().__init__(daemon=True)
-        self.fn, self.result, self.error, self.ended = fn, None, None, 0.0
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.ended = 0.0
         self.start()
 
     def run(self) -> None:
@@ -560,8 +566,9 @@ class Floor:
 
 
 def compress(data: bytes) -> bytes:
-    deflate = layertar.isal_zlib.compressobj(layertar.LEVEL, layertar.isal_zlib.DEFLATED, 31)
-    return deflate.compress(data) + deflate.flush()
+    """gzip of ``data`` with the deflate and level render/layertar.py uses."""
+    deflate = isal_zlib.compressobj(layertar.LEVEL, isal_zlib.DEFLATED, 31)
+    return bytes(deflate.compress(data) + deflate.flush())
 
 
 def sha256_digest(data: bytes) -> str:
