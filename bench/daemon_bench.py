@@ -22,26 +22,36 @@ Run: ``python bench/daemon_bench.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _support import (  # noqa: E402
+    DaemonRun,
+    count_events,
+    edit,
+    first_times,
+    infra_env,
+    is_push_of,
+    load_state,
+    make_tree,
+    p90,
+    plain_build_push,
+    wait_initial_pushes,
+)
 
 from imaged.definitions.loader import load_definitions  # noqa: E402
 from imaged.digest.cache import DigestCache  # noqa: E402
@@ -49,58 +59,25 @@ from imaged.digest.image_digest import hash_image  # noqa: E402
 from imaged.registry.client import MANIFEST_MEDIA_TYPES  # noqa: E402
 from imaged.spec.image import Image  # noqa: E402
 
-Event = dict[str, Any]
 DEBOUNCE_MS = 50
 DEFAULT_DEBOUNCE_MS = 200
 POLL_S = 0.010
 IGNORED_WINDOW_S = 2.0
 SETTLE_S = 0.5
 TOTAL_BYTES_5000 = 21 * 1024 * 1024
-FAILURES = {"failed", "hash_error", "definition_error", "config_error", "status_error"}
 
 
 # -- setup --------------------------------------------------------------------------------
 
 
-def load_state() -> dict[str, Any]:
-    path = Path(os.environ.get("IMAGED_TEST_INFRA", REPO / ".imaged-test-infra.json"))
-    if not path.is_file():
-        sys.exit(f"error: {path} not found; start the infrastructure: bash scripts/test-infra.sh")
-    state: dict[str, Any] = json.loads(path.read_text())
-    return state
-
-
 def settings_env(state: dict[str, Any]) -> dict[str, str]:
     """The IMAGED_* settings for both the daemon and this process's hashing."""
-    env = {
-        "IMAGED_DEBIAN_BASE": state["debian_base_template"],
-        "IMAGED_DOCKER_CLI": state["docker_cli"],
+    return {
+        **infra_env(state),
         "IMAGED_RECONCILE_SECONDS": "0",
         "IMAGED_DEBOUNCE_MS": str(DEBOUNCE_MS),
         "IMAGED_STATUS_ADDRESS": "127.0.0.1:0",
     }
-    if state.get("ca_bundle"):
-        env["IMAGED_BUILD_CA_BUNDLE"] = state["ca_bundle"]
-    return env
-
-
-def make_tree(root: Path, files: int, total_bytes: int, *, salt: str = "") -> list[Path]:
-    """``files`` files in folders of 100, ``total_bytes`` in all, mtimes 10 s in the past.
-
-    The old mtimes keep the digest caches from re-reading every file (the racy-git rule
-    distrusts entries recorded within 2 s of a file's mtime).
-    """
-    size = max(total_bytes // files, 16)
-    past = time.time() - 10
-    paths = []
-    for i in range(files):
-        path = root / f"d{i // 100:03d}" / f"f{i:05d}.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = f"file {salt}{i} ".encode()
-        path.write_bytes((line * (size // len(line) + 1))[:size])
-        os.utime(path, (past, past))
-        paths.append(path)
-    return paths
 
 
 def write_project(root: Path, images: dict[str, str]) -> Path:
@@ -127,111 +104,6 @@ def write_project(root: Path, images: dict[str, str]) -> Path:
 # -- the daemon subprocess ----------------------------------------------------------------
 
 
-class DaemonRun:
-    """``imaged watch --json`` as a subprocess; its events, each with its arrival time."""
-
-    def __init__(self, defs: Path, *, registry: str, env: dict[str, str], log: Path) -> None:
-        argv = [sys.executable, "-c", "from imaged.cli.main import main; main()"]
-        argv += ["watch", str(defs), "--json", "--registry", registry]
-        full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        self.log = log
-        self._log_handle = log.open("w")
-        self.proc = subprocess.Popen(
-            argv, cwd=defs.parent, env=full_env, stdout=subprocess.PIPE, stderr=self._log_handle
-        )
-        self.events: list[tuple[float, Event]] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream: IO[bytes] | None) -> None:
-        assert stream is not None
-        for raw in stream:
-            try:
-                event: Event = json.loads(raw)
-            except ValueError:
-                event = {"event": "non_json", "line": raw.decode(errors="replace")}
-            with self._cond:
-                self.events.append((time.time(), event))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.events)
-
-    def since(self, start: int) -> list[tuple[float, Event]]:
-        with self._cond:
-            return list(self.events[start:])
-
-    def wait_for(
-        self, match: Callable[[Event], bool], *, start: int, timeout: float
-    ) -> tuple[float, Event] | None:
-        """The first event from index ``start`` on that matches; None after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        index = start
-        with self._cond:
-            while True:
-                for arrived, event in self.events[index:]:
-                    self._check(event)
-                    if match(event):
-                        return arrived, event
-                index = len(self.events)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                if self.proc.poll() is not None and not self._reader.is_alive():
-                    raise RuntimeError(f"the daemon exited ({self.proc.returncode}): {self.tail()}")
-                self._cond.wait(min(left, 0.5))
-
-    def _check(self, event: Event) -> None:
-        if event.get("event") in FAILURES:
-            raise RuntimeError(f"daemon reported {event}; log tail: {self.tail()}")
-
-    def tail(self, lines: int = 20) -> str:
-        self._log_handle.flush()
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def status_address(self) -> str:
-        found = self.wait_for(lambda e: e.get("event") == "status_listening", start=0, timeout=60)
-        if found is None:
-            raise RuntimeError("the daemon never reported its status address")
-        return str(found[1]["address"])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=5)
-        self._log_handle.close()
-
-
-def is_push_of(name: str, tag: str | None = None) -> Callable[[Event], bool]:
-    def match(event: Event) -> bool:
-        if event.get("event") not in ("pushed", "skipped") or event.get("image") != name:
-            return False
-        return tag is None or str(event.get("uri", "")).endswith(f":{tag}")
-
-    return match
-
-
-def wait_initial_pushes(daemon: DaemonRun, names: list[str], *, timeout: float) -> float:
-    """Wait for ``ready`` and a push of every image; the seconds it took from start."""
-    started = time.monotonic()
-    if daemon.wait_for(lambda e: e.get("event") == "ready", start=0, timeout=timeout) is None:
-        raise RuntimeError(f"no ready event within {timeout:g} s: {daemon.tail()}")
-    for name in names:
-        left = timeout - (time.monotonic() - started)
-        if daemon.wait_for(is_push_of(name), start=0, timeout=max(left, 0.1)) is None:
-            raise RuntimeError(f"no initial push of {name} within {timeout:g} s: {daemon.tail()}")
-    return time.monotonic() - started
-
-
 def metric_value(address: str, line_prefix: str) -> float:
     """One sample of the daemon's /metrics (0 when the series is absent)."""
     text = httpx.get(f"http://{address}/metrics", timeout=5).text
@@ -256,14 +128,6 @@ class EditResult:
     phases: dict[str, float] = field(default_factory=dict)  # event -> first ts - write
 
 
-def edit(path: Path, label: str) -> float:
-    """Give ``path`` new content; the wall time right before the write."""
-    content = path.read_bytes()
-    started = time.time()
-    path.write_bytes(content + f"edit {label}\n".encode())
-    return started
-
-
 def wait_visible(http: httpx.Client, registry: str, name: str, tag: str, timeout: float) -> float:
     """Poll ``HEAD /v2/<name>/manifests/<tag>`` every 10 ms; the wall time it answered 200."""
     url = f"http://{registry}/v2/{name}/manifests/{tag}"
@@ -274,22 +138,6 @@ def wait_visible(http: httpx.Client, registry: str, name: str, tag: str, timeout
             return time.time()
         time.sleep(POLL_S)
     raise RuntimeError(f"{registry}/{name}:{tag} not visible within {timeout:g} s")
-
-
-def count_events(events: list[tuple[float, Event]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for _, event in events:
-        kind = str(event.get("event"))
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def first_times(events: list[tuple[float, Event]], t0: float) -> dict[str, float]:
-    """Seconds from the write to the first event of each kind (by the event's own ts)."""
-    firsts: dict[str, float] = {}
-    for _, event in events:
-        firsts.setdefault(str(event.get("event")), float(event["ts"]) - t0)
-    return firsts
 
 
 @dataclass
@@ -327,18 +175,6 @@ def daemon_edit(w: Watched, path: Path, label: str) -> EditResult:
 
 
 # -- b) plain docker build + push ---------------------------------------------------------
-
-
-def docker(state: dict[str, Any], *args: str) -> None:
-    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-    subprocess.run(
-        [state["docker_cli"], *args], check=True, env=env, capture_output=True, timeout=600
-    )
-
-
-def plain_build_push(state: dict[str, Any], context: Path, ref: str) -> None:
-    docker(state, "build", "-q", "-t", ref, str(context))
-    docker(state, "push", "-q", ref)
 
 
 def plain_context(state: dict[str, Any], context: Path, repo: str) -> str:
@@ -432,9 +268,11 @@ class Trees:
     plain_paths: list[Path]
 
 
-def make_trees(root: Path, files: int, total_bytes: int) -> Trees:
+def make_trees(root: Path, files: int, total_bytes: int, salt: str) -> Trees:
+    """``salt`` makes the contents new to the engine's build cache and the registry: a
+    tree another run already built would make every build a cache hit."""
     project, plain = root / "project", root / "plain"
-    paths = make_tree(project / "src", files, total_bytes)
+    paths = make_tree(project / "src", files, total_bytes, salt=salt)
     (project / "src" / ".dockerignore").write_text("*.log\n")
     shutil.copytree(project / "src", plain / "src")
     plain_paths = [plain / p.relative_to(project) for p in paths]
@@ -464,7 +302,7 @@ def bench_size(state: dict[str, Any], files: int, total_bytes: int, plan: Plan) 
     name = f"imaged-bench/daemon-{files}-{run}"
     with tempfile.TemporaryDirectory(prefix="imaged-daemon-bench-") as tmp:
         root = Path(tmp)
-        trees = make_trees(root, files, total_bytes)
+        trees = make_trees(root, files, total_bytes, f"{run} ")
         plain_ref = plain_context(state, trees.plain, f"imaged-bench/plain-{files}-{run}")
         defs = write_project(trees.project, {name: "src"})
         image = load_definitions(str(defs))[name].clone(registry=state["registry"])
@@ -605,12 +443,6 @@ def sample_idle(daemon: DaemonRun, images: int, startup: float, seconds: float) 
 
 
 # -- report -------------------------------------------------------------------------------
-
-
-def p90(values: list[float]) -> float:
-    if len(values) < 2:
-        return values[0]
-    return statistics.quantiles(values, n=10, method="inclusive")[-1]
 
 
 def ms(values: list[float]) -> str:

@@ -32,7 +32,11 @@ from types import ModuleType
 from typing import Any
 
 from isal import isal_zlib
-from zlib_ng import zlib_ng
+
+try:
+    from zlib_ng import zlib_ng
+except ImportError:  # pip install zlib-ng; the rows then say "not installed"
+    zlib_ng = None
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hash_bench import age, generate_tree
@@ -43,7 +47,7 @@ from imaged.digest.trees import TreeIndex
 from imaged.render import layertar
 from imaged.render.layertar import LayerEntry, MemberCache, tree_entries, write_layers
 
-COMPRESSORS: list[tuple[str, ModuleType, int]] = [
+COMPRESSORS: list[tuple[str, ModuleType | None, int]] = [
     ("isal level 1", isal_zlib, 1),
     ("isal level 2 (default)", isal_zlib, 2),
     ("isal level 3", isal_zlib, 3),
@@ -53,6 +57,25 @@ COMPRESSORS: list[tuple[str, ModuleType, int]] = [
     ("stdlib zlib level 6", zlib, 6),
 ]
 NO_SPLIT = 1 << 62
+NOT_INSTALLED = "not installed (pip install zlib-ng)"
+
+
+def stream_rates(data: bytes, repeats: int = 3) -> list[dict[str, Any]]:
+    """Each compressor over ``data`` as one gzip stream: MB/s of input and the ratio
+    (median seconds of ``repeats``); a missing module's row says it is not installed."""
+    rows: list[dict[str, Any]] = []
+    for name, module, level in COMPRESSORS:
+        if module is None:
+            rows.append({"row": name, "error": NOT_INSTALLED})
+            continue
+        seconds, size = median_of(functools.partial(gzip_stream, module, level, data), repeats)
+        rows.append({"row": name, "mb_s": len(data) / seconds / 1e6, "ratio": size / len(data)})
+    return rows
+
+
+def gzip_stream(module: ModuleType, level: int, data: bytes) -> int:
+    deflate = module.compressobj(level, module.DEFLATED, 31)
+    return len(deflate.compress(data)) + len(deflate.flush())
 
 
 def median_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -66,8 +89,13 @@ def median_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 def baseline(entries: list[LayerEntry], level: int = 9) -> int:
     """stdlib tarfile + gzip of the same entries (normalised as layertar normalises them)."""
+    return len(plain_tar(entries, "w:gz", compresslevel=level))
+
+
+def plain_tar(entries: list[LayerEntry], mode: str = "w", **options: Any) -> bytes:
+    """The entries through stdlib tarfile (``mode`` "w": no compression)."""
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=level) as tar:
+    with tarfile.open(fileobj=out, mode=mode, **options) as tar:
         for e in entries:
             info = tarfile.TarInfo(e.name)
             info.mode, info.mtime, info.uname, info.gname = e.mode, e.mtime, "", ""
@@ -80,7 +108,7 @@ def baseline(entries: list[LayerEntry], level: int = 9) -> int:
                 info.type = tarfile.DIRTYPE if e.type == "d" else tarfile.SYMTYPE
                 info.linkname = e.target or ""
                 tar.addfile(info)
-    return len(out.getvalue())
+    return out.getvalue()
 
 
 def cold_write(entries: list[LayerEntry]) -> list[layertar.LayerBlob]:
@@ -181,6 +209,9 @@ def run(
         six_s, six_size = median_of(functools.partial(baseline, entries, 6), cold_repeats)
         rows.append({"row": "tarfile w:gz, compresslevel=6", "cold_s": six_s, "size": six_size})
         for name, module, level in COMPRESSORS:
+            if module is None:
+                rows.append({"row": name, "error": NOT_INSTALLED})
+                continue
             use(module, level)
             cold_s, blobs = median_of(
                 functools.partial(cold_write, entries),
@@ -201,6 +232,7 @@ def run(
         split_s, moved, total, members = warm_edit(index, files, split, edit_repeats)
         parts = len(write_layers(tree_entries(index, "/app"), split_bytes=split))
         costs = diff_id_costs(tree_entries(index, "/app"), cold_repeats)
+        stream = stream_rates(plain_tar(tree_entries(index, "/app")), cold_repeats)
     return {
         "files": len(files),
         "tar_bytes": raw,
@@ -214,6 +246,7 @@ def run(
             "members_per_edit": members,
         },
         "diff_id_costs_s": costs,
+        "stream": stream,
     }
 
 
@@ -224,6 +257,9 @@ def show(result: dict[str, Any]) -> None:
         f"{'row':36} {'cold s':>8} {'x base':>7} {'MB':>7} {'ratio':>6} {'edit s':>8} {'x base':>7}"
     )
     for row in result["rows"]:
+        if "error" in row:
+            print(f"{row['row']:36} {row['error']}")
+            continue
         edit = row.get("edit_s")
         print(
             f"{row['row']:36} {row['cold_s']:8.3f} {row['cold_s'] / base['cold_s']:7.2f} "
@@ -239,6 +275,14 @@ def show(result: dict[str, Any]) -> None:
     )
     for name, seconds in result["diff_id_costs_s"].items():
         print(f"  diff_id of a whole layer's unchanged files: {name}: {seconds:.3f} s")
+    print("the whole tar as one gzip stream:")
+    show_stream(result["stream"])
+
+
+def show_stream(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        text = row.get("error") or f"{row['mb_s']:7.1f} MB/s  ratio {row['ratio']:.3f}"
+        print(f"  {row['row']:34} {text}")
 
 
 def main() -> None:
