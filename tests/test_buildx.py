@@ -145,6 +145,7 @@ def test_inline_cache_on_docker_engines(monkeypatch: pytest.MonkeyPatch) -> None
     argv = builder.describe_command(_request())
     repo = "127.0.0.1:5000/team/app"
     assert "BUILDKIT_INLINE_CACHE=1" in _flag_values(argv, "--build-arg")
+    assert "--pull" in argv  # every engine resolves the base alike, so cache keys match
     assert _flag_values(argv, "--cache-from") == [f"{repo}:imaged-latest", f"{repo}:imaged-cache"]
     assert _flag_values(argv, "-t") == [TAG, f"{repo}:imaged-latest"]
     assert builder.push_refs(_request()) == (TAG, f"{repo}:imaged-latest")
@@ -158,6 +159,7 @@ def test_no_inline_cache_for_an_image_that_is_not_pushed(monkeypatch: pytest.Mon
     argv = LocalBuilder(Settings(registry_cache=True)).describe_command(_request(push=False))
     assert "--cache-from" not in argv
     assert _flag_values(argv, "-t") == [TAG]
+    assert "--pull" not in argv
 
 
 @pytest.mark.parametrize(
