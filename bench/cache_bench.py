@@ -144,8 +144,14 @@ def report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         print(f"  {row:9} {medians[row]:7.2f} s")
     print(f"export cost on A:           {export_cost:+.2f} s per build")
     print(f"saved on B by the import:   {saving:+.2f} s per build that lands there cold")
-    if saving > 0:
-        share = max(export_cost, 0.0) / saving
+    if saving > 0 and export_cost <= 0:
+        print(
+            "the export cost nothing measurable (an inline cache is metadata in the image "
+            "config plus one more tag): it pays from the first build that lands on an engine "
+            "whose own cache does not hold the image"
+        )
+    elif saving > 0:
+        share = export_cost / saving
         print(
             f"it pays when more than {share:.0%} of builds land on an engine whose own cache "
             "does not hold the image (a new engine, a failover, a pruned cache, another "

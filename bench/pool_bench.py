@@ -67,13 +67,19 @@ def require_pool() -> None:
         )
 
 
-def settings_for(state: dict[str, Any], *, pool: str | None = None) -> Settings:
-    environ = {
-        "IMAGED_DEBIAN_BASE": state["debian_base_template"],
-        "IMAGED_DOCKER_CLI": state["docker_cli"],
-    }
+def configure(state: dict[str, Any]) -> None:
+    """The settings images and builds read from the environment: the loopback base (read
+    when an Image is made), the host CA bundle, the docker CLI; the local engine."""
+    os.environ["IMAGED_DEBIAN_BASE"] = state["debian_base_template"]
+    os.environ["IMAGED_DOCKER_CLI"] = state["docker_cli"]
     if state.get("ca_bundle"):
-        environ["IMAGED_BUILD_CA_BUNDLE"] = state["ca_bundle"]
+        os.environ["IMAGED_BUILD_CA_BUNDLE"] = state["ca_bundle"]
+    for name in ("IMAGED_REGISTRY", "IMAGED_POOL", "DOCKER_HOST"):
+        os.environ.pop(name, None)
+
+
+def settings_for(*, pool: str | None = None) -> Settings:
+    environ = dict(os.environ)
     if pool is not None:
         environ["IMAGED_POOL"] = pool
     return load_settings(environ=environ, cwd=Path("/"))
@@ -168,9 +174,9 @@ async def main() -> None:
     if not args.single_only:
         require_pool()
     state = load_state()
-    os.environ.pop("DOCKER_HOST", None)
+    configure(state)
     results: dict[str, Any] = {}
-    single = settings_for(state)
+    single = settings_for()
     local = get_builder("local", single)
     results["one engine"] = await run_all(
         local, single, images(state, args.images, "one"), args.capacity
@@ -179,7 +185,7 @@ async def main() -> None:
     if not args.single_only:
         entries = [f"{LOCAL_ENGINE} capacity={args.capacity}"]
         entries.append(f"{state['remote_docker_host']} capacity={args.capacity}")
-        pooled = settings_for(state, pool=", ".join(entries))
+        pooled = settings_for(pool=", ".join(entries))
         results["pool of two"] = await run_all(
             pool_builder(pooled), pooled, images(state, args.images, "pool"), 2 * args.capacity
         )
