@@ -58,7 +58,9 @@ def _context(tmp_path: Path, infra: Any) -> Path:
     folder.mkdir()
     (folder / "Dockerfile").write_text(
         f"FROM {infra.debian_base}\n"
-        "RUN --mount=type=secret,id=tok sha256sum /run/secrets/tok | cut -d' ' -f1 > /secret-sha\n"
+        # The nonce: BuildKit would reuse a step of an earlier run whose secret was another.
+        f"RUN --mount=type=secret,id=tok echo {uuid.uuid4().hex} > /nonce "
+        "&& sha256sum /run/secrets/tok | cut -d' ' -f1 > /secret-sha\n"
         'RUN echo "proxy=$HTTP_PROXY" > /proxy\n'
         'CMD ["cat", "/secret-sha", "/proxy"]\n'
     )
