@@ -16,9 +16,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from e2e_support import docker, pull_fresh
+from e2e_support import docker, pull_fresh, set_build_env
 from fake_buildx import FakeBuildx, install_fake_buildx
 
+from imaged import Image, build
 from imaged.builders.base import BuildRequest, SecretSource
 from imaged.builders.buildx import BuildxBuilder
 from imaged.config import Settings
@@ -168,3 +169,30 @@ def test_a_cli_without_the_plugin_says_how_to_install_it(
     assert "cli-plugins" in str(info.value)
     done = subprocess.run([infra.docker_cli, "buildx", "version"], capture_output=True, check=False)
     assert done.returncode != 0  # truly no plugin: the error came from the real CLI
+
+
+def test_the_pipeline_builds_through_buildx_and_skips_what_exists(
+    infra: Any, fake_buildx: FakeBuildx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_build_env(monkeypatch, infra)
+    monkeypatch.setenv("IMAGED_BUILDER", "buildx")
+    monkeypatch.setenv("IMAGED_BUILDX_BUILDER", "farm")
+    monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
+    nonce = uuid.uuid4().hex[:12]
+    image = (
+        Image.from_base(infra.debian_base)
+        .clone(name=f"buildx-pipeline-{nonce}", registry=infra.registry)
+        .with_commands(f"echo {nonce} > /nonce")
+    )
+    first = build(image)
+    assert (first.status, first.builder) == ("pushed", "buildx")
+    [call] = fake_buildx.builds()
+    assert call["args"][call["args"].index("-t") + 1] == first.uri
+    assert first.manifest_digest is not None
+    pull_fresh(infra.docker_cli, first.uri)
+    assert (
+        docker(infra.docker_cli, "run", "--rm", first.uri, "cat", "/nonce").stdout.strip() == nonce
+    )
+    second = build(image)
+    assert (second.status, second.uri) == ("skipped", first.uri)
+    assert len(fake_buildx.builds()) == 1
