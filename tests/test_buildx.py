@@ -230,8 +230,21 @@ def test_no_builder_in_the_build_output_says_how_to_create_it() -> None:
 
 def test_a_dropped_connection_is_an_engine_error() -> None:
     error = _failure(["ERROR: failed to dial gRPC: connection refused"])
-    assert isinstance(error, EngineError | BuildError)
-    assert getattr(error, "transient", False)
+    assert isinstance(error, EngineError)
+    assert "buildx builder 'farm' is unreachable" in str(error)
+
+
+def test_a_step_whose_own_download_failed_is_the_images_fault() -> None:
+    error = _failure(
+        [
+            "#5 [2/2] RUN curl x",
+            "#5 0.3 curl: (7) connection refused",
+            "#5 ERROR: process did not complete successfully: exit code: 7",
+        ]
+    )
+    assert isinstance(error, BuildError)
+    assert error.instruction == "[2/2] RUN curl x"
+    assert not error.transient
 
 
 # ---------------------------------------------------------------- settings
@@ -284,3 +297,29 @@ def test_a_bad_registry_cache_value_names_the_key() -> None:
 def test_build_arg_breaks_are_the_checks_line_breaks() -> None:
     """config comes before spec in the import order, so it keeps its own copy of the set."""
     assert set(BUILD_ARG_BREAKS) == set(LINE_BREAKS)
+
+
+INSPECT = """Name:          farm
+Driver:        docker-container
+Last Activity: 2024-05-01 10:00:00 +0000 UTC
+
+Nodes:
+Name:                  farm0
+Endpoint:              unix:///var/run/docker.sock
+Status:                running
+BuildKit daemon flags: --allow-insecure-entitlement=network.host
+BuildKit version:      v0.13.2
+Platforms:             linux/amd64, linux/amd64/v2, linux/386
+"""
+
+
+def test_inspect_output_is_read_for_the_first_node() -> None:
+    from imaged.builders.buildx import _inspect_fields
+
+    assert _inspect_fields(INSPECT) == {
+        "name": "farm",
+        "driver": "docker-container",
+        "endpoint": "unix:///var/run/docker.sock",
+        "status": "running",
+        "platforms": "linux/amd64, linux/amd64/v2, linux/386",
+    }

@@ -181,7 +181,8 @@ class BuildxBuilder:
         if done.returncode != 0:
             raise self._inspect_failure(cli, out)
         info = _inspect_fields(out)
-        if info.get("status", "").lower() in ("error", "stopped"):
+        # "inactive" and "stopped" builders start on the next build; "error" ones do not.
+        if info.get("status", "").lower() == "error":
             raise EngineError(f"buildx builder {self.builder_name!r} is {info['status']}: {out}")
         return {
             "builder": self.name,
