@@ -323,3 +323,10 @@ def test_inspect_output_is_read_for_the_first_node() -> None:
         "status": "running",
         "platforms": "linux/amd64, linux/amd64/v2, linux/386",
     }
+
+
+def test_a_docker_cli_that_is_not_there_is_a_config_error(tmp_path: Path) -> None:
+    builder = BuildxBuilder(Settings(docker_cli=str(tmp_path / "no-docker")), builder_name="farm")
+    with pytest.raises(ConfigError, match="not an executable docker CLI") as info:
+        builder.cli()
+    assert info.value.key == "docker_cli"

@@ -123,11 +123,11 @@ class BuildxBuilder:
     def cli(self) -> str:
         """The docker CLI whose buildx plugin runs the builds (``IMAGED_DOCKER_CLI``)."""
         explicit = self.settings.docker_cli or os.environ.get(ENV_VARS["docker_cli"])
-        found = shutil.which(explicit or "docker") or explicit
+        found = shutil.which(explicit or "docker")
         if not found:
+            what = f"{explicit!r} is not an executable docker CLI" if explicit else "no docker CLI"
             raise ConfigError(
-                f"no docker CLI found; install one or set {ENV_VARS['docker_cli']}",
-                key="docker_cli",
+                f"{what}; install one or set {ENV_VARS['docker_cli']}", key="docker_cli"
             )
         return found
 
@@ -172,11 +172,17 @@ class BuildxBuilder:
         cli = self.cli()
         argv = [cli, "buildx", "inspect", self.builder_name]
         try:
-            done = await anyio.run_process(
-                argv, check=False, stdin=subprocess.DEVNULL, env=self.cli_env()
-            )
+            with anyio.fail_after(INSPECT_TIMEOUT):
+                done = await anyio.run_process(
+                    argv, check=False, stdin=subprocess.DEVNULL, env=self.cli_env()
+                )
         except OSError as exc:
             raise ConfigError(f"cannot run {cli}: {exc}", key="docker_cli") from exc
+        except TimeoutError as exc:
+            raise EngineError(
+                f"buildx builder {self.builder_name!r} did not answer `docker buildx inspect` "
+                f"within {INSPECT_TIMEOUT:.0f} s"
+            ) from exc
         out = (done.stdout + done.stderr).decode("utf-8", "replace")
         if done.returncode != 0:
             raise self._inspect_failure(cli, out)
