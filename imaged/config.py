@@ -303,6 +303,51 @@ def _pool(value: Any) -> tuple[PoolEntry, ...]:
     return tuple(entries)
 
 
+# The build arguments ``build_args`` accepts: BuildKit's predefined proxy arguments. BuildKit
+# keeps them out of the cache key and the image's history unless a Dockerfile declares them,
+# and they choose the network path, not the bytes (as build_ca_bundle), so they may stay out
+# of the digest. Any other argument could change an image (a user's Dockerfile ARG) without
+# moving its digest, and the BUILDKIT_* ones change how it is built (registry_cache owns
+# BUILDKIT_INLINE_CACHE): refused.
+BUILD_ARG_KEYS = frozenset(
+    name
+    for base in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+    for name in (base, base.lower())
+)
+# Line breaks and NUL: the same set as imaged.spec.checks.LINE_BREAKS (this module comes
+# before spec in the import order; tests/test_config.py holds the two equal).
+BUILD_ARG_BREAKS = "\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _build_arg(key: Any, value: Any) -> tuple[str, str]:
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise TypeError(f'expected KEY = "value" strings, not {key!r} = {value!r}')
+    if not (key.isascii() and key.isidentifier()):
+        raise ValueError(f"build argument name {key!r} is not an identifier")
+    if key not in BUILD_ARG_KEYS:
+        raise ValueError(
+            f"build argument {key!r} is not accepted: only BuildKit's proxy arguments "
+            f"({', '.join(sorted(k for k in BUILD_ARG_KEYS if k.isupper()))} and their "
+            "lower-case forms) may be given to every build, because they cannot change an "
+            "image; a value that changes one belongs in its definition, where the digest sees it"
+        )
+    if any(char in BUILD_ARG_BREAKS for char in value):
+        raise ValueError(f"build argument {key} holds a line break or NUL")
+    return key, value
+
+
+def _build_args(value: Any) -> tuple[tuple[str, str], ...]:
+    """A table KEY = "value", or (the variable) KEY=VALUE entries separated by white space."""
+    if isinstance(value, str):
+        entries = [item.partition("=") for item in value.split()]
+        if any(not sep for _key, sep, _value in entries):
+            raise ValueError("expected KEY=VALUE entries separated by spaces")
+        value = {key: item for key, _sep, item in entries}
+    if not isinstance(value, dict):
+        raise TypeError('expected a table of KEY = "value"')
+    return tuple(sorted(_build_arg(key, item) for key, item in value.items()))
+
+
 def _default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "imaged"
@@ -359,6 +404,19 @@ class Settings:
         None,
         _path,
         "Extra CA bundle trusted during builds (mounted as a secret, never in a layer).",
+    )
+    buildx_builder: str | None = _setting(
+        None, _text, "Name of the buildx builder the buildx builder builds on (docker buildx ls)."
+    )
+    build_args: tuple[tuple[str, str], ...] = _setting(
+        (),
+        _build_args,
+        "Build arguments of every build: proxies only (a table, or 'HTTP_PROXY=... NO_PROXY=...').",
+    )
+    registry_cache: bool = _setting(
+        False,
+        _bool,
+        "Share BuildKit's cache across engines through the registry (<repo>:imaged-cache).",
     )
     secrets_dir: Path | None = _setting(None, _path, "Folder holding <group>/<key> secret files.")
     insecure_registries: tuple[str, ...] = _setting(

@@ -229,12 +229,12 @@ def test_get_builder(
 
 def test_unknown_builder_lists_available(entry_points: list[FakeEntryPoint]) -> None:
     entry_points.append(FakeEntryPoint("fake", "tests:FakeBuilder", FakeBuilder))
-    assert available_builders() == ["fake", "local", "pool", "remote"]
+    assert available_builders() == ["buildx", "fake", "local", "pool", "remote"]
     with pytest.raises(ConfigError) as info:
         get_builder("nope", Settings())
     assert info.value.key == "builder"
     assert "'nope'" in str(info.value)
-    assert "available: fake, local, pool, remote" in str(info.value)
+    assert "available: buildx, fake, local, pool, remote" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The builder interface the build pipeline calls, builder selection, and BuildKit output parsing.
 
 A builder turns a staged build context into an image in an engine and, when asked, pushes it.
-``local``, ``remote`` and ``pool`` ship with imaged; other builders register an entry point in the group
+``local``, ``remote``, ``buildx`` and ``pool`` ship with imaged; other builders register an entry point in the group
 ``imaged.builders`` whose object is called with the :class:`~imaged.config.Settings`.
 This module imports no I/O library: the builders themselves load lazily.
 """
@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "imaged.builders"
 BUILTIN_BUILDERS: dict[str, str] = {
     "local": "imaged.builders.local:LocalBuilder",
     "remote": "imaged.builders.remote:RemoteBuilder",
+    "buildx": "imaged.builders.buildx:BuildxBuilder",
     "pool": "imaged.builders.pool:shared_pool",
 }
 OUTPUT_TAIL_LINES = 40
@@ -225,3 +226,36 @@ def parse_failed_instruction(lines: Iterable[str]) -> str | None:
     for line in lines:
         output.add(line)
     return output.instruction
+
+
+# The registry cache (the ``registry_cache`` setting): buildx builders export BuildKit's
+# cache as <repo>:CACHE_TAG (type=registry, mode=max); Docker engines, whose built-in BuildKit
+# exports inline caches only, push the image with its inline cache as <repo>:LATEST_TAG too.
+# Every builder imports both, so a cache made on one engine serves all of them.
+CACHE_TAG = "imaged-cache"
+LATEST_TAG = "imaged-latest"
+
+
+def repository_of(ref: str) -> str:
+    """``ref`` without its tag or digest.
+
+    >>> repository_of("127.0.0.1:5000/team/app:abc123")
+    '127.0.0.1:5000/team/app'
+    """
+    name = ref.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def build_arg_flags(settings: Settings) -> tuple[str, ...]:
+    """``--build-arg KEY=VALUE`` for each of ``settings.build_args`` (vetted by config)."""
+    return tuple(
+        flag for key, value in settings.build_args for flag in ("--build-arg", f"{key}={value}")
+    )
+
+
+def cache_refs(request: BuildRequest) -> tuple[str, str]:
+    """The registry cache refs of ``request``'s repository: (buildx cache, inline-cache image)."""
+    repo = repository_of(request.tags[0])
+    return f"{repo}:{CACHE_TAG}", f"{repo}:{LATEST_TAG}"

@@ -34,6 +34,8 @@ from imaged.builders.base import (
     BuildOutput,
     BuildRequest,
     SecretSource,
+    build_arg_flags,
+    cache_refs,
 )
 from imaged.builders.scratch import SCRATCH_PREFIX, mark_owner, scratch_parent
 from imaged.config import ENV_VARS, Settings, without_secrets
@@ -119,8 +121,10 @@ def build_argv(
     secret_files: Mapping[str, str],
     global_args: tuple[str, ...] = (),
     metadata_file: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
-    """The docker argv for a build; secrets appear as ``id=X,src=FILE`` only, never values."""
+    """The docker argv for a build; secrets appear as ``id=X,src=FILE`` only, never values.
+    ``extra`` (build arguments, cache flags) goes just before the context."""
     multi = len(request.platforms) > 1
     if multi and not cli.buildx:
         raise BuildError(
@@ -141,14 +145,22 @@ def build_argv(
         argv += ["--platform", ",".join(request.platforms)]
     if request.no_cache:
         argv.append("--no-cache")
+    argv += secret_flags(request, secret_files)
+    if cli.buildx:
+        argv += ["--push", "--metadata-file", metadata_file or "METADATA"] if multi else ["--load"]
+    argv += extra
+    argv.append(str(request.context_dir))
+    return tuple(argv)
+
+
+def secret_flags(request: BuildRequest, secret_files: Mapping[str, str]) -> list[str]:
+    """``--secret id=X,src=FILE`` for each secret: the file's path, never its value."""
+    flags: list[str] = []
     for secret in request.secrets:
         if not _SECRET_ID.match(secret.id):
             raise BuildError(f"invalid secret id {secret.id!r}", image=request.image_name)
-        argv += ["--secret", f"id={secret.id},src={secret_files[secret.id]}"]
-    if cli.buildx:
-        argv += ["--push", "--metadata-file", metadata_file or "METADATA"] if multi else ["--load"]
-    argv.append(str(request.context_dir))
-    return tuple(argv)
+        flags += ["--secret", f"id={secret.id},src={secret_files[secret.id]}"]
+    return flags
 
 
 @dataclass(frozen=True)
@@ -219,7 +231,7 @@ def open_scratch(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read_metadata_digest(path: str) -> str | None:
+def read_metadata_digest(path: str) -> str | None:
     """``containerimage.digest`` from a buildx ``--metadata-file`` (multi-platform pushes)."""
     try:
         with open(path, encoding="utf-8") as handle:
@@ -317,6 +329,28 @@ class LocalBuilder:
     def cli_global_args(self) -> tuple[str, ...]:
         return ()
 
+    def build_flags(self, request: BuildRequest) -> tuple[str, ...]:
+        """The build arguments of every build and, with ``registry_cache`` and a push, the
+        inline cache: the engine's BuildKit (dockerd 20.10) exports no other kind, so the
+        image carries it and is also pushed as ``<repo>:imaged-latest``, which the next
+        build on any engine imports, with a buildx builder's ``<repo>:imaged-cache``.
+        ``--pull``: an engine that holds the base resolves it locally, one that does not
+        through the registry, and their cache keys differ (measured with dockerd 20.10: no
+        hit across engines without it); resolved through the registry on every engine, the
+        keys match, for one manifest request per build."""
+        flags = build_arg_flags(self.settings)
+        if not (self.settings.registry_cache and request.push):
+            return flags
+        buildx_cache, latest = cache_refs(request)
+        inline = ("--pull", "--build-arg", "BUILDKIT_INLINE_CACHE=1", "--cache-from", latest)
+        return (*flags, *inline, "--cache-from", buildx_cache, "-t", latest)
+
+    def push_refs(self, request: BuildRequest) -> tuple[str, ...]:
+        """Every ref the push sends: the request's tags, then the inline-cache image."""
+        if not self.settings.registry_cache:
+            return request.tags
+        return (*request.tags, cache_refs(request)[1])
+
     def cli_env(self) -> dict[str, str]:
         """The build CLI's environment: secrets reach it as files (``--secret src=``) only."""
         env = without_secrets(os.environ)
@@ -389,6 +423,7 @@ class LocalBuilder:
             secret_files=placeholders,
             global_args=self.cli_global_args(),
             metadata_file="<temp metadata file>",
+            extra=self.build_flags(request),
         )
 
     async def build(
@@ -404,6 +439,7 @@ class LocalBuilder:
                 secret_files=scratch.secret_paths,
                 global_args=self.cli_global_args(),
                 metadata_file=scratch.metadata_file,
+                extra=self.build_flags(request),
             )
             send(on_event, BuildStarted(image=request.image_name, argv=argv))
             env = self.cli_env()
@@ -412,7 +448,7 @@ class LocalBuilder:
             code, output = await run_cli(argv, env=env, on_event=on_event, image=request.image_name)
             if code != 0:
                 raise self._build_failure(request, cli, output)
-            pushed_digest = _read_metadata_digest(scratch.metadata_file)
+            pushed_digest = read_metadata_digest(scratch.metadata_file)
         build_seconds = time.monotonic() - started
         send(on_event, BuildDone(image=request.image_name, seconds=round(build_seconds, 3)))
         if pushed_digest is not None or not request.push:
@@ -462,7 +498,8 @@ class LocalBuilder:
         api = self.api()
         try:
             image_id = _inspect_id(api, request.tags[0])
-            digests = [self._push_ref(api, request, ref, on_event) for ref in request.tags]
+            refs = self.push_refs(request)
+            digests = [self._push_ref(api, request, ref, on_event) for ref in refs]
         finally:
             api.close()
         return image_id, digests[0]
