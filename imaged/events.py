@@ -128,6 +128,9 @@ class Finished(Event):
     manifest_digest: str | None
     why: str
     seconds: float
+    path: str = "full"
+    path_reason: str = ""
+    uploaded_bytes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,6 +246,8 @@ class BuildPushed(Event):
     kind = "pushed"
     uri: str
     manifest_digest: str | None
+    path: str = "full"
+    path_reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,6 +255,8 @@ class BuildBuilt(Event):
     kind = "built"
     uri: str
     manifest_digest: str | None
+    path: str = "full"
+    path_reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

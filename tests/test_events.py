@@ -97,6 +97,9 @@ def test_the_docs_parser_sees_a_change_either_way() -> None:
         "manifest_digest",
         "why",
         "seconds",
+        "path",
+        "path_reason",
+        "uploaded_bytes",
     }
 
 
@@ -110,7 +113,17 @@ def test_parent_events_are_documented_as_a_prefix() -> None:
 def test_json_form_and_parse_round_trip() -> None:
     event = Pushed(image="api", uri="r/api:1", manifest_digest=None, why="edit", seconds=0.5)
     data = event.to_json()
-    assert list(data) == ["event", "image", "uri", "manifest_digest", "why", "seconds"]
+    assert list(data) == [
+        "event",
+        "image",
+        "uri",
+        "manifest_digest",
+        "why",
+        "seconds",
+        "path",
+        "path_reason",
+        "uploaded_bytes",
+    ]
     assert parse(data, DAEMON_EVENTS) == event
     assert parse({"ts": 1.0, **Queued(image="a", reason="r").to_json()}, DAEMON_EVENTS) == Queued(
         image="a", reason="r"

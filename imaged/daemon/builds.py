@@ -82,6 +82,9 @@ class Builds:
                 manifest_digest=result.manifest_digest,
                 why=reason,
                 seconds=seconds,
+                path=result.path,
+                path_reason=result.path_reason,
+                uploaded_bytes=result.uploaded_bytes,
             )
         )
 
