@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imaged.digest.files import DIR
+from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
 from imaged.errors import ImagedError
 from imaged.pipeline.route import TailLayer, describe_layer
@@ -100,8 +100,11 @@ def tail_roots(tail: Sequence[tuple[int, TailLayer]], stem_workdir: str) -> list
     return sorted(set(roots))
 
 
+_KINDS = {DIR: "dir", FILE: "file", SYMLINK: "symlink"}
+
+
 def _as_stem(entry: LayerEntry) -> StemEntry:
-    return StemEntry(entry.type, entry.mode, entry.uid, entry.gid, entry.target)
+    return StemEntry(_KINDS[entry.type], entry.mode, entry.uid, entry.gid, entry.target)
 
 
 class _TailWriter:
@@ -152,7 +155,7 @@ class _TailWriter:
         self.out.history.append(HistoryEntry(created_by))
 
     def _workdir(self, index: int, layer: Workdir) -> None:
-        self.workdir = resolve_workdir(self.workdir, layer.path)
+        self.workdir = self.out.workdir = resolve_workdir(self.workdir, layer.path)
         path = destination(self.workdir)
         there = self.known.get(path)
         entries: list[LayerEntry] = []
