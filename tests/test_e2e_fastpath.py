@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,10 +51,9 @@ Row = tuple[object, ...]
 
 
 @pytest.fixture(autouse=True)
-def _env(infra: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _env(infra: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     set_build_env(monkeypatch, infra)
     monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
-    yield
 
 
 def write(root: Path, files: dict[str, str], modes: dict[str, int] | None = None) -> Path:
@@ -167,7 +165,8 @@ def test_every_file_layer_kind_equals_the_full_build(infra: Any, tmp_path: Path)
     )
     image = image._with(CodeBundle(root=bundle, dst="/bundle", copy_style="all"))
     fast, full = both_ways(image)
-    assert fast.stem_uri and fast.stem_uri != fast.uri
+    assert fast.stem_uri
+    assert fast.stem_uri != fast.uri
     rows = assert_equal_images(infra.docker_cli, fast, full)
     assert rows["opt/own"][1:4] == (oct(0o40700), 1000, 1000)
     assert rows["srv/shared"][1:4] == (oct(0o42750), 1001, 1002)
@@ -213,12 +212,14 @@ def test_a_tail_edit_uploads_only_its_part_and_a_recipe_edit_rebuilds_the_stem(
     image = named(infra, "edit").with_commands(["echo one"]).with_source_folder(tree, "/data")
     settings = load_settings(overrides={"fastpath_split_bytes": 64 << 10})
     first = build(image, settings=settings)
-    assert first.path == "fast" and first.status == "pushed"
+    assert first.path == "fast"
+    assert first.status == "pushed"
     total = sum(la["size"] for la in manifest_layers(first.uri)[-10:])
     (tree / "d3" / "f0003.txt").write_text("edited\n")
     events: list[dict[str, Any]] = []
     second = build(image, settings=settings, on_event=events.append)
-    assert second.tag != first.tag and second.stem_uri == first.stem_uri
+    assert second.tag != first.tag
+    assert second.stem_uri == first.stem_uri
     assert stem_builds(events) == []  # no BuildKit build: the stem was there
     assert 0 < second.uploaded_bytes < total / 4, (second.uploaded_bytes, total)
     assert {"stem", "tail_tar", "upload", "manifest"} <= second.timings.keys()
@@ -226,7 +227,8 @@ def test_a_tail_edit_uploads_only_its_part_and_a_recipe_edit_rebuilds_the_stem(
     recipe = replace_commands(edited, "echo two")
     events.clear()
     third = build(recipe, settings=settings, on_event=events.append)
-    assert third.stem_uri != first.stem_uri and third.path == "fast"
+    assert third.stem_uri != first.stem_uri
+    assert third.path == "fast"
     assert stem_builds(events) == [third.stem_uri]
     out = docker(infra.docker_cli, "run", "--rm", third.uri, "cat", "/data/big/d3/f0003.txt")
     assert out.stdout == "edited\n"
@@ -250,12 +252,14 @@ def test_a_stem_tag_that_vanished_rebuilds_the_stem(infra: Any, tmp_path: Path) 
     src = source_tree(tmp_path / "src")
     image = named(infra, "vanish").with_commands(["echo stem"]).with_source_folder(src, "/app")
     first = build(image)
-    assert first.path == "fast" and first.stem_uri
+    assert first.path == "fast"
+    assert first.stem_uri
     delete_manifest(first.stem_uri)
     (src / "app.py").write_text("print('again')\n")
     events: list[dict[str, Any]] = []
     second = build(image, on_event=events.append)
-    assert second.path == "fast" and stem_builds(events) == [first.stem_uri]
+    assert second.path == "fast"
+    assert stem_builds(events) == [first.stem_uri]
     assert manifest_layers(second.stem_uri or "")
     out = docker(infra.docker_cli, "run", "--rm", second.uri, "cat", "/app/src/app.py")
     assert out.stdout == "print('again')\n"
