@@ -289,3 +289,34 @@ def client_ref(uri: str, digest: str) -> Any:
     from imaged.registry.ref import ImageRef
 
     return replace(ImageRef.parse(uri), tag=None, digest=digest)
+
+
+def test_a_parent_that_is_a_symlink_in_the_stem_takes_the_full_build(
+    infra: Any, tmp_path: Path
+) -> None:
+    src = source_tree(tmp_path / "src")
+    image = (
+        named(infra, "symlinked")
+        .with_commands(["mkdir -p /real && ln -s /real /linked"])
+        .with_source_folder(src, "/linked/app")
+    )
+    result = build(image)
+    assert result.path == "full"
+    assert result.path_reason == (
+        "layer 2 (source_folder src/) writes into /linked, which is a symlink to /real in the "
+        "stem: the full build follows it as BuildKit does"
+    )
+    assert result.status == "pushed"
+    out = docker(infra.docker_cli, "run", "--rm", result.uri, "cat", "/real/app/src/app.py")
+    assert out.stdout == "print('app')\n"
+
+
+def test_force_rebuilds_the_stem_and_pushes_the_tail_again(infra: Any, tmp_path: Path) -> None:
+    src = source_tree(tmp_path / "src")
+    image = named(infra, "force").with_commands(["echo forced"]).with_source_folder(src, "/app")
+    first = build(image)
+    events: list[dict[str, Any]] = []
+    again = build(image, force=True, on_event=events.append)
+    assert (again.path, again.status, again.uri) == ("fast", "pushed", first.uri)
+    assert stem_builds(events) == [first.stem_uri]
+    assert any("--no-cache" in e.get("argv", ()) for e in events)
