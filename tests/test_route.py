@@ -143,3 +143,24 @@ def test_a_dockerfile_image_takes_the_full_build(tmp_path: Path) -> None:
     decided = route(img, load_settings())
     assert decided.path == "full"
     assert decided.reason == "its own Dockerfile builds it: imaged appends no layer to it"
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "path"),
+    [
+        pytest.param("service", "service-api", "fast", id="service-api"),
+        pytest.param("service", "service-worker", "fast", id="service-worker"),
+        pytest.param("uvproject", "greeter", "fast", id="greeter"),
+        # Recipe layers only: nothing to append, the full build is the only path.
+        pytest.param("uvproject", "greeter-deps", "full", id="greeter-deps"),
+        pytest.param("script", "report", "full", id="script"),
+    ],
+)
+def test_the_examples_take_the_best_path(module: str, name: str, path: str) -> None:
+    from imaged.definitions.loader import load_definitions
+
+    images = load_definitions(str(EXAMPLES / module / "images.py"))
+    assert route(images[name], load_settings()).path == path
