@@ -63,6 +63,7 @@ class ImageView:
     pushed_at: float | None = None
     why: str = ""
     error: str | None = None
+    path: str | None = None  # the last push's route: "fast" or "full"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -103,7 +104,7 @@ class DaemonView:
         elif isinstance(event, Finished):
             view.state, view.uri = "up to date", event.uri
             if not isinstance(event, Skipped):
-                view.pushed_at = time.time()
+                view.pushed_at, view.path = time.time(), event.path
 
     def known_digest(self, name: str, tag: str, uri: str | None) -> None:
         """The image's current content tag (and URI), whether or not it is built yet."""
