@@ -320,3 +320,25 @@ def test_force_rebuilds_the_stem_and_pushes_the_tail_again(infra: Any, tmp_path:
     assert (again.path, again.status, again.uri) == ("fast", "pushed", first.uri)
     assert stem_builds(events) == [first.stem_uri]
     assert any("--no-cache" in e.get("argv", ()) for e in events)
+
+
+def test_a_known_layer_missing_from_the_repository_is_written_and_uploaded(
+    infra: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imaged.pipeline import fastpath
+    from imaged.render.layertar import MemberCache
+
+    tree = big_tree(tmp_path / "big", 200)
+    settings = load_settings(overrides={"fastpath_split_bytes": 32 << 10})
+    first = build(named(infra, "known-a").with_source_folder(tree, "/data"), settings=settings)
+    monkeypatch.setattr(fastpath, "MEMBERS", MemberCache())  # as a new process would
+    other = named(infra, "known-b").with_source_folder(tree, "/data")
+    second = build(other, settings=settings)
+    assert second.path == "fast"
+    tail = manifest_layers(second.uri)[len(manifest_layers(second.stem_uri or "")) :]
+    assert second.uploaded_bytes >= sum(la["size"] for la in tail)  # every part, written anew
+    assert [la["digest"] for la in tail] == [
+        la["digest"] for la in manifest_layers(first.uri)[-len(tail) :]
+    ]
+    out = docker(infra.docker_cli, "run", "--rm", second.uri, "cat", "/data/big/d3/f0003.txt")
+    assert out.stdout == "3\n" * 40

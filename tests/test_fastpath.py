@@ -115,3 +115,49 @@ def test_a_file_edited_after_hashing_is_hashed_again_and_said(tmp_path: Path) ->
     assert [e["event"] for e in events] == ["rehashed"]
     assert (events[0]["old"], events[0]["new"]) == (first.tag, digest.tag)
     assert tail.layers
+
+
+def test_a_layer_the_index_knows_is_written_only_when_its_bytes_are_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from imaged.pipeline import fastpath
+    from imaged.render.layertar import MemberCache
+
+    src = tmp_path / "big"
+    token = uuid.uuid4().hex
+    for i in range(200):
+        (src / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 5}" / f"f{i:03d}.txt").write_text(f"{token} {i}\n" * 50)
+    image = (
+        Image.from_base(BASE).clone(name="big", registry="r:5000").with_source_folder(src, "/data")
+    )
+    tail = route(image, load_settings()).tail
+    index = fastpath.LayerIndex(tmp_path / "state" / "layers.json")
+
+    def written(idx: fastpath.LayerIndex) -> list[Any]:
+        digest = hash_image(image, DigestCache())
+        out = write_tail(image, digest, tail, {}, stem_workdir="/", split_bytes=16 << 10, index=idx)
+        return out.layers
+
+    first = written(index)
+    assert len(first) > 3
+    assert all(isinstance(la.data, bytes) for la in first)
+    index.save()
+    # A new process: an empty member cache, the index read back from disk.
+    monkeypatch.setattr(fastpath, "MEMBERS", MemberCache())
+    again = written(fastpath.LayerIndex(tmp_path / "state" / "layers.json"))
+    assert [la.digest for la in again] == [la.digest for la in first]
+    assert not any(isinstance(la.data, bytes) for la in again)
+
+    async def bytes_of(source: Any) -> bytes:
+        return b"".join([chunk async for chunk in source()])
+
+    for layer in again[:2]:
+        data = anyio.run(bytes_of, layer.data)
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.digest
+        assert len(data) == layer.size
+    (src / "d3" / "f003.txt").write_text("edited\n")
+    edited = written(fastpath.LayerIndex(tmp_path / "state" / "layers.json"))
+    assert sum(isinstance(la.data, bytes) for la in edited) == 1  # only the edited part

@@ -40,6 +40,7 @@ from imaged.events import (
 from imaged.pipeline.fastpath import (
     FullBuildNeeded,
     Tail,
+    layer_index,
     push_tail,
     read_known,
     stem_config,
@@ -500,6 +501,7 @@ class _Fast:
     ) -> tuple[ImageDigest, Tail]:
         """The tail, from the digest's file lists; re-hashed when a file moved in between."""
         staged, split = self.staging, self.settings.fastpath_split_bytes
+        index = await anyio.to_thread.run_sync(layer_index, self.settings.resolved_state_dir)
         digest = first
         for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
             if attempt > 1:
@@ -516,7 +518,7 @@ class _Fast:
                     result.layers = [d.to_json() for d in digest.layers]
             try:
                 tail = await anyio.to_thread.run_sync(
-                    partial(write_tail, stem_workdir=workdir, split_bytes=split),
+                    partial(write_tail, stem_workdir=workdir, split_bytes=split, index=index),
                     self.image,
                     digest,
                     self.decision.tail,
@@ -526,6 +528,7 @@ class _Fast:
                 if attempt == MAX_STAGE_ATTEMPTS:
                     raise
                 continue
+            await anyio.to_thread.run_sync(index.save)
             return digest, tail
         raise AssertionError("unreachable")
 

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
+
 from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
-from imaged.errors import ImagedError
+from imaged.errors import ContextChangedError, ImagedError
 from imaged.pipeline.route import TailLayer, describe_layer
 from imaged.pipeline.stemfs import StemEntry, StemFs, read_stem_fs
 from imaged.registry.append import (
@@ -35,7 +38,7 @@ from imaged.registry.append import (
     buildkit_copy,
     resolve_workdir,
 )
-from imaged.registry.client import Existence, RegistryClient
+from imaged.registry.client import BlobSource, Existence, RegistryClient
 from imaged.registry.ref import ImageRef
 from imaged.render.dockerfile import quote_env
 from imaged.render.layertar import (
@@ -45,6 +48,7 @@ from imaged.render.layertar import (
     destination,
     folder_entry,
     layer_entries,
+    layer_key,
     split_entries,
     write_layer,
 )
@@ -54,6 +58,73 @@ from imaged.spec.layers import CodeBundle, EnvVars, SourceFiles, SourceFolder, W
 MEMBERS = MemberCache()  # process-wide: the daemon reuses members from one edit to the next
 DIGEST_LABEL = "dev.imaged.digest"
 _STEMS: dict[tuple[str, str], dict[str, object]] = {}  # (stem ref, manifest digest) -> config
+
+
+class LayerIndex:
+    """The digests of layers written before, by :func:`layer_key`, kept on disk (the state
+    directory), so a new process (a one-shot ``imaged build``) need not compress a layer
+    the registry already holds: it is written only if its blob is missing there.
+    Its bytes are a function of the key (headers and content digests), so an entry is
+    never stale; a lost update between two processes only costs a compression."""
+
+    LIMIT = 1 << 14
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, list[object]] = {}
+        self.added = False
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(data, dict):
+            self.rows = data
+
+    def get(self, key: bytes) -> tuple[str, str, int] | None:
+        row = self.rows.get(key.hex())
+        if not (isinstance(row, list) and len(row) == 3):
+            return None
+        diff_id, digest, size = row
+        if isinstance(diff_id, str) and isinstance(digest, str) and isinstance(size, int):
+            return diff_id, digest, size
+        return None
+
+    def put(self, key: bytes, blob: LayerBlob) -> None:
+        self.rows.pop(key.hex(), None)
+        self.rows[key.hex()] = [blob.diff_id, blob.digest, blob.size]
+        self.added = True
+
+    def save(self) -> None:
+        if not self.added:
+            return
+        rows = dict(list(self.rows.items())[-self.LIMIT :])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rows))
+        tmp.replace(self.path)
+
+
+_INDEXES: dict[Path, LayerIndex] = {}
+
+
+def layer_index(state_dir: Path) -> LayerIndex:
+    """The state directory's layer index, read once per process."""
+    path = state_dir / "fastpath-layers.json"
+    if path not in _INDEXES:
+        _INDEXES[path] = LayerIndex(path)
+    return _INDEXES[path]
+
+
+def _written_on_demand(part: Sequence[LayerEntry], digest: str) -> BlobSource:
+    """A blob source writing ``part`` when the registry asks for its bytes."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        blob = await anyio.to_thread.run_sync(write_layer, part, MEMBERS)
+        if blob.digest != digest:
+            raise ContextChangedError(f"a layer of {len(part)} entries is not {digest} any more")
+        yield blob.data()
+
+    return stream
 
 
 class FullBuildNeeded(ImagedError):
@@ -112,9 +183,16 @@ class _TailWriter:
     written so far hold (a later layer's parents are theirs)."""
 
     def __init__(
-        self, image: Image, digest: ImageDigest, known: StemFs, stem_workdir: str, split: int
+        self,
+        image: Image,
+        digest: ImageDigest,
+        known: StemFs,
+        stem_workdir: str,
+        split: int,
+        index: LayerIndex | None,
     ) -> None:
         self.image, self.digest, self.known, self.split = image, digest, dict(known), split
+        self.index = index
         self.workdir = stem_workdir or "/"
         self.out = Tail()
 
@@ -149,9 +227,19 @@ class _TailWriter:
             self.known[entry.path] = _as_stem(entry)
         return out
 
-    def _add(self, blob: LayerBlob, created_by: str) -> None:
-        data = blob.data()
-        self.out.layers.append(NewLayer(blob.digest, blob.size, blob.diff_id, data, created_by))
+    def _add(self, part: Sequence[LayerEntry], created_by: str) -> None:
+        key = layer_key(part)
+        seen = self.index.get(key) if self.index is not None else None
+        if seen is not None:
+            diff_id, digest, size = seen
+            data = _written_on_demand(part, digest)
+            self.out.layers.append(NewLayer(digest, size, diff_id, data, created_by))
+        else:
+            blob = write_layer(part, MEMBERS)
+            if self.index is not None:
+                self.index.put(key, blob)
+            layer = NewLayer(blob.digest, blob.size, blob.diff_id, blob.data(), created_by)
+            self.out.layers.append(layer)
         self.out.history.append(HistoryEntry(created_by))
 
     def _workdir(self, index: int, layer: Workdir) -> None:
@@ -162,7 +250,7 @@ class _TailWriter:
         if path and (there is None or there.type != "dir"):
             parts = path.split("/")
             entries = [folder_entry("/".join(parts[: i + 1])) for i in range(len(parts))]
-        self._add(write_layer(self._adopt(index, entries), MEMBERS), f"WORKDIR {layer.path}")
+        self._add(self._adopt(index, entries), f"WORKDIR {layer.path}")
 
     def _copy(self, index: int, layer: SourceFolder | SourceFiles | CodeBundle) -> None:
         entries = layer_entries(layer, _layer_digest(self.digest, index), workdir=self.workdir)
@@ -170,7 +258,7 @@ class _TailWriter:
         dst = _copy_target(layer).rstrip("/") + "/"
         created_by = buildkit_copy(f"layers/{index}/", dst)
         for part in split_entries(entries, split_bytes=self.split):
-            self._add(write_layer(part, MEMBERS), created_by)
+            self._add(part, created_by)
 
 
 def write_tail(
@@ -181,10 +269,12 @@ def write_tail(
     *,
     stem_workdir: str,
     split_bytes: int,
+    index: LayerIndex | None = None,
 ) -> Tail:
     """The tail's layer blobs and config edit (reads and checks each file against
-    ``digest``: raises ContextChangedError when one moved since it was hashed)."""
-    return _TailWriter(image, digest, known, stem_workdir, split_bytes).write(tail)
+    ``digest``: raises ContextChangedError when one moved since it was hashed). A layer
+    ``index`` knows is written only when its bytes are asked for (a missing blob)."""
+    return _TailWriter(image, digest, known, stem_workdir, split_bytes, index).write(tail)
 
 
 async def stem_config(

@@ -418,6 +418,13 @@ def _member_key(entry: LayerEntry, header: bytes) -> bytes:
     return header + (entry.digest or "").encode()
 
 
+def layer_key(entries: Sequence[LayerEntry]) -> bytes:
+    """What a layer's bytes are a function of: each entry's header and content digest (the
+    key :func:`write_layer` caches the layer's digests under)."""
+    keys = [_member_key(e, e.header) for e in entries]
+    return hashlib.sha256(b"\0".join(keys)).digest()
+
+
 def write_layer(entries: Sequence[LayerEntry], cache: MemberCache | None = None) -> LayerBlob:
     """The layer blob of ``entries`` (sorted, parents included: :func:`tree_entries`).
 
