@@ -428,6 +428,11 @@ class Settings:
     push_timeout: float = _setting(
         1800.0, _positive_float, "Seconds an engine call may take (push)."
     )
+    fast_path: bool = _setting(
+        True,
+        _bool,
+        "Append file-only tail layers to a pushed stem in the registry instead of building.",
+    )
     fastpath_split_bytes: int = _setting(
         8 << 20,
         _positive_int,

@@ -132,6 +132,9 @@ class Finished(Event):
     seconds: float
     engine: str | None = None
     placement: str | None = None
+    path: str = "full"
+    path_reason: str = ""
+    uploaded_bytes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,6 +252,8 @@ class BuildPushed(Event):
     kind = "pushed"
     uri: str
     manifest_digest: str | None
+    path: str = "full"
+    path_reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,6 +261,8 @@ class BuildBuilt(Event):
     kind = "built"
     uri: str
     manifest_digest: str | None
+    path: str = "full"
+    path_reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

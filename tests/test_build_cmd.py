@@ -129,6 +129,7 @@ def test_build_hashes_each_image_once_within_the_bound(
     monkeypatch.setattr(cmd_build, "create_registry_client", fake)
     monkeypatch.setattr("imaged.pipeline.build.get_builder", lambda *_: builder)
     monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("IMAGED_FAST_PATH", "false")  # the full path: one hash, one build
     seen = _count_hashes(monkeypatch)
 
     async def run() -> int:

@@ -505,3 +505,35 @@ def test_status_command_lists_every_image(
     tags = {e["image"]: e["uri"].rsplit(":", 1)[1] for e in daemon.matching(is_event("pushed"))}
     for name, row in rows.items():
         assert row[1:3] == ["up to date", tags[name]]
+
+
+# -- the fast path ---------------------------------------------------------------------------
+
+
+def test_the_daemon_reports_the_path_each_push_took(
+    project: Project, watch: Callable[..., DaemonProcess]
+) -> None:
+    forced = project.name("forced")
+    extra = (
+        f'forced = _base.clone(name="{forced}").with_source_folder("other", "/app")'
+        '.with_commands(["ls /app"])'
+    )
+    project.write_defs(extra=extra)
+    names = (*project.names, forced)
+    daemon = watch(project.defs)
+    settle_initial(daemon, names)
+    mark = daemon.mark()
+    (project.shared / "a.txt").write_text(fresh())
+    (project.other / "b.txt").write_text(fresh())
+    alpha = project.names[0]
+    fast = daemon.wait_event(is_event("pushed", alpha), BUILD_TIMEOUT, since=mark)
+    full = daemon.wait_event(is_event("pushed", forced), BUILD_TIMEOUT, since=mark)
+    assert fast["path"] == "fast"
+    assert fast["path_reason"] == "2 file layers appended to the stem (built through the base)"
+    assert 0 < fast["uploaded_bytes"] < 10_000  # one small layer and a config
+    assert full["path"] == "full"
+    assert full["uploaded_bytes"] == 0
+    assert full["path_reason"] == (
+        "layer 1 (source_folder other/) is followed by a recipe layer "
+        "(layer 2 (commands ls /app)): a RUN must see the files it follows"
+    )

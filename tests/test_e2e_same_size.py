@@ -143,6 +143,7 @@ def test_source_folder_on_the_remote_builder(
         pytest.fail("the test infra has no remote engine")
     monkeypatch.setenv("IMAGED_BUILDER", "remote")
     monkeypatch.setenv("IMAGED_DOCKER_HOST", infra.remote_docker_host)
+    monkeypatch.setenv("IMAGED_FAST_PATH", "false")  # this is about the remote BuildKit
     src = source_tree(tmp_path / "src")
     image = plain(infra, "remote").with_source_folder(src, "/app", copy_contents_only=True)
     paths = ("/app/x.txt", "/app/sub/keep.txt")

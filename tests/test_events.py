@@ -99,6 +99,9 @@ def test_the_docs_parser_sees_a_change_either_way() -> None:
         "seconds",
         "engine",
         "placement",
+        "path",
+        "path_reason",
+        "uploaded_bytes",
     }
 
 
@@ -115,6 +118,7 @@ def test_json_form_and_parse_round_trip() -> None:
     assert list(data) == [
         *("event", "image", "uri", "manifest_digest", "why", "seconds"),
         *("engine", "placement"),
+        *("path", "path_reason", "uploaded_bytes"),
     ]
     assert parse(data, DAEMON_EVENTS) == event
     assert parse({"ts": 1.0, **Queued(image="a", reason="r").to_json()}, DAEMON_EVENTS) == Queued(

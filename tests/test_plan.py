@@ -121,6 +121,7 @@ def test_never_pushed_image_is_missing(registry_env: Any, tmp_path: Path) -> Non
     assert block(result.output, image.name or "") == [
         f"{image.name}: missing {image.uri_for(hash_image(image).tag)}",
         "    never pushed by this state directory",
+        "    fast path: 1 file layer appended to the stem (built through the base)",
     ]
 
 
@@ -136,10 +137,14 @@ def test_edited_source_file_names_the_layer_and_the_file(
     assert edited.exit_code == 0, edited.output
     tiny = block(edited.output, image.name or "")
     assert tiny[0].startswith(f"{image.name}: missing ")
-    assert tiny[1:] == ["    layer `source_files app.py` moved: app.py changed"]
+    assert tiny[1:] == [
+        "    layer `source_files app.py` moved: app.py changed",
+        "    fast path: 1 file layer appended to the stem (built through the base)",
+    ]
     # Before the edit nothing moved, yet the tag is not in the registry: say so.
     assert block(unchanged.output, image.name or "")[1:] == [
-        "    no layer moved since the last push, but the tag is gone from the registry"
+        "    no layer moved since the last push, but the tag is gone from the registry",
+        "    fast path: 1 file layer appended to the stem (built through the base)",
     ]
 
 
@@ -192,7 +197,16 @@ def test_json_prints_one_object_per_image(tmp_path: Path) -> None:
     images = load_definitions(str(defs))
     assert sorted(row["name"] for row in rows) == sorted(i.name or "" for i in images.values())
     for row in rows:
-        assert set(row) == {"name", "uri", "status", "reasons", "error"}
+        assert set(row) == {
+            "name",
+            "uri",
+            "status",
+            "reasons",
+            "error",
+            "path",
+            "path_reason",
+            "forcing_layer",
+        }
         assert row["status"] == "unknown"
         assert row["uri"].startswith(f"{DEAD_REGISTRY}/{row['name']}:")
         assert row["reasons"] == ["never pushed by this state directory"]
@@ -366,3 +380,43 @@ def test_layer_diff_names_a_moved_tree() -> None:
     before = [{"label": "src", "digest": "d1", "files": {}, "trees": {"/p/pkg": "t1"}}]
     now = [{"label": "src", "digest": "d2", "files": {}, "trees": {"/p/pkg": "t2"}}]
     assert _layer_diff(before, now) == ["layer `src` moved: pkg/ contents changed"]
+
+
+FORCED = """\
+from pathlib import Path
+
+from imaged import Image
+
+HERE = Path(__file__).parent
+forced = (
+    Image.from_debian_base(name="forced", registry={registry!r})
+    .with_source_folder(HERE / "src", "/app")
+    .with_commands(["ls /app"])
+)
+fast = Image.from_debian_base(name="fast", registry={registry!r}).with_pip_packages("six").with_source_folder(HERE / "src", "/app")
+"""
+
+
+@pytest.mark.usefixtures("plan_env")
+def test_the_plan_names_each_path_and_the_layer_forcing_a_full_build(tmp_path: Path) -> None:
+    (tmp_path / "proj" / "src").mkdir(parents=True)
+    (tmp_path / "proj" / "src" / "a.py").write_text("A = 1\n")
+    defs = tmp_path / "proj" / "images.py"
+    defs.write_text(FORCED.format(registry=DEAD_REGISTRY))
+    rows = {
+        row["name"]: row
+        for row in map(json.loads, run_plan("--json", str(defs)).stdout.splitlines())
+    }
+    assert rows["forced"]["path"] == "full"
+    assert rows["forced"]["forcing_layer"] == "layer 1 (source_folder src/)"
+    assert rows["forced"]["path_reason"] == (
+        "layer 1 (source_folder src/) is followed by a recipe layer "
+        "(layer 2 (commands ls /app)): a RUN must see the files it follows"
+    )
+    assert (rows["fast"]["path"], rows["fast"]["forcing_layer"]) == ("fast", None)
+    text = run_plan(str(defs)).stdout
+    assert f"    full path: {rows['forced']['path_reason']}" in block(text, "forced")
+    assert (
+        "    fast path: 1 file layer appended to the stem (built through layer 1 (pip_packages six))"
+        in block(text, "fast")
+    )

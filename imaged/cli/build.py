@@ -28,6 +28,9 @@ def _line(result: ImageBuild) -> str:
         return "\n".join(
             [
                 f"# {result.name}: {result.uri} (dry run, nothing built)",
+                f"# path: {result.path}: {result.path_reason}",
+                *([f"# stem: {result.stem_uri}"] if result.stem_uri else []),
+                *(f"# tail: {layer}" for layer in result.tail_layers),
                 "# command: " + " ".join(result.command),
                 "# context:",
                 *(f"#   {p}" for p in result.context_listing),
@@ -38,7 +41,8 @@ def _line(result: ImageBuild) -> str:
     digest = f" manifest {result.manifest_digest}" if result.manifest_digest else ""
     total = result.timings.get("total", 0.0)
     engine = f" on {result.engine} ({result.placement})" if result.engine else ""
-    return f"{result.name}: {where} {result.uri}{digest} in {total:.1f}s{engine}"
+    path = f" (fast path, {result.uploaded_bytes} bytes uploaded)" if result.path == "fast" else ""
+    return f"{result.name}: {where} {result.uri}{digest} in {total:.1f}s{engine}{path}"
 
 
 def _report(result: ImageBuild | None, name: str, error: ImagedError | None, as_json: bool) -> None:

@@ -16,6 +16,7 @@ from imaged.digest.bounds import hash_within
 from imaged.digest.image_digest import ImageDigest
 from imaged.errors import ImagedError
 from imaged.pipeline.logins import check_images
+from imaged.pipeline.route import describe_layer, route
 from imaged.registry.client import Existence, create_registry_client
 from imaged.spec.image import Image, override_registry
 
@@ -123,8 +124,16 @@ async def _plan(images: dict[str, Image], settings: Settings) -> list[dict[str, 
         row = _row(name, uris[name], found.get(uris[name]))
         if row["status"] != "exists":
             row["reasons"] = _reasons(records.get(name), digests[name], row["status"])
-        rows.append(row)
+        rows.append(row | _path(images[name], settings))
     return rows
+
+
+def _path(image: Image, settings: Settings) -> dict[str, Any]:
+    """The path a build of ``image`` takes (fast or full), why, and the layer forcing a
+    full build (``layer 3 (source_folder src/)``), if one does."""
+    decided = route(image, settings)
+    forcing = None if decided.forcing is None else describe_layer(image, decided.forcing)
+    return {"path": decided.path, "path_reason": decided.reason, "forcing_layer": forcing}
 
 
 def run_plan(targets: tuple[str, ...], *, settings: Settings, as_json: bool) -> int:
@@ -140,6 +149,8 @@ def run_plan(targets: tuple[str, ...], *, settings: Settings, as_json: bool) -> 
         click.echo(f"{row['name']}: {row['status']}{where}")
         for reason in row["reasons"]:
             click.echo(f"    {reason}")
+        if row["status"] != "exists" and "path" in row:
+            click.echo(f"    {row['path']} path: {row['path_reason']}")
         if "error" in row:
             click.echo(f"    error: {row['error']}")
     return 1 if any(r["status"] in ("unknown", "failed") for r in rows) else 0

@@ -42,6 +42,8 @@ def _table(source: StatusSource) -> Any:
     for view in status["images"]:
         pushed_at = view["pushed_at"]
         pushed = time.strftime("%H:%M:%S", time.localtime(pushed_at)) if pushed_at else ""
+        if pushed and view.get("path"):
+            pushed += f" ({view['path']})"
         state = view["state"]
         why = view["error"] if state == "failed" and view["error"] else view["why"]
         if engines and view.get("placement") and state in ("building", "pushing"):

@@ -93,6 +93,9 @@ class Builds:
                 seconds=seconds,
                 engine=result.engine,
                 placement=result.placement,
+                path=result.path,
+                path_reason=result.path_reason,
+                uploaded_bytes=result.uploaded_bytes,
             )
         )
 

@@ -65,6 +65,7 @@ class ImageView:
     error: str | None = None
     engine: str | None = None  # the pool engine of its current or last build, and why
     placement: str | None = None
+    path: str | None = None  # the last push's route: "fast" or "full"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -118,7 +119,7 @@ class DaemonView:
             if event.engine is not None:
                 view.engine, view.placement = event.engine, event.placement
             if not isinstance(event, Skipped):
-                view.pushed_at = time.time()
+                view.pushed_at, view.path = time.time(), event.path
 
     def known_digest(self, name: str, tag: str, uri: str | None) -> None:
         """The image's current content tag (and URI), whether or not it is built yet."""

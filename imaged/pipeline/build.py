@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from imaged.config import Settings, load_settings
 from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.digest.trees import TreeProvider
-from imaged.errors import ContextChangedError, SpecError
+from imaged.errors import ContextChangedError, RegistryError, SpecError
 from imaged.events import (
     BuildBuilding,
     BuildBuilt,
@@ -36,9 +37,23 @@ from imaged.events import (
     as_parent,
     send,
 )
+from imaged.pipeline.fastpath import (
+    FullBuildNeeded,
+    Tail,
+    layer_index,
+    push_tail,
+    read_known,
+    stem_config,
+    stem_workdir_of,
+    tail_roots,
+    write_tail,
+)
 from imaged.pipeline.logins import registry_logins
+from imaged.pipeline.route import Route, describe_layer, route
 from imaged.pipeline.secrets import ca_bundle_secret, resolve_secrets
+from imaged.pipeline.stemfs import StemFs
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
+from imaged.registry.ref import ImageRef
 from imaged.render.context import stage_context
 from imaged.render.dockerfile import RenderedImage, render_dockerfile
 from imaged.spec.image import Image, ParentBase, override_registry
@@ -67,6 +82,11 @@ class ImageBuild:
     context_listing: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    path: str = "full"  # "fast" | "full": the route taken (pipeline/route.py)
+    path_reason: str = ""
+    stem_uri: str | None = None
+    uploaded_bytes: int = 0  # bytes of blobs the fast path uploaded
+    tail_layers: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -255,8 +275,12 @@ async def abuild(
         result.timings["hash"] = time.perf_counter() - started
         chosen = builder if not isinstance(builder, str | None) else get_builder(builder, settings)
         result.builder = chosen.name
+        decision = route(image, settings)
+        result.path, result.path_reason = decision.path, decision.reason
+        if decision.stem is not None:
+            result.tail_layers = [describe_layer(image, index) for index, _ in decision.tail]
         if dry_run:
-            return _dry_run(image, digest, chosen, result)
+            return await _dry_run(image, digest, chosen, result, decision, cache, trees)
         if not image.registry and not force and result.uri in _BUILT_LOCALLY:
             # Content-addressed: built into the engine by this process already (a parent shared
             # by several children). Images with a registry ask the registry instead.
@@ -287,14 +311,33 @@ async def abuild(
         # A digest hashed ahead (under a time bound) is staged as it is, checked file by file;
         # otherwise staging hashes again, in the folder's lock.
         staging = _Staging(cache, trees, digest if hashed is not None else None)
-        await _build_and_push(image, chosen, settings, staging, force, result, on_event, client)
+        if decision.stem is not None:
+            fast = _Fast(image, decision, chosen, settings, staging, shared, client, on_event)
+            try:
+                await fast.run(digest, force, result)
+            except FullBuildNeeded as exc:
+                result.path, result.path_reason = "full", str(exc)
+                decision = Route("full", str(exc))
+        if decision.stem is None:
+            await _build_and_push(image, chosen, settings, staging, force, result, on_event, client)
         if not result.pushed:
             _BUILT_LOCALLY.add(result.uri)
         result.timings["total"] = time.perf_counter() - started
         return result
 
 
-def _dry_run(image: Image, digest: ImageDigest, chosen: Builder, result: ImageBuild) -> ImageBuild:
+async def _dry_run(
+    image: Image,
+    digest: ImageDigest,
+    chosen: Builder,
+    result: ImageBuild,
+    decision: Route,
+    cache: DigestCache,
+    trees: TreeProvider | None,
+) -> ImageBuild:
+    if decision.stem is not None:
+        stem = await anyio.to_thread.run_sync(_validate_and_hash, decision.stem, cache, trees, None)
+        result.stem_uri = _uri(decision.stem, stem)
     rendered = render_dockerfile(image, digest)
     result.status = "dry-run"
     result.dockerfile = rendered.dockerfile
@@ -367,7 +410,135 @@ async def _build_and_push(
     result.pushed = request.push
     result.status = "pushed" if request.push else "built"
     done = BuildPushed if request.push else BuildBuilt
-    send(on_event, done(image=image.name, uri=result.uri, manifest_digest=outcome.manifest_digest))
+    send(
+        on_event,
+        done(
+            image=image.name,
+            uri=result.uri,
+            manifest_digest=outcome.manifest_digest,
+            path=result.path,
+            path_reason=result.path_reason,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Fast:
+    """The fast path of one image: ensure its stem, write its tail, append and push."""
+
+    image: Image
+    decision: Route
+    builder: Builder
+    settings: Settings
+    staging: _Staging
+    shared: RegistryClient
+    client: RegistryClient
+    on_event: EventSink | None
+
+    async def run(self, digest: ImageDigest, force: bool, result: ImageBuild) -> None:
+        t0 = time.perf_counter()
+        stem_ref, manifest = await self.ensure_stem(force, result)
+        config = await stem_config(self.client, stem_ref, manifest)
+        workdir = stem_workdir_of(config)
+        roots = tail_roots(self.decision.tail, workdir)
+        known = await read_known(
+            self.client, stem_ref, manifest, roots, self.settings.resolved_state_dir
+        )
+        result.timings["stem"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        digest, tail = await self.write(digest, known, workdir, result)
+        result.timings["tail_tar"] = time.perf_counter() - t1
+        target = ImageRef.parse(result.uri)
+        send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
+        pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest)
+        result.timings.update(pushed.timings)
+        result.uploaded_bytes = pushed.uploaded_bytes
+        result.manifest_digest = pushed.image.digest
+        result.pushed, result.status = True, "pushed"
+        send(
+            self.on_event,
+            BuildPushed(
+                image=self.image.name,
+                uri=result.uri,
+                manifest_digest=pushed.image.digest,
+                path="fast",
+                path_reason=result.path_reason,
+            ),
+        )
+
+    async def ensure_stem(self, force: bool, result: ImageBuild) -> tuple[ImageRef, str]:
+        """The stem's reference and manifest digest: HEAD its content tag; build and push
+        it (the full path, the same builder and secrets) when missing or forced."""
+        stem = self.decision.stem
+        assert stem is not None
+        staged = self.staging
+        stem_digest = await anyio.to_thread.run_sync(
+            _validate_and_hash, stem, staged.cache, staged.trees, None
+        )
+        result.stem_uri = _uri(stem, stem_digest)
+        ref = ImageRef.parse(result.stem_uri)
+        manifest = None if force else await self.client.manifest_digest(ref)
+        if manifest is None:
+            built = await abuild(
+                stem,
+                force=force,
+                builder=self.builder,
+                settings=self.settings,
+                registry_client=self.shared,
+                cache=staged.cache,
+                trees=staged.trees,
+                on_event=self._stem_event,
+                checked={result.stem_uri: Existence.MISSING},
+                hashed=Hashed(stem, stem_digest),
+            )
+            manifest = built.manifest_digest or await self.client.manifest_digest(ref)
+            if manifest is None:
+                raise RegistryError(f"the stem {result.stem_uri} was pushed but is not there")
+        return ref, manifest
+
+    def _stem_event(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(as_parent(event, self.image.name))
+
+    async def write(
+        self, first: ImageDigest, known: StemFs, workdir: str, result: ImageBuild
+    ) -> tuple[ImageDigest, Tail]:
+        """The tail, from the digest's file lists; re-hashed when a file moved in between."""
+        staged, split = self.staging, self.settings.fastpath_split_bytes
+        index = await anyio.to_thread.run_sync(layer_index, self.settings.resolved_state_dir)
+        digest = first
+        for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
+            if attempt > 1:
+                digest = await anyio.to_thread.run_sync(
+                    _rehash, self.image, staged.cache, _revalidating(staged.trees)
+                )
+                if digest.digest != result.digest:
+                    send(
+                        self.on_event,
+                        Rehashed(image=self.image.name, old=result.tag, new=digest.tag),
+                    )
+                    result.digest, result.tag = digest.digest, digest.tag
+                    result.uri = _uri(self.image, digest)
+                    result.layers = [d.to_json() for d in digest.layers]
+            try:
+                tail = await anyio.to_thread.run_sync(
+                    partial(write_tail, stem_workdir=workdir, split_bytes=split, index=index),
+                    self.image,
+                    digest,
+                    self.decision.tail,
+                    known,
+                )
+            except ContextChangedError:
+                if attempt == MAX_STAGE_ATTEMPTS:
+                    raise
+                continue
+            await anyio.to_thread.run_sync(index.save)
+            return digest, tail
+        raise AssertionError("unreachable")
+
+
+def _rehash(image: Image, cache: DigestCache, trees: TreeProvider | None) -> ImageDigest:
+    return hash_image(image, cache, trees=trees)
 
 
 def _family(image: Image) -> str | None:

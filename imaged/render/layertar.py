@@ -68,6 +68,8 @@ class LayerEntry:
     target: str | None = None  # a symlink's target
     digest: str | None = None  # a file's content sha256 (hex)
     source: str | None = None  # where a file's bytes are read from
+    uid: int = 0  # a folder the stem already has keeps its owner (and mode)
+    gid: int = 0
 
     @property
     def name(self) -> str:
@@ -226,20 +228,30 @@ def _pax_header(records: list[tuple[bytes, bytes]]) -> bytes:
 def _ustar(entry: LayerEntry, name: bytes, link: bytes) -> bytes:
     size = entry.size if entry.type == FILE else 0
     mode = _TYPE_BITS[entry.type] | entry.mode
-    return _block(name, _TYPEFLAG[entry.type], mode, size, entry.mtime, link)
+    owner = (entry.uid, entry.gid)
+    return _block(name, _TYPEFLAG[entry.type], mode, size, entry.mtime, link, owner)
 
 
 def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
-def _block(name: bytes, typeflag: bytes, mode: int, size: int, mtime: int, link: bytes) -> bytes:
-    """One ustar header block: owner 0:0, empty uname/gname, no device numbers."""
+def _block(
+    name: bytes,
+    typeflag: bytes,
+    mode: int,
+    size: int,
+    mtime: int,
+    link: bytes,
+    owner: tuple[int, int] = (0, 0),
+) -> bytes:
+    """One ustar header block: numeric owner (0:0 unless given), empty uname/gname, no
+    device numbers."""
     fields = [
         name.ljust(100, b"\0"),
         _octal(mode, 8),
-        _octal(0, 8),
-        _octal(0, 8),
+        _octal(owner[0], 8),
+        _octal(owner[1], 8),
         _octal(size, 12) if size < 8**11 else _base256(size, 12),
         _octal(mtime, 12),
         b" " * 8,
@@ -404,6 +416,13 @@ class LayerBlob:
 
 def _member_key(entry: LayerEntry, header: bytes) -> bytes:
     return header + (entry.digest or "").encode()
+
+
+def layer_key(entries: Sequence[LayerEntry]) -> bytes:
+    """What a layer's bytes are a function of: each entry's header and content digest (the
+    key :func:`write_layer` caches the layer's digests under)."""
+    keys = [_member_key(e, e.header) for e in entries]
+    return hashlib.sha256(b"\0".join(keys)).digest()
 
 
 def write_layer(entries: Sequence[LayerEntry], cache: MemberCache | None = None) -> LayerBlob:

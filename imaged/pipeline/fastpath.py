@@ -1,0 +1,363 @@
+"""The fast path: write an image's tail layers and append them to its pushed stem.
+
+From the same file lists the image digest was computed from (its :class:`ImageDigest`),
+each tail layer becomes a deterministic layer blob (:mod:`imaged.render.layertar`, with one
+process-wide :class:`MemberCache`, so a one-file edit recompresses one file); a folder past
+``fastpath_split_bytes`` becomes several layers. Folders the stem already has keep its mode
+and owner, as BuildKit's layers do (:mod:`imaged.pipeline.stemfs`); a WORKDIR that exists
+adds an empty layer, one that is missing creates its folders 0755 0:0. The config gets ENV
+and WORKDIR as the Dockerfile sets them and the ``dev.imaged.digest`` label of the whole
+image; :func:`imaged.registry.append.append_layers` pushes the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from imaged.digest.files import DIR, FILE, SYMLINK
+from imaged.digest.image_digest import ImageDigest, LayerDigest
+from imaged.errors import ContextChangedError, ImagedError
+from imaged.pipeline.route import TailLayer, describe_layer
+from imaged.pipeline.stemfs import StemEntry, StemFs, read_stem_fs
+from imaged.registry.append import (
+    INDEX_MEDIA_TYPES,
+    STEM_MEDIA_TYPES,
+    ConfigEdit,
+    HistoryEntry,
+    NewLayer,
+    PushedImage,
+    append_layers,
+    buildkit_copy,
+    resolve_workdir,
+)
+from imaged.registry.client import BlobSource, Existence, RegistryClient
+from imaged.registry.ref import ImageRef
+from imaged.render.dockerfile import quote_env
+from imaged.render.layertar import (
+    LayerBlob,
+    LayerEntry,
+    MemberCache,
+    destination,
+    folder_entry,
+    layer_entries,
+    layer_key,
+    split_entries,
+    write_layer,
+)
+from imaged.spec.image import Image
+from imaged.spec.layers import CodeBundle, EnvVars, SourceFiles, SourceFolder, Workdir
+
+MEMBERS = MemberCache()  # process-wide: the daemon reuses members from one edit to the next
+DIGEST_LABEL = "dev.imaged.digest"
+_STEMS: dict[tuple[str, str], dict[str, object]] = {}  # (stem ref, manifest digest) -> config
+
+
+class LayerIndex:
+    """The digests of layers written before, by :func:`layer_key`, kept on disk (the state
+    directory), so a new process (a one-shot ``imaged build``) need not compress a layer
+    the registry already holds: it is written only if its blob is missing there.
+    Its bytes are a function of the key (headers and content digests), so an entry is
+    never stale; a lost update between two processes only costs a compression."""
+
+    LIMIT = 1 << 14
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, list[object]] = {}
+        self.added = False
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(data, dict):
+            self.rows = data
+
+    def get(self, key: bytes) -> tuple[str, str, int] | None:
+        row = self.rows.get(key.hex())
+        if not (isinstance(row, list) and len(row) == 3):
+            return None
+        diff_id, digest, size = row
+        if isinstance(diff_id, str) and isinstance(digest, str) and isinstance(size, int):
+            return diff_id, digest, size
+        return None
+
+    def put(self, key: bytes, blob: LayerBlob) -> None:
+        self.rows.pop(key.hex(), None)
+        self.rows[key.hex()] = [blob.diff_id, blob.digest, blob.size]
+        self.added = True
+
+    def save(self) -> None:
+        if not self.added:
+            return
+        rows = dict(list(self.rows.items())[-self.LIMIT :])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rows))
+        tmp.replace(self.path)
+
+
+_INDEXES: dict[Path, LayerIndex] = {}
+
+
+def layer_index(state_dir: Path) -> LayerIndex:
+    """The state directory's layer index, read once per process."""
+    path = state_dir / "fastpath-layers.json"
+    if path not in _INDEXES:
+        _INDEXES[path] = LayerIndex(path)
+    return _INDEXES[path]
+
+
+def _written_on_demand(part: Sequence[LayerEntry], digest: str) -> BlobSource:
+    """A blob source writing ``part`` when the registry asks for its bytes."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        blob = await anyio.to_thread.run_sync(write_layer, part, MEMBERS)
+        if blob.digest != digest:
+            raise ContextChangedError(f"a layer of {len(part)} entries is not {digest} any more")
+        yield blob.data()
+
+    return stream
+
+
+class FullBuildNeeded(ImagedError):
+    """The tail cannot be appended as BuildKit would write it (a parent is not a folder in
+    the stem): the image takes the full build; the message says why."""
+
+
+@dataclass
+class Tail:
+    """The written tail: its layers, the config edit, and the timings of writing it."""
+
+    layers: list[NewLayer] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+    env: list[tuple[str, str]] = field(default_factory=list)
+    workdir: str | None = None
+
+    def edit(self, digest: str) -> ConfigEdit:
+        label = HistoryEntry(f"LABEL {DIGEST_LABEL}={digest}", empty_layer=True)
+        return ConfigEdit(
+            env=tuple(self.env),
+            workdir=self.workdir,
+            labels={DIGEST_LABEL: digest},
+            history=(*self.history, label),
+        )
+
+
+def _layer_digest(digest: ImageDigest, index: int) -> LayerDigest:
+    return next(d for d in digest.layers if d.index == index)
+
+
+def _copy_target(layer: SourceFolder | SourceFiles | CodeBundle) -> str:
+    return layer.target if isinstance(layer, SourceFolder) else layer.dst
+
+
+def tail_roots(tail: Sequence[tuple[int, TailLayer]], stem_workdir: str) -> list[str]:
+    """The layer paths the tail writes to: each copy's destination and each workdir."""
+    workdir, roots = stem_workdir or "/", []
+    for _, layer in tail:
+        if isinstance(layer, Workdir):
+            workdir = resolve_workdir(workdir, layer.path)
+            roots.append(destination(workdir))
+        elif not isinstance(layer, EnvVars):
+            roots.append(destination(_copy_target(layer), workdir))
+    return sorted(set(roots))
+
+
+_KINDS = {DIR: "dir", FILE: "file", SYMLINK: "symlink"}
+
+
+def _as_stem(entry: LayerEntry) -> StemEntry:
+    return StemEntry(_KINDS[entry.type], entry.mode, entry.uid, entry.gid, entry.target)
+
+
+class _TailWriter:
+    """Writes the tail's layers in order, tracking the folders the stem and the layers
+    written so far hold (a later layer's parents are theirs)."""
+
+    def __init__(
+        self,
+        image: Image,
+        digest: ImageDigest,
+        known: StemFs,
+        stem_workdir: str,
+        split: int,
+        index: LayerIndex | None,
+    ) -> None:
+        self.image, self.digest, self.known, self.split = image, digest, dict(known), split
+        self.index = index
+        self.workdir = stem_workdir or "/"
+        self.out = Tail()
+
+    def write(self, tail: Sequence[tuple[int, TailLayer]]) -> Tail:
+        for index, layer in tail:
+            if isinstance(layer, EnvVars):
+                self.out.env += layer.env
+                pairs = " ".join(f"{k}={quote_env(v)}" for k, v in layer.env)
+                self.out.history.append(HistoryEntry(f"ENV {pairs}", empty_layer=True))
+            elif isinstance(layer, Workdir):
+                self._workdir(index, layer)
+            else:
+                self._copy(index, layer)
+        return self.out
+
+    def _existing(self, index: int, entry: LayerEntry) -> LayerEntry:
+        """``entry`` (a folder) with the stem's mode and owner when it has that folder."""
+        there = self.known.get(entry.path)
+        if there is None:
+            return entry
+        if there.type != "dir":
+            what = f"a symlink to {there.target}" if there.type == "symlink" else f"a {there.type}"
+            raise FullBuildNeeded(
+                f"{describe_layer(self.image, index)} writes into /{entry.path}, which is "
+                f"{what} in the stem: the full build follows it as BuildKit does"
+            )
+        return dataclasses.replace(entry, mode=there.mode, uid=there.uid, gid=there.gid)
+
+    def _adopt(self, index: int, entries: Sequence[LayerEntry]) -> list[LayerEntry]:
+        out = [self._existing(index, e) if e.type == DIR else e for e in entries]
+        for entry in out:
+            self.known[entry.path] = _as_stem(entry)
+        return out
+
+    def _add(self, part: Sequence[LayerEntry], created_by: str) -> None:
+        key = layer_key(part)
+        seen = self.index.get(key) if self.index is not None else None
+        if seen is not None:
+            diff_id, digest, size = seen
+            data = _written_on_demand(part, digest)
+            self.out.layers.append(NewLayer(digest, size, diff_id, data, created_by))
+        else:
+            blob = write_layer(part, MEMBERS)
+            if self.index is not None:
+                self.index.put(key, blob)
+            layer = NewLayer(blob.digest, blob.size, blob.diff_id, blob.data(), created_by)
+            self.out.layers.append(layer)
+        self.out.history.append(HistoryEntry(created_by))
+
+    def _workdir(self, index: int, layer: Workdir) -> None:
+        self.workdir = self.out.workdir = resolve_workdir(self.workdir, layer.path)
+        path = destination(self.workdir)
+        there = self.known.get(path)
+        entries: list[LayerEntry] = []
+        if path and (there is None or there.type != "dir"):
+            parts = path.split("/")
+            entries = [folder_entry("/".join(parts[: i + 1])) for i in range(len(parts))]
+        self._add(self._adopt(index, entries), f"WORKDIR {layer.path}")
+
+    def _copy(self, index: int, layer: SourceFolder | SourceFiles | CodeBundle) -> None:
+        entries = layer_entries(layer, _layer_digest(self.digest, index), workdir=self.workdir)
+        entries = self._adopt(index, entries)
+        dst = _copy_target(layer).rstrip("/") + "/"
+        created_by = buildkit_copy(f"layers/{index}/", dst)
+        for part in split_entries(entries, split_bytes=self.split):
+            self._add(part, created_by)
+
+
+def write_tail(
+    image: Image,
+    digest: ImageDigest,
+    tail: Sequence[tuple[int, TailLayer]],
+    known: StemFs,
+    *,
+    stem_workdir: str,
+    split_bytes: int,
+    index: LayerIndex | None = None,
+) -> Tail:
+    """The tail's layer blobs and config edit (reads and checks each file against
+    ``digest``: raises ContextChangedError when one moved since it was hashed). A layer
+    ``index`` knows is written only when its bytes are asked for (a missing blob)."""
+    return _TailWriter(image, digest, known, stem_workdir, split_bytes, index).write(tail)
+
+
+async def stem_config(
+    client: RegistryClient, ref: ImageRef, manifest_digest: str
+) -> dict[str, object]:
+    """The stem's image config (the first platform's, for an index), cached in-process by
+    (reference, manifest digest)."""
+    key = (str(ref), manifest_digest)
+    if key not in _STEMS:
+        pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
+        media_type, body, _ = await client.get_manifest(pinned, accept=STEM_MEDIA_TYPES)
+        manifest = json.loads(body)
+        if media_type in INDEX_MEDIA_TYPES:
+            first = manifest["manifests"][0]["digest"]
+            return await stem_config(client, dataclasses.replace(ref, tag=None), first)
+        config = json.loads(await client.get_blob(pinned, manifest["config"]["digest"]))
+        _STEMS[key] = config
+    return _STEMS[key]
+
+
+def stem_workdir_of(config: dict[str, object]) -> str:
+    inner = config.get("config")
+    workdir = inner.get("WorkingDir") if isinstance(inner, dict) else None
+    return workdir if isinstance(workdir, str) and workdir else "/"
+
+
+@dataclass
+class Pushed:
+    """What the fast path pushed, and how long each step took."""
+
+    image: PushedImage
+    uploaded_bytes: int
+    timings: dict[str, float]
+
+
+async def upload_tail(client: RegistryClient, target: ImageRef, layers: Sequence[NewLayer]) -> int:
+    """HEAD each tail blob in the target repository; upload the missing ones. Their bytes."""
+    sent = 0
+    for layer in {la.digest: la for la in layers}.values():
+        if await client.blob_exists(target, layer.digest) is Existence.EXISTS:
+            continue
+        await client.upload_blob(target, layer.digest, layer.data, layer.size)
+        sent += layer.size
+    return sent
+
+
+async def push_tail(
+    client: RegistryClient, stem: ImageRef, target: ImageRef, tail: Tail, digest: str
+) -> Pushed:
+    """Upload the tail's blobs, then append them to ``stem`` as ``target``."""
+    t0 = time.perf_counter()
+    sent = await upload_tail(client, target, tail.layers)
+    t1 = time.perf_counter()
+    pushed = await append_layers(client, stem, target, tail.layers, tail.edit(digest))
+    timings = {"upload": t1 - t0, "manifest": time.perf_counter() - t1}
+    return Pushed(pushed, sent + pushed.uploaded_bytes, timings)
+
+
+async def read_known(
+    client: RegistryClient,
+    stem: ImageRef,
+    manifest_digest: str,
+    roots: Sequence[str],
+    state_dir: Path,
+) -> StemFs:
+    """The stem's folders on the tail's paths (cached on disk by manifest digest)."""
+    return await read_stem_fs(client, stem, manifest_digest, roots, state_dir)
+
+
+def tail_description(tail: Sequence[tuple[int, TailLayer]], image: Image) -> list[str]:
+    """One line per tail layer, for dry runs and plans."""
+    return [describe_layer(image, index) for index, _ in tail]
+
+
+__all__ = [
+    "MEMBERS",
+    "FullBuildNeeded",
+    "Pushed",
+    "Tail",
+    "push_tail",
+    "read_known",
+    "stem_config",
+    "stem_workdir_of",
+    "tail_roots",
+    "write_tail",
+]

@@ -1,0 +1,168 @@
+"""The stem's filesystem on the tail's paths: which folders exist, with what mode and owner.
+
+BuildKit's COPY and WORKDIR layers carry a folder that already exists in the image with
+that folder's own mode, uid and gid (verified on Engine 20.10: a parent made 0700 1000:1000
+by a RUN stays so in the COPY's layer; a COPY into an existing folder keeps its mode and
+owner), and WORKDIR creates its folder only when it is missing. To write the same layers,
+the fast path reads the stem's layer tars once per stem manifest (headers only, whiteouts
+applied) and keeps the entries on the tail's paths: every folder above a tail destination,
+and everything at or below one. The result is cached on disk by manifest digest and roots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from imaged.registry.append import INDEX_MEDIA_TYPES, STEM_MEDIA_TYPES
+from imaged.registry.client import RegistryClient
+from imaged.registry.ref import ImageRef
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StemEntry:
+    """One path of the stem: its type ("dir", "file", "symlink", "other"), mode bits
+    (permissions, setuid/setgid/sticky), owner and a symlink's target."""
+
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    target: str | None = None
+
+
+StemFs = dict[str, StemEntry]  # layer path (no leading "/") -> entry
+
+
+def _clean(name: str) -> str:
+    return posixpath.normpath("/" + name).lstrip("/")
+
+
+def on_paths(path: str, roots: Iterable[str]) -> bool:
+    """Whether ``path`` is above, at or below one of ``roots`` (layer paths)."""
+    for root in roots:
+        if not root or path == root or root.startswith(path + "/") or path.startswith(root + "/"):
+            return True
+    return False
+
+
+def _delete(fs: StemFs, path: str) -> None:
+    fs.pop(path, None)
+    _delete_below(fs, path)
+
+
+def _delete_below(fs: StemFs, path: str) -> None:
+    prefix = path + "/" if path else ""
+    for key in [k for k in fs if k.startswith(prefix)]:
+        del fs[key]
+
+
+def _entry(info: tarfile.TarInfo) -> StemEntry:
+    kind = (
+        "dir"
+        if info.isdir()
+        else "symlink"
+        if info.issym()
+        else "file"
+        if info.isfile() or info.islnk()
+        else "other"
+    )
+    return StemEntry(kind, info.mode & 0o7777, info.uid, info.gid, info.linkname or None)
+
+
+def apply_layer(fs: StemFs, tar: IO[bytes], roots: Sequence[str]) -> None:
+    """Apply one layer tar (any compression tarfile reads) on top of ``fs``: its whiteouts
+    and opaque markers delete from the layers below, then its entries on ``roots`` are set
+    (a non-folder hides whatever was below it)."""
+    deletions: list[tuple[str, bool]] = []  # (path, opaque: only what is below it)
+    entries: list[tuple[str, StemEntry]] = []
+    with tarfile.open(fileobj=tar, mode="r|*") as archive:
+        for info in archive:
+            path = _clean(info.name)
+            folder, _, base = path.rpartition("/")
+            if base == OPAQUE:
+                deletions.append((folder, True))
+            elif base.startswith(WHITEOUT):
+                deletions.append((posixpath.join(folder, base[len(WHITEOUT) :]), False))
+            elif path and on_paths(path, roots):
+                entries.append((path, _entry(info)))
+    for path, opaque in deletions:
+        if on_paths(path, roots):
+            (_delete_below if opaque else _delete)(fs, path)
+    for path, entry in entries:
+        if entry.type != "dir":
+            _delete_below(fs, path)
+        fs[path] = entry
+
+
+def _cache_file(state_dir: Path, manifest_digest: str, roots: Sequence[str]) -> Path:
+    key = hashlib.sha256(json.dumps([manifest_digest, sorted(roots)]).encode()).hexdigest()
+    return state_dir / "stemfs" / f"{key[:32]}.json"
+
+
+def _load(path: Path) -> StemFs | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return None
+    return {p: StemEntry(*row) for p, row in data["entries"].items()}
+
+
+def _save(path: Path, fs: StemFs) -> None:
+    rows = {p: [e.type, e.mode, e.uid, e.gid, e.target] for p, e in fs.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": rows}))
+    tmp.replace(path)
+
+
+async def _layer_digests(client: RegistryClient, ref: ImageRef) -> list[str]:
+    media_type, body, _ = await client.get_manifest(ref, accept=STEM_MEDIA_TYPES)
+    manifest = json.loads(body)
+    if media_type in INDEX_MEDIA_TYPES:
+        # The platforms of one stem differ in binaries, not in the folders a COPY lands in.
+        first = next(
+            m
+            for m in manifest.get("manifests") or []
+            if not (m.get("annotations") or {}).get("vnd.docker.reference.type")
+        )
+        child = ImageRef(ref.registry, ref.repository, tag=None, digest=first["digest"])
+        return await _layer_digests(client, child)
+    return [layer["digest"] for layer in manifest.get("layers") or []]
+
+
+async def read_stem_fs(
+    client: RegistryClient,
+    ref: ImageRef,
+    manifest_digest: str,
+    roots: Sequence[str],
+    state_dir: Path,
+) -> StemFs:
+    """The stem's entries on ``roots`` (see the module docstring), from the disk cache or
+    by reading each of its layer blobs through ``client``."""
+    import anyio
+
+    cached_at = _cache_file(state_dir, manifest_digest, roots)
+    cached = await anyio.to_thread.run_sync(_load, cached_at)
+    if cached is not None:
+        return cached
+    pinned = ImageRef(ref.registry, ref.repository, tag=None, digest=manifest_digest)
+    fs: StemFs = {}
+    for digest in await _layer_digests(client, pinned):
+        blob = await client.get_blob(pinned, digest)
+        await anyio.to_thread.run_sync(apply_layer, fs, io.BytesIO(blob), roots)
+    await anyio.to_thread.run_sync(_save, cached_at, fs)
+    return fs

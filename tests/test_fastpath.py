@@ -1,0 +1,163 @@
+"""The fast path's tail writer, without a registry: layers, config edit, re-hash on a race."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from imaged import Image
+from imaged.config import load_settings
+from imaged.digest.cache import DigestCache
+from imaged.digest.image_digest import hash_image
+from imaged.pipeline.build import ImageBuild, _Fast, _Staging
+from imaged.pipeline.fastpath import FullBuildNeeded, tail_roots, write_tail
+from imaged.pipeline.route import route
+from imaged.pipeline.stemfs import StemEntry
+
+BASE = "127.0.0.1:5000/python:3.11-slim"
+
+
+def app(tmp_path: Path) -> Image:
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    # Unique content: a member the process-wide cache holds is not read again.
+    (src / "pkg" / "a.py").write_text(f"A = 1  # {uuid.uuid4().hex}\n")
+    return (
+        Image.from_base(BASE)
+        .clone(name="app", registry="127.0.0.1:5000")
+        .with_env_vars({"A": "1"})
+        .with_workdir("/srv")
+        .with_source_folder(src, "rel")  # relative: under the workdir
+        .with_workdir("/opt/app")
+    )
+
+
+def rows(data: bytes) -> dict[str, tuple[int, int, int]]:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+        return {i.name.rstrip("/"): (i.mode & 0o7777, i.uid, i.gid) for i in tar}
+
+
+def test_the_tail_layers_and_config_edit(tmp_path: Path) -> None:
+    image = app(tmp_path)
+    digest = hash_image(image, DigestCache())
+    tail = route(image, load_settings()).tail
+    assert tail_roots(tail, "/") == ["opt/app", "srv", "srv/rel/src"]
+    known = {"srv": StemEntry("dir", 0o750, 5, 6), "opt": StemEntry("dir", 0o755, 0, 0)}
+    out = write_tail(image, digest, tail, known, stem_workdir="/", split_bytes=8 << 20)
+    workdir_srv, copy, workdir_opt = (rows(la.data) for la in out.layers)  # type: ignore[arg-type]
+    assert workdir_srv == {}  # the stem has /srv: WORKDIR adds an empty layer
+    assert copy["srv"] == (0o750, 5, 6)  # an existing parent keeps the stem's mode and owner
+    assert copy["srv/rel/src/pkg/a.py"] == (0o644, 0, 0)
+    assert workdir_opt == {"opt": (0o755, 0, 0), "opt/app": (0o755, 0, 0)}
+    edit = out.edit(digest.digest)
+    assert (edit.env, edit.workdir) == ((("A", "1"),), "/opt/app")
+    assert edit.labels == {"dev.imaged.digest": digest.digest}
+    assert [h.created_by for h in edit.history] == [
+        'ENV A="1"',
+        "WORKDIR /srv",
+        "COPY layers/2/ rel/src/ # buildkit",
+        "WORKDIR /opt/app",
+        f"LABEL dev.imaged.digest={digest.digest}",
+    ]
+
+
+def test_a_file_where_a_folder_goes_is_a_full_build(tmp_path: Path) -> None:
+    image = app(tmp_path)
+    digest = hash_image(image, DigestCache())
+    tail = route(image, load_settings()).tail
+    with pytest.raises(
+        FullBuildNeeded,
+        match=r"layer 2 \(workdir /srv\) writes into /srv, which is a file in the stem",
+    ):
+        write_tail(
+            image,
+            digest,
+            tail,
+            {"srv": StemEntry("file", 0o644, 0, 0)},
+            stem_workdir="/",
+            split_bytes=1 << 20,
+        )
+
+
+def test_a_file_edited_after_hashing_is_hashed_again_and_said(tmp_path: Path) -> None:
+    image = app(tmp_path)
+    cache = DigestCache()
+    first = hash_image(image, cache)
+    (tmp_path / "src" / "pkg" / "a.py").write_text("A = 2  # edited after the hash\n")
+    events: list[dict[str, Any]] = []
+    fast = _Fast(
+        image,
+        route(image, load_settings()),
+        None,  # type: ignore[arg-type]  # writing needs no builder, no registry
+        load_settings(),
+        _Staging(cache, None, first),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        events.append,
+    )
+    result = ImageBuild(
+        name="app", uri=image.uri_for(first.tag), tag=first.tag, digest=first.digest, status=""
+    )
+
+    async def write() -> Any:
+        return await fast.write(first, {}, "/", result)
+
+    digest, tail = anyio.run(write)
+    assert digest.digest != first.digest
+    assert result.tag == digest.tag
+    assert [e["event"] for e in events] == ["rehashed"]
+    assert (events[0]["old"], events[0]["new"]) == (first.tag, digest.tag)
+    assert tail.layers
+
+
+def test_a_layer_the_index_knows_is_written_only_when_its_bytes_are_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from imaged.pipeline import fastpath
+    from imaged.render.layertar import MemberCache
+
+    src = tmp_path / "big"
+    token = uuid.uuid4().hex
+    for i in range(200):
+        (src / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 5}" / f"f{i:03d}.txt").write_text(f"{token} {i}\n" * 50)
+    image = (
+        Image.from_base(BASE).clone(name="big", registry="r:5000").with_source_folder(src, "/data")
+    )
+    tail = route(image, load_settings()).tail
+    index = fastpath.LayerIndex(tmp_path / "state" / "layers.json")
+
+    def written(idx: fastpath.LayerIndex) -> list[Any]:
+        digest = hash_image(image, DigestCache())
+        out = write_tail(image, digest, tail, {}, stem_workdir="/", split_bytes=16 << 10, index=idx)
+        return out.layers
+
+    first = written(index)
+    assert len(first) > 3
+    assert all(isinstance(la.data, bytes) for la in first)
+    index.save()
+    # A new process: an empty member cache, the index read back from disk.
+    monkeypatch.setattr(fastpath, "MEMBERS", MemberCache())
+    again = written(fastpath.LayerIndex(tmp_path / "state" / "layers.json"))
+    assert [la.digest for la in again] == [la.digest for la in first]
+    assert not any(isinstance(la.data, bytes) for la in again)
+
+    async def bytes_of(source: Any) -> bytes:
+        return b"".join([chunk async for chunk in source()])
+
+    for layer in again[:2]:
+        data = anyio.run(bytes_of, layer.data)
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.digest
+        assert len(data) == layer.size
+    (src / "d3" / "f003.txt").write_text("edited\n")
+    edited = written(fastpath.LayerIndex(tmp_path / "state" / "layers.json"))
+    assert sum(isinstance(la.data, bytes) for la in edited) == 1  # only the edited part
