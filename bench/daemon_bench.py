@@ -50,8 +50,6 @@ from imaged.registry.client import MANIFEST_MEDIA_TYPES  # noqa: E402
 from imaged.spec.image import Image  # noqa: E402
 
 Event = dict[str, Any]
-DEBOUNCE_MS = 50
-DEFAULT_DEBOUNCE_MS = 200
 POLL_S = 0.010
 IGNORED_WINDOW_S = 2.0
 SETTLE_S = 0.5
@@ -76,7 +74,6 @@ def settings_env(state: dict[str, Any]) -> dict[str, str]:
         "IMAGED_DEBIAN_BASE": state["debian_base_template"],
         "IMAGED_DOCKER_CLI": state["docker_cli"],
         "IMAGED_RECONCILE_SECONDS": "0",
-        "IMAGED_DEBOUNCE_MS": str(DEBOUNCE_MS),
         "IMAGED_STATUS_ADDRESS": "127.0.0.1:0",
     }
     if state.get("ca_bundle"):
@@ -697,7 +694,7 @@ def main() -> None:
     os.environ.update(settings_env(state))  # this process hashes the same definitions
     os.environ.pop("IMAGED_REGISTRY", None)
     print(
-        f"daemon settings: IMAGED_DEBOUNCE_MS={DEBOUNCE_MS} (default {DEFAULT_DEBOUNCE_MS}), "
+        "daemon settings: the default timing settings, "
         "IMAGED_RECONCILE_SECONDS=0, registry poll every 10 ms; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )

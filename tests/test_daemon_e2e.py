@@ -343,9 +343,22 @@ def save_as_vim(target: Path, text: str) -> None:
     backup.unlink()
 
 
+def save_slowly(target: Path, text: str) -> None:
+    """An atomic save whose rename comes 0.1 s after the temp file (a slow fsync): longer
+    than settle_ms, shorter than debounce_ms."""
+    temp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:6]}")
+    temp.write_text(text)
+    time.sleep(0.1)
+    os.rename(temp, target)
+
+
 @pytest.mark.parametrize(
     "save",
-    [pytest.param(save_atomically, id="temp-file-and-rename"), pytest.param(save_as_vim, id="vim")],
+    [
+        pytest.param(save_atomically, id="temp-file-and-rename"),
+        pytest.param(save_as_vim, id="vim"),
+        pytest.param(save_slowly, id="slow-rename"),
+    ],
 )
 def test_an_editors_save_pushes_exactly_one_tag_of_the_final_content(
     project: Project,

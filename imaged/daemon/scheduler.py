@@ -95,15 +95,17 @@ class Scheduler:
 
     # -- requests
 
-    def request(self, name: str, reason: str) -> None:
+    def request(self, name: str, reason: str, *, half_done: bool = False) -> None:
         """Ask for a build of ``name``; repeated requests within the quiet period merge.
 
         The first request after a quiet spell waits ``settle`` (an editor's save builds at
         once, nearly); one within ``debounce`` of the last request is part of a burst and
-        waits ``debounce`` (a checkout starts one build after it, not one per batch)."""
+        waits ``debounce`` (a checkout starts one build after it, not one per batch), as
+        does a ``half_done`` one (an editor's temp or backup file is in it: the rename that
+        ends the save may come later than ``settle``)."""
         slot = self.slots.setdefault(name, ImageSlot(name))
         now = self._clock()
-        quiet = self._quiet_period(slot, now)
+        quiet = self._quiet_period(slot, now, half_done=half_done)
         slot.last_request = now
         if slot.first_request is None:
             slot.first_request = now
@@ -119,11 +121,12 @@ class Scheduler:
             send(self._on_event, Queued(image=name, reason=reason))
         self._wake.set()
 
-    def _quiet_period(self, slot: ImageSlot, now: float) -> float:
+    def _quiet_period(self, slot: ImageSlot, now: float, *, half_done: bool) -> float:
         options = self.options
         if slot.name in options.per_image_debounce:
             return options.per_image_debounce[slot.name]
-        burst = slot.last_request is not None and now - slot.last_request < options.debounce
+        recent = slot.last_request is not None and now - slot.last_request < options.debounce
+        burst = half_done or recent
         return options.debounce if burst else min(options.settle, options.debounce)
 
     def forget(self, name: str) -> None:
