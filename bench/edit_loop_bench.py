@@ -12,11 +12,14 @@ b) ``imaged watch --json`` daemons side by side, one per settings row (``old``: 
    across the rows (the row that goes first rotates). Per edit, from the write, by the
    events' own ``ts``: ``changed`` (watcher, relevance filter, rehash), ``building`` (the
    scheduler's quiet period and hand-off), ``pushed`` and the tag answering ``HEAD`` in the
-   registry (polled every 10 ms); and the count of ``building`` events (one per edit).
+   registry (polled every 10 ms); and the count of ``building`` events (one per edit);
+c) the daemon's own steps in this process: the relevance filter and the rehash
+   (``ImageTracker``) of one edited path in the same tree, a thread hop, and the
+   scheduler's hand-off from a request to the build coroutine (settle 0).
    With ``--plain``, ``docker build && docker push`` of the same edit on a copy, for the
    ratio the issue's targets are stated in.
 
-Medians over ``--edits`` (default 9). Run: ``python bench/edit_loop_bench.py [--files N]
+Medians over ``--edits`` (default 9). Parts a and c need no Docker. Run: ``python bench/edit_loop_bench.py [--files N]
 [--edits N] [--plain] [--leading] [--row LABEL:IMAGED_X=1,...]``.
 """
 
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
 from daemon_bench import (
     TOTAL_BYTES_5000,
@@ -50,6 +54,8 @@ from daemon_bench import (
     write_project,
 )
 
+from imaged.daemon.scheduler import Scheduler, SchedulerOptions
+from imaged.daemon.tracker import ImageTracker
 from imaged.daemon.watcher import WatchfilesBackend
 from imaged.definitions.loader import load_definitions
 from imaged.digest.cache import DigestCache
@@ -114,6 +120,72 @@ def bench_watcher(steps: list[int], edits: int) -> None:
                 f"{step:7d}  {ms(statistics.median(got))}  {ms(min(got))}  {ms(max(got))}"
                 f"  {idle[0] * 100:6.2f}"
             )
+
+
+# -- c) the daemon's own steps, in this process -------------------------------------------
+
+
+def bench_steps(files: int, edits: int) -> None:
+    """The steps between the watcher's batch and the build starting, one by one."""
+    with tempfile.TemporaryDirectory(prefix="imaged-edit-loop-steps-") as tmp:
+        root = Path(tmp)
+        size = TOTAL_BYTES_5000 * files // 5000 if files >= 1000 else files * 4096
+        paths = make_tree(root / "src", files, size)
+        defs = write_project(root, {"steps": "src"})
+        image = load_definitions(str(defs))["steps"]
+        tracker = ImageTracker(DigestCache())
+        tracker.set_images({"steps": image})
+        filters, rehashes = [], []
+        for n in range(edits):
+            path = paths[(n * 37) % len(paths)]
+            path.write_text(f"step edit {n}\n")
+            t0 = time.perf_counter()
+            tracker.is_relevant(path)
+            t1 = time.perf_counter()
+            tracker.apply_changes([path])
+            t2 = time.perf_counter()
+            filters.append(t1 - t0)
+            rehashes.append(t2 - t1)
+    hops = anyio.run(thread_hops, edits)
+    handoffs = anyio.run(scheduler_handoffs, edits)
+    print(f"\nc) the daemon's steps in this process, {files} files (ms, medians)")
+    print(f"relevance filter, one path     {ms(statistics.median(filters))}")
+    print(f"rehash (apply_changes), 1 file {ms(statistics.median(rehashes))}")
+    print(f"thread hop (to_thread, no-op)  {ms(statistics.median(hops))}")
+    print(f"scheduler request -> build     {ms(statistics.median(handoffs))}  (settle 0)")
+
+
+async def thread_hops(count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await anyio.to_thread.run_sync(lambda: None)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def scheduler_handoffs(count: int) -> list[float]:
+    started: list[float] = []
+    built = anyio.Event()
+
+    async def build(name: str, reason: str) -> None:
+        started.append(time.perf_counter())
+        built.set()
+
+    sched = Scheduler(build, SchedulerOptions(debounce=0.0, settle=0.0))
+    out = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sched.run)
+        await anyio.sleep(0.05)
+        for n in range(count):
+            built = anyio.Event()
+            t0 = time.perf_counter()
+            sched.request("a", f"edit {n}")
+            await built.wait()
+            out.append(started[-1] - t0)
+            await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    return out
 
 
 # -- b) the daemon ------------------------------------------------------------------------
@@ -260,6 +332,7 @@ def main() -> None:
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )
     bench_watcher([int(s) for s in args.steps.split(",")], args.edits)
+    bench_steps(args.files, args.edits)
     bench_daemon(args, state)
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
