@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -624,6 +624,17 @@ async def test_an_editors_save_through_a_temp_file_and_a_rename_builds_once(
     assert kinds.count("building") == 1, kinds
     assert len(backend.delivered) == (1 if gap == 0 else 2)
     assert harness.builds == ["api", "api"]
+
+
+async def test_the_watch_step_setting_reaches_the_watcher(harness: Harness) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    daemon = harness.daemon()
+    daemon.settings = replace(daemon.settings, watch_step_ms=7)
+    async with running(daemon):
+        with anyio.fail_after(5):
+            while not harness.backend.timings:  # noqa: ASYNC110 - no event says "watching"
+                await anyio.sleep(0.01)
+    assert harness.backend.timings[-1] == (14, 7)
 
 
 async def quiet_spell(daemon: Daemon) -> None:
