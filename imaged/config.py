@@ -270,7 +270,7 @@ class Settings:
     image_debounce_ms: tuple[tuple[str, int], ...] = _setting(
         (),
         _per_image_ms,
-        "Per-image quiet periods: a table name = ms, or 'name=ms,name2=ms'.",
+        "Per-image quiet periods, for every change (no settle_ms): name = ms, or 'name=ms,n2=ms'.",
     )
     concurrency: int = _computed_setting(
         lambda: os.cpu_count() or 2,
