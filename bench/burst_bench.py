@@ -1,7 +1,8 @@
 """Benchmark bursts of edits under the watching daemon: one build start per burst?
 
 Needs the test infrastructure (``scripts/test-infra.sh``). ``imaged watch images.py --json``
-runs as a subprocess on one image with a source folder, at the default 200 ms debounce.
+runs as a subprocess on one image with a source folder, with the default timing settings
+(``settle_ms``, ``debounce_ms``, ``watch_step_ms``; ``--env KEY=VALUE`` sets others).
 Then, one after the other:
 
 * ``--runs`` bursts (default 10): 2,000 new files, their writes paced over ``--spread``
@@ -13,7 +14,7 @@ Then, one after the other:
   the common latency that a fix for bursts must not make worse.
 
 Run: ``python bench/burst_bench.py [--runs N] [--singles N] [--files N] [--spread S]
-[--stall S]``.
+[--stall S] [--env IMAGED_SETTLE_MS=0 ...]``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from daemon_bench import DaemonRun, Event, is_push_of, load_state, settings_env
 
-DEBOUNCE_MS = 200  # the default
+TIMING_VARS = ("IMAGED_DEBOUNCE_MS", "IMAGED_SETTLE_MS", "IMAGED_WATCH_STEP_MS")
 QUIET_S = 1.5  # no build starts this long after a push: the run's count is final
 
 
@@ -136,11 +137,15 @@ def main() -> None:
     parser.add_argument(
         "--stall", type=float, default=0.0, help="seconds the writer stops half-way (default 0)"
     )
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for the daemon (repeatable)"
+    )
     args = parser.parse_args()
     state = load_state()
-    env = settings_env(state) | {"IMAGED_DEBOUNCE_MS": str(DEBOUNCE_MS)}
+    extra = dict(item.split("=", 1) for item in args.env)
+    env = {k: v for k, v in settings_env(state).items() if k not in TIMING_VARS} | extra
     print(
-        f"IMAGED_DEBOUNCE_MS={DEBOUNCE_MS}; load average "
+        f"timing settings: {' '.join(args.env) or 'the defaults'}; load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )
     with tempfile.TemporaryDirectory(prefix="imaged-burst-") as tmp:

@@ -59,8 +59,7 @@ from imaged.digest.image_digest import hash_image  # noqa: E402
 from imaged.registry.client import MANIFEST_MEDIA_TYPES  # noqa: E402
 from imaged.spec.image import Image  # noqa: E402
 
-DEBOUNCE_MS = 50
-DEFAULT_DEBOUNCE_MS = 200
+Event = dict[str, Any]
 POLL_S = 0.010
 IGNORED_WINDOW_S = 2.0
 SETTLE_S = 0.5
@@ -75,7 +74,6 @@ def settings_env(state: dict[str, Any]) -> dict[str, str]:
     return {
         **infra_env(state),
         "IMAGED_RECONCILE_SECONDS": "0",
-        "IMAGED_DEBOUNCE_MS": str(DEBOUNCE_MS),
         "IMAGED_STATUS_ADDRESS": "127.0.0.1:0",
     }
 
@@ -529,7 +527,7 @@ def main() -> None:
     os.environ.update(settings_env(state))  # this process hashes the same definitions
     os.environ.pop("IMAGED_REGISTRY", None)
     print(
-        f"daemon settings: IMAGED_DEBOUNCE_MS={DEBOUNCE_MS} (default {DEFAULT_DEBOUNCE_MS}), "
+        "daemon settings: the default timing settings, "
         "IMAGED_RECONCILE_SECONDS=0, registry poll every 10 ms; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )

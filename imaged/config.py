@@ -443,7 +443,17 @@ class Settings:
     )
     recursive: bool = _setting(False, _bool, "Search definition folders recursively.")
     debounce_ms: int = _setting(
-        200, _non_negative_int, "Quiet period after a change before building."
+        200,
+        _non_negative_int,
+        "Quiet period before building while changes keep coming (a burst).",
+    )
+    settle_ms: int = _setting(
+        25,
+        _non_negative_int,
+        "Quiet period before building the first change after a quiet spell (a save).",
+    )
+    watch_step_ms: int = _setting(
+        5, _positive_int, "How often the watcher collects the OS's file events."
     )
     max_wait_ms: int = _setting(
         5000, _positive_int, "Longest a stream of changes may delay a build."
@@ -451,7 +461,7 @@ class Settings:
     image_debounce_ms: tuple[tuple[str, int], ...] = _setting(
         (),
         _per_image_ms,
-        "Per-image quiet periods: a table name = ms, or 'name=ms,name2=ms'.",
+        "Per-image quiet periods, for every change (no settle_ms): name = ms, or 'name=ms,n2=ms'.",
     )
     concurrency: int = _computed_setting(
         lambda: os.cpu_count() or 2,

@@ -47,7 +47,8 @@ def is_event(name: str, image: str | None = None, **fields: Any) -> Predicate:
 
 
 def daemon_env(infra: Any, state_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment a test daemon runs in: local base, CA bundle, CLI, fast timings."""
+    """The environment a test daemon runs in: local base, CA bundle, CLI, no stat sweep;
+    the default timing settings (settle_ms, debounce_ms, watch_step_ms)."""
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("IMAGED_", "NOTIFY_", "WATCHDOG_"))
     }
@@ -57,7 +58,6 @@ def daemon_env(infra: Any, state_dir: Path, **extra: str) -> dict[str, str]:
         IMAGED_STATE_DIR=str(state_dir),
         IMAGED_RECONCILE_SECONDS="0",
         IMAGED_STATUS_ADDRESS="127.0.0.1:0",
-        IMAGED_DEBOUNCE_MS="200",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     if infra.ca_bundle:

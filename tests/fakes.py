@@ -33,6 +33,7 @@ class ScriptedWatchBackend:
         self.steps: deque[Step] = deque(steps)
         self.roots: list[tuple[Path, ...]] = []
         self.shallow: list[tuple[Path, ...]] = []
+        self.timings: list[tuple[int, int]] = []  # (debounce_ms, step_ms) of each watch
         self.poll_s = poll_s
 
     async def watch(
@@ -46,6 +47,7 @@ class ScriptedWatchBackend:
     ) -> AsyncGenerator[RawBatch, None]:
         self.roots.append(tuple(paths))
         self.shallow.append(tuple(shallow))
+        self.timings.append((debounce_ms, step_ms))
         while not stop_event.is_set():
             if not self.steps:
                 await anyio.sleep(self.poll_s)

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class Harness:
     backend: ScriptedWatchBackend = field(default_factory=ScriptedWatchBackend)
     reconcile_seconds: float = 0.0
     debounce_ms: int = 0
+    settle_ms: int = 25
     hash_timeout: float = 60.0
 
     def define(self, module: str, **images: Image) -> Path:
@@ -82,6 +83,7 @@ class Harness:
             status_address=None,
             reconcile_seconds=self.reconcile_seconds,
             debounce_ms=self.debounce_ms,
+            settle_ms=self.settle_ms,
             max_wait_ms=1000,
             concurrency=2,
             hash_timeout=self.hash_timeout,
@@ -579,10 +581,21 @@ async def test_a_burst_whose_writer_pauses_for_less_than_the_quiet_period_builds
     assert harness.builds == ["api", "api"]
 
 
-@pytest.mark.parametrize("gap", [0.0, 0.1], ids=["one-batch", "two-batches"])
+@pytest.mark.parametrize(
+    ("gap", "temp"),
+    [
+        pytest.param(0.0, ".app.py.swp", id="one-batch"),
+        pytest.param(0.1, ".app.py.swp", id="rename-after-settle-vim-swap"),
+        pytest.param(0.1, ".app.py.tmp-83a1", id="rename-after-settle-atomic-writer"),
+        pytest.param(0.1, "app.py___jb_tmp___", id="rename-after-settle-jetbrains"),
+    ],
+)
 async def test_an_editors_save_through_a_temp_file_and_a_rename_builds_once(
-    harness: Harness, gap: float
+    harness: Harness, gap: float, temp: str
 ) -> None:
+    # The defaults: a save builds settle_ms after its last event. A rename that comes
+    # later than that (a slow fsync) still makes one build: the temp file's name says the
+    # save is under way, and the change waits debounce_ms.
     harness.debounce_ms = 200
     image = source_image(harness.root)
     harness.define("a.py", api=image)
@@ -594,8 +607,9 @@ async def test_an_editors_save_through_a_temp_file_and_a_rename_builds_once(
         notifier=SystemdNotifier(None),
         backend=backend,
     )
-    main, tmp = harness.root / "src/app.py", harness.root / "src/.app.py.swp"
+    main, tmp = harness.root / "src/app.py", harness.root / "src" / temp
     async with running(daemon):
+        await quiet_spell(daemon)
         mark = len(harness.events)
         write(tmp, "print('saved')\n")
         backend.emit(Change.added, tmp)
@@ -610,6 +624,58 @@ async def test_an_editors_save_through_a_temp_file_and_a_rename_builds_once(
     assert kinds.count("building") == 1, kinds
     assert len(backend.delivered) == (1 if gap == 0 else 2)
     assert harness.builds == ["api", "api"]
+
+
+async def test_the_watch_step_setting_reaches_the_watcher(harness: Harness) -> None:
+    harness.define("a.py", api=source_image(harness.root))
+    daemon = harness.daemon()
+    daemon.settings = replace(daemon.settings, watch_step_ms=7)
+    async with running(daemon):
+        with anyio.fail_after(5):
+            while not harness.backend.timings:  # noqa: ASYNC110 - no event says "watching"
+                await anyio.sleep(0.01)
+    assert harness.backend.timings[-1] == (14, 7)
+
+
+async def quiet_spell(daemon: Daemon) -> None:
+    """Wait past debounce_ms since the daemon's last build request (its startup's): the
+    next change is the first after a quiet spell."""
+    await anyio.sleep(daemon.settings.debounce_ms / 1000 + 0.05)
+
+
+async def test_a_lone_write_builds_after_settle_and_a_burst_after_it_once_more(
+    harness: Harness,
+) -> None:
+    # One write, a pause longer than settle_ms, then a burst: the lone write cannot be told
+    # from a save, so it builds on its own; the burst that follows within debounce_ms waits
+    # for its end and builds once. Two builds, the last of the final content.
+    harness.debounce_ms = 200
+    harness.define("a.py", api=source_image(harness.root))
+    backend = TimedWatchBackend()
+    daemon = Daemon(
+        harness.settings(),
+        [harness.root / "defs"],
+        on_event=harness.events.append,
+        notifier=SystemdNotifier(None),
+        backend=backend,
+    )
+    async with running(daemon):
+        await quiet_spell(daemon)
+        mark = len(harness.events)
+        backend.emit(Change.added, write(harness.root / "src/lone.py", "N = 0\n"))
+        await harness.wait_event("built", "api", since=mark)
+        burst = len(harness.events)
+        for i in range(20):
+            await anyio.sleep(0.005)
+            backend.emit(Change.added, write(harness.root / f"src/b{i:02d}.py", f"N = {i}\n"))
+        await harness.wait_event("built", "api", since=burst)
+        await anyio.sleep(0.4)  # a third build would have started by now
+        await settle(daemon)
+    kinds = [e["event"] for e in harness.events[mark:] if e["image"] == "api"]
+    assert kinds.count("building") == 2, kinds
+    assert "superseded" not in kinds
+    assert "src/b19.py" in harness.named("building", "api")[-1]["reason"]
+    assert harness.builds == ["api", "api", "api"]
 
 
 def test_the_quiet_clock_stands_still_while_any_of_overlapping_pauses_is_open() -> None:

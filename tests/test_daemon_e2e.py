@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import signal
@@ -321,6 +322,78 @@ def test_burst_of_2000_files_builds_each_affected_image_once(
     assert builds_after(daemon, mark, project.names) == {alpha: 1, beta: 1, gamma: 0}, said
     assert daemon.count("superseded", since=mark) == 0, said
     assert pushes_after(daemon, mark, project.names) == {alpha: 1, beta: 1, gamma: 0}
+
+
+def save_atomically(target: Path, text: str) -> None:
+    """As VS Code, JetBrains and most libraries save: a temp file beside it, renamed over."""
+    temp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:6]}")
+    with temp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(temp, target)
+
+
+def save_as_vim(target: Path, text: str) -> None:
+    """As vim saves with ``backupcopy=no``: the original renamed to a backup, the new file
+    written, the backup deleted."""
+    backup = target.with_name(target.name + "~")
+    os.rename(target, backup)
+    target.write_text(text)
+    backup.unlink()
+
+
+def save_slowly(target: Path, text: str) -> None:
+    """An atomic save whose rename comes 0.1 s after the temp file (a slow fsync): longer
+    than settle_ms, shorter than debounce_ms."""
+    temp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:6]}")
+    temp.write_text(text)
+    time.sleep(0.1)
+    os.rename(temp, target)
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        pytest.param(save_atomically, id="temp-file-and-rename"),
+        pytest.param(save_as_vim, id="vim"),
+        pytest.param(save_slowly, id="slow-rename"),
+    ],
+)
+def test_an_editors_save_pushes_exactly_one_tag_of_the_final_content(
+    project: Project,
+    watch: Callable[..., DaemonProcess],
+    infra: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    save: Callable[[Path, str], None],
+) -> None:
+    # The default timing settings (issue 9 item 7: a save builds within settle_ms): a temp
+    # state (a temp file, or a backup without the target) must never be built or pushed.
+    alpha, beta, gamma = project.names
+    daemon = watch(project.defs)
+    settle_initial(daemon, project.names)
+    mark = daemon.mark()
+    save(project.shared / "a.txt", fresh())
+    daemon.wait_all(
+        [is_event("pushed", alpha), is_event("pushed", beta)], BUILD_TIMEOUT, since=mark
+    )
+    daemon.wait_quiet(SETTLE, 60)
+    said = daemon.transcript()
+    assert builds_after(daemon, mark, project.names) == {alpha: 1, beta: 1, gamma: 0}, said
+    assert pushes_after(daemon, mark, project.names) == {alpha: 1, beta: 1, gamma: 0}, said
+    assert daemon.count("superseded", since=mark) == 0, said
+
+    monkeypatch.setenv("IMAGED_DEBIAN_BASE", infra.debian_base_template)
+    images = load_definitions(str(project.defs))
+    for name in (alpha, beta):
+        image = images[name].clone(registry=infra.registry)
+        pushed = daemon.matching(is_event("pushed", name), mark)
+        assert [e["uri"] for e in pushed] == [image.uri_for(hash_image(image).tag)]
+    assert sorted(p.name for p in project.shared.iterdir()) == [
+        ".dockerignore",
+        "a.txt",
+        "scratch.log",
+    ]
 
 
 def write_burst(folder: Path, count: int, *, spread: float) -> float:

@@ -124,14 +124,58 @@ async def test_requests_within_quiet_period_merge_into_one_build_with_last_reaso
     assert build.calls == [("a", "edit 9")]
 
 
-async def test_quiet_period_delays_the_build() -> None:
+@dataclass
+class ManualClock:
+    now: float = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("options", "gaps", "image", "quiet"),
+    [
+        pytest.param({}, [], "a", 0.025, id="a-save-waits-settle"),
+        pytest.param({}, [0.01], "a", 0.2, id="a-second-request-soon-after-is-a-burst"),
+        pytest.param({}, [0.01, 0.15, 0.19], "a", 0.2, id="a-burst-goes-on-request-by-request"),
+        pytest.param({}, [0.3], "a", 0.025, id="after-a-quiet-spell-settle-again"),
+        pytest.param({"debounce": 0.0}, [], "a", 0.0, id="no-debounce-no-settle"),
+        pytest.param({"settle": 0.5}, [], "a", 0.2, id="settle-never-past-debounce"),
+        pytest.param({"half_done": True}, [], "a", 0.2, id="a-half-done-save-waits-debounce"),
+        pytest.param({}, [], "slow", 0.3, id="per-image-replaces-settle"),
+        pytest.param({}, [0.01], "slow", 0.3, id="per-image-replaces-debounce"),
+    ],
+)
+def test_the_quiet_period_of_a_request(
+    options: dict[str, float], gaps: list[float], image: str, quiet: float
+) -> None:
+    clock = ManualClock()
+    options = dict(options)
+    half_done = bool(options.pop("half_done", False))
+    settings = {"debounce": 0.2, "settle": 0.025, "max_wait": 5.0} | options
+    sched = Scheduler(
+        FakeBuild(),
+        SchedulerOptions(**settings, per_image_debounce={"slow": 0.3}),
+        clock=clock,
+    )
+    sched.request(image, "edit", half_done=half_done)
+    for gap in gaps:
+        clock.now += gap
+        sched.request(image, "edit")
+    assert sched.slots[image].due == pytest.approx(clock.now + quiet)
+
+
+async def test_a_save_builds_after_settle_and_a_burst_waits_for_debounce() -> None:
     build = FakeBuild()
-    sched = make_scheduler(build, debounce=0.15)
+    sched = make_scheduler(build, debounce=30.0, settle=0.01)
     async with running(sched):
-        requested = time.monotonic()
-        sched.request("a", "edit")
-        await wait_for(lambda: bool(build.starts))
-    assert build.starts["a"][0] - requested >= 0.14
+        sched.request("a", "save")
+        await wait_for(lambda: len(build.calls) == 1)  # long before the 30 s debounce
+        sched.request("b", "checkout 1")
+        sched.request("b", "checkout 2")
+        await anyio.sleep(0.3)
+        assert sched.slots["b"].phase == "queued"  # waits the burst's quiet period
+    assert build.calls == [("a", "save")]
 
 
 async def test_endless_stream_of_requests_still_builds_by_max_wait() -> None:

@@ -14,6 +14,7 @@ import pytest
 from fakes import ScriptedWatchBackend, Step
 from watchfiles import Change
 
+from imaged.config import DEFAULTS
 from imaged.daemon.tracker import DigestChange, ImageTracker
 from imaged.daemon.watcher import (
     RestartFlag,
@@ -95,6 +96,30 @@ async def test_only_relevant_paths_are_yielded_and_empty_batches_skipped(tmp_pat
     got = await collect(lambda: {tmp_path}, backend, want=2)
     assert got == [{tmp_path / "a.py"}, {tmp_path / "c.py"}]
     assert backend.roots == [(tmp_path,)]
+
+
+@pytest.mark.parametrize(
+    ("step_ms", "debounce_ms", "expected"),
+    [
+        pytest.param(
+            None, None, (2 * DEFAULTS.watch_step_ms, DEFAULTS.watch_step_ms), id="defaults"
+        ),
+        pytest.param(3, None, (6, 3), id="a-batch-ends-two-steps-after-its-first-event"),
+        pytest.param(3, 50, (50, 3), id="an-explicit-batch-length"),
+    ],
+)
+async def test_the_watch_step_and_batch_length_reach_the_backend(
+    tmp_path: Path, step_ms: int | None, debounce_ms: int | None, expected: tuple[int, int]
+) -> None:
+    backend = ScriptedWatchBackend([batch((Change.added, tmp_path / "a.py"))])
+    stop = anyio.Event()
+    options = {"debounce_ms": debounce_ms} | ({"step_ms": step_ms} if step_ms else {})
+    async with watch_paths(
+        lambda: {tmp_path}, lambda _p: True, stop_event=stop, backend=backend, **options
+    ) as batches:
+        async for _ in batches:
+            break
+    assert backend.timings == [expected]
 
 
 async def test_batches_with_nothing_relevant_are_reported_as_ignored(tmp_path: Path) -> None:

@@ -173,6 +173,7 @@ class Daemon:
         s = self.settings
         return SchedulerOptions(
             debounce=s.debounce_ms / 1000,
+            settle=s.settle_ms / 1000,
             max_wait=s.max_wait_ms / 1000,
             concurrency=s.concurrency,
             per_image_debounce={name: ms / 1000 for name, ms in s.image_debounce_ms},
@@ -247,6 +248,7 @@ class Daemon:
             restart=inputs.roots_changed,
             on_ignored=inputs.ignored,
             busy=self._clock.paused,
+            step_ms=self.settings.watch_step_ms,
         )
         # The watcher's task group lives in this task: a cancel inside handle_paths ends the
         # task that receives from the backend too, here, not later from the garbage collector.

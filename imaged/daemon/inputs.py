@@ -16,6 +16,7 @@ starts on a digest about to move.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -47,10 +48,30 @@ from imaged.spec.image import Image
 T = TypeVar("T")
 
 
+# The names editors give the files of a save under way: a temp file renamed over the
+# target (JetBrains' ``___jb_tmp___``, ``.name.tmp``, Chrome's ``.crswap``), a backup of the
+# original (vim's and emacs' ``name~``, JetBrains' ``___jb_old___``), swap and lock files
+# (vim's ``.name.swp``, vim's write test ``4913``, emacs' ``.#name`` and ``#name#``). The
+# patterns of watchfiles' DefaultFilter, and the temp names of atomic writers.
+_HALF_DONE = re.compile(
+    r"(___jb_(tmp|old)___|~|\.sw[a-p]|\.crswap|\.tmp)$"
+    r"|\.tmp[.-]|^\.#|^#.*#$|^4913$"
+)
+
+
+def looks_half_done(path: str) -> bool:
+    """True when ``path``'s name is one an editor gives a file only while it saves.
+
+    >>> looks_half_done("src/.app.py.tmp-1f3a"), looks_half_done("src/app.py")
+    (True, False)
+    """
+    return _HALF_DONE.search(path.rpartition("/")[2]) is not None
+
+
 class BuildRequests(Protocol):
     """What the inputs ask of the scheduler (``Scheduler`` is one)."""
 
-    def request(self, name: str, reason: str) -> None: ...
+    def request(self, name: str, reason: str, *, half_done: bool = False) -> None: ...
 
     def forget(self, name: str) -> None: ...
 
@@ -216,7 +237,10 @@ class DaemonInputs:
         why = "; ".join(str(r) for r in change.reasons) or "digest moved"
         self.builds.changed(name)
         self.emit(Changed(image=name, tag=tag, why=why))
-        self.scheduler.request(name, why)
+        # A temp or backup file in the change: the save may still be under way, so the
+        # build waits the burst's quiet period, not settle_ms (one build per save).
+        half_done = any(looks_half_done(f) for r in change.reasons for f in r.files)
+        self.scheduler.request(name, why, half_done=half_done)
 
     async def _in_tracker(self, call: Callable[..., T], *args: Any) -> T:
         """One tracker call in a worker thread, so hashing never blocks the event loop; the

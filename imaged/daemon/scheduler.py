@@ -1,4 +1,4 @@
-"""Decide when each image builds: debounce, one build per image, a global limit,
+"""Decide when each image builds: settle or debounce, one build per image, a global limit,
 cancel-or-queue superseded builds, parents first, and retries for transient failures.
 
 The scheduler knows nothing of Docker: it calls an injected ``build(name, reason)``
@@ -26,9 +26,15 @@ BuildFunc = Callable[[str, str], Awaitable[Any]]
 
 @dataclass
 class SchedulerOptions:
-    """Timing and concurrency settings (seconds); the defaults are the settings' defaults."""
+    """Timing and concurrency settings (seconds); the defaults are the settings' defaults.
+
+    ``settle`` is the quiet period of the first request after a quiet spell (a save);
+    ``debounce`` that of a request that follows another within ``debounce`` (a burst);
+    ``per_image_debounce`` replaces both for one image.
+    """
 
     debounce: float = DEFAULTS.debounce_ms / 1000
+    settle: float = DEFAULTS.settle_ms / 1000
     max_wait: float = DEFAULTS.max_wait_ms / 1000
     concurrency: int = DEFAULTS.concurrency
     supersede: Supersede = DEFAULTS.supersede
@@ -45,6 +51,7 @@ class ImageSlot:
     phase: str = "idle"  # idle | queued | building | failed | retrying
     reason: str = ""
     first_request: float | None = None
+    last_request: float | None = None
     due: float | None = None
     generation: int = 0
     built_generation: int = 0
@@ -88,11 +95,18 @@ class Scheduler:
 
     # -- requests
 
-    def request(self, name: str, reason: str) -> None:
-        """Ask for a build of ``name``; repeated requests within the quiet period merge."""
+    def request(self, name: str, reason: str, *, half_done: bool = False) -> None:
+        """Ask for a build of ``name``; repeated requests within the quiet period merge.
+
+        The first request after a quiet spell waits ``settle`` (an editor's save builds at
+        once, nearly); one within ``debounce`` of the last request is part of a burst and
+        waits ``debounce`` (a checkout starts one build after it, not one per batch), as
+        does a ``half_done`` one (an editor's temp or backup file is in it: the rename that
+        ends the save may come later than ``settle``)."""
         slot = self.slots.setdefault(name, ImageSlot(name))
         now = self._clock()
-        quiet = self.options.per_image_debounce.get(name, self.options.debounce)
+        quiet = self._quiet_period(slot, now, half_done=half_done)
+        slot.last_request = now
         if slot.first_request is None:
             slot.first_request = now
         slot.due = min(now + quiet, slot.first_request + self.options.max_wait)
@@ -106,6 +120,14 @@ class Scheduler:
             slot.phase = "queued"
             send(self._on_event, Queued(image=name, reason=reason))
         self._wake.set()
+
+    def _quiet_period(self, slot: ImageSlot, now: float, *, half_done: bool) -> float:
+        options = self.options
+        if slot.name in options.per_image_debounce:
+            return options.per_image_debounce[slot.name]
+        recent = slot.last_request is not None and now - slot.last_request < options.debounce
+        burst = half_done or recent
+        return options.debounce if burst else min(options.settle, options.debounce)
 
     def forget(self, name: str) -> None:
         """Drop an image that no longer exists in the definitions."""

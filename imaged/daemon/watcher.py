@@ -15,6 +15,7 @@ import watchfiles
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from watchfiles import Change
 
+from imaged.config import DEFAULTS
 from imaged.daemon.tracker import outermost_paths
 
 __all__ = [
@@ -30,14 +31,17 @@ __all__ = [
 ]
 
 STEP_MS = 50  # how often a watcher with nothing to watch looks for a stop or a restart
-# How often the backend looks for new raw OS events: a batch ends at the first step that
-# found no new one, or BATCH_MS after its first event. Both small, so that the watcher hears
-# of each raw event within a few steps and the daemon's quiet clock stops then (a batch is
-# "in hand" from its arrival): the quiet period before a build is measured from the last raw
-# event, not from a batch delivery. Not the ``debounce_ms`` setting: that is the daemon's
-# quiet period before a build, kept by the scheduler.
-RAW_STEP_MS = 10
-BATCH_MS = 20
+# How often the backend looks for new raw OS events (the ``watch_step_ms`` setting): a batch
+# ends at the first step that found no new one, or BATCH_STEPS steps after its first event.
+# Both small, so that the watcher hears of each raw event within a step or two and the
+# daemon's quiet clock stops then (a batch is "in hand" from its arrival): the quiet period
+# before a build is measured from the last raw event, not from a batch delivery, and a
+# steady stream of events never leaves the clock running for longer than about
+# (BATCH_STEPS + 1) steps, well under the scheduler's ``settle_ms``. Not the ``debounce_ms``
+# setting: that is a quiet period before a build, kept by the scheduler.
+RAW_STEP_MS = DEFAULTS.watch_step_ms
+BATCH_STEPS = 2
+BATCH_MS = RAW_STEP_MS * BATCH_STEPS
 RUST_TIMEOUT_MS = 1_000
 
 RawBatch = set[tuple[Change, str]]
@@ -238,8 +242,10 @@ class _Producer:
         stop_event: StopSignal,
         restart: RestartFlag | None,
         debounce_ms: int,
+        step_ms: int,
     ) -> None:
         self._roots = roots
+        self._step_ms = step_ms
         self._backend = backend
         self._stop = stop_event
         self._requests = _Restart(restart)
@@ -281,7 +287,7 @@ class _Producer:
             shallow=sorted(p for p, deep in plan.items() if not deep),
             stop_event=self._generation,
             debounce_ms=self._debounce_ms,
-            step_ms=RAW_STEP_MS,
+            step_ms=self._step_ms,
         )
         async with aclosing(batches):
             async for batch in batches:
@@ -354,13 +360,17 @@ async def watch_paths(
     *,
     stop_event: StopSignal,
     backend: WatchBackend | None = None,
-    debounce_ms: int = BATCH_MS,
+    debounce_ms: int | None = None,
+    step_ms: int = RAW_STEP_MS,
     restart: RestartFlag | None = None,
     on_ignored: Callable[[set[Path]], None] | None = None,
     busy: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> AsyncIterator[AsyncIterator[set[Path]]]:
     """Watch; the block iterates batches of relevant changed absolute paths until
     ``stop_event`` is set (or the block ends).
+
+    The backend looks for raw events every ``step_ms``; a batch ends at a step with none
+    new, or ``debounce_ms`` (default ``BATCH_STEPS`` steps) after its first event.
 
     ``roots()`` maps each folder to whether to watch it recursively (see :func:`watch_plan`;
     a plain set watches every folder recursively). Watching restarts with fresh ``roots()``
@@ -385,7 +395,8 @@ async def watch_paths(
         backend or WatchfilesBackend(),
         stop_event=stop_event,
         restart=restart,
-        debounce_ms=debounce_ms,
+        debounce_ms=step_ms * BATCH_STEPS if debounce_ms is None else debounce_ms,
+        step_ms=step_ms,
     )
     held = _Held(busy)
     send, receive = anyio.create_memory_object_stream[RawBatch](math.inf)
