@@ -31,9 +31,11 @@ def _local_engine(infra: Any) -> str:
 
 def _image(infra: Any, name: str, nonce: str, *, env: str = "1") -> Image:
     return (
+        # Recipe layers only (no file tail), so the whole image is a BuildKit build on the
+        # engine the pool places it on; ``env`` changes the last step, not the slow one.
         Image.from_base(infra.debian_base)
         .with_commands(f"echo run-{nonce}-started && sleep {SLEEP_SECONDS}")
-        .with_env_vars({"POOL_TEST": env})
+        .with_commands(f"echo {env} > /pool-test")
         .clone(name=name, registry=infra.registry)
     )
 
@@ -176,3 +178,27 @@ def test_an_engine_killed_mid_build_is_marked_down_and_the_build_completes_elsew
 
 def states_of(pool: PoolBuilder) -> dict[str, str]:
     return {e["engine"]: e["state"] for e in pool.engine_states()}
+
+
+def test_a_fast_path_image_names_the_engine_its_stem_was_built_on(
+    infra: Any, tmp_path: Path
+) -> None:
+    """The tail is appended by imaged itself; the engine reported is where the stem (the
+    image's BuildKit part) was built in this call, and no engine when the stem was there."""
+    local, remote = _local_engine(infra), infra.remote_docker_host
+    settings = _settings(infra, tmp_path, PoolEntry(local, 1), PoolEntry(remote, 1))
+    pool = PoolBuilder(settings)
+    nonce = uuid.uuid4().hex[:10]
+    image = (
+        Image.from_base(infra.debian_base)
+        .with_commands(f"echo {nonce} > /pool-stem")
+        .with_env_vars({"POOL_TEST": "1"})
+        .clone(name=f"pool-fast-{nonce}", registry=infra.registry)
+    )
+    first = anyio.run(_build, image, settings, pool, [])
+    assert (first.path, first.status) == ("fast", "pushed"), first.path_reason
+    assert first.engine in {local, remote} and first.placement
+    again = anyio.run(_build, image.with_env_vars({"POOL_TEST": "2"}), settings, pool, [])
+    assert (again.path, again.status) == ("fast", "pushed")
+    assert (again.engine, again.placement) == (None, None)  # the stem was in the registry
+    assert _tag_exists(infra, again.uri)

@@ -491,6 +491,8 @@ class _Fast:
                 checked={result.stem_uri: Existence.MISSING},
                 hashed=Hashed(stem, stem_digest),
             )
+            # The image's recipe bytes were built where its stem was: report that engine.
+            result.engine, result.placement = built.engine, built.placement
             manifest = built.manifest_digest or await self.client.manifest_digest(ref)
             if manifest is None:
                 raise RegistryError(f"the stem {result.stem_uri} was pushed but is not there")
