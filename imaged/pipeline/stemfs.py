@@ -166,3 +166,21 @@ async def read_stem_fs(
         await anyio.to_thread.run_sync(apply_layer, fs, io.BytesIO(blob), roots)
     await anyio.to_thread.run_sync(_save, cached_at, fs)
     return fs
+
+
+async def missing_blobs(client: RegistryClient, ref: ImageRef) -> list[str]:
+    """The blobs (configs and layers, every platform's) that ``ref``'s manifest names and
+    its repository lacks: a tag whose blobs were collected under it is still listed."""
+    from imaged.registry.client import Existence
+
+    media_type, body, _ = await client.get_manifest(ref, accept=STEM_MEDIA_TYPES)
+    manifest = json.loads(body)
+    if media_type in INDEX_MEDIA_TYPES:
+        out: list[str] = []
+        for child in manifest.get("manifests") or []:
+            pinned = ImageRef(ref.registry, ref.repository, tag=None, digest=child["digest"])
+            out += await missing_blobs(client, pinned)
+        return out
+    named = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+    digests = [d["digest"] for d in named if "digest" in d]
+    return [d for d in digests if await client.blob_exists(ref, d) is not Existence.EXISTS]
