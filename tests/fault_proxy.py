@@ -64,116 +64,115 @@ class FaultProxy:
         return [s for s in self.seen if getattr(s, f"is_{kind}")]
 
 
-def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    proxy: FaultProxy  # set on the subclass each proxy serves
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
-        def _forward(self) -> None:
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-            seen = Seen(
-                self.command,
-                parts.path,
-                parse_qs(parts.query),
-                self.headers.get("Content-Type") or "",
-                length,
-            )
-            proxy.seen.append(seen)
-            refusal = proxy.refuse(seen)
-            if refusal is not None:
-                self._drain(length, chunked)
-                status, code = refusal
-                proxy.refused.append((seen, status, code))
-                body = json.dumps(
-                    {"errors": [{"code": code, "message": f"refused by the test proxy ({code})"}]}
-                ).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            upstream = http.client.HTTPConnection(proxy.upstream, timeout=120)
-            try:
-                body = self._read_chunked() if chunked else None
-                upstream.putrequest(self.command, self.path, skip_host=True)
-                for name, value in self.headers.items():
-                    if name.lower() not in HOP:
-                        upstream.putheader(name, value)
-                upstream.putheader("Content-Length", str(len(body) if body is not None else length))
-                upstream.endheaders()
-                if body is not None:
-                    upstream.send(body)
-                else:
-                    self._stream(upstream, seen, length)
-                response = upstream.getresponse()
-                data = response.read()
-            except OSError:
-                self._drop()
-                return
-            finally:
-                upstream.close()
-            self.send_response(response.status)
-            for name, value in response.getheaders():
-                if name.lower() not in HOP:
-                    self.send_header(name, value)
-            self.send_header("Content-Length", response.getheader("Content-Length") or str(len(data)))
+    def _forward(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+        seen = Seen(
+            self.command,
+            parts.path,
+            parse_qs(parts.query),
+            self.headers.get("Content-Type") or "",
+            length,
+        )
+        self.proxy.seen.append(seen)
+        refusal = self.proxy.refuse(seen)
+        if refusal is not None:
+            self._drain(length, chunked)
+            status, code = refusal
+            self.proxy.refused.append((seen, status, code))
+            body = json.dumps(
+                {"errors": [{"code": code, "message": f"refused by the test proxy ({code})"}]}
+            ).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            self.wfile.write(body)
+            return
+        upstream = http.client.HTTPConnection(self.proxy.upstream, timeout=120)
+        try:
+            body = self._read_chunked() if chunked else None
+            upstream.putrequest(self.command, self.path, skip_host=True)
+            for name, value in self.headers.items():
+                if name.lower() not in HOP:
+                    upstream.putheader(name, value)
+            upstream.putheader("Content-Length", str(len(body) if body is not None else length))
+            upstream.endheaders()
+            if body is not None:
+                upstream.send(body)
+            else:
+                self._stream(upstream, seen, length)
+            response = upstream.getresponse()
+            data = response.read()
+        except OSError:
+            self._drop()
+            return
+        finally:
+            upstream.close()
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", response.getheader("Content-Length") or str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-        def _stream(self, upstream: http.client.HTTPConnection, seen: Seen, length: int) -> None:
-            sent = 0
-            while sent < length:
-                piece = self.rfile.read(min(1 << 20, length - sent))
-                if not piece:
-                    raise ConnectionError("the client stopped sending")
-                try:
-                    upstream.send(piece)
-                except OSError:
-                    self._drain(length - sent - len(piece), False)
-                    raise
-                sent += len(piece)
-                proxy.on_body(seen, sent)
+    def _stream(self, upstream: http.client.HTTPConnection, seen: Seen, length: int) -> None:
+        sent = 0
+        while sent < length:
+            piece = self.rfile.read(min(1 << 20, length - sent))
+            if not piece:
+                raise ConnectionError("the client stopped sending")
+            try:
+                upstream.send(piece)
+            except OSError:
+                self._drain(length - sent - len(piece), False)
+                raise
+            sent += len(piece)
+            self.proxy.on_body(seen, sent)
 
-        def _read_chunked(self) -> bytes:
-            out = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline().strip():
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline()
+    def _read_chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():
+                    pass
+                return bytes(out)
+            out += self.rfile.read(size)
+            self.rfile.readline()
 
-        def _drain(self, length: int, chunked: bool) -> None:
-            if chunked:
-                self._read_chunked()
-            while length > 0:
-                piece = self.rfile.read(min(1 << 20, length))
-                if not piece:
-                    return
-                length -= len(piece)
+    def _drain(self, length: int, chunked: bool) -> None:
+        if chunked:
+            self._read_chunked()
+        while length > 0:
+            piece = self.rfile.read(min(1 << 20, length))
+            if not piece:
+                return
+            length -= len(piece)
 
-        def _drop(self) -> None:
-            """No answer: the connection closes, as a registry that died mid-request."""
-            self.close_connection = True
+    def _drop(self) -> None:
+        """No answer: the connection closes, as a registry that died mid-request."""
+        self.close_connection = True
 
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
-
-    return Handler
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
 
 @contextmanager
 def fault_proxy(upstream: str, **options: object) -> Iterator[FaultProxy]:
     """A proxy on a free loopback port in front of ``upstream`` (host:port)."""
     proxy = FaultProxy(upstream, **options)  # type: ignore[arg-type]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
+    handler = type("Handler", (_Handler,), {"proxy": proxy})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     proxy.port = int(server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -51,7 +51,7 @@ from imaged.pipeline.fastpath import (
 from imaged.pipeline.logins import registry_logins
 from imaged.pipeline.route import Route, describe_layer, route
 from imaged.pipeline.secrets import ca_bundle_secret, resolve_secrets
-from imaged.pipeline.stemfs import StemFs, missing_blobs
+from imaged.pipeline.stemfs import StemFs, StemPlatformsDiffer, missing_blobs
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.registry.ref import ImageRef
 from imaged.render.context import stage_context
@@ -315,7 +315,7 @@ async def abuild(
             fast = _Fast(image, decision, chosen, settings, staging, shared, client, on_event)
             try:
                 await fast.run(digest, force, result)
-            except FullBuildNeeded as exc:
+            except (FullBuildNeeded, StemPlatformsDiffer) as exc:
                 result.path, result.path_reason = "full", str(exc)
                 decision = Route("full", str(exc))
         if decision.stem is None:
