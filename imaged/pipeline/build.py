@@ -25,7 +25,13 @@ from imaged.config import Settings, load_settings
 from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.digest.trees import TreeProvider
-from imaged.errors import ContextChangedError, RegistryError, RegistryUnavailable, SpecError
+from imaged.errors import (
+    ContextChangedError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+    SpecError,
+)
 from imaged.events import (
     BuildBuilding,
     BuildBuilt,
@@ -441,7 +447,11 @@ class _Fast:
         try:
             await self._run(digest, force, result)
         except RegistryError as exc:
-            if force or isinstance(exc, RegistryUnavailable) or result.stem_uri is None:
+            if (
+                force
+                or isinstance(exc, RegistryUnavailable | RegistryAuthError)
+                or not result.stem_uri
+            ):
                 raise
             missing = await missing_blobs(self.client, ImageRef.parse(result.stem_uri))
             if not missing:

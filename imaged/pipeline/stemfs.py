@@ -181,7 +181,7 @@ async def read_stem_fs(
 ) -> StemFs:
     """The stem's entries on ``roots`` (see the module docstring), from the disk cache or
     by reading each of its layer blobs through ``client``. For a multi-platform stem every
-    platform's layers are read (a layer two platforms share, once); they must agree on
+    platform's layers are read (platforms with the same layers, once); they must agree on
     ``roots``, else :class:`StemPlatformsDiffer`."""
     import anyio
 
