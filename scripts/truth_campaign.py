@@ -78,13 +78,18 @@ def variants(state: dict[str, Any], tree: Path, run: str) -> list[Variant]:
     ]
 
 
-def campaign(state: dict[str, Any], work: Path, settings: Settings) -> Campaign:
+def campaign(
+    state: dict[str, Any], work: Path, settings: Settings, paths: dict[str, int]
+) -> Campaign:
     tree, cli, env = work / "tree", state["docker_cli"], docker_env(state)
     tree.mkdir()
     seed_tree(tree)
 
     def build_one(image: Image) -> tuple[str, str]:
         result = build(image, settings=settings)
+        if result.pushed:
+            key = f"{image.name.rpartition('-')[0]} {result.path}"
+            paths[key] = paths.get(key, 0) + 1
         return result.tag, result.uri
 
     def read(uri: str, paths: tuple[str, ...]) -> ImageState:
@@ -98,14 +103,24 @@ def main() -> int:
     parser.add_argument("--mutations", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--show", type=int, default=20, help="problems to print")
+    parser.add_argument(
+        "--fast-path",
+        choices=("on", "off"),
+        default="on",
+        help="the registry fast path (default on, as imaged's default; off: every build full)",
+    )
     args = parser.parse_args()
     state = load_state()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="imaged-truth-") as tmp:
         settings = dataclasses.replace(
-            load_settings(), state_dir=Path(tmp) / "state", docker_cli=state["docker_cli"]
+            load_settings(),
+            state_dir=Path(tmp) / "state",
+            docker_cli=state["docker_cli"],
+            fast_path=args.fast_path == "on",
         )
-        run = campaign(state, Path(tmp), settings)
+        paths: dict[str, int] = {}
+        run = campaign(state, Path(tmp), settings, paths)
         try:
             figures = run.run(random.Random(args.seed), args.mutations)
         finally:
@@ -113,6 +128,8 @@ def main() -> int:
             subprocess.run([cli, "rmi", *sorted(run.uris)], env=env, capture_output=True)
     for problem in figures.problems[: args.show]:
         print(problem)
+    taken = ", ".join(f"{k}: {v}" for k, v in sorted(paths.items()))
+    print(f"builds pushed by variant and path: {taken}")
     print(f"seed {args.seed}: {figures.summary()} ({time.perf_counter() - started:.0f} s)")
     return 1 if figures.false_hits or figures.stale else 0
 

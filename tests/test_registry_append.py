@@ -200,6 +200,35 @@ async def test_refused_mount_falls_back_to_copy_and_upload() -> None:
     assert ("app", "v1") in fake.manifests
 
 
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        pytest.param(405, "UNSUPPORTED", id="405"),
+        pytest.param(404, "NAME_UNKNOWN", id="404"),
+        pytest.param(400, "UNSUPPORTED", id="400-unsupported"),
+    ],
+)
+async def test_a_mount_answered_with_an_error_falls_back_to_copy(status: int, code: str) -> None:
+    """Some registries answer a mount POST with an error, not 202: the blob is copied."""
+
+    def refuse_mounts(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "POST" and "mount" in request.url.params:
+            return httpx.Response(status, json={"errors": [{"code": code}]})
+        return None
+
+    fake = FakeRegistry(fail=refuse_mounts)
+    fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)
+    layer = new_layer({"f": b"x"})
+    async with fake.client() as client:
+        pushed = await append_layers(
+            client, fake.ref("base", "stem"), fake.ref("app", "v1"), [layer], ConfigEdit()
+        )
+    hows = {b.digest: b.how for b in pushed.blobs}
+    assert hows[layer.digest] == "uploaded"
+    assert "copied" in hows.values()  # the stem's layer, read from its repository
+    assert ("app", "v1") in fake.manifests
+
+
 async def test_a_stem_blob_corrupted_on_copy_is_an_error_and_no_manifest_is_put() -> None:
     fake = FakeRegistry(mounts=False)
     fake.put_image("base", "stem", OCI_MANIFEST, STEM_CONFIG)

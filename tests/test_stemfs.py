@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
+from registry_fakes import FakeRegistry, image_manifest, layer_blob, sha256
 
-from imaged.pipeline.stemfs import StemEntry, StemFs, apply_layer, on_paths
+from imaged.pipeline.stemfs import (
+    StemEntry,
+    StemFs,
+    StemPlatformsDiffer,
+    apply_layer,
+    missing_blobs,
+    on_paths,
+    read_stem_fs,
+)
+from imaged.registry.append import OCI_INDEX, OCI_MANIFEST, encode_json
+from imaged.registry.ref import ImageRef
 
 
 def layer(
@@ -106,3 +120,90 @@ def test_a_later_folder_entry_sets_the_mode_anew() -> None:
 )
 def test_on_paths(path: str, expected: bool) -> None:
     assert on_paths(path, ["opt/app/src"]) is expected
+
+
+# A multi-platform stem, and a stem whose blobs are gone (a fake registry) ------------------
+
+
+def _put(fake: Any, repo: str, blobs: list[bytes]) -> tuple[str, int]:
+    """A one-config image of `blobs` in `repo`, stored by digest: (digest, size)."""
+    config = encode_json({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": []}})
+    for blob in [*blobs, config]:
+        fake.blobs[(repo, sha256(blob))] = blob
+    body = encode_json(image_manifest(OCI_MANIFEST, config, blobs))
+    fake.manifests[(repo, sha256(body))] = (OCI_MANIFEST, body)
+    return sha256(body), len(body)
+
+
+def _index(fake: Any, repo: str, tag: str, children: list[tuple[str, int, str]]) -> str:
+    manifests = [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": digest,
+            "size": size,
+            "platform": {"os": "linux", "architecture": arch},
+        }
+        for digest, size, arch in children
+    ]
+    body = encode_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+    for key in (tag, sha256(body)):
+        fake.manifests[(repo, key)] = (OCI_INDEX, body)
+    return sha256(body)
+
+
+def _read(fake: Any, tmp_path: Path, digest: str) -> StemFs:
+    async def run() -> StemFs:
+        async with fake.client() as client:
+            ref = ImageRef.parse(fake.ref("app", "stem"))
+            return await read_stem_fs(client, ref, digest, ["app"], tmp_path)
+
+    return anyio.run(run)
+
+
+def test_a_two_platform_stem_that_agrees_on_the_tail_paths_reads_each_platform(
+    tmp_path: Path,
+) -> None:
+    fake = FakeRegistry()
+    base, _ = layer_blob({"app/a.txt": b"a"})
+    arm_only, _ = layer_blob({"usr/lib/arm.so": b"arm"})  # off the tail's paths
+    amd = _put(fake, "app", [base])
+    arm = _put(fake, "app", [base, arm_only])
+    digest = _index(fake, "app", "stem", [(*amd, "amd64"), (*arm, "arm64")])
+    fs = _read(fake, tmp_path, digest)
+    assert fs["app"] == StemEntry("dir", 0o755, 0, 0)
+    blob_gets = [p for m, p in fake.log if m == "GET" and "/blobs/" in p]
+    assert len(blob_gets) == 3  # amd64's layer, arm64's two (each platform read)
+
+
+def test_a_two_platform_stem_that_differs_on_a_tail_path_is_refused(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    base, _ = layer_blob({"etc/x": b"x"})
+    owned, _ = layer_blob({"app/a.txt": b"a"})
+    amd = _put(fake, "app", [base])
+    arm = _put(fake, "app", [base, owned])
+    digest = _index(fake, "app", "stem", [(*amd, "amd64"), (*arm, "arm64")])
+    with pytest.raises(StemPlatformsDiffer) as caught:
+        _read(fake, tmp_path, digest)
+    assert str(caught.value) == (
+        "the platforms of stem registry.example.com/app:stem differ on the tail's paths: /app "
+        "is absent against dir 0755 0:0 on linux/amd64 and linux/arm64; the full build "
+        "follows each as BuildKit does"
+    )
+    assert not list((tmp_path / "stemfs").glob("*.json"))  # nothing cached
+
+
+def test_missing_blobs_names_what_the_registry_lost_on_every_platform() -> None:
+    fake = FakeRegistry()
+    one, _ = layer_blob({"a": b"a"})
+    two, _ = layer_blob({"b": b"b"})
+    amd = _put(fake, "app", [one])
+    arm = _put(fake, "app", [one, two])
+    _index(fake, "app", "stem", [(*amd, "amd64"), (*arm, "arm64")])
+
+    async def run() -> list[str]:
+        async with fake.client() as client:
+            return await missing_blobs(client, ImageRef.parse(fake.ref("app", "stem")))
+
+    assert anyio.run(run) == []
+    del fake.blobs[("app", sha256(two))]
+    assert anyio.run(run) == [sha256(two)]

@@ -25,7 +25,13 @@ from imaged.config import Settings, load_settings
 from imaged.digest.cache import DigestCache, default_cache
 from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.digest.trees import TreeProvider
-from imaged.errors import ContextChangedError, RegistryError, SpecError
+from imaged.errors import (
+    ContextChangedError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+    SpecError,
+)
 from imaged.events import (
     BuildBuilding,
     BuildBuilt,
@@ -51,7 +57,7 @@ from imaged.pipeline.fastpath import (
 from imaged.pipeline.logins import registry_logins
 from imaged.pipeline.route import Route, describe_layer, route
 from imaged.pipeline.secrets import ca_bundle_secret, resolve_secrets
-from imaged.pipeline.stemfs import StemFs
+from imaged.pipeline.stemfs import StemFs, StemPlatformsDiffer, missing_blobs
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.registry.ref import ImageRef
 from imaged.render.context import stage_context
@@ -315,7 +321,7 @@ async def abuild(
             fast = _Fast(image, decision, chosen, settings, staging, shared, client, on_event)
             try:
                 await fast.run(digest, force, result)
-            except FullBuildNeeded as exc:
+            except (FullBuildNeeded, StemPlatformsDiffer) as exc:
                 result.path, result.path_reason = "full", str(exc)
                 decision = Route("full", str(exc))
         if decision.stem is None:
@@ -436,6 +442,27 @@ class _Fast:
     on_event: EventSink | None
 
     async def run(self, digest: ImageDigest, force: bool, result: ImageBuild) -> None:
+        """Append the tail; when the registry refuses it and the stem's tag names blobs the
+        registry lacks (collected under the tag), rebuild the stem and append again."""
+        try:
+            await self._run(digest, force, result)
+        except RegistryError as exc:
+            if (
+                force
+                or isinstance(exc, RegistryUnavailable | RegistryAuthError)
+                or not result.stem_uri
+            ):
+                raise
+            missing = await missing_blobs(self.client, ImageRef.parse(result.stem_uri))
+            if not missing:
+                raise
+            result.path_reason += (
+                f"; the stem {result.stem_uri} was rebuilt: the registry lacks "
+                f"{len(missing)} of its blobs ({', '.join(missing[:3])})"
+            )
+            await self._run(digest, True, result)
+
+    async def _run(self, digest: ImageDigest, force: bool, result: ImageBuild) -> None:
         t0 = time.perf_counter()
         stem_ref, manifest = await self.ensure_stem(force, result)
         config = await stem_config(self.client, stem_ref, manifest)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from imaged.errors import ImagedError
 from imaged.registry.append import INDEX_MEDIA_TYPES, STEM_MEDIA_TYPES
 from imaged.registry.client import RegistryClient
 from imaged.registry.ref import ImageRef
@@ -129,19 +130,46 @@ def _save(path: Path, fs: StemFs) -> None:
     tmp.replace(path)
 
 
-async def _layer_digests(client: RegistryClient, ref: ImageRef) -> list[str]:
+class StemPlatformsDiffer(ImagedError):
+    """The platforms of a multi-platform stem differ on the tail's paths (a folder's type,
+    mode or owner): one tail cannot be appended to all of them as BuildKit would write it
+    for each, so the image takes the full build; the message names the path and platforms."""
+
+
+def _platform(entry: dict[str, object]) -> str:
+    platform = entry.get("platform")
+    if not isinstance(platform, dict):
+        return str(entry.get("digest"))
+    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
+    return "/".join(str(p) for p in parts if p)
+
+
+async def _platforms(client: RegistryClient, ref: ImageRef) -> list[tuple[str, list[str]]]:
+    """(platform, its layer digests) for each image manifest of ``ref`` (one for a
+    single-platform stem; an index's attestation manifests are left out)."""
     media_type, body, _ = await client.get_manifest(ref, accept=STEM_MEDIA_TYPES)
     manifest = json.loads(body)
-    if media_type in INDEX_MEDIA_TYPES:
-        # The platforms of one stem differ in binaries, not in the folders a COPY lands in.
-        first = next(
-            m
-            for m in manifest.get("manifests") or []
-            if not (m.get("annotations") or {}).get("vnd.docker.reference.type")
-        )
-        child = ImageRef(ref.registry, ref.repository, tag=None, digest=first["digest"])
-        return await _layer_digests(client, child)
-    return [layer["digest"] for layer in manifest.get("layers") or []]
+    if media_type not in INDEX_MEDIA_TYPES:
+        return [("", [layer["digest"] for layer in manifest.get("layers") or []])]
+    out: list[tuple[str, list[str]]] = []
+    for entry in manifest.get("manifests") or []:
+        if (entry.get("annotations") or {}).get("vnd.docker.reference.type"):
+            continue
+        child = ImageRef(ref.registry, ref.repository, tag=None, digest=entry["digest"])
+        out += [(_platform(entry), layers) for _, layers in await _platforms(client, child)]
+    return out
+
+
+def _shown(entry: StemEntry | None) -> str:
+    if entry is None:
+        return "absent"
+    link = f" -> {entry.target}" if entry.target else ""
+    return f"{entry.type} {entry.mode:04o} {entry.uid}:{entry.gid}{link}"
+
+
+def _first_difference(a: StemFs, b: StemFs) -> str:
+    path = min(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
+    return f"/{path} is {_shown(a.get(path))} against {_shown(b.get(path))}"
 
 
 async def read_stem_fs(
@@ -152,7 +180,9 @@ async def read_stem_fs(
     state_dir: Path,
 ) -> StemFs:
     """The stem's entries on ``roots`` (see the module docstring), from the disk cache or
-    by reading each of its layer blobs through ``client``."""
+    by reading each of its layer blobs through ``client``. For a multi-platform stem every
+    platform's layers are read (platforms with the same layers, once); they must agree on
+    ``roots``, else :class:`StemPlatformsDiffer`."""
     import anyio
 
     cached_at = _cache_file(state_dir, manifest_digest, roots)
@@ -160,9 +190,42 @@ async def read_stem_fs(
     if cached is not None:
         return cached
     pinned = ImageRef(ref.registry, ref.repository, tag=None, digest=manifest_digest)
-    fs: StemFs = {}
-    for digest in await _layer_digests(client, pinned):
-        blob = await client.get_blob(pinned, digest)
-        await anyio.to_thread.run_sync(apply_layer, fs, io.BytesIO(blob), roots)
-    await anyio.to_thread.run_sync(_save, cached_at, fs)
-    return fs
+    read: dict[tuple[str, ...], StemFs] = {}
+    first: tuple[str, StemFs] | None = None
+    for platform, layers in await _platforms(client, pinned):
+        if tuple(layers) not in read:
+            fs: StemFs = {}
+            for digest in layers:
+                blob = await client.get_blob(pinned, digest)
+                await anyio.to_thread.run_sync(apply_layer, fs, io.BytesIO(blob), roots)
+            read[tuple(layers)] = fs
+        fs = read[tuple(layers)]
+        if first is None:
+            first = (platform, fs)
+        elif fs != first[1]:
+            raise StemPlatformsDiffer(
+                f"the platforms of stem {ref} differ on the tail's paths: "
+                f"{_first_difference(first[1], fs)} on {first[0]} and {platform}; "
+                "the full build follows each as BuildKit does"
+            )
+    result = first[1] if first is not None else {}
+    await anyio.to_thread.run_sync(_save, cached_at, result)
+    return result
+
+
+async def missing_blobs(client: RegistryClient, ref: ImageRef) -> list[str]:
+    """The blobs (configs and layers, every platform's) that ``ref``'s manifest names and
+    its repository lacks: a tag whose blobs were collected under it is still listed."""
+    from imaged.registry.client import Existence
+
+    media_type, body, _ = await client.get_manifest(ref, accept=STEM_MEDIA_TYPES)
+    manifest = json.loads(body)
+    if media_type in INDEX_MEDIA_TYPES:
+        out: list[str] = []
+        for child in manifest.get("manifests") or []:
+            pinned = ImageRef(ref.registry, ref.repository, tag=None, digest=child["digest"])
+            out += await missing_blobs(client, pinned)
+        return out
+    named = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+    digests = [d["digest"] for d in named if "digest" in d]
+    return [d for d in digests if await client.blob_exists(ref, d) is not Existence.EXISTS]

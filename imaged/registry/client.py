@@ -331,7 +331,8 @@ class RegistryClient:
         """Mount blob `digest` from repository `from_repo` of the same registry into `ref`'s.
 
         True when mounted (201). False when the registry opened an upload instead (202: it
-        refuses mounts, or the source lacks the blob); that upload is cancelled.
+        refuses mounts, or the source lacks the blob; that upload is cancelled) or answers
+        that it does not mount (404, 405, 501, or 400 UNSUPPORTED): the caller copies.
         """
         ref = _as_ref(ref)
         response = await self.request(
@@ -346,6 +347,10 @@ class RegistryClient:
             return True
         if response.status_code == 202:
             await self._cancel_upload(ref, response)
+            return False
+        if response.status_code in (404, 405, 501) or (
+            response.status_code == 400 and "UNSUPPORTED" in _error_codes(response)
+        ):
             return False
         raise await self._fail(ref, response, f"a mount of blob {digest} from {from_repo}")
 
