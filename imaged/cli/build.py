@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, export_config_file, load_settings
 from imaged.definitions.child import load_targets
 from imaged.digest.bounds import hash_within
-from imaged.errors import HashTimeoutError, ImagedError
+from imaged.errors import EngineError, HashTimeoutError, ImagedError
 from imaged.pipeline.build import Hashed, ImageBuild, abuild
 from imaged.pipeline.logins import check_images
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
@@ -75,7 +76,7 @@ async def _build_all(
             err=True,
         )
     images, hashed, failed = _hashed(images, settings, as_json)
-    builder = get_builder(None, settings)  # a bad pool, context or builder: one error, exit 78
+    builder = await check_builder_settings(settings)
     async with create_registry_client(settings) as client:
         checked = {} if force or dry_run else await _check_all(hashed, settings, client)
 
@@ -100,6 +101,22 @@ async def _build_all(
         limit = _build_limit(builder, settings)
         await _build_concurrently(_ordered(images), one, limit, report)
     return failed
+
+
+async def check_builder_settings(settings: Settings) -> Builder:
+    """The configured builder, once its settings are known good: ConfigError (one line,
+    exit 78, before any build) for an unknown builder or Docker context, a pool entry that
+    cannot be, or a buildx builder that does not exist. An engine that is merely down is
+    not a settings error: builds report (and the daemon retries) it."""
+    from imaged.builders.local import LocalBuilder
+
+    builder = get_builder(None, settings)
+    if isinstance(builder, LocalBuilder):
+        builder.client_kwargs()  # names a Docker context that exists
+    elif builder.name == "buildx":
+        with contextlib.suppress(EngineError):
+            await builder.check()
+    return builder
 
 
 def _build_limit(builder: Builder, settings: Settings) -> int:
