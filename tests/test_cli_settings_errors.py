@@ -4,6 +4,7 @@ with a wrong scheme, a Docker context that does not exist, a builder that does n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from fake_buildx import install_fake_buildx
 
+from imaged.builders.local import find_docker_cli
 from imaged.cli.main import main as cli_main
 
 DEFS = """
@@ -47,6 +49,15 @@ CASES = [
         id="unknown-builder",
     ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_cli_probe() -> Iterator[None]:
+    """Whether the docker CLI has buildx depends on DOCKER_CONFIG, which these tests point at
+    the stand-in plugin: probe the CLI afresh (the probe is cached per path), before and after."""
+    find_docker_cli.cache_clear()
+    yield
+    find_docker_cli.cache_clear()
 
 
 @pytest.fixture

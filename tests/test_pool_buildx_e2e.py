@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from e2e_support import docker, pull_fresh, set_build_env
 from fake_buildx import install_fake_buildx
 
+from imaged.builders.local import find_docker_cli
 from imaged.cli.main import main as cli_main
 
 pytestmark = pytest.mark.docker
@@ -30,6 +32,15 @@ two = base.with_commands("echo two-{run} > /which && sleep 3").clone(
     name="px-two-{run}", registry={registry!r}
 )
 """
+
+
+@pytest.fixture(autouse=True)
+def fresh_cli_probe() -> Iterator[None]:
+    """Whether the docker CLI has buildx depends on DOCKER_CONFIG, which these tests point at
+    the stand-in plugin: probe the CLI afresh (the probe is cached per path), before and after."""
+    find_docker_cli.cache_clear()
+    yield
+    find_docker_cli.cache_clear()
 
 
 def test_a_pool_of_buildx_and_a_docker_engine_builds_pushes_and_runs_on_both(
