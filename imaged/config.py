@@ -74,6 +74,18 @@ def _text(value: Any) -> str | None:
     return value
 
 
+DOCKER_HOST_SCHEMES = ("unix://", "tcp://", "ssh://", "npipe://", "fd://")
+
+
+def _docker_host(value: Any) -> str | None:
+    """An engine URL the docker CLI and SDK both take, or a ValueError naming the scheme."""
+    host = _text(value)
+    if host is not None and not host.startswith(DOCKER_HOST_SCHEMES):
+        scheme = host.split("://", 1)[0] if "://" in host else host
+        raise ValueError(f"wrong scheme {scheme!r} (expected unix://, tcp://, ssh://)")
+    return host
+
+
 def _path(value: Any) -> Path | None:
     if isinstance(value, Path):
         return value.expanduser()
@@ -388,7 +400,7 @@ class Settings:
         None, _text, "Path of the docker CLI used for BuildKit builds."
     )
     docker_host: str | None = _setting(
-        None, _text, "Engine URL for the remote builder (tcp://, ssh://, unix://)."
+        None, _docker_host, "Engine URL for the remote builder (tcp://, ssh://, unix://)."
     )
     docker_context: str | None = _setting(None, _text, "Docker context for the remote builder.")
     pool: tuple[PoolEntry, ...] = _setting(

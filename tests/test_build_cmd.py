@@ -127,7 +127,7 @@ def test_build_hashes_each_image_once_within_the_bound(
     )
     builder = RecordingBuilder()
     monkeypatch.setattr(cmd_build, "create_registry_client", fake)
-    monkeypatch.setattr("imaged.pipeline.build.get_builder", lambda *_: builder)
+    monkeypatch.setattr(cmd_build, "get_builder", lambda *_: builder)  # one builder, every image
     monkeypatch.setenv("IMAGED_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("IMAGED_FAST_PATH", "false")  # the full path: one hash, one build
     seen = _count_hashes(monkeypatch)

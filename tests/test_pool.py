@@ -36,11 +36,14 @@ class FakeEngine:
         self.built: list[str] = []
         self.fail: BaseException | None = None
         self.answers = True
+        self.hangs = False  # check() never returns: alive, not answering
         self.gate: anyio.Event | None = None
         self.running = 0
         self.most_running = 0
 
     async def check(self) -> dict[str, str]:
+        if self.hangs:
+            await anyio.sleep_forever()
         if not self.answers:
             raise EngineError(f"Docker engine at {self.label} is unreachable: connection refused")
         return {"engine": self.label}
@@ -667,3 +670,47 @@ def test_imaged_build_says_which_engine_built_an_image() -> None:
     assert _line(result).endswith(" in 0.0s")  # no pool: as before
     result.engine, result.placement = "tcp://10.0.0.5:2375", "last built here"
     assert _line(result).endswith(" in 0.0s on tcp://10.0.0.5:2375 (last built here)")
+
+
+# -- a hung engine -----------------------------------------------------------------------
+
+
+def test_a_build_on_an_engine_that_stops_answering_is_cancelled_and_moved(tmp_path: Path) -> None:
+    pool, fakes = make_pool(tmp_path, ("e1", 1, ()), ("e2", 1, ()))
+    pool.hang_probe_seconds, pool.hang_probes = 0.05, 3
+    fakes["e1"].gate = anyio.Event()  # never set: the build waits on the engine forever
+    fakes["e1"].hangs = True
+    events: list[dict[str, Any]] = []
+    outcome = build(pool, request("api"), events)
+    assert outcome.engine == "e2"
+    assert outcome.placement is not None
+    assert "moved from e1 (down: engine e1 stopped answering during the build of api" in (
+        outcome.placement
+    )
+    assert (fakes["e1"].built, fakes["e1"].running, fakes["e2"].built) == (["api"], 0, ["api"])
+    states = {e["engine"]: e for e in pool.engine_states()}
+    assert states["e1"]["state"] == "down"
+    assert "3 pings in a row got no answer within 0.05s" in str(states["e1"]["error"])
+    assert states["e1"]["running"] == 0
+
+
+def test_a_long_build_on_an_engine_that_answers_is_never_cut_short(tmp_path: Path) -> None:
+    pool, fakes = make_pool(tmp_path, ("e1", 1, ()), ("e2", 1, ()))
+    pool.hang_probe_seconds, pool.hang_probes = 0.02, 2
+    fakes["e1"].gate = anyio.Event()
+    pings: list[int] = []
+    real_check = fakes["e1"].check
+
+    async def counted() -> dict[str, str]:
+        pings.append(1)
+        if len(pings) == 10:  # the build ends after 10 pings (five times the limit)
+            assert fakes["e1"].gate is not None
+            fakes["e1"].gate.set()
+        return await real_check()
+
+    fakes["e1"].check = counted  # type: ignore[method-assign]
+    outcome = build(pool, request("api"))
+    assert (outcome.engine, outcome.placement) == ("e1", "least loaded (0/1)")
+    assert fakes["e2"].built == []
+    assert len(pings) >= 10
+    assert pool.engine_states()[0]["state"] == "up"

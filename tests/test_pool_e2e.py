@@ -5,6 +5,8 @@ build completes on the other engine, and the killed engine rejoins once restarte
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -203,3 +205,57 @@ def test_a_fast_path_image_names_the_engine_its_stem_was_built_on(
     assert (again.path, again.status) == ("fast", "pushed")
     assert (again.engine, again.placement) == (None, None)  # the stem was in the registry
     assert _tag_exists(infra, again.uri)
+
+
+def test_an_engine_that_hangs_mid_build_is_marked_down_and_the_build_moves(
+    infra: Any, private: PrivateEngine, tmp_path: Path
+) -> None:
+    """SIGSTOP (alive, not answering) the PRIVATE engine while its RUN step sleeps: the pool's
+    pings of the engine go unanswered, it is marked down, the build is cancelled and completes
+    on the other engine; after SIGCONT a probe brings the engine back."""
+    remote = str(infra.remote_docker_host)
+    settings = _settings(infra, tmp_path, PoolEntry(private.host, 1), PoolEntry(remote, 1))
+    pool = PoolBuilder(settings, hang_probe_seconds=2.0, hang_probes=2)
+    nonce = uuid.uuid4().hex[:10]
+    image = _image(infra, f"pool-hang-{nonce}", nonce)
+    events: list[dict[str, Any]] = []
+    assert private.process is not None
+    stopped = False
+
+    def on_event(event: dict[str, Any]) -> None:
+        nonlocal stopped
+        events.append(event)
+        line = str(event.get("line", ""))
+        if not stopped and line.startswith("#") and "-started" in line:
+            os.kill(private.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            stopped = True
+
+    async def main() -> ImageBuild:
+        with anyio.fail_after(240):
+            return await abuild(image, settings=settings, builder=pool, on_event=on_event)
+
+    try:
+        result = anyio.run(main)
+        states = {e["engine"]: e for e in pool.engine_states()}
+    finally:
+        os.kill(private.process.pid, signal.SIGCONT)
+    assert stopped
+    assert (result.status, result.engine) == ("pushed", remote)
+    assert _tag_exists(infra, result.uri)
+    assert result.placement is not None
+    assert f"moved from {private.host} (down: engine {private.host} stopped answering" in (
+        result.placement
+    )
+    placed = [e["engine"] for e in events if e["event"] == "building" and e.get("engine")]
+    assert placed == [private.host, remote]
+    assert states[private.host]["state"] == "down"
+    assert states[private.host]["running"] == 0
+
+    async def rejoin() -> None:
+        with anyio.fail_after(90):
+            while states_of(pool)[private.host] != "up":
+                await pool.probe_due()
+                await anyio.sleep(0.2)
+
+    anyio.run(rejoin)
+    assert pool.engine_states()[0]["error"] is None

@@ -16,6 +16,14 @@ engine, inside this one call; a down engine is probed with exponential backoff (
 30 s), at placement (so a CLI build needs no background task) and by the daemon's engine loop
 (so the view shows it back even while nothing builds). With no engine up, a build fails with a
 transient EngineError ("no engine available"): the scheduler retries it with backoff.
+
+An engine that hangs (alive, not answering: stopped, wedged, its host swapping) fails no
+build by itself: the CLI waits on its socket forever. So while a build runs, the pool pings
+its engine every ``hang_probe_seconds`` (10 s), each ping given as long to answer; after
+``hang_probes`` (3) missed in a row (30-60 s of silence) the engine is marked down and the
+build is cancelled (its CLI stopped) and retried on another engine, as for any engine
+failure. A ping is cheap (``/_ping``; ``buildx inspect`` for a buildx builder) and answers
+while the engine is busy building, so a long build on a loaded engine is never cut short.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from imaged.failures import classify
 PROBE_INITIAL = 1.0
 PROBE_MAX = 30.0
 PROBE_TIMEOUT = 15.0
+HANG_PROBE_SECONDS = 10.0  # a running build's engine is pinged this often...
+HANG_PROBES = 3  # ...and declared hung after this many missed pings in a row
 WAIT_POLL = 1.0  # a build waiting for capacity looks again at least this often
 STATE_FILE = "pool.json"  # in state_dir: the engine each image was built on last
 
@@ -262,8 +272,11 @@ class PoolBuilder:
         engines: list[Engine] | None = None,
         clock: Callable[[], float] = time.monotonic,
         state_file: Path | None = None,
+        hang_probe_seconds: float = HANG_PROBE_SECONDS,
+        hang_probes: int = HANG_PROBES,
     ) -> None:
         self.settings = settings
+        self.hang_probe_seconds, self.hang_probes = hang_probe_seconds, hang_probes
         self.engines = engines if engines is not None else engines_from_settings(settings)
         if not self.engines:
             raise ConfigError(f"the pool builder needs engines: set {ENV_VARS['pool']}", key="pool")
@@ -443,7 +456,7 @@ class PoolBuilder:
             )
             send(on_event, building)
             try:
-                outcome = await engine.builder.build(request, on_event=on_event)
+                outcome = await self._build_watched(engine, request, on_event)
             except Exception as exc:
                 if not engine_failed(exc) or len(moved) >= 2 * len(self.engines):
                     raise
@@ -455,6 +468,49 @@ class PoolBuilder:
             engine.builds += 1
             self._last.record(request.image_name, engine.name)
             return replace(outcome, engine=engine.name, placement=why)
+
+    async def _build_watched(
+        self, engine: Engine, request: BuildRequest, on_event: EventSink | None
+    ) -> BuildOutcome:
+        """``engine``'s build, cancelled with an EngineError when the engine hangs."""
+        hung: list[str] = []
+        failed: list[Exception] = []
+        outcome: BuildOutcome | None = None
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as building:
+                tg.start_soon(self._watch_hang, engine, building, hung)
+                try:
+                    outcome = await engine.builder.build(request, on_event=on_event)
+                except Exception as exc:  # raised below, outside the task group (unwrapped)
+                    failed.append(exc)
+            tg.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+        if hung:
+            raise EngineError(
+                f"engine {engine.name} stopped answering during the build of "
+                f"{request.image_name}: {hung[0]}; the build moves to another engine"
+            )
+        assert outcome is not None
+        return outcome
+
+    async def _watch_hang(
+        self, engine: Engine, building: anyio.CancelScope, hung: list[str]
+    ) -> None:
+        """Ping ``engine`` while ``building`` runs; cancel it after ``hang_probes`` misses."""
+        every, missed = self.hang_probe_seconds, 0
+        while missed < self.hang_probes:
+            await anyio.sleep(every)
+            try:
+                with anyio.fail_after(every):
+                    await _answers(engine.builder)
+            except (ImagedError, TimeoutError, OSError):
+                missed += 1
+            else:
+                missed = 0
+        hung.append(f"{missed} pings in a row got no answer within {every:g}s")
+        self.mark_down(engine, f"hung: no answer to {missed} pings during a build")
+        building.cancel()
 
 
 _SHARED: dict[Settings, PoolBuilder] = {}

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import click
 
+from imaged.builders.base import Builder, get_builder
 from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, export_config_file, load_settings
 from imaged.definitions.child import load_targets
 from imaged.digest.bounds import hash_within
-from imaged.errors import HashTimeoutError, ImagedError
+from imaged.errors import EngineError, HashTimeoutError, ImagedError
 from imaged.pipeline.build import Hashed, ImageBuild, abuild
 from imaged.pipeline.logins import check_images
 from imaged.registry.client import Existence, RegistryClient, create_registry_client
@@ -74,25 +76,92 @@ async def _build_all(
             err=True,
         )
     images, hashed, failed = _hashed(images, settings, as_json)
+    builder = await check_builder_settings(settings)
     async with create_registry_client(settings) as client:
         checked = {} if force or dry_run else await _check_all(hashed, settings, client)
-        for name, image in _ordered(images):
-            try:
-                result = await abuild(
-                    image,
-                    force=force,
-                    dry_run=dry_run,
-                    settings=settings,
-                    registry_client=client,
-                    checked=checked,
-                    hashed=hashed.get(name),
-                )
-            except ImagedError as exc:
-                failed += 1
-                _report(None, name, exc, as_json)
-                continue
-            _report(result, name, None, as_json)
+
+        async def one(name: str, image: Image) -> ImageBuild:
+            return await abuild(
+                image,
+                force=force,
+                dry_run=dry_run,
+                builder=builder,
+                settings=settings,
+                registry_client=client,
+                checked=checked,
+                hashed=hashed.get(name),
+            )
+
+        def report(outcome: Outcome) -> None:
+            nonlocal failed
+            name, result, error = outcome
+            failed += error is not None
+            _report(result, name, error, as_json)
+
+        limit = _build_limit(builder, settings)
+        await _build_concurrently(_ordered(images), one, limit, report)
     return failed
+
+
+async def check_builder_settings(settings: Settings) -> Builder:
+    """The configured builder, once its settings are known good: ConfigError (one line,
+    exit 78, before any build) for an unknown builder or Docker context, a pool entry that
+    cannot be, or a buildx builder that does not exist. An engine that is merely down is
+    not a settings error: builds report (and the daemon retries) it."""
+    from imaged.builders.local import LocalBuilder
+
+    builder = get_builder(None, settings)
+    if isinstance(builder, LocalBuilder):
+        builder.client_kwargs()  # names a Docker context that exists
+    elif builder.name == "buildx":
+        with contextlib.suppress(EngineError):
+            await builder.check()
+    return builder
+
+
+def _build_limit(builder: Builder, settings: Settings) -> int:
+    """Images built at once: a pool's total capacity, else the ``concurrency`` setting."""
+    if builder.name == "pool":
+        from imaged.builders.pool import PoolBuilder
+
+        if isinstance(builder, PoolBuilder):
+            return sum(engine.capacity for engine in builder.engines)
+    return settings.concurrency
+
+
+Outcome = tuple[str, ImageBuild | None, ImagedError | None]
+
+
+async def _build_concurrently(
+    images: list[tuple[str, Image]],
+    build_one: Callable[[str, Image], Awaitable[ImageBuild]],
+    limit: int,
+    report: Callable[[Outcome], None],
+) -> None:
+    """Build up to ``limit`` images at once, started in the order given (parents first; a
+    parent several children need is built once, see abuild); ``report`` each outcome in
+    that order, as soon as it and those before it are done."""
+    done: list[Outcome | None] = [None] * len(images)
+    shown = 0
+    limiter = anyio.CapacityLimiter(max(1, limit))
+
+    def report_ready() -> None:
+        nonlocal shown
+        while shown < len(done) and (ready := done[shown]) is not None:
+            report(ready)
+            shown += 1
+
+    async def run(index: int, name: str, image: Image) -> None:
+        async with limiter:
+            try:
+                done[index] = (name, await build_one(name, image), None)
+            except ImagedError as exc:
+                done[index] = (name, None, exc)
+        report_ready()
+
+    async with anyio.create_task_group() as tg:
+        for index, (name, image) in enumerate(images):
+            tg.start_soon(run, index, name, image)
 
 
 def _hashed(

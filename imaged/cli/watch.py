@@ -14,6 +14,7 @@ import anyio
 import click
 
 from imaged.builders.scratch import sweep_stale_scratch
+from imaged.cli.build import check_builder_settings
 from imaged.config import Settings, load_settings
 from imaged.daemon.core import Daemon
 from imaged.daemon.log import configure_logging, log_event
@@ -115,6 +116,7 @@ def run_daemon(
     def reload() -> Settings:
         return load_settings(config_file=config_file, overrides=overrides)
 
+    anyio.run(check_builder_settings, settings)  # a settings error: one line, exit 78
     daemon = Daemon(settings, list(paths), reload_settings=reload)
     if mode == "json":
         daemon.add_sink(_json_line)

@@ -11,9 +11,9 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from imaged.digest.image_digest import ImageDigest, hash_image
 from imaged.digest.trees import TreeProvider
 from imaged.errors import (
     ContextChangedError,
+    ImagedError,
     RegistryAuthError,
     RegistryError,
     RegistryUnavailable,
@@ -238,6 +239,47 @@ async def _given_or_own_client(
         yield own
 
 
+@dataclass
+class _Flight:
+    """One build of a URI under way in this process; other calls for the URI wait for it."""
+
+    force: bool
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: ImageBuild | None = None
+    error: ImagedError | None = None
+
+
+_FLIGHTS: dict[str, _Flight] = {}
+
+
+async def _single_flight(
+    result: ImageBuild, force: bool, run: Callable[[], Awaitable[ImageBuild]]
+) -> ImageBuild:
+    """``run()``, unless a call for the same URI is under way: then wait for that one and
+    share its result (a copy, under this call's name) or its ImagedError. So a parent shared
+    by several children built at once is built (or checked) once. A forced call does not
+    join an unforced one (it waits, then builds); a call whose leader was cancelled or
+    crashed runs itself."""
+    uri = result.uri  # the key: a re-hash while building moves result.uri
+    while (flight := _FLIGHTS.get(uri)) is not None:
+        await flight.done.wait()
+        if flight.force or not force:
+            if flight.error is not None:
+                raise flight.error
+            if flight.result is not None:
+                return replace(flight.result, name=result.name)
+    flight = _FLIGHTS[uri] = _Flight(force)
+    try:
+        flight.result = await run()
+    except ImagedError as exc:
+        flight.error = exc
+        raise
+    finally:
+        del _FLIGHTS[uri]
+        flight.done.set()
+    return flight.result
+
+
 async def abuild(
     image: Image,
     *,
@@ -287,49 +329,85 @@ async def abuild(
             result.tail_layers = [describe_layer(image, index) for index, _ in decision.tail]
         if dry_run:
             return await _dry_run(image, digest, chosen, result, decision, cache, trees)
-        if not image.registry and not force and result.uri in _BUILT_LOCALLY:
-            # Content-addressed: built into the engine by this process already (a parent shared
-            # by several children). Images with a registry ask the registry instead.
+        missing = _Missing(
+            image, digest, started, settings, shared, chosen, decision, force, cache, trees
+        )
+        return await _single_flight(
+            result, force, partial(_build_missing, missing, result, on_event, checked, hashed)
+        )
+
+
+@dataclass(frozen=True)
+class _Missing:
+    """What :func:`_build_missing` builds from: the image, its digest and route, and the
+    options, builder and clients of the :func:`abuild` call."""
+
+    image: Image
+    digest: ImageDigest
+    started: float
+    settings: Settings
+    shared: RegistryClient
+    chosen: Builder
+    decision: Route
+    force: bool
+    cache: DigestCache
+    trees: TreeProvider | None
+
+
+async def _build_missing(
+    missing: _Missing,
+    result: ImageBuild,
+    on_event: EventSink | None,
+    checked: Mapping[str, Existence] | None,
+    hashed: Hashed | None,
+) -> ImageBuild:
+    """Skip ``result``'s image when its tag exists, else build its parent and it, and push."""
+    image, digest, started, settings = (m := missing).image, m.digest, m.started, m.settings
+    shared, chosen, decision, force = m.shared, m.chosen, m.decision, m.force
+    cache, trees = m.cache, m.trees
+    if not image.registry and not force and result.uri in _BUILT_LOCALLY:
+        # Content-addressed: built into the engine by this process already (a parent shared
+        # by several children). Images with a registry ask the registry instead.
+        result.status, result.skipped = "skipped", True
+        send(on_event, BuildSkipped(image=image.name, uri=result.uri))
+        return result
+    logins = await anyio.to_thread.run_sync(registry_logins, image, settings)
+    client = shared.with_logins(logins)
+    if image.registry and not force:
+        t0 = time.perf_counter()
+        exists = (checked or {}).get(result.uri)
+        if exists is None:
+            exists = await check_existence(image, digest, client)
+        result.timings["check"] = time.perf_counter() - t0
+        if exists is Existence.EXISTS:
             result.status, result.skipped = "skipped", True
             send(on_event, BuildSkipped(image=image.name, uri=result.uri))
             return result
-        logins = await anyio.to_thread.run_sync(registry_logins, image, settings)
-        client = shared.with_logins(logins)
-        if image.registry and not force:
-            t0 = time.perf_counter()
-            exists = (checked or {}).get(result.uri)
-            if exists is None:
-                exists = await check_existence(image, digest, client)
-            result.timings["check"] = time.perf_counter() - t0
-            if exists is Existence.EXISTS:
-                result.status, result.skipped = "skipped", True
-                send(on_event, BuildSkipped(image=image.name, uri=result.uri))
-                return result
-        await _ensure_parent(
-            image,
-            settings=settings,
-            client=shared,
-            builder=chosen,
-            cache=cache,
-            trees=trees,
-            on_event=on_event,
-        )
-        # A digest hashed ahead (under a time bound) is staged as it is, checked file by file;
-        # otherwise staging hashes again, in the folder's lock.
-        staging = _Staging(cache, trees, digest if hashed is not None else None)
-        if decision.stem is not None:
-            fast = _Fast(image, decision, chosen, settings, staging, shared, client, on_event)
-            try:
-                await fast.run(digest, force, result)
-            except (FullBuildNeeded, StemPlatformsDiffer) as exc:
-                result.path, result.path_reason = "full", str(exc)
-                decision = Route("full", str(exc))
-        if decision.stem is None:
-            await _build_and_push(image, chosen, settings, staging, force, result, on_event, client)
-        if not result.pushed:
-            _BUILT_LOCALLY.add(result.uri)
-        result.timings["total"] = time.perf_counter() - started
-        return result
+    await _ensure_parent(
+        image,
+        settings=settings,
+        client=shared,
+        builder=chosen,
+        cache=cache,
+        trees=trees,
+        on_event=on_event,
+    )
+    # A digest hashed ahead (under a time bound) is staged as it is, checked file by file;
+    # otherwise staging hashes again, in the folder's lock.
+    staging = _Staging(cache, trees, digest if hashed is not None else None)
+    if decision.stem is not None:
+        fast = _Fast(image, decision, chosen, settings, staging, shared, client, on_event)
+        try:
+            await fast.run(digest, force, result)
+        except (FullBuildNeeded, StemPlatformsDiffer) as exc:
+            result.path, result.path_reason = "full", str(exc)
+            decision = Route("full", str(exc))
+    if decision.stem is None:
+        await _build_and_push(image, chosen, settings, staging, force, result, on_event, client)
+    if not result.pushed:
+        _BUILT_LOCALLY.add(result.uri)
+    result.timings["total"] = time.perf_counter() - started
+    return result
 
 
 async def _dry_run(
