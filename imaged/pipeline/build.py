@@ -29,6 +29,7 @@ from imaged.errors import ContextChangedError, RegistryError, SpecError
 from imaged.events import (
     BuildBuilding,
     BuildBuilt,
+    BuildDone,
     BuildPushed,
     BuildSkipped,
     EventSink,
@@ -43,7 +44,7 @@ from imaged.pipeline.fastpath import (
     layer_index,
     push_tail,
     read_known,
-    stem_config,
+    stem_image,
     stem_workdir_of,
     tail_roots,
     write_tail,
@@ -438,7 +439,7 @@ class _Fast:
     async def run(self, digest: ImageDigest, force: bool, result: ImageBuild) -> None:
         t0 = time.perf_counter()
         stem_ref, manifest = await self.ensure_stem(force, result)
-        config = await stem_config(self.client, stem_ref, manifest)
+        stem_read, config = await stem_image(self.client, stem_ref, manifest)
         workdir = stem_workdir_of(config)
         roots = tail_roots(self.decision.tail, workdir)
         known = await read_known(
@@ -446,11 +447,13 @@ class _Fast:
         )
         result.timings["stem"] = time.perf_counter() - t0
         t1 = time.perf_counter()
+        send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
         digest, tail = await self.write(digest, known, workdir, result)
         result.timings["tail_tar"] = time.perf_counter() - t1
         target = ImageRef.parse(result.uri)
-        send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
-        pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest)
+        # The tail is written: what the daemon shows as pushing (as after a BuildKit build).
+        send(self.on_event, BuildDone(image=self.image.name, seconds=result.timings["tail_tar"]))
+        pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
         result.timings.update(pushed.timings)
         result.uploaded_bytes = pushed.uploaded_bytes
         result.manifest_digest = pushed.image.digest

@@ -13,10 +13,11 @@ image; :func:`imaged.registry.append.append_layers` pushes the result.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,18 +25,22 @@ import anyio
 
 from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
-from imaged.errors import ContextChangedError, ImagedError
+from imaged.errors import ContextChangedError, ImagedError, RegistryError
 from imaged.pipeline.route import TailLayer, describe_layer
 from imaged.pipeline.stemfs import StemEntry, StemFs, read_stem_fs
 from imaged.registry.append import (
     INDEX_MEDIA_TYPES,
     STEM_MEDIA_TYPES,
+    BlobPush,
     ConfigEdit,
     HistoryEntry,
     NewLayer,
     PushedImage,
+    StemImage,
     append_layers,
     buildkit_copy,
+    edit_config,
+    encode_json,
     resolve_workdir,
 )
 from imaged.registry.client import BlobSource, Existence, RegistryClient
@@ -57,7 +62,13 @@ from imaged.spec.layers import CodeBundle, EnvVars, SourceFiles, SourceFolder, W
 
 MEMBERS = MemberCache()  # process-wide: the daemon reuses members from one edit to the next
 DIGEST_LABEL = "dev.imaged.digest"
-_STEMS: dict[tuple[str, str], dict[str, object]] = {}  # (stem ref, manifest digest) -> config
+# (stem ref, manifest digest) -> the stem as read, and its (first platform's) config
+_STEMS: dict[tuple[str, str], tuple[StemImage, dict[str, object]]] = {}
+# (registry, repository, digest): blobs this process saw in a repository (uploaded, or
+# HEAD said so), not asked about again. The registry still checks every blob a manifest
+# names when it is PUT; one that vanished since is refused, and the push starts over.
+_PRESENT: set[tuple[str, str, str]] = set()
+HEADS_AT_ONCE = 8
 
 
 class LayerIndex:
@@ -277,11 +288,11 @@ def write_tail(
     return _TailWriter(image, digest, known, stem_workdir, split_bytes, index).write(tail)
 
 
-async def stem_config(
+async def stem_image(
     client: RegistryClient, ref: ImageRef, manifest_digest: str
-) -> dict[str, object]:
-    """The stem's image config (the first platform's, for an index), cached in-process by
-    (reference, manifest digest)."""
+) -> tuple[StemImage, dict[str, object]]:
+    """The stem's manifest (or index) and its image config (the first platform's, for an
+    index), read once per process by (reference, manifest digest)."""
     key = (str(ref), manifest_digest)
     if key not in _STEMS:
         pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
@@ -289,10 +300,20 @@ async def stem_config(
         manifest = json.loads(body)
         if media_type in INDEX_MEDIA_TYPES:
             first = manifest["manifests"][0]["digest"]
-            return await stem_config(client, dataclasses.replace(ref, tag=None), first)
-        config = json.loads(await client.get_blob(pinned, manifest["config"]["digest"]))
-        _STEMS[key] = config
+            _, config = await stem_image(client, dataclasses.replace(ref, tag=None), first)
+            _STEMS[key] = StemImage(media_type, body), config
+        else:
+            config_digest = manifest["config"]["digest"]
+            config = json.loads(await client.get_blob(pinned, config_digest))
+            _STEMS[key] = StemImage(media_type, body, {config_digest: config}), config
     return _STEMS[key]
+
+
+async def stem_config(
+    client: RegistryClient, ref: ImageRef, manifest_digest: str
+) -> dict[str, object]:
+    """The stem's image config (:func:`stem_image`)."""
+    return (await stem_image(client, ref, manifest_digest))[1]
 
 
 def stem_workdir_of(config: dict[str, object]) -> str:
@@ -310,27 +331,130 @@ class Pushed:
     timings: dict[str, float]
 
 
-async def upload_tail(client: RegistryClient, target: ImageRef, layers: Sequence[NewLayer]) -> int:
-    """HEAD each tail blob in the target repository; upload the missing ones. Their bytes."""
-    sent = 0
-    for layer in {la.digest: la for la in layers}.values():
-        if await client.blob_exists(target, layer.digest) is Existence.EXISTS:
-            continue
+def _present_key(target: ImageRef, digest: str) -> tuple[str, str, str]:
+    return target.registry, target.repository, digest
+
+
+async def upload_tail(
+    client: RegistryClient, target: ImageRef, layers: Sequence[NewLayer]
+) -> list[BlobPush]:
+    """Put each tail blob into the target repository: HEAD those this process has not seen
+    there (a few at once), upload the missing ones (at once). How each got there."""
+    unique = list({la.digest: la for la in layers}.values())
+    known = [la for la in unique if _present_key(target, la.digest) in _PRESENT]
+    done = [BlobPush(la.digest, la.size, "present") for la in known]
+    asked = [la for la in unique if _present_key(target, la.digest) not in _PRESENT]
+    missing: list[NewLayer] = []
+    limit = anyio.Semaphore(HEADS_AT_ONCE)
+
+    async def head(layer: NewLayer) -> None:
+        async with limit:
+            there = await client.blob_exists(target, layer.digest)
+        if there is Existence.EXISTS:
+            done.append(BlobPush(layer.digest, layer.size, "present"))
+            _PRESENT.add(_present_key(target, layer.digest))
+        else:
+            missing.append(layer)
+
+    async def upload(layer: NewLayer) -> None:
         await client.upload_blob(target, layer.digest, layer.data, layer.size)
-        sent += layer.size
-    return sent
+        done.append(BlobPush(layer.digest, layer.size, "uploaded"))
+        _PRESENT.add(_present_key(target, layer.digest))
+
+    await _each(head, asked)
+    await _each(upload, missing)
+    return done
+
+
+async def _each(work: Callable[[NewLayer], Awaitable[None]], layers: Sequence[NewLayer]) -> None:
+    """``work`` on each layer, concurrently (in this task when there is just one)."""
+    if len(layers) == 1:
+        await work(layers[0])
+        return
+    async with anyio.create_task_group() as group:
+        for layer in layers:
+            group.start_soon(work, layer)
 
 
 async def push_tail(
-    client: RegistryClient, stem: ImageRef, target: ImageRef, tail: Tail, digest: str
+    client: RegistryClient,
+    stem: ImageRef,
+    target: ImageRef,
+    tail: Tail,
+    digest: str,
+    stem_read: StemImage | None = None,
 ) -> Pushed:
-    """Upload the tail's blobs, then append them to ``stem`` as ``target``."""
-    t0 = time.perf_counter()
-    sent = await upload_tail(client, target, tail.layers)
-    t1 = time.perf_counter()
-    pushed = await append_layers(client, stem, target, tail.layers, tail.edit(digest))
-    timings = {"upload": t1 - t0, "manifest": time.perf_counter() - t1}
-    return Pushed(pushed, sent + pushed.uploaded_bytes, timings)
+    """Upload the tail's blobs, then append them to ``stem`` as ``target``. A manifest the
+    registry refuses since a blob taken as there is missing is pushed again, every blob
+    asked about anew."""
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        done = await _upload_with_config(client, target, tail, digest, stem_read)
+        t1 = time.perf_counter()
+        try:
+            pushed = await append_layers(
+                client,
+                stem,
+                target,
+                tail.layers,
+                tail.edit(digest),
+                stem_image=stem_read,
+                done=done,
+                fresh_configs=True,
+            )
+        except RegistryError as exc:
+            if attempt == 2 or not _names_missing_blob(exc):
+                raise
+            _forget(target)
+            continue
+        timings = {"upload": t1 - t0, "manifest": time.perf_counter() - t1}
+        return Pushed(pushed, pushed.uploaded_bytes, timings)
+    raise AssertionError("unreachable")
+
+
+async def _upload_with_config(
+    client: RegistryClient, target: ImageRef, tail: Tail, digest: str, stem: StemImage | None
+) -> list[BlobPush]:
+    """:func:`upload_tail`, and at the same time the new config (a single manifest's: the
+    stem's config is at hand), so the manifest PUT can follow at once."""
+    config = _new_config(tail, digest, stem)
+    if config is None:
+        return await upload_tail(client, target, tail.layers)
+    done: list[BlobPush] = []
+
+    async def tail_blobs() -> None:
+        done.extend(await upload_tail(client, target, tail.layers))
+
+    async def config_blob() -> None:
+        await client.upload_blob(target, _sha256(config), config, len(config))
+        done.append(BlobPush(_sha256(config), len(config), "uploaded"))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(tail_blobs)
+        group.start_soon(config_blob)
+    return done
+
+
+def _new_config(tail: Tail, digest: str, stem: StemImage | None) -> bytes | None:
+    """The config :func:`append_layers` writes for a single-manifest stem (None for an
+    index, or a stem not read yet): the same bytes, so it finds it pushed."""
+    if stem is None or stem.media_type in INDEX_MEDIA_TYPES or len(stem.configs) != 1:
+        return None
+    (config,) = stem.configs.values()
+    return encode_json(edit_config(config, tail.layers, tail.edit(digest)))
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _names_missing_blob(exc: RegistryError) -> bool:
+    return "BLOB_UNKNOWN" in str(exc) or "blob unknown" in str(exc).lower()
+
+
+def _forget(target: ImageRef) -> None:
+    for key in [k for k in _PRESENT if k[:2] == (target.registry, target.repository)]:
+        _PRESENT.discard(key)
 
 
 async def read_known(
@@ -357,6 +481,7 @@ __all__ = [
     "push_tail",
     "read_known",
     "stem_config",
+    "stem_image",
     "stem_workdir_of",
     "tail_roots",
     "write_tail",
