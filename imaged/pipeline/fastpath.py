@@ -17,9 +17,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -366,7 +367,9 @@ async def upload_tail(
     return done
 
 
-async def _each(work: Callable[[NewLayer], Awaitable[None]], layers: Sequence[NewLayer]) -> None:
+async def _each(
+    work: Callable[[NewLayer], Coroutine[Any, Any, None]], layers: Sequence[NewLayer]
+) -> None:
     """``work`` on each layer, concurrently (in this task when there is just one)."""
     if len(layers) == 1:
         await work(layers[0])
