@@ -42,6 +42,7 @@ from imaged.pipeline.fastpath import (
     FullBuildNeeded,
     Tail,
     layer_index,
+    loaded_layer_index,
     push_tail,
     read_known,
     stem_image,
@@ -454,6 +455,8 @@ class _Fast:
         # The tail is written: what the daemon shows as pushing (as after a BuildKit build).
         send(self.on_event, BuildDone(image=self.image.name, seconds=result.timings["tail_tar"]))
         pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
+        index = layer_index(self.settings.resolved_state_dir)  # after the push: off its clock
+        await anyio.to_thread.run_sync(index.save)
         result.timings.update(pushed.timings)
         result.uploaded_bytes = pushed.uploaded_bytes
         result.manifest_digest = pushed.image.digest
@@ -508,7 +511,8 @@ class _Fast:
     ) -> tuple[ImageDigest, Tail]:
         """The tail, from the digest's file lists; re-hashed when a file moved in between."""
         staged, split = self.staging, self.settings.fastpath_split_bytes
-        index = await anyio.to_thread.run_sync(layer_index, self.settings.resolved_state_dir)
+        state = self.settings.resolved_state_dir
+        index = loaded_layer_index(state) or await anyio.to_thread.run_sync(layer_index, state)
         digest = first
         for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
             if attempt > 1:
@@ -535,7 +539,6 @@ class _Fast:
                 if attempt == MAX_STAGE_ATTEMPTS:
                     raise
                 continue
-            await anyio.to_thread.run_sync(index.save)
             return digest, tail
         raise AssertionError("unreachable")
 

@@ -48,6 +48,7 @@ from imaged.registry.client import BlobSource, Existence, RegistryClient
 from imaged.registry.ref import ImageRef
 from imaged.render.dockerfile import quote_env
 from imaged.render.layertar import (
+    BLOCKS,
     LayerBlob,
     LayerEntry,
     MemberCache,
@@ -119,9 +120,18 @@ class LayerIndex:
 _INDEXES: dict[Path, LayerIndex] = {}
 
 
+def _index_path(state_dir: Path) -> Path:
+    return state_dir / "fastpath-layers.json"
+
+
+def loaded_layer_index(state_dir: Path) -> LayerIndex | None:
+    """The layer index when this process read it already (no file access)."""
+    return _INDEXES.get(_index_path(state_dir))
+
+
 def layer_index(state_dir: Path) -> LayerIndex:
     """The state directory's layer index, read once per process."""
-    path = state_dir / "fastpath-layers.json"
+    path = _index_path(state_dir)
     if path not in _INDEXES:
         _INDEXES[path] = LayerIndex(path)
     return _INDEXES[path]
@@ -206,9 +216,12 @@ class _TailWriter:
         self.image, self.digest, self.known, self.split = image, digest, dict(known), split
         self.index = index
         self.workdir = stem_workdir or "/"
+        self.last = -1  # the last layer that writes entries: nothing reads what it adds
         self.out = Tail()
 
     def write(self, tail: Sequence[tuple[int, TailLayer]]) -> Tail:
+        writes = [i for i, layer in tail if not isinstance(layer, EnvVars)]
+        self.last = writes[-1] if writes else -1
         for index, layer in tail:
             if isinstance(layer, EnvVars):
                 self.out.env += layer.env
@@ -235,8 +248,9 @@ class _TailWriter:
 
     def _adopt(self, index: int, entries: Sequence[LayerEntry]) -> list[LayerEntry]:
         out = [self._existing(index, e) if e.type == DIR else e for e in entries]
-        for entry in out:
-            self.known[entry.path] = _as_stem(entry)
+        if index != self.last:  # a later layer's parents may be these
+            for entry in out:
+                self.known[entry.path] = _as_stem(entry)
         return out
 
     def _add(self, part: Sequence[LayerEntry], created_by: str) -> None:
@@ -286,7 +300,12 @@ def write_tail(
     """The tail's layer blobs and config edit (reads and checks each file against
     ``digest``: raises ContextChangedError when one moved since it was hashed). A layer
     ``index`` knows is written only when its bytes are asked for (a missing blob)."""
-    return _TailWriter(image, digest, known, stem_workdir, split_bytes, index).write(tail)
+    writer = _TailWriter(image, digest, known, stem_workdir, split_bytes, index)
+    try:
+        return writer.write(tail)
+    except ContextChangedError:
+        BLOCKS.clear()  # an entry made while the file moved may hold the wrong size
+        raise
 
 
 async def stem_image(
