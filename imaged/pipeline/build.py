@@ -43,6 +43,7 @@ from imaged.pipeline.fastpath import (
     Tail,
     layer_index,
     loaded_layer_index,
+    present_blobs,
     push_tail,
     read_known,
     stem_image,
@@ -456,7 +457,7 @@ class _Fast:
         send(self.on_event, BuildDone(image=self.image.name, seconds=result.timings["tail_tar"]))
         pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
         index = layer_index(self.settings.resolved_state_dir)  # after the push: off its clock
-        await anyio.to_thread.run_sync(index.save)
+        await anyio.to_thread.run_sync(index.save, set(present_blobs()))
         result.timings.update(pushed.timings)
         result.uploaded_bytes = pushed.uploaded_bytes
         result.manifest_digest = pushed.image.digest

@@ -78,20 +78,29 @@ class LayerIndex:
     directory), so a new process (a one-shot ``imaged build``) need not compress a layer
     the registry already holds: it is written only if its blob is missing there.
     Its bytes are a function of the key (headers and content digests), so an entry is
-    never stale; a lost update between two processes only costs a compression."""
+    never stale; a lost update between two processes only costs a compression.
+
+    It also keeps the blobs seen in each repository (``present``: registry, repository,
+    digest), so a new process need not HEAD them again; the registry checks each blob a
+    manifest names when it is PUT (see :func:`push_tail`)."""
 
     LIMIT = 1 << 14
+    PRESENT = "present"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: dict[str, list[object]] = {}
+        self.present: set[tuple[str, str, str]] = set()
         self.added = False
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return
         if isinstance(data, dict):
+            present = data.pop(self.PRESENT, [])
             self.rows = data
+            if isinstance(present, list):
+                self.present = {tuple(p) for p in present if _is_present_row(p)}
 
     def get(self, key: bytes) -> tuple[str, str, int] | None:
         row = self.rows.get(key.hex())
@@ -107,14 +116,25 @@ class LayerIndex:
         self.rows[key.hex()] = [blob.diff_id, blob.digest, blob.size]
         self.added = True
 
-    def save(self) -> None:
+    def save(self, present: set[tuple[str, str, str]] | None = None) -> None:
+        """Write it when it changed; ``present``: the blobs this process saw in each
+        repository (the process-wide set), kept beside the rows."""
+        if present is not None and present != self.present:
+            self.present = set(present)
+            self.added = True
         if not self.added:
             return
-        rows = dict(list(self.rows.items())[-self.LIMIT :])
+        data: dict[str, object] = dict(list(self.rows.items())[-self.LIMIT :])
+        data[self.PRESENT] = [list(p) for p in list(self.present)[-self.LIMIT :]]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(rows))
+        tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
+        self.added = False
+
+
+def _is_present_row(row: object) -> bool:
+    return isinstance(row, list) and len(row) == 3 and all(isinstance(x, str) for x in row)
 
 
 _INDEXES: dict[Path, LayerIndex] = {}
@@ -134,6 +154,7 @@ def layer_index(state_dir: Path) -> LayerIndex:
     path = _index_path(state_dir)
     if path not in _INDEXES:
         _INDEXES[path] = LayerIndex(path)
+        _PRESENT.update(_INDEXES[path].present)
     return _INDEXES[path]
 
 
@@ -349,6 +370,11 @@ class Pushed:
     image: PushedImage
     uploaded_bytes: int
     timings: dict[str, float]
+
+
+def present_blobs() -> set[tuple[str, str, str]]:
+    """The blobs this process saw in each repository (registry, repository, digest)."""
+    return _PRESENT
 
 
 def _present_key(target: ImageRef, digest: str) -> tuple[str, str, str]:
