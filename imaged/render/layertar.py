@@ -243,6 +243,8 @@ def tar_header(entry: LayerEntry) -> bytes:
 
 def _tar_header(entry: LayerEntry) -> bytes:
     name, link = os.fsencode(entry.name), os.fsencode(entry.target or "")
+    if _fits(name) and _fits(link):  # the common case: no PAX header
+        return _ustar(entry, name, link)
     records = _pax_records(name, link)
     pax = _pax_header(records) if records else b""
     return pax + _ustar(entry, _fit(name), _fit(link))
@@ -310,24 +312,32 @@ def _block(
 ) -> bytes:
     """One ustar header block: numeric owner (0:0 unless given), empty uname/gname, no
     device numbers."""
-    fields = [
-        name.ljust(100, b"\0"),
-        _octal(mode, 8),
-        _octal(owner[0], 8),
-        _octal(owner[1], 8),
+    numbers = b"%07o\0%07o\0%07o\0%s%s" % (
+        mode,
+        owner[0],
+        owner[1],
         _octal(size, 12) if size < 8**11 else _base256(size, 12),
         _octal(mtime, 12),
-        b" " * 8,
-        typeflag,
-        link.ljust(100, b"\0"),
-        b"ustar\x0000",
-        bytes(64),  # uname, gname
-        bytes(16),  # devmajor, devminor: empty, not "0000000" (tarfile changed this in 3.11.x)
-        bytes(155 + 12),  # prefix (unused: long names go to PAX), padding
-    ]
-    block = b"".join(fields)
-    checksum = b"%06o\0 " % sum(block)
-    return block[:148] + checksum + block[156:]
+    )
+    # the checksum: the sum of the block's bytes with its own field as spaces (the padding
+    # is zeros; the tail's sum is a constant)
+    checksum = sum(name) + sum(numbers) + sum(typeflag) + sum(link) + _TAIL_SUM + 8 * 32
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            numbers,
+            b"%06o\0 " % checksum,
+            typeflag,
+            link.ljust(100, b"\0"),
+            _USTAR_TAIL,
+        )
+    )
+
+
+# magic and version; empty uname, gname (64); devmajor, devminor empty, not "0000000"
+# (tarfile changed this in 3.11.x) (16); prefix (unused: long names go to PAX), padding
+_USTAR_TAIL = b"ustar\x0000" + bytes(64) + bytes(16) + bytes(155 + 12)
+_TAIL_SUM = sum(_USTAR_TAIL)
 
 
 def _base256(value: int, width: int) -> bytes:
