@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,7 @@ class Tail:
     history: list[HistoryEntry] = field(default_factory=list)
     env: list[tuple[str, str]] = field(default_factory=list)
     workdir: str | None = None
+    written: set[str] = field(default_factory=set)  # blobs no index knew: new, not asked about
 
     def edit(self, digest: str) -> ConfigEdit:
         label = HistoryEntry(f"LABEL {DIGEST_LABEL}={digest}", empty_layer=True)
@@ -287,6 +288,7 @@ class _TailWriter:
                 self.index.put(key, blob)
             layer = NewLayer(blob.digest, blob.size, blob.diff_id, blob.data(), created_by)
             self.out.layers.append(layer)
+            self.out.written.add(blob.digest)
         self.out.history.append(HistoryEntry(created_by))
 
     def _workdir(self, index: int, layer: Workdir) -> None:
@@ -382,15 +384,20 @@ def _present_key(target: ImageRef, digest: str) -> tuple[str, str, str]:
 
 
 async def upload_tail(
-    client: RegistryClient, target: ImageRef, layers: Sequence[NewLayer]
+    client: RegistryClient,
+    target: ImageRef,
+    layers: Sequence[NewLayer],
+    new: Set[str] = frozenset(),
 ) -> list[BlobPush]:
     """Put each tail blob into the target repository: HEAD those this process has not seen
-    there (a few at once), upload the missing ones (at once). How each got there."""
+    there (a few at once), upload the missing ones (at once), and those in ``new`` (just
+    written, no index knew them) without asking first. How each got there."""
     unique = list({la.digest: la for la in layers}.values())
     known = [la for la in unique if _present_key(target, la.digest) in _PRESENT]
     done = [BlobPush(la.digest, la.size, "present") for la in known]
-    asked = [la for la in unique if _present_key(target, la.digest) not in _PRESENT]
-    missing: list[NewLayer] = []
+    unknown = [la for la in unique if _present_key(target, la.digest) not in _PRESENT]
+    asked = [la for la in unknown if la.digest not in new]
+    missing: list[NewLayer] = [la for la in unknown if la.digest in new]
     limit = anyio.Semaphore(HEADS_AT_ONCE)
 
     async def head(layer: NewLayer) -> None:
@@ -407,8 +414,10 @@ async def upload_tail(
         done.append(BlobPush(layer.digest, layer.size, "uploaded"))
         _PRESENT.add(_present_key(target, layer.digest))
 
-    await _each(head, asked)
-    await _each(upload, missing)
+    if asked:
+        await _each(head, asked)
+    if missing:
+        await _each(upload, missing)
     return done
 
 
@@ -454,6 +463,7 @@ async def push_tail(
             if attempt == 2 or not _names_missing_blob(exc):
                 raise
             _forget(target)
+            tail = dataclasses.replace(tail, written=set())
             continue
         timings = {"upload": t1 - t0, "manifest": time.perf_counter() - t1}
         return Pushed(pushed, pushed.uploaded_bytes, timings)
@@ -467,11 +477,11 @@ async def _upload_with_config(
     stem's config is at hand), so the manifest PUT can follow at once."""
     config = _new_config(tail, digest, stem)
     if config is None:
-        return await upload_tail(client, target, tail.layers)
+        return await upload_tail(client, target, tail.layers, tail.written)
     done: list[BlobPush] = []
 
     async def tail_blobs() -> None:
-        done.extend(await upload_tail(client, target, tail.layers))
+        done.extend(await upload_tail(client, target, tail.layers, tail.written))
 
     async def config_blob() -> None:
         await client.upload_blob(target, _sha256(config), config, len(config))
