@@ -187,3 +187,25 @@ def test_a_blob_taken_as_there_but_gone_is_asked_about_and_sent_again() -> None:
     assert ("app", "v2") in fake.manifests
     # not asked about on the first try (this process saw it there), then asked again
     assert fake.calls("HEAD")[heads:] == [f"/v2/app/blobs/{layer.digest}"]
+
+
+def test_a_stem_kept_on_disk_is_read_back_only_while_its_digests_hold(tmp_path: Path) -> None:
+    from imaged.pipeline import fastpath
+
+    fake = FakeRegistry()
+    digest = fake.put_image("app", f"stem-{uuid.uuid4().hex[:8]}", DOCKER_MANIFEST, {"a": 1})
+    stem = ImageRef.parse(fake.ref("app", "stem"))
+
+    async def read() -> dict[str, object]:
+        fastpath._STEMS.clear()  # as a new process
+        async with fake.client() as client:
+            return (await fastpath.stem_image(client, stem, digest, tmp_path))[1]
+
+    assert anyio.run(read)["a"] == 1
+    gets = len(fake.calls("GET"))
+    assert anyio.run(read)["a"] == 1
+    assert len(fake.calls("GET")) == gets  # read back from the state directory
+    (kept,) = (tmp_path / "stems").iterdir()
+    kept.write_text(kept.read_text().replace('\\"a\\":1', '\\"a\\":2'))
+    assert anyio.run(read)["a"] == 1  # bytes that lost their digest: read from the registry
+    assert len(fake.calls("GET")) == gets + 2

@@ -441,7 +441,8 @@ class _Fast:
     async def run(self, digest: ImageDigest, force: bool, result: ImageBuild) -> None:
         t0 = time.perf_counter()
         stem_ref, manifest = await self.ensure_stem(force, result)
-        stem_read, config = await stem_image(self.client, stem_ref, manifest)
+        state = self.settings.resolved_state_dir
+        stem_read, config = await stem_image(self.client, stem_ref, manifest, state)
         workdir = stem_workdir_of(config)
         roots = tail_roots(self.decision.tail, workdir)
         known = await read_known(

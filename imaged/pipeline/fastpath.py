@@ -332,24 +332,69 @@ def write_tail(
 
 
 async def stem_image(
-    client: RegistryClient, ref: ImageRef, manifest_digest: str
+    client: RegistryClient, ref: ImageRef, manifest_digest: str, state_dir: Path | None = None
 ) -> tuple[StemImage, dict[str, object]]:
     """The stem's manifest (or index) and its image config (the first platform's, for an
-    index), read once per process by (reference, manifest digest)."""
+    index), read once per process by (reference, manifest digest), and for a single
+    manifest kept in ``state_dir`` too (content-addressed: checked against its digests
+    when read back, so a new process does not fetch it again)."""
     key = (str(ref), manifest_digest)
-    if key not in _STEMS:
-        pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
-        media_type, body, _ = await client.get_manifest(pinned, accept=STEM_MEDIA_TYPES)
-        manifest = json.loads(body)
-        if media_type in INDEX_MEDIA_TYPES:
-            first = manifest["manifests"][0]["digest"]
-            _, config = await stem_image(client, dataclasses.replace(ref, tag=None), first)
-            _STEMS[key] = StemImage(media_type, body), config
-        else:
-            config_digest = manifest["config"]["digest"]
-            config = json.loads(await client.get_blob(pinned, config_digest))
-            _STEMS[key] = StemImage(media_type, body, {config_digest: config}), config
+    if key in _STEMS:
+        return _STEMS[key]
+    kept = _stem_file(state_dir, manifest_digest)
+    found = await anyio.to_thread.run_sync(_read_stem, kept, manifest_digest) if kept else None
+    if found is not None:
+        _STEMS[key] = found
+        return found
+    pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
+    media_type, body, _ = await client.get_manifest(pinned, accept=STEM_MEDIA_TYPES)
+    manifest = json.loads(body)
+    if media_type in INDEX_MEDIA_TYPES:
+        first = manifest["manifests"][0]["digest"]
+        _, config = await stem_image(client, dataclasses.replace(ref, tag=None), first)
+        _STEMS[key] = StemImage(media_type, body), config
+    else:
+        config_digest = manifest["config"]["digest"]
+        raw = await client.get_blob(pinned, config_digest)
+        config = json.loads(raw)
+        _STEMS[key] = StemImage(media_type, body, {config_digest: config}), config
+        if kept is not None:
+            await anyio.to_thread.run_sync(_keep_stem, kept, media_type, body, raw)
     return _STEMS[key]
+
+
+def _stem_file(state_dir: Path | None, manifest_digest: str) -> Path | None:
+    if state_dir is None or not manifest_digest.startswith("sha256:"):
+        return None
+    return state_dir / "stems" / f"{manifest_digest.removeprefix('sha256:')}.json"
+
+
+def _keep_stem(path: Path, media_type: str, body: bytes, config: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        doc = {"media_type": media_type, "manifest": body.decode(), "config": config.decode()}
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+    except (OSError, UnicodeDecodeError):
+        return  # not kept: the next process reads it from the registry
+
+
+def _read_stem(path: Path, manifest_digest: str) -> tuple[StemImage, dict[str, object]] | None:
+    """A kept stem, when its bytes still have the digests that name them."""
+    try:
+        doc = json.loads(path.read_bytes())
+        body, raw = doc["manifest"].encode(), doc["config"].encode()
+        media_type = doc["media_type"]
+        config_digest = json.loads(body)["config"]["digest"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if _sha256(body) != manifest_digest or _sha256(raw) != config_digest:
+        return None
+    if not isinstance(media_type, str) or media_type in INDEX_MEDIA_TYPES:
+        return None
+    config = json.loads(raw)
+    return StemImage(media_type, body, {config_digest: config}), config
 
 
 async def stem_config(
@@ -522,8 +567,15 @@ async def read_known(
     roots: Sequence[str],
     state_dir: Path,
 ) -> StemFs:
-    """The stem's folders on the tail's paths (cached on disk by manifest digest)."""
-    return await read_stem_fs(client, stem, manifest_digest, roots, state_dir)
+    """The stem's folders on the tail's paths (cached on disk by manifest digest, and in
+    the process: a daemon reads the file once)."""
+    key = (manifest_digest, tuple(roots), state_dir)
+    if key not in _KNOWN:
+        _KNOWN[key] = await read_stem_fs(client, stem, manifest_digest, roots, state_dir)
+    return _KNOWN[key]
+
+
+_KNOWN: dict[tuple[str, tuple[str, ...], Path], StemFs] = {}
 
 
 def tail_description(tail: Sequence[tuple[int, TailLayer]], image: Image) -> list[str]:
