@@ -91,6 +91,7 @@ class FakeRegistry:
     forbid: frozenset[str] = frozenset()
     forbid_status: int = 400
     absolute_location: bool = False
+    check_blobs: bool = False  # refuse a manifest naming a blob it lacks, as distribution does
     fail: Callable[[httpx.Request], httpx.Response | None] = lambda request: None
     blobs: dict[tuple[str, str], bytes] = field(default_factory=dict)
     manifests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
@@ -143,6 +144,9 @@ class FakeRegistry:
             if media_type in self.forbid:
                 error = {"code": "MANIFEST_INVALID", "message": "manifest invalid"}
                 return httpx.Response(400, json={"errors": [error]})
+            if self.check_blobs and self._lacks_blobs(repo, body):
+                error = {"code": "MANIFEST_BLOB_UNKNOWN", "message": "blob unknown to registry"}
+                return httpx.Response(400, json={"errors": [error]})
             for key in (ref, sha256(body)):
                 self.manifests[(repo, key)] = (media_type, body)
             return httpx.Response(201, headers={"Docker-Content-Digest": sha256(body)})
@@ -152,6 +156,11 @@ class FakeRegistry:
         headers = {"Content-Type": found[0], "Docker-Content-Digest": sha256(found[1])}
         content = found[1] if request.method == "GET" else b""
         return httpx.Response(200, headers=headers, content=content)
+
+    def _lacks_blobs(self, repo: str, body: bytes) -> bool:
+        manifest = json.loads(body)
+        named = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+        return any((repo, d["digest"]) not in self.blobs for d in named if "digest" in d)
 
     def _blob(self, request: httpx.Request, repo: str, digest: str) -> httpx.Response:
         data = self.blobs.get((repo, digest))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +145,29 @@ def test_build_hashes_each_image_once_within_the_bound(
     assert sorted(seen) == ["one", "two"]
     assert [r.tags for r in builder.requests] == [(images["two"].uri,)]
     assert fake.single == []
+
+
+def test_file_digests_are_kept_for_the_next_run(tmp_path: Path) -> None:
+    from imaged.digest.cache import DigestCache, default_cache
+    from imaged.digest.files import stat_key
+    from imaged.digest.image_digest import hash_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.txt").write_text(f"file {i}\n")
+    old = time.time() - 10  # past the racy window: the kept digests are trusted
+    for path in src.iterdir():
+        os.utime(path, (old, old))
+    image = Image.from_base("debian:12").with_source_folder(src, "/app")
+    hash_image(image, default_cache())
+    kept = tmp_path / "state" / cmd_build.CACHE_FILE
+    cmd_build._save_digest_cache(kept)
+
+    fresh = DigestCache.from_json(json.loads(kept.read_bytes()))
+    for path in sorted(src.iterdir()):
+        key = stat_key(path.lstat())
+        assert fresh.file_digest(str(path), key) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fresh.reads == 0  # every file answered by its kept digest, none read
+    kept.write_text("{not json")
+    cmd_build._load_digest_cache(kept)  # a damaged file is ignored (the files are read)

@@ -11,15 +11,18 @@ from typing import Any
 
 import anyio
 import pytest
+from registry_fakes import FakeRegistry, new_layer
 
 from imaged import Image
 from imaged.config import load_settings
 from imaged.digest.cache import DigestCache
 from imaged.digest.image_digest import hash_image
 from imaged.pipeline.build import ImageBuild, _Fast, _Staging
-from imaged.pipeline.fastpath import FullBuildNeeded, tail_roots, write_tail
+from imaged.pipeline.fastpath import FullBuildNeeded, Tail, push_tail, tail_roots, write_tail
 from imaged.pipeline.route import route
 from imaged.pipeline.stemfs import StemEntry
+from imaged.registry.append import DOCKER_MANIFEST, HistoryEntry
+from imaged.registry.ref import ImageRef
 
 BASE = "127.0.0.1:5000/python:3.11-slim"
 
@@ -161,3 +164,48 @@ def test_a_layer_the_index_knows_is_written_only_when_its_bytes_are_asked_for(
     (src / "d3" / "f003.txt").write_text("edited\n")
     edited = written(fastpath.LayerIndex(tmp_path / "state" / "layers.json"))
     assert sum(isinstance(la.data, bytes) for la in edited) == 1  # only the edited part
+
+
+def test_a_blob_taken_as_there_but_gone_is_asked_about_and_sent_again() -> None:
+    fake = FakeRegistry(check_blobs=True)
+    fake.put_image("app", "stem", DOCKER_MANIFEST, {"config": {}})
+    layer = new_layer({"app/main.py": f"print({uuid.uuid4().hex!r})\n".encode()})
+    tail = Tail(layers=[layer], history=[HistoryEntry(layer.created_by)])
+    stem = ImageRef.parse(fake.ref("app", "stem"))
+
+    async def push(tag: str) -> int:
+        async with fake.client() as client:
+            target = ImageRef.parse(fake.ref("app", tag))
+            pushed = await push_tail(client, stem, target, tail, "sha256:" + "0" * 64)
+            return pushed.uploaded_bytes
+
+    assert anyio.run(push, "v1") > layer.size  # the layer and the config
+    heads = len(fake.calls("HEAD"))
+    del fake.blobs[("app", layer.digest)]  # gone since (a garbage collection)
+    assert anyio.run(push, "v2") > layer.size
+    assert ("app", layer.digest) in fake.blobs
+    assert ("app", "v2") in fake.manifests
+    # not asked about on the first try (this process saw it there), then asked again
+    assert fake.calls("HEAD")[heads:] == [f"/v2/app/blobs/{layer.digest}"]
+
+
+def test_a_stem_kept_on_disk_is_read_back_only_while_its_digests_hold(tmp_path: Path) -> None:
+    from imaged.pipeline import fastpath
+
+    fake = FakeRegistry()
+    digest = fake.put_image("app", f"stem-{uuid.uuid4().hex[:8]}", DOCKER_MANIFEST, {"a": 1})
+    stem = ImageRef.parse(fake.ref("app", "stem"))
+
+    async def read() -> dict[str, object]:
+        fastpath._STEMS.clear()  # as a new process
+        async with fake.client() as client:
+            return (await fastpath.stem_image(client, stem, digest, tmp_path))[1]
+
+    assert anyio.run(read)["a"] == 1
+    gets = len(fake.calls("GET"))
+    assert anyio.run(read)["a"] == 1
+    assert len(fake.calls("GET")) == gets  # read back from the state directory
+    (kept,) = (tmp_path / "stems").iterdir()
+    kept.write_text(kept.read_text().replace('\\"a\\":1', '\\"a\\":2'))
+    assert anyio.run(read)["a"] == 1  # bytes that lost their digest: read from the registry
+    assert len(fake.calls("GET")) == gets + 2

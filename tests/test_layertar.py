@@ -31,17 +31,20 @@ from imaged.digest.trees import TreeIndex
 from imaged.errors import ContextChangedError
 from imaged.render.context import FIXED_MTIME, staged_mtime_ns
 from imaged.render.layertar import (
+    BLOCKS,
     END_OF_ARCHIVE,
     LayerEntry,
     MemberCache,
     destination,
     ends_segment,
+    file_entry,
     files_entries,
     layer_entries,
     part_target,
     split_entries,
     tar_header,
     tree_entries,
+    with_parents,
     write_layer,
     write_layers,
 )
@@ -276,6 +279,42 @@ def test_a_one_file_edit_compresses_one_member(tree: TreeIndex) -> None:
     assert second.digest != first.digest
 
 
+def plain_entries(tree: TreeIndex, dst: str) -> list[LayerEntry]:
+    """tree_entries as it was before the folder cache: the listing, parents added."""
+    prefix = dst.strip("/")
+    out = []
+    for entry in tree.listing():
+        path = f"{prefix}/{entry.relpath}"
+        if entry.type == FILE:
+            digest, size = tree.contents[entry.relpath], entry.stat_key[0]
+            source = os.path.join(tree.root, entry.relpath)
+            out.append(file_entry(path, digest, size, executable=entry.executable, source=source))
+        elif entry.type == SYMLINK:
+            out.append(LayerEntry(path, SYMLINK, 0o777, FIXED_MTIME, target=entry.target))
+        else:
+            out.append(LayerEntry(path, DIR, 0o755, FIXED_MTIME))
+    return with_parents(out, prefix)
+
+
+def test_remembered_folders_give_the_entries_a_fresh_listing_gives(tree: TreeIndex) -> None:
+    BLOCKS.clear()
+    first = tree_entries(tree, "/srv/app")
+    assert first == plain_entries(tree, "/srv/app")
+    (tree.root / "pkg" / "data.bin").write_bytes(b"edited, and shorter\n")
+    (tree.root / "pkg" / "new.txt").write_bytes(b"added\n")
+    tree.update(["pkg/data.bin", "pkg/new.txt"])
+    again = tree_entries(tree, "/srv/app")
+    assert again == plain_entries(tree, "/srv/app")
+    assert again != first
+    by_path = {e.path: e for e in again}
+    assert by_path["srv/app/pkg/data.bin"].size == len(b"edited, and shorter\n")
+    # folders off the edited path are the very entries made before (not made again)
+    kept = {e.path: e for e in first}
+    unedited = "srv/app/caf\u00e9/\u00fcn\u00efc\u00f8de.txt"
+    assert by_path[unedited] is kept[unedited]
+    assert tree_entries(tree, "/other") == plain_entries(tree, "/other")  # by destination too
+
+
 def test_an_unchanged_layer_is_not_read_again(tree: TreeIndex) -> None:
     cache = MemberCache()
     first = write_layer(tree_entries(tree, "/srv/app"), cache)
@@ -459,6 +498,18 @@ def test_a_segment_past_the_threshold_is_cut_and_each_part_has_its_folders() -> 
         assert sum(e.tar_size for e in part) <= 100_000 + 512
     files = [e.path for p in parts for e in p if e.type == FILE]
     assert files == sorted(f"big/f{i:03}" for i in range(60))
+
+
+def test_a_part_carries_its_folders_as_the_whole_list_has_them() -> None:
+    owned = LayerEntry("big", DIR, 0o700, FIXED_MTIME, uid=1000, gid=1000)  # a stem's folder
+    entries = [owned, LayerEntry("big/sub", DIR, 0o755, FIXED_MTIME)]
+    entries += synthetic([f"big/sub/f{i:03}" for i in range(60)], [10_000] * 60)
+    parts = split_entries(sorted(entries, key=lambda e: e.path), split_bytes=100_000)
+    assert len(parts) >= 6
+    for part in parts:
+        assert part[:2] == entries[:2]  # each a layer of its own, "big" keeping its owner
+        assert part[0].uid == 1000
+        assert part[0].mode == 0o700
 
 
 def test_a_small_folder_is_one_layer(tree: TreeIndex) -> None:

@@ -9,17 +9,19 @@ This module imports no I/O library: the builders themselves load lazily.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from imaged.config import DEFAULTS, ENV_VARS, Settings
 from imaged.errors import ConfigError
 from imaged.events import EventSink
+
+if TYPE_CHECKING:
+    import importlib.metadata
 
 ENTRY_POINT_GROUP = "imaged.builders"
 BUILTIN_BUILDERS: dict[str, str] = {
@@ -95,6 +97,8 @@ class Builder(Protocol):
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    import importlib.metadata  # ~0.1 s (email, zipfile): only for a builder not built in
+
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

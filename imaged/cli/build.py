@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -15,12 +17,59 @@ from imaged.builders.base import Builder, get_builder
 from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, export_config_file, load_settings
 from imaged.definitions.child import load_targets
-from imaged.digest.bounds import hash_within
+from imaged.digest.cache import DigestCache, default_cache
 from imaged.errors import EngineError, HashTimeoutError, ImagedError
-from imaged.pipeline.build import Hashed, ImageBuild, abuild
-from imaged.pipeline.logins import check_images
-from imaged.registry.client import Existence, RegistryClient, create_registry_client
 from imaged.spec.image import Image, override_registry
+
+if TYPE_CHECKING:
+    from imaged.pipeline.build import Hashed, ImageBuild
+    from imaged.registry.client import Existence, RegistryClient
+
+CACHE_FILE = "cli-digest-cache.json"  # in the state directory: file digests by stat
+
+
+def _digest_cache_path(settings: Settings) -> Path:
+    return settings.resolved_state_dir / CACHE_FILE
+
+
+def _load_digest_cache(path: Path) -> None:
+    """The last run's file digests into the process-wide cache (the racy-git rule still
+    applies to each), so an unchanged file is stat'ed, not read; a bad file is ignored."""
+    try:
+        cache = DigestCache.from_json(json.loads(path.read_bytes()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return
+    default_cache().entries.update(cache.entries)
+
+
+def _save_digest_cache(path: Path) -> None:
+    cache = default_cache()
+    cache.prune_missing()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache.to_json(), separators=(",", ":")))
+        tmp.replace(path)
+
+
+def create_registry_client(settings: Settings) -> RegistryClient:
+    """The registry client (:func:`imaged.registry.client.create_registry_client`),
+    imported when first needed."""
+    from imaged.registry.client import create_registry_client as create
+
+    return create(settings)
+
+
+def _preload(cache_path: Path) -> None:
+    """What the build needs besides the definitions, while their child loads them: the
+    pipeline's modules and the digest cache (the child is another process; this thread
+    would otherwise wait for it)."""
+    import imaged.pipeline.build
+    import imaged.pipeline.logins  # noqa: F401
+    from imaged.registry.client import default_ssl_context
+
+    default_ssl_context()
+    _load_digest_cache(cache_path)
 
 
 def _line(result: ImageBuild) -> str:
@@ -75,6 +124,8 @@ async def _build_all(
             "note: images without a registry are built into the local engine only, not pushed",
             err=True,
         )
+    from imaged.pipeline.build import abuild
+
     images, hashed, failed = _hashed(images, settings, as_json)
     builder = await check_builder_settings(settings)
     async with create_registry_client(settings) as client:
@@ -129,7 +180,7 @@ def _build_limit(builder: Builder, settings: Settings) -> int:
     return settings.concurrency
 
 
-Outcome = tuple[str, ImageBuild | None, ImagedError | None]
+Outcome = tuple[str, "ImageBuild | None", ImagedError | None]  # ImageBuild loads lazily
 
 
 async def _build_concurrently(
@@ -170,6 +221,9 @@ def _hashed(
     """The images whose inputs hash within ``hash_timeout`` (so a hung mount under one
     image's folder fails that image, not the run), their digests (hashed once, here: the
     registry check and abuild use them), and how many failed."""
+    from imaged.digest.bounds import hash_within
+    from imaged.pipeline.build import Hashed
+
     kept: dict[str, Image] = {}
     hashed: dict[str, Hashed] = {}
     for name, image in images.items():
@@ -191,6 +245,9 @@ async def _check_all(
     hashed: dict[str, Hashed], settings: Settings, client: RegistryClient
 ) -> dict[str, Existence]:
     """Ask the registry about every hashed image at once; errors are left for abuild."""
+    from imaged.pipeline.logins import check_images
+    from imaged.registry.client import Existence
+
     wanted = {h.image.uri_for(h.digest.tag): h.image for h in hashed.values() if h.image.registry}
     found = await check_images(client, wanted, settings)
     return {uri: answer for uri, answer in found.items() if isinstance(answer, Existence)}
@@ -222,12 +279,16 @@ def run_build(
     export_config_file(config_file)
     settings = load_settings(config_file=config_file)
     deep = settings.recursive if recursive is None else recursive
+    cache_path = _digest_cache_path(settings)
+    preload = threading.Thread(target=_preload, args=(cache_path,), daemon=True)
+    preload.start()
     images = load_targets(
         (targets,) if isinstance(targets, str) else targets,
         recursive=deep,
         timeout=settings.load_timeout,
         echo=lambda line: click.echo(line, err=True),
     )
+    preload.join()
 
     async def main() -> int:
         return await _build_all(
@@ -239,4 +300,8 @@ def run_build(
             config_file=config_file,
         )
 
-    return anyio.run(main)
+    try:
+        return anyio.run(main)
+    finally:
+        if not dry_run:
+            _save_digest_cache(cache_path)

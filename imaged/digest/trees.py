@@ -103,6 +103,12 @@ class TreeIndex:
         self._rehash_dirty()
         return self._dir_digests[""]
 
+    def folder_digest(self, rel: str) -> str:
+        """The Merkle digest of folder ``rel`` ("" the root): its names, kinds, exec bits,
+        contents and link targets, all the way down."""
+        self._rehash_dirty()
+        return self._dir_digests[rel]
+
     def listing(self) -> list[FileEntry]:
         """Every entry, sorted by POSIX relative path (what staging copies)."""
         return [self.entries[p] for p in sorted(self.entries)]

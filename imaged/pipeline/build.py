@@ -36,6 +36,7 @@ from imaged.errors import (
 from imaged.events import (
     BuildBuilding,
     BuildBuilt,
+    BuildDone,
     BuildPushed,
     BuildSkipped,
     EventSink,
@@ -48,9 +49,11 @@ from imaged.pipeline.fastpath import (
     FullBuildNeeded,
     Tail,
     layer_index,
+    loaded_layer_index,
+    present_blobs,
     push_tail,
     read_known,
-    stem_config,
+    stem_image,
     stem_workdir_of,
     tail_roots,
     write_tail,
@@ -543,7 +546,8 @@ class _Fast:
     async def _run(self, digest: ImageDigest, force: bool, result: ImageBuild) -> None:
         t0 = time.perf_counter()
         stem_ref, manifest = await self.ensure_stem(force, result)
-        config = await stem_config(self.client, stem_ref, manifest)
+        state = self.settings.resolved_state_dir
+        stem_read, config = await stem_image(self.client, stem_ref, manifest, state)
         workdir = stem_workdir_of(config)
         roots = tail_roots(self.decision.tail, workdir)
         known = await read_known(
@@ -551,11 +555,15 @@ class _Fast:
         )
         result.timings["stem"] = time.perf_counter() - t0
         t1 = time.perf_counter()
+        send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
         digest, tail = await self.write(digest, known, workdir, result)
         result.timings["tail_tar"] = time.perf_counter() - t1
         target = ImageRef.parse(result.uri)
-        send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
-        pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest)
+        # The tail is written: what the daemon shows as pushing (as after a BuildKit build).
+        send(self.on_event, BuildDone(image=self.image.name, seconds=result.timings["tail_tar"]))
+        pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
+        index = layer_index(self.settings.resolved_state_dir)  # after the push: off its clock
+        await anyio.to_thread.run_sync(index.save, set(present_blobs()))
         result.timings.update(pushed.timings)
         result.uploaded_bytes = pushed.uploaded_bytes
         result.manifest_digest = pushed.image.digest
@@ -612,7 +620,8 @@ class _Fast:
     ) -> tuple[ImageDigest, Tail]:
         """The tail, from the digest's file lists; re-hashed when a file moved in between."""
         staged, split = self.staging, self.settings.fastpath_split_bytes
-        index = await anyio.to_thread.run_sync(layer_index, self.settings.resolved_state_dir)
+        state = self.settings.resolved_state_dir
+        index = loaded_layer_index(state) or await anyio.to_thread.run_sync(layer_index, state)
         digest = first
         for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
             if attempt > 1:
@@ -639,7 +648,6 @@ class _Fast:
                 if attempt == MAX_STAGE_ATTEMPTS:
                     raise
                 continue
-            await anyio.to_thread.run_sync(index.save)
             return digest, tail
         raise AssertionError("unreachable")
 

@@ -13,35 +13,43 @@ image; :func:`imaged.registry.append.append_layers` pushes the result.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence, Set
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
-from imaged.errors import ContextChangedError, ImagedError
+from imaged.errors import ContextChangedError, ImagedError, RegistryError
 from imaged.pipeline.route import TailLayer, describe_layer
 from imaged.pipeline.stemfs import StemEntry, StemFs, read_stem_fs
 from imaged.registry.append import (
     INDEX_MEDIA_TYPES,
     STEM_MEDIA_TYPES,
+    BlobPush,
     ConfigEdit,
     HistoryEntry,
     NewLayer,
     PushedImage,
+    StemImage,
     append_layers,
     buildkit_copy,
+    edit_config,
+    encode_json,
     resolve_workdir,
 )
 from imaged.registry.client import BlobSource, Existence, RegistryClient
 from imaged.registry.ref import ImageRef
 from imaged.render.dockerfile import quote_env
 from imaged.render.layertar import (
+    BLOCKS,
     LayerBlob,
     LayerEntry,
     MemberCache,
@@ -57,7 +65,13 @@ from imaged.spec.layers import CodeBundle, EnvVars, SourceFiles, SourceFolder, W
 
 MEMBERS = MemberCache()  # process-wide: the daemon reuses members from one edit to the next
 DIGEST_LABEL = "dev.imaged.digest"
-_STEMS: dict[tuple[str, str], dict[str, object]] = {}  # (stem ref, manifest digest) -> config
+# (stem ref, manifest digest) -> the stem as read, and its (first platform's) config
+_STEMS: dict[tuple[str, str], tuple[StemImage, dict[str, object]]] = {}
+# (registry, repository, digest): blobs this process saw in a repository (uploaded, or
+# HEAD said so), not asked about again. The registry still checks every blob a manifest
+# names when it is PUT; one that vanished since is refused, and the push starts over.
+_PRESENT: set[tuple[str, str, str]] = set()
+HEADS_AT_ONCE = 8
 
 
 class LayerIndex:
@@ -65,20 +79,29 @@ class LayerIndex:
     directory), so a new process (a one-shot ``imaged build``) need not compress a layer
     the registry already holds: it is written only if its blob is missing there.
     Its bytes are a function of the key (headers and content digests), so an entry is
-    never stale; a lost update between two processes only costs a compression."""
+    never stale; a lost update between two processes only costs a compression.
+
+    It also keeps the blobs seen in each repository (``present``: registry, repository,
+    digest), so a new process need not HEAD them again; the registry checks each blob a
+    manifest names when it is PUT (see :func:`push_tail`)."""
 
     LIMIT = 1 << 14
+    PRESENT = "present"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: dict[str, list[object]] = {}
+        self.present: set[tuple[str, str, str]] = set()
         self.added = False
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return
         if isinstance(data, dict):
+            present = data.pop(self.PRESENT, [])
             self.rows = data
+            if isinstance(present, list):
+                self.present = {tuple(p) for p in present if _is_present_row(p)}
 
     def get(self, key: bytes) -> tuple[str, str, int] | None:
         row = self.rows.get(key.hex())
@@ -94,24 +117,45 @@ class LayerIndex:
         self.rows[key.hex()] = [blob.diff_id, blob.digest, blob.size]
         self.added = True
 
-    def save(self) -> None:
+    def save(self, present: set[tuple[str, str, str]] | None = None) -> None:
+        """Write it when it changed; ``present``: the blobs this process saw in each
+        repository (the process-wide set), kept beside the rows."""
+        if present is not None and present != self.present:
+            self.present = set(present)
+            self.added = True
         if not self.added:
             return
-        rows = dict(list(self.rows.items())[-self.LIMIT :])
+        data: dict[str, object] = dict(list(self.rows.items())[-self.LIMIT :])
+        data[self.PRESENT] = [list(p) for p in list(self.present)[-self.LIMIT :]]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(rows))
+        tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
+        self.added = False
+
+
+def _is_present_row(row: object) -> bool:
+    return isinstance(row, list) and len(row) == 3 and all(isinstance(x, str) for x in row)
 
 
 _INDEXES: dict[Path, LayerIndex] = {}
 
 
+def _index_path(state_dir: Path) -> Path:
+    return state_dir / "fastpath-layers.json"
+
+
+def loaded_layer_index(state_dir: Path) -> LayerIndex | None:
+    """The layer index when this process read it already (no file access)."""
+    return _INDEXES.get(_index_path(state_dir))
+
+
 def layer_index(state_dir: Path) -> LayerIndex:
     """The state directory's layer index, read once per process."""
-    path = state_dir / "fastpath-layers.json"
+    path = _index_path(state_dir)
     if path not in _INDEXES:
         _INDEXES[path] = LayerIndex(path)
+        _PRESENT.update(_INDEXES[path].present)
     return _INDEXES[path]
 
 
@@ -140,6 +184,7 @@ class Tail:
     history: list[HistoryEntry] = field(default_factory=list)
     env: list[tuple[str, str]] = field(default_factory=list)
     workdir: str | None = None
+    written: set[str] = field(default_factory=set)  # blobs no index knew: new, not asked about
 
     def edit(self, digest: str) -> ConfigEdit:
         label = HistoryEntry(f"LABEL {DIGEST_LABEL}={digest}", empty_layer=True)
@@ -194,9 +239,12 @@ class _TailWriter:
         self.image, self.digest, self.known, self.split = image, digest, dict(known), split
         self.index = index
         self.workdir = stem_workdir or "/"
+        self.last = -1  # the last layer that writes entries: nothing reads what it adds
         self.out = Tail()
 
     def write(self, tail: Sequence[tuple[int, TailLayer]]) -> Tail:
+        writes = [i for i, layer in tail if not isinstance(layer, EnvVars)]
+        self.last = writes[-1] if writes else -1
         for index, layer in tail:
             if isinstance(layer, EnvVars):
                 self.out.env += layer.env
@@ -223,8 +271,9 @@ class _TailWriter:
 
     def _adopt(self, index: int, entries: Sequence[LayerEntry]) -> list[LayerEntry]:
         out = [self._existing(index, e) if e.type == DIR else e for e in entries]
-        for entry in out:
-            self.known[entry.path] = _as_stem(entry)
+        if index != self.last:  # a later layer's parents may be these
+            for entry in out:
+                self.known[entry.path] = _as_stem(entry)
         return out
 
     def _add(self, part: Sequence[LayerEntry], created_by: str) -> None:
@@ -240,6 +289,7 @@ class _TailWriter:
                 self.index.put(key, blob)
             layer = NewLayer(blob.digest, blob.size, blob.diff_id, blob.data(), created_by)
             self.out.layers.append(layer)
+            self.out.written.add(blob.digest)
         self.out.history.append(HistoryEntry(created_by))
 
     def _workdir(self, index: int, layer: Workdir) -> None:
@@ -274,25 +324,85 @@ def write_tail(
     """The tail's layer blobs and config edit (reads and checks each file against
     ``digest``: raises ContextChangedError when one moved since it was hashed). A layer
     ``index`` knows is written only when its bytes are asked for (a missing blob)."""
-    return _TailWriter(image, digest, known, stem_workdir, split_bytes, index).write(tail)
+    writer = _TailWriter(image, digest, known, stem_workdir, split_bytes, index)
+    try:
+        return writer.write(tail)
+    except ContextChangedError:
+        BLOCKS.clear()  # an entry made while the file moved may hold the wrong size
+        raise
+
+
+async def stem_image(
+    client: RegistryClient, ref: ImageRef, manifest_digest: str, state_dir: Path | None = None
+) -> tuple[StemImage, dict[str, object]]:
+    """The stem's manifest (or index) and its image config (the first platform's, for an
+    index), read once per process by (reference, manifest digest), and for a single
+    manifest kept in ``state_dir`` too (content-addressed: checked against its digests
+    when read back, so a new process does not fetch it again)."""
+    key = (str(ref), manifest_digest)
+    if key in _STEMS:
+        return _STEMS[key]
+    kept = _stem_file(state_dir, manifest_digest)
+    found = await anyio.to_thread.run_sync(_read_stem, kept, manifest_digest) if kept else None
+    if found is not None:
+        _STEMS[key] = found
+        return found
+    pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
+    media_type, body, _ = await client.get_manifest(pinned, accept=STEM_MEDIA_TYPES)
+    manifest = json.loads(body)
+    if media_type in INDEX_MEDIA_TYPES:
+        first = manifest["manifests"][0]["digest"]
+        _, config = await stem_image(client, dataclasses.replace(ref, tag=None), first)
+        _STEMS[key] = StemImage(media_type, body), config
+    else:
+        config_digest = manifest["config"]["digest"]
+        raw = await client.get_blob(pinned, config_digest)
+        config = json.loads(raw)
+        _STEMS[key] = StemImage(media_type, body, {config_digest: config}), config
+        if kept is not None:
+            await anyio.to_thread.run_sync(_keep_stem, kept, media_type, body, raw)
+    return _STEMS[key]
+
+
+def _stem_file(state_dir: Path | None, manifest_digest: str) -> Path | None:
+    if state_dir is None or not manifest_digest.startswith("sha256:"):
+        return None
+    return state_dir / "stems" / f"{manifest_digest.removeprefix('sha256:')}.json"
+
+
+def _keep_stem(path: Path, media_type: str, body: bytes, config: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        doc = {"media_type": media_type, "manifest": body.decode(), "config": config.decode()}
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+    except (OSError, UnicodeDecodeError):
+        return  # not kept: the next process reads it from the registry
+
+
+def _read_stem(path: Path, manifest_digest: str) -> tuple[StemImage, dict[str, object]] | None:
+    """A kept stem, when its bytes still have the digests that name them."""
+    try:
+        doc = json.loads(path.read_bytes())
+        body, raw = doc["manifest"].encode(), doc["config"].encode()
+        media_type = doc["media_type"]
+        config_digest = json.loads(body)["config"]["digest"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if _sha256(body) != manifest_digest or _sha256(raw) != config_digest:
+        return None
+    if not isinstance(media_type, str) or media_type in INDEX_MEDIA_TYPES:
+        return None
+    config = json.loads(raw)
+    return StemImage(media_type, body, {config_digest: config}), config
 
 
 async def stem_config(
     client: RegistryClient, ref: ImageRef, manifest_digest: str
 ) -> dict[str, object]:
-    """The stem's image config (the first platform's, for an index), cached in-process by
-    (reference, manifest digest)."""
-    key = (str(ref), manifest_digest)
-    if key not in _STEMS:
-        pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
-        media_type, body, _ = await client.get_manifest(pinned, accept=STEM_MEDIA_TYPES)
-        manifest = json.loads(body)
-        if media_type in INDEX_MEDIA_TYPES:
-            first = manifest["manifests"][0]["digest"]
-            return await stem_config(client, dataclasses.replace(ref, tag=None), first)
-        config = json.loads(await client.get_blob(pinned, manifest["config"]["digest"]))
-        _STEMS[key] = config
-    return _STEMS[key]
+    """The stem's image config (:func:`stem_image`)."""
+    return (await stem_image(client, ref, manifest_digest))[1]
 
 
 def stem_workdir_of(config: dict[str, object]) -> str:
@@ -310,27 +420,166 @@ class Pushed:
     timings: dict[str, float]
 
 
-async def upload_tail(client: RegistryClient, target: ImageRef, layers: Sequence[NewLayer]) -> int:
-    """HEAD each tail blob in the target repository; upload the missing ones. Their bytes."""
-    sent = 0
-    for layer in {la.digest: la for la in layers}.values():
-        if await client.blob_exists(target, layer.digest) is Existence.EXISTS:
-            continue
+def present_blobs() -> set[tuple[str, str, str]]:
+    """The blobs this process saw in each repository (registry, repository, digest)."""
+    return _PRESENT
+
+
+def _present_key(target: ImageRef, digest: str) -> tuple[str, str, str]:
+    return target.registry, target.repository, digest
+
+
+async def upload_tail(
+    client: RegistryClient,
+    target: ImageRef,
+    layers: Sequence[NewLayer],
+    new: Set[str] = frozenset(),
+) -> list[BlobPush]:
+    """Put each tail blob into the target repository: HEAD those this process has not seen
+    there (a few at once), upload the missing ones (at once), and those in ``new`` (just
+    written, no index knew them) without asking first. How each got there."""
+    unique = list({la.digest: la for la in layers}.values())
+    known = [la for la in unique if _present_key(target, la.digest) in _PRESENT]
+    done = [BlobPush(la.digest, la.size, "present") for la in known]
+    unknown = [la for la in unique if _present_key(target, la.digest) not in _PRESENT]
+    asked = [la for la in unknown if la.digest not in new]
+    missing: list[NewLayer] = [la for la in unknown if la.digest in new]
+    limit = anyio.Semaphore(HEADS_AT_ONCE)
+
+    async def head(layer: NewLayer) -> None:
+        async with limit:
+            there = await client.blob_exists(target, layer.digest)
+        if there is Existence.EXISTS:
+            done.append(BlobPush(layer.digest, layer.size, "present"))
+            _PRESENT.add(_present_key(target, layer.digest))
+        else:
+            missing.append(layer)
+
+    async def upload(layer: NewLayer) -> None:
         await client.upload_blob(target, layer.digest, layer.data, layer.size)
-        sent += layer.size
-    return sent
+        done.append(BlobPush(layer.digest, layer.size, "uploaded"))
+        _PRESENT.add(_present_key(target, layer.digest))
+
+    if asked:
+        await _each(head, asked)
+    if missing:
+        await _each(upload, missing)
+    return done
+
+
+async def _each(
+    work: Callable[[NewLayer], Coroutine[Any, Any, None]], layers: Sequence[NewLayer]
+) -> None:
+    """``work`` on each layer, concurrently (in this task when there is just one)."""
+    if len(layers) == 1:
+        await work(layers[0])
+        return
+    await _concurrently(*(partial(work, layer) for layer in layers))
+
+
+async def _concurrently(*calls: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``calls`` at once; the first imaged error among their failures is raised as
+    itself, not wrapped in the task group's exception group."""
+    try:
+        async with anyio.create_task_group() as group:
+            for call in calls:
+                group.start_soon(call)
+    except BaseExceptionGroup as group_error:
+        # One error as itself (a registry gone mid-upload is one transient RegistryUnavailable
+        # for the caller to classify), not wrapped in the task group's exception group.
+        first = _first_imaged_error(group_error)
+        if first is None:
+            raise
+        raise first from group_error
+
+
+def _first_imaged_error(group: BaseExceptionGroup[BaseException]) -> ImagedError | None:
+    for error in group.exceptions:
+        if isinstance(error, ImagedError):
+            return error
+        if isinstance(error, BaseExceptionGroup) and (inner := _first_imaged_error(error)):
+            return inner
+    return None
 
 
 async def push_tail(
-    client: RegistryClient, stem: ImageRef, target: ImageRef, tail: Tail, digest: str
+    client: RegistryClient,
+    stem: ImageRef,
+    target: ImageRef,
+    tail: Tail,
+    digest: str,
+    stem_read: StemImage | None = None,
 ) -> Pushed:
-    """Upload the tail's blobs, then append them to ``stem`` as ``target``."""
-    t0 = time.perf_counter()
-    sent = await upload_tail(client, target, tail.layers)
-    t1 = time.perf_counter()
-    pushed = await append_layers(client, stem, target, tail.layers, tail.edit(digest))
-    timings = {"upload": t1 - t0, "manifest": time.perf_counter() - t1}
-    return Pushed(pushed, sent + pushed.uploaded_bytes, timings)
+    """Upload the tail's blobs, then append them to ``stem`` as ``target``. A manifest the
+    registry refuses since a blob taken as there is missing is pushed again, every blob
+    asked about anew."""
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        done = await _upload_with_config(client, target, tail, digest, stem_read)
+        t1 = time.perf_counter()
+        try:
+            pushed = await append_layers(
+                client,
+                stem,
+                target,
+                tail.layers,
+                tail.edit(digest),
+                stem_image=stem_read,
+                done=done,
+                fresh_configs=True,
+            )
+        except RegistryError as exc:
+            if attempt == 2 or not _names_missing_blob(exc):
+                raise
+            _forget(target)
+            tail = dataclasses.replace(tail, written=set())
+            continue
+        timings = {"upload": t1 - t0, "manifest": time.perf_counter() - t1}
+        return Pushed(pushed, pushed.uploaded_bytes, timings)
+    raise AssertionError("unreachable")
+
+
+async def _upload_with_config(
+    client: RegistryClient, target: ImageRef, tail: Tail, digest: str, stem: StemImage | None
+) -> list[BlobPush]:
+    """:func:`upload_tail`, and at the same time the new config (a single manifest's: the
+    stem's config is at hand), so the manifest PUT can follow at once."""
+    config = _new_config(tail, digest, stem)
+    if config is None:
+        return await upload_tail(client, target, tail.layers, tail.written)
+    done: list[BlobPush] = []
+
+    async def tail_blobs() -> None:
+        done.extend(await upload_tail(client, target, tail.layers, tail.written))
+
+    async def config_blob() -> None:
+        await client.upload_blob(target, _sha256(config), config, len(config))
+        done.append(BlobPush(_sha256(config), len(config), "uploaded"))
+
+    await _concurrently(tail_blobs, config_blob)
+    return done
+
+
+def _new_config(tail: Tail, digest: str, stem: StemImage | None) -> bytes | None:
+    """The config :func:`append_layers` writes for a single-manifest stem (None for an
+    index, or a stem not read yet): the same bytes, so it finds it pushed."""
+    if stem is None or stem.media_type in INDEX_MEDIA_TYPES or len(stem.configs) != 1:
+        return None
+    (config,) = stem.configs.values()
+    return encode_json(edit_config(config, tail.layers, tail.edit(digest)))
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _names_missing_blob(exc: RegistryError) -> bool:
+    return "BLOB_UNKNOWN" in str(exc) or "blob unknown" in str(exc).lower()
+
+
+def _forget(target: ImageRef) -> None:
+    for key in [k for k in _PRESENT if k[:2] == (target.registry, target.repository)]:
+        _PRESENT.discard(key)
 
 
 async def read_known(
@@ -340,8 +589,15 @@ async def read_known(
     roots: Sequence[str],
     state_dir: Path,
 ) -> StemFs:
-    """The stem's folders on the tail's paths (cached on disk by manifest digest)."""
-    return await read_stem_fs(client, stem, manifest_digest, roots, state_dir)
+    """The stem's folders on the tail's paths (cached on disk by manifest digest, and in
+    the process: a daemon reads the file once)."""
+    key = (manifest_digest, tuple(roots), state_dir)
+    if key not in _KNOWN:
+        _KNOWN[key] = await read_stem_fs(client, stem, manifest_digest, roots, state_dir)
+    return _KNOWN[key]
+
+
+_KNOWN: dict[tuple[str, tuple[str, ...], Path], StemFs] = {}
 
 
 def tail_description(tail: Sequence[tuple[int, TailLayer]], image: Image) -> list[str]:
@@ -357,6 +613,7 @@ __all__ = [
     "push_tail",
     "read_known",
     "stem_config",
+    "stem_image",
     "stem_workdir_of",
     "tail_roots",
     "write_tail",

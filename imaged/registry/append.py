@@ -46,6 +46,7 @@ __all__ = [
     "HistoryEntry",
     "NewLayer",
     "PushedImage",
+    "StemImage",
     "append_layers",
     "apply_env",
     "buildkit_copy",
@@ -139,6 +140,16 @@ class PushedImage:
     def uploaded_bytes(self) -> int:
         """Bytes sent as blob uploads (mounts and blobs already there send none)."""
         return sum(b.size for b in self.blobs if b.how in ("uploaded", "copied"))
+
+
+@dataclass(frozen=True)
+class StemImage:
+    """The stem's manifest (or index) as the caller already read it, and the configs it
+    read by digest: :func:`append_layers` then reads neither again."""
+
+    media_type: str
+    body: bytes
+    configs: Mapping[str, Json] = field(default_factory=dict)
 
 
 def buildkit_copy(src: str, dest: str) -> str:
@@ -237,9 +248,18 @@ async def append_layers(
     target_ref: ImageRef | str,
     layers: Sequence[NewLayer],
     config_edit: ConfigEdit,
+    *,
+    stem_image: StemImage | None = None,
+    done: Sequence[BlobPush] = (),
+    fresh_configs: bool = False,
 ) -> PushedImage:
     """Append `layers` and `config_edit` to the pushed image `stem_ref`; push the result as
     `target_ref` (a tag). See the module docstring for what is written and in which order.
+
+    `stem_image` is the stem as the caller read it (not fetched again); `done` are blobs
+    the caller already put into the target (not checked again); `fresh_configs` uploads
+    the new configs without asking first whether the registry has them (a config naming
+    a new layer is new).
 
     >>> async def main(client: RegistryClient) -> PushedImage:
     ...     layer = NewLayer(digest, size, diff_id, blob, buildkit_copy("layers/3/", "/app/"))
@@ -247,8 +267,12 @@ async def append_layers(
     """
     stem, target = _ref(stem_ref), _ref(target_ref)
     tail_history(layers, config_edit)  # a bad count fails before anything is pushed
-    media_type, body, _ = await client.get_manifest(stem, accept=STEM_MEDIA_TYPES)
-    pusher = _Pusher(client, stem, target, layers)
+    if stem_image is None:
+        media_type, body, _ = await client.get_manifest(stem, accept=STEM_MEDIA_TYPES)
+        stem_image = StemImage(media_type, body)
+    media_type, body = stem_image.media_type, stem_image.body
+    pusher = _Pusher(client, stem, target, layers, dict(stem_image.configs), fresh_configs)
+    pusher.done.update((b.digest, b) for b in done)
     if media_type in INDEX_MEDIA_TYPES:
         return await _append_index(pusher, media_type, _parse(stem, body), config_edit)
     manifest_body = await _append_manifest(pusher, stem, media_type, body, config_edit)
@@ -264,19 +288,30 @@ class _Pusher:
     stem: ImageRef
     target: ImageRef
     layers: Sequence[NewLayer]
+    configs: dict[str, Json] = field(default_factory=dict)
+    fresh_configs: bool = False
     done: dict[str, BlobPush] = field(default_factory=dict)
 
-    async def ensure(self, digest: str, size: int, data: BlobSource | None) -> None:
-        """Make blob `digest` present in the target; `data` None: it is the stem's."""
+    async def ensure(
+        self, digest: str, size: int, data: BlobSource | None, *, ask: bool = True
+    ) -> None:
+        """Make blob `digest` present in the target; `data` None: it is the stem's; `ask`
+        False: upload `data` without a HEAD first."""
         if digest not in self.done:
-            self.done[digest] = BlobPush(digest, size, await self._push(digest, size, data))
+            how = await self._push(digest, size, data, ask)
+            self.done[digest] = BlobPush(digest, size, how)
+
+    async def config(self, ref: ImageRef, digest: str) -> Json:
+        if digest not in self.configs:
+            self.configs[digest] = _parse(ref, await self.client.get_blob(ref, digest))
+        return self.configs[digest]
 
     async def _push(
-        self, digest: str, size: int, data: BlobSource | None
+        self, digest: str, size: int, data: BlobSource | None, ask: bool = True
     ) -> Literal["present", "mounted", "uploaded", "copied"]:
         if data is None and self.stem.name == self.target.name:
             return "present"  # the stem's manifest in this repository keeps its blobs
-        if await self.client.blob_exists(self.target, digest) is Existence.EXISTS:
+        if ask and await self.client.blob_exists(self.target, digest) is Existence.EXISTS:
             return "present"
         if data is not None:
             await self.client.upload_blob(self.target, digest, data, size)
@@ -305,7 +340,7 @@ async def _append_manifest(
     config_descriptor = manifest.get("config") or {}
     if "digest" not in config_descriptor:
         raise RegistryError(f"manifest {ref} on registry {ref.registry} names no config")
-    config = _parse(ref, await pusher.client.get_blob(ref, config_descriptor["digest"]))
+    config = await pusher.config(ref, config_descriptor["digest"])
     for layer in manifest.get("layers") or []:
         await pusher.ensure(layer["digest"], layer["size"], None)
     descriptors = [_layer_descriptor(ref, media_type, la) for la in pusher.layers]
@@ -313,7 +348,7 @@ async def _append_manifest(
         await pusher.ensure(la.digest, la.size, la.data)
     config_body = encode_json(edit_config(config, pusher.layers, edit))
     config_digest = _digest(config_body)
-    await pusher.ensure(config_digest, len(config_body), config_body)
+    await pusher.ensure(config_digest, len(config_body), config_body, ask=not pusher.fresh_configs)
     manifest["config"] = config_descriptor | {"digest": config_digest, "size": len(config_body)}
     manifest["layers"] = [*(manifest.get("layers") or []), *descriptors]
     return encode_json(manifest)

@@ -15,6 +15,8 @@ import ipaddress
 import json
 import os
 import re
+import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,12 @@ from typing import Self
 
 import anyio
 import anyio.to_thread
+
+if "httpx" not in sys.modules:
+    # httpx imports its command line (rich, pygments) when click and rich are installed:
+    # ~70 ms of a CLI start. A None entry makes that import fail, which httpx expects
+    # (its `main` is then a stub); nothing here uses httpx's command line.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 import httpx
 
 from imaged.config import Settings
@@ -163,7 +171,10 @@ class RegistryClient:
 
     async def __aenter__(self) -> Self:
         self._http = httpx.AsyncClient(
-            transport=self._transport, timeout=self._timeout, follow_redirects=True
+            transport=self._transport,
+            timeout=self._timeout,
+            follow_redirects=True,
+            verify=default_ssl_context(),
         )
         return self
 
@@ -724,6 +735,16 @@ class RegistryClient:
         raise RegistryUnavailable(
             f"registry {registry} is unreachable at {_origin(url)}: {cause}; {unknown}"
         )
+
+
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """What httpx makes for ``verify=True`` (the CA bundle, SSL_CERT_FILE and SSL_CERT_DIR),
+    made once per process: a one-shot CLI makes it while its definitions load. Importing
+    httpcore (httpx's transport, imported when the first client is made) goes with it."""
+    import httpcore  # noqa: F401
+
+    return httpx.create_ssl_context()
 
 
 def _accept_headers(accept: bool | Sequence[str]) -> list[tuple[str, str]]:

@@ -25,6 +25,7 @@ import hashlib
 import os
 import posixpath
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ _TYPE_BITS = {FILE: 0o100000, SYMLINK: 0o120000, DIR: 0o40000}
 
 @dataclass(frozen=True)
 class LayerEntry:
-    """One tar entry of a layer: ``path`` has no leading or trailing slash."""
+    """One tar entry of a layer: ``path`` has no leading or trailing slash. Its header, tar
+    size and sort key are worked out once, when it is made."""
 
     path: str
     type: str
@@ -70,21 +72,26 @@ class LayerEntry:
     source: str | None = None  # where a file's bytes are read from
     uid: int = 0  # a folder the stem already has keeps its owner (and mode)
     gid: int = 0
+    header: bytes = field(init=False, repr=False, compare=False)  # :func:`tar_header`
+    tar_size: int = field(init=False, repr=False, compare=False)  # headers and padding too
+    key: bytes = field(init=False, repr=False, compare=False)  # the path's bytes: tar order
+    member_key: bytes = field(init=False, repr=False, compare=False)  # what its member is of
+    cut_hash: int = field(init=False, repr=False, compare=False)  # :func:`ends_segment`'s draw
+
+    def __post_init__(self) -> None:
+        header = _tar_header(self)
+        key = os.fsencode(self.path)
+        put = object.__setattr__
+        put(self, "header", header)
+        put(self, "tar_size", len(header) + _padded(self.size if self.type == FILE else 0))
+        put(self, "key", key)
+        put(self, "member_key", header + (self.digest or "").encode())
+        put(self, "cut_hash", int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
 
     @property
     def name(self) -> str:
         """The name in the tar: a folder's ends with ``/``."""
         return f"{self.path}/" if self.type == DIR else self.path
-
-    @functools.cached_property
-    def header(self) -> bytes:
-        """Its tar header block(s): :func:`tar_header`."""
-        return tar_header(self)
-
-    @functools.cached_property
-    def tar_size(self) -> int:
-        """Bytes this entry takes in the uncompressed tar (headers and padding included)."""
-        return len(self.header) + _padded(self.size if self.type == FILE else 0)
 
 
 def _padded(size: int) -> int:
@@ -111,22 +118,75 @@ def _join(prefix: str, rel: str) -> str:
     return f"{prefix}/{rel}" if prefix else rel
 
 
+class _Blocks:
+    """Each folder's entries (everything below it, sorted), by (tree root, layer prefix,
+    folder, its Merkle digest): the digest fixes every name, kind, exec bit, content digest
+    (so size and staged mtime) and link target below it, so a one-file edit makes only the
+    entries of the folders on its path again. Least recently used dropped past LIMIT."""
+
+    LIMIT = 1 << 15
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[tuple[str, str, str, str], list[LayerEntry]] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str, str]) -> list[LayerEntry] | None:
+        with self._lock:
+            rows = self._rows.get(key)
+            if rows is not None:
+                self._rows.move_to_end(key)
+            return rows
+
+    def put(self, key: tuple[str, str, str, str], rows: list[LayerEntry]) -> None:
+        with self._lock:
+            self._rows[key] = rows
+            while len(self._rows) > self.LIMIT:
+                self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every folder (a file that changed after it was hashed may have left an
+        entry whose size is not its content's)."""
+        with self._lock:
+            self._rows.clear()
+
+
+BLOCKS = _Blocks()
+
+
 def tree_entries(tree: TreeIndex, dst: str) -> list[LayerEntry]:
     """The entries of ``COPY <tree>/ <dst>/`` (``dst`` absolute or a layer path), sorted,
-    with ``dst`` and its parents."""
+    with ``dst`` and its parents. Each folder's entries are remembered (:data:`BLOCKS`)."""
     prefix = destination(dst)
-    out: list[LayerEntry] = []
-    for entry in tree.listing():
-        path = _join(prefix, entry.relpath)
-        if entry.type == FILE:
-            source = os.path.join(tree.root, entry.relpath)
-            digest, size = tree.contents[entry.relpath], entry.stat_key[0]
-            out.append(file_entry(path, digest, size, executable=entry.executable, source=source))
-        elif entry.type == SYMLINK:
-            out.append(LayerEntry(path, SYMLINK, 0o777, FIXED_MTIME, target=entry.target))
+    above = prefix.split("/") if prefix else []
+    head = [folder_entry("/".join(above[: i + 1])) for i in range(len(above))]
+    return head + _folder_rows(tree, "", prefix, str(tree.root))
+
+
+def _folder_rows(tree: TreeIndex, rel: str, prefix: str, root: str) -> list[LayerEntry]:
+    key = (root, prefix, rel, tree.folder_digest(rel))
+    rows = BLOCKS.get(key)
+    if rows is not None:
+        return rows
+    items: list[tuple[bytes, list[LayerEntry]]] = []
+    for child in tree.children.get(rel, ()):
+        entry = tree.entries.get(child)
+        path = _join(prefix, child)
+        if entry is None or entry.type == DIR:
+            folder = folder_entry(path)
+            items.append((folder.key, [folder]))
+            items.append((folder.key + b"/", _folder_rows(tree, child, prefix, root)))
+        elif entry.type == FILE:
+            source = os.path.join(root, child)
+            digest, size = tree.contents[child], entry.stat_key[0]
+            made = file_entry(path, digest, size, executable=entry.executable, source=source)
+            items.append((made.key, [made]))
         else:
-            out.append(folder_entry(path))
-    return with_parents(out, prefix)
+            link = LayerEntry(path, SYMLINK, 0o777, FIXED_MTIME, target=entry.target)
+            items.append((link.key, [link]))
+    items.sort(key=lambda item: item[0])
+    rows = [e for _, block in items for e in block]
+    BLOCKS.put(key, rows)
+    return rows
 
 
 def files_entries(files: Sequence[tuple[Path, str]], dst: str) -> list[LayerEntry]:
@@ -169,17 +229,22 @@ def with_parents(entries: Iterable[LayerEntry], prefix: str) -> list[LayerEntry]
 
 
 def sort_key(entry: LayerEntry) -> bytes:
-    return os.fsencode(entry.path)
+    return entry.key
 
 
 # -- tar headers
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def tar_header(entry: LayerEntry) -> bytes:
-    """The header block(s) of ``entry``: a PAX header first when a name does not fit ustar.
-    Remembered: the same entry of the next write (a one-file edit) is not encoded again."""
+    """The header block(s) of ``entry``: a PAX header first when a name does not fit ustar
+    (encoded once, when the entry is made)."""
+    return entry.header
+
+
+def _tar_header(entry: LayerEntry) -> bytes:
     name, link = os.fsencode(entry.name), os.fsencode(entry.target or "")
+    if _fits(name) and _fits(link):  # the common case: no PAX header
+        return _ustar(entry, name, link)
     records = _pax_records(name, link)
     pax = _pax_header(records) if records else b""
     return pax + _ustar(entry, _fit(name), _fit(link))
@@ -247,24 +312,32 @@ def _block(
 ) -> bytes:
     """One ustar header block: numeric owner (0:0 unless given), empty uname/gname, no
     device numbers."""
-    fields = [
-        name.ljust(100, b"\0"),
-        _octal(mode, 8),
-        _octal(owner[0], 8),
-        _octal(owner[1], 8),
+    numbers = b"%07o\0%07o\0%07o\0%s%s" % (
+        mode,
+        owner[0],
+        owner[1],
         _octal(size, 12) if size < 8**11 else _base256(size, 12),
         _octal(mtime, 12),
-        b" " * 8,
-        typeflag,
-        link.ljust(100, b"\0"),
-        b"ustar\x0000",
-        bytes(64),  # uname, gname
-        bytes(16),  # devmajor, devminor: empty, not "0000000" (tarfile changed this in 3.11.x)
-        bytes(155 + 12),  # prefix (unused: long names go to PAX), padding
-    ]
-    block = b"".join(fields)
-    checksum = b"%06o\0 " % sum(block)
-    return block[:148] + checksum + block[156:]
+    )
+    # the checksum: the sum of the block's bytes with its own field as spaces (the padding
+    # is zeros; the tail's sum is a constant)
+    checksum = sum(name) + sum(numbers) + sum(typeflag) + sum(link) + _TAIL_SUM + 8 * 32
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            numbers,
+            b"%06o\0 " % checksum,
+            typeflag,
+            link.ljust(100, b"\0"),
+            _USTAR_TAIL,
+        )
+    )
+
+
+# magic and version; empty uname, gname (64); devmajor, devminor empty, not "0000000"
+# (tarfile changed this in 3.11.x) (16); prefix (unused: long names go to PAX), padding
+_USTAR_TAIL = b"ustar\x0000" + bytes(64) + bytes(16) + bytes(155 + 12)
+_TAIL_SUM = sum(_USTAR_TAIL)
 
 
 def _base256(value: int, width: int) -> bytes:
@@ -414,15 +487,10 @@ class LayerBlob:
         return b"".join(self.members)
 
 
-def _member_key(entry: LayerEntry, header: bytes) -> bytes:
-    return header + (entry.digest or "").encode()
-
-
 def layer_key(entries: Sequence[LayerEntry]) -> bytes:
     """What a layer's bytes are a function of: each entry's header and content digest (the
     key :func:`write_layer` caches the layer's digests under)."""
-    keys = [_member_key(e, e.header) for e in entries]
-    return hashlib.sha256(b"\0".join(keys)).digest()
+    return hashlib.sha256(b"\0".join([e.member_key for e in entries])).digest()
 
 
 def write_layer(entries: Sequence[LayerEntry], cache: MemberCache | None = None) -> LayerBlob:
@@ -435,7 +503,7 @@ def write_layer(entries: Sequence[LayerEntry], cache: MemberCache | None = None)
     """
     cache = cache or MemberCache()
     headers = [e.header for e in entries]
-    keys = [_member_key(e, h) for e, h in zip(entries, headers, strict=True)]
+    keys = [e.member_key for e in entries]
     layer_key = hashlib.sha256(b"\0".join(keys)).digest()
     known = cache.layer(layer_key)
     if known is not None:
@@ -501,15 +569,14 @@ def ends_segment(entry: LayerEntry, target_bytes: int) -> bool:
     """Whether ``entry`` ends a segment: with odds (its tar size)/``target_bytes``, drawn
     from its path's sha256, so segments hold about ``target_bytes`` and the verdict depends
     on that entry alone."""
-    h = int.from_bytes(hashlib.sha256(os.fsencode(entry.path)).digest()[:8], "big")
-    return h * target_bytes < entry.tar_size << 64
+    return entry.cut_hash * target_bytes < entry.tar_size << 64
 
 
 def _segments(entries: Sequence[LayerEntry], target_bytes: int) -> list[list[LayerEntry]]:
     segments: list[list[LayerEntry]] = [[]]
     for entry in entries:
         segments[-1].append(entry)
-        if ends_segment(entry, target_bytes):
+        if entry.cut_hash * target_bytes < entry.tar_size << 64:  # ends_segment, inlined
             segments.append([])
     return [s for s in segments if s]
 
@@ -554,7 +621,25 @@ def split_entries(entries: Sequence[LayerEntry], *, split_bytes: int) -> list[li
     if total <= split_bytes:
         return [list(entries)]
     segments = _segments(entries, part_target(total, split_bytes))
-    return [with_parents(p, "") for s in segments for p in _cut(s, split_bytes)]
+    folders = {e.path: e for e in entries if e.type == DIR}
+    return [_part_with_parents(p, folders) for s in segments for p in _cut(s, split_bytes)]
+
+
+def _part_with_parents(part: list[LayerEntry], folders: dict[str, LayerEntry]) -> list[LayerEntry]:
+    """``part``, a run of a sorted list that holds every folder above its entries, with the
+    folders above them that lie before the run (a folder sorts before what it holds, so
+    those are the missing ones); each as the whole list has it (a stem's mode and owner)."""
+    start = part[0].key
+    missing: dict[str, LayerEntry] = {}
+    seen: set[str] = set()
+    for parent in dict.fromkeys(e.path.rpartition("/")[0] for e in part):
+        while parent and parent not in seen:
+            seen.add(parent)
+            entry = folders.get(parent) or folder_entry(parent)
+            if entry.key < start:  # before the run: missing (in it, it is there)
+                missing[parent] = entry
+            parent = parent.rpartition("/")[0]
+    return sorted(missing.values(), key=sort_key) + part
 
 
 def write_layers(
