@@ -253,10 +253,20 @@ def repository_of(ref: str) -> str:
 
 
 def build_arg_flags(settings: Settings) -> tuple[str, ...]:
-    """``--build-arg KEY=VALUE`` for each of ``settings.build_args`` (vetted by config)."""
-    return tuple(
-        flag for key, value in settings.build_args for flag in ("--build-arg", f"{key}={value}")
-    )
+    """``--build-arg KEY`` for each of ``settings.build_args`` (vetted by config): no value,
+    so the docker CLI (and buildx) reads it from its environment (:func:`build_arg_env`). A
+    proxy URL may hold a password, and argv is public (``ps``, /proc/PID/cmdline, the
+    build_started event, the dry run's command line): the values never go there.
+
+    >>> build_arg_flags(Settings(build_args=(("HTTPS_PROXY", "http://u:pw@p:3128"),)))
+    ('--build-arg', 'HTTPS_PROXY')
+    """
+    return tuple(flag for key, _value in settings.build_args for flag in ("--build-arg", key))
+
+
+def build_arg_env(settings: Settings) -> dict[str, str]:
+    """The values of ``settings.build_args``, for the build CLI's environment."""
+    return dict(settings.build_args)
 
 
 def cache_refs(request: BuildRequest) -> tuple[str, str]:

@@ -34,6 +34,7 @@ from imaged.builders.base import (
     BuildOutput,
     BuildRequest,
     SecretSource,
+    build_arg_env,
     build_arg_flags,
     cache_refs,
 )
@@ -352,9 +353,10 @@ class LocalBuilder:
         return (*request.tags, cache_refs(request)[1])
 
     def cli_env(self) -> dict[str, str]:
-        """The build CLI's environment: secrets reach it as files (``--secret src=``) only."""
+        """The build CLI's environment: secrets reach it as files (``--secret src=``) only;
+        the ``build_args`` values are here, read by ``--build-arg KEY`` (never on argv)."""
         env = without_secrets(os.environ)
-        env.update(DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
+        env.update(build_arg_env(self.settings), DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
         return env
 
     def client_kwargs(self) -> dict[str, Any]:
