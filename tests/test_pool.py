@@ -714,3 +714,41 @@ def test_a_long_build_on_an_engine_that_answers_is_never_cut_short(tmp_path: Pat
     assert fakes["e2"].built == []
     assert len(pings) >= 10
     assert pool.engine_states()[0]["state"] == "up"
+
+
+def test_a_ping_never_waits_behind_the_builds_for_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from imaged.builders import pool as pool_module
+    from imaged.builders.remote import RemoteBuilder
+
+    pinged: list[str] = []
+    monkeypatch.setattr(pool_module, "_ping", lambda builder: pinged.append(builder.name))
+    remote = RemoteBuilder(Settings(docker_host="tcp://10.0.0.5:2375"))
+    release = threading.Event()
+
+    async def main() -> None:
+        shared = anyio.to_thread.current_default_thread_limiter()
+        shared.total_tokens = 2
+        started = [anyio.Event(), anyio.Event()]
+
+        def push(index: int) -> None:
+            anyio.from_thread.run_sync(started[index].set)
+            release.wait(30)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(2):  # two pushes hold every thread of the shared limiter
+                tg.start_soon(anyio.to_thread.run_sync, push, index)
+            for event in started:
+                await event.wait()
+            try:
+                with anyio.fail_after(20):  # queued behind the pushes, it would wait 30 s
+                    await pool_module._answers(remote)
+                assert shared.borrowed_tokens == 2  # the pushes were still running
+            finally:
+                release.set()
+
+    anyio.run(main)
+    assert pinged == ["remote"]
