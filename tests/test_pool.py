@@ -752,3 +752,38 @@ def test_a_ping_never_waits_behind_the_builds_for_a_thread(
 
     anyio.run(main)
     assert pinged == ["remote"]
+
+
+def test_a_hung_push_keeps_its_slot_until_its_thread_has_ended(tmp_path: Path) -> None:
+    import socket
+    import types
+
+    from imaged.builders.local import PushStop, run_push
+
+    pool, fakes = make_pool(tmp_path, ("e1", 1, ()), ("e2", 1, ()))
+    pool.hang_probe_seconds, pool.hang_probes = 0.05, 2
+    fakes["e1"].hangs = True
+    e1 = pool.engines[0]
+    engine_end, client_end = socket.socketpair()
+    seen: dict[str, Any] = {}
+
+    def push(stop: PushStop) -> BuildOutcome:
+        conn = types.SimpleNamespace(sock=client_end)
+        stop.track(types.SimpleNamespace(raw=types.SimpleNamespace(connection=conn)))
+        seen["read"] = client_end.recv(100)  # the engine hangs mid-push
+        seen["slots_taken_at_end"] = e1.running
+        return BuildOutcome("sha256:id", "sha256:late", 0.1, 0.0, ("fake", "e1"))
+
+    async def pushing(request: BuildRequest, *, on_event: Any = None) -> BuildOutcome:
+        fakes["e1"].built.append(request.image_name)
+        return await run_push(push)
+
+    fakes["e1"].build = pushing  # type: ignore[method-assign]
+    try:
+        outcome = build(pool, request("api"))
+    finally:
+        engine_end.close()
+        client_end.close()
+    assert (outcome.engine, outcome.manifest_digest) == ("e2", "sha256:m")
+    assert seen == {"read": b"", "slots_taken_at_end": 1}  # cut, and its slot still held
+    assert (e1.running, pool.engines[1].running) == (0, 0)

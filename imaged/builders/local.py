@@ -15,14 +15,16 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -52,6 +54,8 @@ from imaged.events import (
     send,
 )
 from imaged.failures import classify_output
+
+T = TypeVar("T")
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
@@ -457,9 +461,7 @@ class LocalBuilder:
             image_id = None if pushed_digest else await self._image_id(request)
             return BuildOutcome(image_id, pushed_digest, build_seconds, 0.0, argv)
         started = time.monotonic()
-        image_id, digest = await anyio.to_thread.run_sync(
-            self._push_sync, request, on_event, abandon_on_cancel=True
-        )
+        image_id, digest = await run_push(lambda stop: self._push_sync(request, on_event, stop))
         return BuildOutcome(image_id, digest, build_seconds, time.monotonic() - started, argv)
 
     def _build_failure(
@@ -495,19 +497,27 @@ class LocalBuilder:
         return await anyio.to_thread.run_sync(inspect)
 
     def _push_sync(
-        self, request: BuildRequest, on_event: EventSink | None
+        self, request: BuildRequest, on_event: EventSink | None, stop: PushStop
     ) -> tuple[str | None, str | None]:
         api = self.api()
+        api.hooks["response"].append(stop.track)
         try:
             image_id = _inspect_id(api, request.tags[0])
-            refs = self.push_refs(request)
-            digests = [self._push_ref(api, request, ref, on_event) for ref in refs]
+            digests = []
+            for ref in self.push_refs(request):
+                stop.check()
+                digests.append(self._push_ref(api, request, ref, on_event, stop))
         finally:
             api.close()
         return image_id, digests[0]
 
     def _push_ref(
-        self, api: Any, request: BuildRequest, ref: str, on_event: EventSink | None
+        self,
+        api: Any,
+        request: BuildRequest,
+        ref: str,
+        on_event: EventSink | None,
+        stop: PushStop,
     ) -> str | None:
         import docker
         import requests
@@ -519,6 +529,7 @@ class LocalBuilder:
             # The pipeline's credentials, never the SDK's own lookup ({} pushes anonymously).
             auth = dict(request.push_auth)
             for entry in api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+                stop.check()
                 digest = _push_entry(entry, ref, request.image_name, on_event) or digest
         except docker.errors.DockerException as exc:
             raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc
@@ -528,6 +539,76 @@ class LocalBuilder:
             raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc
         _send_from_thread(on_event, RefPushed(image=request.image_name, ref=ref, digest=digest))
         return digest
+
+
+class PushStopped(Exception):
+    """Raised in a push thread whose push was cancelled: it ends there."""
+
+
+class PushStop:
+    """How a cancelled push is stopped for real, not abandoned: a flag the push thread
+    checks between progress entries and refs, and the engine connections it opened (a
+    ``requests`` response hook records them), shut down so a read blocked on a hung engine
+    returns and the engine, seeing its client gone, cancels the push: a late push can no
+    longer move a tag after the build has moved to another engine."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._responses: list[Any] = []
+        self.ended = threading.Event()
+
+    def track(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._responses.append(response)
+            stopped = self._stopped
+        if stopped:
+            _cut(response)
+        return response
+
+    def check(self) -> None:
+        if self._stopped:
+            raise PushStopped
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            responses = list(self._responses)
+        for response in responses:
+            _cut(response)
+
+
+def _cut(response: Any) -> None:
+    """Shut ``response``'s socket (a blocked read in another thread returns), then close it."""
+    raw = getattr(response, "raw", None)
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        with suppress(OSError, AttributeError):  # closed already; an ssh:// pseudo-socket
+            sock.shutdown(socket.SHUT_RDWR)
+    with suppress(Exception):  # whatever state the other thread left it in
+        response.close()
+
+
+async def run_push(push: Callable[[PushStop], T]) -> T:
+    """``push(stop)`` in a worker thread. Cancelled, it is stopped (:class:`PushStop`) and
+    waited for, shielded: the caller (the pool, holding the engine's slot) returns only once
+    the thread has ended, so the slot is never freed under a push still running."""
+    stop = PushStop()
+
+    def work() -> T:
+        try:
+            return push(stop)
+        finally:
+            stop.ended.set()
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        stop.stop()
+        with anyio.CancelScope(shield=True):
+            waiter = anyio.CapacityLimiter(1)  # not behind the builds in the shared limiter
+            await anyio.to_thread.run_sync(stop.ended.wait, limiter=waiter)
+        raise
 
 
 def _inspect_id(api: Any, ref: str) -> str | None:
