@@ -136,7 +136,7 @@ class BuildxBuilder:
         """The CLI's environment: no build secrets (they reach it as files only); the
         ``build_args`` values, which buildx reads for ``--build-arg KEY`` (never on argv)."""
         env = without_secrets(os.environ)
-        env.update(build_arg_env(self.settings), BUILDKIT_PROGRESS="plain")
+        env.update(build_arg_env(self.settings, os.environ), BUILDKIT_PROGRESS="plain")
         return env
 
     def build_flags(self, request: BuildRequest) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.from_thread
@@ -360,8 +361,17 @@ class LocalBuilder:
         """The build CLI's environment: secrets reach it as files (``--secret src=``) only;
         the ``build_args`` values are here, read by ``--build-arg KEY`` (never on argv)."""
         env = without_secrets(os.environ)
-        env.update(build_arg_env(self.settings), DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
+        proxies = build_arg_env(self.settings, os.environ, engine_host=self._engine_host())
+        env.update(proxies, DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
         return env
+
+    def _engine_host(self) -> str | None:
+        """The host of a tcp:// engine (a proxy could be in the way), else None."""
+        if not self.settings.build_args:
+            return None
+        base_url = str(self.client_kwargs().get("base_url") or "")
+        parts = urlsplit(base_url)
+        return parts.hostname if parts.scheme in ("tcp", "http", "https") else None
 
     def client_kwargs(self) -> dict[str, Any]:
         """SDK client arguments: ``DOCKER_HOST``, else the CLI's current context (Docker Desktop)."""
