@@ -6,9 +6,13 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import socket
 import stat
 import textwrap
+import threading
 import time
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +34,11 @@ from imaged.builders.local import (
     DEFAULT_ENGINE,
     DockerCli,
     LocalBuilder,
+    PushStop,
     build_argv,
     find_docker_cli,
     open_scratch,
+    run_push,
 )
 from imaged.builders.remote import RemoteBuilder
 from imaged.config import Settings
@@ -665,7 +671,7 @@ def test_engine_push_sends_the_pipeline_auth_config(tmp_path: Path) -> None:
     auth = {"username": "ci", "password": "pw", "serveraddress": "reg.example.com"}
     for push_auth, expected in ((auth, auth), ({}, {})):
         request = _request(tmp_path, tags=("reg.example.com/app:t1",), push_auth=push_auth)
-        LocalBuilder(Settings())._push_ref(Api(), request, request.tags[0], None)
+        LocalBuilder(Settings())._push_ref(Api(), request, request.tags[0], None, PushStop())
         assert calls[-1]["auth_config"] == expected  # {} is anonymous, never the SDK's lookup
     assert [c["tag"] for c in calls] == ["t1", "t1"]
 
@@ -762,3 +768,70 @@ def test_unknown_context_is_config_error(docker_context: str) -> None:
     with pytest.raises(ConfigError) as info:
         RemoteBuilder(Settings(docker_context="nope")).client_kwargs()
     assert info.value.key == "docker_context"
+
+
+class _HungEngineApi:
+    """A Docker API whose push hangs on a real socket until the engine "returns" (the test
+    writes to the other end); a push still reading then would move the tag."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[str, list[Any]] = {"response": []}
+        self.engine_end, self.client_end = socket.socketpair()
+        self.reading = threading.Event()
+        self.record: dict[str, Any] = {}
+
+    def inspect_image(self, ref: str) -> dict[str, str]:
+        return {"Id": "sha256:" + "2" * 64}
+
+    def push(self, repo: str, **options: Any) -> Iterator[dict[str, Any]]:
+        response = types.SimpleNamespace(
+            raw=types.SimpleNamespace(connection=types.SimpleNamespace(sock=self.client_end)),
+            close=lambda: None,
+        )
+        for hook in self.hooks["response"]:
+            hook(response)
+        self.reading.set()
+        data = self.client_end.recv(100)  # blocks: the engine hangs
+        self.record["read"] = data
+        if data:
+            self.record["tag_moved"] = True
+            yield {"aux": {"Digest": "sha256:" + "3" * 64}}
+
+    def close(self) -> None:
+        self.record["closed"] = True
+
+
+def test_a_cancelled_push_is_stopped_and_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = _HungEngineApi()
+    builder = LocalBuilder(Settings())
+    monkeypatch.setattr(builder, "api", lambda: api)
+    request = _request(tmp_path, secrets=(), push=True)
+    ended: list[bool] = []
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def push() -> None:
+                    await run_push(lambda stop: builder._push_sync(request, None, stop))
+
+                tg.start_soon(push)
+                await anyio.to_thread.run_sync(api.reading.wait, 10)
+                scope.cancel()  # as the hang watchdog does
+        ended.append("closed" in api.record)  # the thread had ended when the cancel returned
+
+    try:
+        anyio.run(main)
+        # The engine sees its client gone (dockerd then cancels the push) and, back, can
+        # no longer send the push on: nothing reads it.
+        assert api.engine_end.recv(100) == b""
+        with pytest.raises(BrokenPipeError):
+            api.engine_end.sendall(b"engine is back")
+    finally:
+        api.engine_end.close()
+        api.client_end.close()
+    assert ended == [True]
+    assert api.record["read"] == b""  # the read was cut, not left to finish
+    assert "tag_moved" not in api.record

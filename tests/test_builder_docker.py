@@ -16,7 +16,7 @@ import pytest
 from test_events import assert_declared
 
 from imaged.builders.base import BuildOutcome, BuildRequest, SecretSource
-from imaged.builders.local import LocalBuilder
+from imaged.builders.local import LocalBuilder, run_push
 from imaged.builders.remote import RemoteBuilder
 from imaged.config import Settings
 from imaged.errors import BuildError, EngineError
@@ -220,3 +220,96 @@ def test_unreachable_engine_is_engine_error(
         with pytest.raises(EngineError, match=r"tcp://127\.0\.0\.1:1") as info:
             anyio.run(call)
         assert info.value.transient
+
+
+PROXY_DOCKERFILE = """\
+FROM {base}
+RUN printf %s "$HTTPS_PROXY" | sha256sum | cut -d' ' -f1 > /proxy.sha256
+"""
+
+
+def _recording_cli(tmp_path: Path, infra: Any) -> tuple[Path, Path]:
+    """A docker CLI that appends its own /proc/PID/cmdline to a log, then is the real one."""
+    log = tmp_path / "cmdlines"
+    cli = tmp_path / "docker"
+    cli.write_text(
+        f'#!/bin/sh\ncat /proc/$$/cmdline >> "{log}"; echo >> "{log}"\n'
+        f'exec {infra.docker_cli} "$@"\n'
+    )
+    cli.chmod(0o755)
+    return cli, log
+
+
+def test_proxy_build_args_reach_the_build_and_stay_off_argv(
+    infra: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    password = "pw-" + uuid.uuid4().hex
+    proxy = f"http://bob:{password}@proxy.invalid:3128"
+    cli, log = _recording_cli(tmp_path, infra)
+    settings = Settings(docker_cli=str(cli), build_args=(("HTTPS_PROXY", proxy),))
+    request = _request(
+        infra, _context(tmp_path, PROXY_DOCKERFILE.format(base=infra.debian_base)), no_cache=True
+    )
+    builder = LocalBuilder(settings)
+    events: list[dict[str, object]] = []
+    caplog.set_level("DEBUG")
+    dry_run = builder.describe_command(request)
+    outcome = anyio.run(lambda: builder.build(request, on_event=events.append))
+
+    ref = request.tags[0]
+    hashed = _docker(infra, "run", "--rm", ref, "cat", "/proxy.sha256").decode().strip()
+    assert hashed == hashlib.sha256(proxy.encode()).hexdigest()  # the value reached RUN
+    assert "HTTPS_PROXY" in dry_run
+    assert dry_run[dry_run.index("HTTPS_PROXY") - 1] == "--build-arg"
+    cmdlines = log.read_bytes()
+    assert b"build" in cmdlines
+    assert b"HTTPS_PROXY" in cmdlines
+    exposed = [
+        " ".join(dry_run),
+        " ".join(outcome.command),
+        repr(events),
+        caplog.text,
+        cmdlines.decode(errors="replace"),
+        _docker(infra, "history", "--no-trunc", ref).decode(),
+    ]
+    assert not [text for text in exposed if password in text]
+
+
+def test_a_cancelled_engine_push_is_stopped_in_the_engine(infra: Any, tmp_path: Path) -> None:
+    # The hang watchdog's cancel: the push's connection to the engine is cut, dockerd sees
+    # its client gone and cancels the push, so the tag never moves later.
+    dockerfile = f"FROM {infra.debian_base}\nRUN head -c 64000000 /dev/urandom > /big\n"
+    request = _request(infra, _context(tmp_path, dockerfile), no_cache=True)
+    ref = request.tags[0]
+    _docker(infra, "build", "-q", "-t", ref, str(request.context_dir))
+    builder = LocalBuilder(Settings())
+
+    async def main() -> None:
+        started = anyio.Event()  # set in the event loop: the thread sends its events there
+
+        def on_event(event: object) -> None:
+            started.set()
+
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def push() -> None:
+                    await run_push(lambda stop: builder._push_sync(request, on_event, stop))
+
+                tg.start_soon(push)
+                await started.wait()  # the engine has started the push
+                scope.cancel()
+
+    anyio.run(main)
+    # Another push of the same layers ends after any upload the first one still had going.
+    _docker(infra, "tag", ref, ref + "-other")
+    _docker(infra, "push", ref + "-other")
+    repo, tag = ref.removeprefix(infra.registry + "/").rsplit(":", 1)
+    for _ in range(5):
+        time.sleep(1)
+        response = httpx.head(
+            f"http://{infra.registry}/v2/{repo}/manifests/{tag}",
+            headers={"Accept": MANIFEST_TYPES},
+        )
+        assert response.status_code == 404, "the cancelled push moved the tag"
+    _docker(infra, "rmi", ref, ref + "-other")

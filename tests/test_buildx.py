@@ -129,11 +129,13 @@ def test_build_args_reach_every_builder(builder: Any, monkeypatch: pytest.Monkey
     monkeypatch.setattr(
         LocalBuilder, "cli", lambda self: DockerCli("/usr/bin/docker", "20.10.24", buildx=False)
     )
-    argv = builder(Settings(build_args=PROXY)).describe_command(_request())
-    assert _flag_values(argv, "--build-arg") == [
-        "HTTP_PROXY=http://proxy.example:3128",
-        "NO_PROXY=localhost,127.0.0.1",
-    ]
+    made = builder(Settings(build_args=PROXY))
+    argv = made.describe_command(_request())
+    # Names only: a proxy URL may hold a password, and argv is public (ps, events, dry run).
+    # NO_PROXY is a host list, nothing secret: it keeps its value.
+    assert _flag_values(argv, "--build-arg") == ["HTTP_PROXY", "NO_PROXY=localhost,127.0.0.1"]
+    assert not [arg for arg in argv if "proxy.example" in arg]
+    assert made.cli_env()["HTTP_PROXY"] == "http://proxy.example:3128"
     assert argv[-1] == "/ctx"
 
 
@@ -330,3 +332,26 @@ def test_a_docker_cli_that_is_not_there_is_a_config_error(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="not an executable docker CLI") as info:
         builder.cli()
     assert info.value.key == "docker_cli"
+
+
+@pytest.mark.parametrize(
+    ("host", "environ", "exempt"),
+    [
+        pytest.param("tcp://10.0.0.5:2375", {}, "10.0.0.5", id="tcp-engine"),
+        pytest.param("tcp://10.0.0.5:2375", {"no_proxy": "corp"}, "corp,10.0.0.5", id="kept"),
+        pytest.param("ssh://me@box", {}, None, id="ssh-no-proxy-in-the-way"),
+    ],
+)
+def test_the_cli_reaches_its_engine_around_the_build_proxy(
+    host: str, environ: dict[str, str], exempt: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docker 20.10 reaches a tcp:// engine through HTTP_PROXY in its environment (measured),
+    # and the build's proxy values are there now: the engine's host joins the CLI's NO_PROXY.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(docker_host=host, build_args=(("HTTP_PROXY", "http://u:pw@p:3128"),))
+    env = RemoteBuilder(settings).cli_env()
+    assert env["HTTP_PROXY"] == "http://u:pw@p:3128"
+    assert (env.get("NO_PROXY"), env.get("no_proxy")) == (exempt, exempt or environ.get("no_proxy"))

@@ -714,3 +714,76 @@ def test_a_long_build_on_an_engine_that_answers_is_never_cut_short(tmp_path: Pat
     assert fakes["e2"].built == []
     assert len(pings) >= 10
     assert pool.engine_states()[0]["state"] == "up"
+
+
+def test_a_ping_never_waits_behind_the_builds_for_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from imaged.builders import pool as pool_module
+    from imaged.builders.remote import RemoteBuilder
+
+    pinged: list[str] = []
+    monkeypatch.setattr(pool_module, "_ping", lambda builder: pinged.append(builder.name))
+    remote = RemoteBuilder(Settings(docker_host="tcp://10.0.0.5:2375"))
+    release = threading.Event()
+
+    async def main() -> None:
+        shared = anyio.to_thread.current_default_thread_limiter()
+        shared.total_tokens = 2
+        started = [anyio.Event(), anyio.Event()]
+
+        def push(index: int) -> None:
+            anyio.from_thread.run_sync(started[index].set)
+            release.wait(30)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(2):  # two pushes hold every thread of the shared limiter
+                tg.start_soon(anyio.to_thread.run_sync, push, index)
+            for event in started:
+                await event.wait()
+            try:
+                with anyio.fail_after(20):  # queued behind the pushes, it would wait 30 s
+                    await pool_module._answers(remote)
+                assert shared.borrowed_tokens == 2  # the pushes were still running
+            finally:
+                release.set()
+
+    anyio.run(main)
+    assert pinged == ["remote"]
+
+
+def test_a_hung_push_keeps_its_slot_until_its_thread_has_ended(tmp_path: Path) -> None:
+    import socket
+    import types
+
+    from imaged.builders.local import PushStop, run_push
+
+    pool, fakes = make_pool(tmp_path, ("e1", 1, ()), ("e2", 1, ()))
+    pool.hang_probe_seconds, pool.hang_probes = 0.05, 2
+    fakes["e1"].hangs = True
+    e1 = pool.engines[0]
+    engine_end, client_end = socket.socketpair()
+    seen: dict[str, Any] = {}
+
+    def push(stop: PushStop) -> BuildOutcome:
+        conn = types.SimpleNamespace(sock=client_end)
+        stop.track(types.SimpleNamespace(raw=types.SimpleNamespace(connection=conn)))
+        seen["read"] = client_end.recv(100)  # the engine hangs mid-push
+        seen["slots_taken_at_end"] = e1.running
+        return BuildOutcome("sha256:id", "sha256:late", 0.1, 0.0, ("fake", "e1"))
+
+    async def pushing(request: BuildRequest, *, on_event: Any = None) -> BuildOutcome:
+        fakes["e1"].built.append(request.image_name)
+        return await run_push(push)
+
+    fakes["e1"].build = pushing  # type: ignore[method-assign]
+    try:
+        outcome = build(pool, request("api"))
+    finally:
+        engine_end.close()
+        client_end.close()
+    assert (outcome.engine, outcome.manifest_digest) == ("e2", "sha256:m")
+    assert seen == {"read": b"", "slots_taken_at_end": 1}  # cut, and its slot still held
+    assert (e1.running, pool.engines[1].running) == (0, 0)

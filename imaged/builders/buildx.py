@@ -27,6 +27,7 @@ from imaged.builders.base import (
     BuildOutcome,
     BuildOutput,
     BuildRequest,
+    build_arg_env,
     build_arg_flags,
     cache_refs,
 )
@@ -132,9 +133,10 @@ class BuildxBuilder:
         return found
 
     def cli_env(self) -> dict[str, str]:
-        """The CLI's environment: no build secrets (they reach it as files only)."""
+        """The CLI's environment: no build secrets (they reach it as files only); the
+        ``build_args`` values, which buildx reads for ``--build-arg KEY`` (never on argv)."""
         env = without_secrets(os.environ)
-        env["BUILDKIT_PROGRESS"] = "plain"
+        env.update(build_arg_env(self.settings, os.environ), BUILDKIT_PROGRESS="plain")
         return env
 
     def build_flags(self, request: BuildRequest) -> tuple[str, ...]:

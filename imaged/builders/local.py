@@ -15,14 +15,17 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.from_thread
@@ -34,6 +37,7 @@ from imaged.builders.base import (
     BuildOutput,
     BuildRequest,
     SecretSource,
+    build_arg_env,
     build_arg_flags,
     cache_refs,
 )
@@ -51,6 +55,8 @@ from imaged.events import (
     send,
 )
 from imaged.failures import classify_output
+
+T = TypeVar("T")
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 CLI_CANDIDATES = ("docker", "/usr/bin/docker", "/usr/local/bin/docker")
@@ -352,10 +358,20 @@ class LocalBuilder:
         return (*request.tags, cache_refs(request)[1])
 
     def cli_env(self) -> dict[str, str]:
-        """The build CLI's environment: secrets reach it as files (``--secret src=``) only."""
+        """The build CLI's environment: secrets reach it as files (``--secret src=``) only;
+        the ``build_args`` values are here, read by ``--build-arg KEY`` (never on argv)."""
         env = without_secrets(os.environ)
-        env.update(DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
+        proxies = build_arg_env(self.settings, os.environ, engine_host=self._engine_host())
+        env.update(proxies, DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain")
         return env
+
+    def _engine_host(self) -> str | None:
+        """The host of a tcp:// engine (a proxy could be in the way), else None."""
+        if not self.settings.build_args:
+            return None
+        base_url = str(self.client_kwargs().get("base_url") or "")
+        parts = urlsplit(base_url)
+        return parts.hostname if parts.scheme in ("tcp", "http", "https") else None
 
     def client_kwargs(self) -> dict[str, Any]:
         """SDK client arguments: ``DOCKER_HOST``, else the CLI's current context (Docker Desktop)."""
@@ -455,9 +471,7 @@ class LocalBuilder:
             image_id = None if pushed_digest else await self._image_id(request)
             return BuildOutcome(image_id, pushed_digest, build_seconds, 0.0, argv)
         started = time.monotonic()
-        image_id, digest = await anyio.to_thread.run_sync(
-            self._push_sync, request, on_event, abandon_on_cancel=True
-        )
+        image_id, digest = await run_push(lambda stop: self._push_sync(request, on_event, stop))
         return BuildOutcome(image_id, digest, build_seconds, time.monotonic() - started, argv)
 
     def _build_failure(
@@ -493,19 +507,27 @@ class LocalBuilder:
         return await anyio.to_thread.run_sync(inspect)
 
     def _push_sync(
-        self, request: BuildRequest, on_event: EventSink | None
+        self, request: BuildRequest, on_event: EventSink | None, stop: PushStop
     ) -> tuple[str | None, str | None]:
         api = self.api()
+        api.hooks["response"].append(stop.track)
         try:
             image_id = _inspect_id(api, request.tags[0])
-            refs = self.push_refs(request)
-            digests = [self._push_ref(api, request, ref, on_event) for ref in refs]
+            digests = []
+            for ref in self.push_refs(request):
+                stop.check()
+                digests.append(self._push_ref(api, request, ref, on_event, stop))
         finally:
             api.close()
         return image_id, digests[0]
 
     def _push_ref(
-        self, api: Any, request: BuildRequest, ref: str, on_event: EventSink | None
+        self,
+        api: Any,
+        request: BuildRequest,
+        ref: str,
+        on_event: EventSink | None,
+        stop: PushStop,
     ) -> str | None:
         import docker
         import requests
@@ -517,6 +539,7 @@ class LocalBuilder:
             # The pipeline's credentials, never the SDK's own lookup ({} pushes anonymously).
             auth = dict(request.push_auth)
             for entry in api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+                stop.check()
                 digest = _push_entry(entry, ref, request.image_name, on_event) or digest
         except docker.errors.DockerException as exc:
             raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc
@@ -526,6 +549,76 @@ class LocalBuilder:
             raise PushError(f"push of {ref} failed: {exc}", image=request.image_name) from exc
         _send_from_thread(on_event, RefPushed(image=request.image_name, ref=ref, digest=digest))
         return digest
+
+
+class PushStopped(Exception):
+    """Raised in a push thread whose push was cancelled: it ends there."""
+
+
+class PushStop:
+    """How a cancelled push is stopped for real, not abandoned: a flag the push thread
+    checks between progress entries and refs, and the engine connections it opened (a
+    ``requests`` response hook records them), shut down so a read blocked on a hung engine
+    returns and the engine, seeing its client gone, cancels the push: a late push can no
+    longer move a tag after the build has moved to another engine."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._responses: list[Any] = []
+        self.ended = threading.Event()
+
+    def track(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._responses.append(response)
+            stopped = self._stopped
+        if stopped:
+            _cut(response)
+        return response
+
+    def check(self) -> None:
+        if self._stopped:
+            raise PushStopped
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            responses = list(self._responses)
+        for response in responses:
+            _cut(response)
+
+
+def _cut(response: Any) -> None:
+    """Shut ``response``'s socket (a blocked read in another thread returns), then close it."""
+    raw = getattr(response, "raw", None)
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        with suppress(OSError, AttributeError):  # closed already; an ssh:// pseudo-socket
+            sock.shutdown(socket.SHUT_RDWR)
+    with suppress(Exception):  # whatever state the other thread left it in
+        response.close()
+
+
+async def run_push(push: Callable[[PushStop], T]) -> T:
+    """``push(stop)`` in a worker thread. Cancelled, it is stopped (:class:`PushStop`) and
+    waited for, shielded: the caller (the pool, holding the engine's slot) returns only once
+    the thread has ended, so the slot is never freed under a push still running."""
+    stop = PushStop()
+
+    def work() -> T:
+        try:
+            return push(stop)
+        finally:
+            stop.ended.set()
+
+    try:
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        stop.stop()
+        with anyio.CancelScope(shield=True):
+            waiter = anyio.CapacityLimiter(1)  # not behind the builds in the shared limiter
+            await anyio.to_thread.run_sync(stop.ended.wait, limiter=waiter)
+        raise
 
 
 def _inspect_id(api: Any, ref: str) -> str | None:

@@ -170,11 +170,14 @@ def engines_from_settings(settings: Settings) -> list[Engine]:
 async def _answers(builder: Builder) -> None:
     """Whether the engine answers: a Docker engine is pinged with a short timeout, in a
     thread a timed-out probe abandons (a hung engine never holds up placement); any other
-    builder is asked its own ``check``."""
+    builder is asked its own ``check``. Each ping has a limiter of its own: in anyio's shared
+    one (40 threads) it would queue behind the pushes, each holding a thread for its whole
+    length, and time out on a healthy engine, which would then be marked down."""
     if not isinstance(builder, RemoteBuilder):
         await builder.check()
         return
-    await anyio.to_thread.run_sync(_ping, builder, abandon_on_cancel=True)
+    own = anyio.CapacityLimiter(1)
+    await anyio.to_thread.run_sync(_ping, builder, abandon_on_cancel=True, limiter=own)
 
 
 def _ping(builder: RemoteBuilder) -> None:
