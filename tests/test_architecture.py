@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent / "imaged"
 # Each tier imports only tiers before it. Packages in one tier may import each other (the
 # cycle rule keeps that acyclic) unless they are declared siblings below.
 ORDER: tuple[tuple[str, ...], ...] = (
-    ("errors", "safe_read", "failures"),
+    ("errors", "safe_read", "atomic_write", "failures"),
     ("config",),
     ("events",),
     ("spec",),

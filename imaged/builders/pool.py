@@ -28,6 +28,7 @@ while the engine is busy building, so a long build on a loaded engine is never c
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -41,6 +42,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from imaged.atomic_write import write_atomic
 from imaged.builders.base import Builder, BuildOutcome, BuildRequest
 from imaged.builders.local import find_docker_cli
 from imaged.builders.remote import RemoteBuilder
@@ -249,13 +251,9 @@ class _LastBuilt:
         self.engines[image] = engine
         if self.path is None:
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps({"last_built": self.engines}), encoding="utf-8")
-            os.replace(partial, self.path)
-        except OSError:
-            pass  # affinity is an optimisation: a read-only state folder costs only cache hits
+        # Affinity is an optimisation: a read-only state folder costs only cache hits.
+        with contextlib.suppress(OSError):
+            write_atomic(self.path, json.dumps({"last_built": self.engines}), durable=False)
 
 
 class PoolBuilder:

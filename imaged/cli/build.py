@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import click
 
+from imaged.atomic_write import write_atomic
 from imaged.builders.base import Builder, get_builder
 from imaged.builders.scratch import sweep_stale_scratch
 from imaged.config import Settings, export_config_file, load_settings
@@ -46,10 +46,7 @@ def _save_digest_cache(path: Path) -> None:
     cache = default_cache()
     cache.prune_missing()
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache.to_json(), separators=(",", ":")))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(cache.to_json(), separators=(",", ":")), durable=False)
 
 
 def create_registry_client(settings: Settings) -> RegistryClient:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imaged.atomic_write import write_atomic as _write_atomic
 from imaged.digest.cache import DigestCache
 from imaged.errors import ImagedError
 
@@ -61,18 +60,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so a crash leaves the old or the new file, never half."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    """Replace ``path`` with ``text`` so a crash leaves the old or the new file, never half
+    (and the folder's entry on disk too)."""
+    _write_atomic(path, text)
     _fsync_dir(path.parent)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence, Set
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 import anyio
 
+from imaged.atomic_write import write_atomic
 from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
 from imaged.errors import ContextChangedError, ImagedError, RegistryError
@@ -127,10 +127,7 @@ class LayerIndex:
             return
         data: dict[str, object] = dict(list(self.rows.items())[-self.LIMIT :])
         data[self.PRESENT] = [list(p) for p in list(self.present)[-self.LIMIT :]]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps(data), durable=False)
         self.added = False
 
 
@@ -372,11 +369,8 @@ def _stem_file(state_dir: Path | None, manifest_digest: str) -> Path | None:
 
 def _keep_stem(path: Path, media_type: str, body: bytes, config: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         doc = {"media_type": media_type, "manifest": body.decode(), "config": config.decode()}
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(doc), durable=False)
     except (OSError, UnicodeDecodeError):
         return  # not kept: the next process reads it from the registry
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from imaged.atomic_write import write_atomic
 from imaged.errors import ImagedError
 from imaged.registry.append import INDEX_MEDIA_TYPES, STEM_MEDIA_TYPES
 from imaged.registry.client import RegistryClient
@@ -124,10 +125,7 @@ def _load(path: Path) -> StemFs | None:
 
 def _save(path: Path, fs: StemFs) -> None:
     rows = {p: [e.type, e.mode, e.uid, e.gid, e.target] for p, e in fs.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": rows}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"version": CACHE_VERSION, "entries": rows}), durable=False)
 
 
 class StemPlatformsDiffer(ImagedError):
