@@ -207,3 +207,31 @@ def test_missing_blobs_names_what_the_registry_lost_on_every_platform() -> None:
     assert anyio.run(run) == []
     del fake.blobs[("app", sha256(two))]
     assert anyio.run(run) == [sha256(two)]
+
+
+@pytest.mark.parametrize(
+    "cached",
+    [
+        pytest.param('{"version": 1, "entries": {"app": ["dir", 493]}}', id="short-row"),
+        pytest.param('{"version": 1, "entries": {"app": "dir"}}', id="row-not-a-list"),
+        pytest.param('{"version": 1, "entries": {"app": ["dir", "0755", 0, 0, null]}}', id="str"),
+        pytest.param('{"version": 1, "entries": {"app": ["pipe", 493, 0, 0, null]}}', id="type"),
+        pytest.param('{"version": 1, "entries": {"app": ["dir", 493, 0, 0, 7]}}', id="target"),
+        pytest.param('{"version": 1, "entries": ["app"]}', id="entries-a-list"),
+        pytest.param('{"version": 1}', id="no-entries"),
+        pytest.param("[1, 2]", id="not-an-object"),
+        pytest.param('{"version": 1, "entr', id="truncated"),
+    ],
+)
+def test_a_malformed_cache_file_is_a_miss(tmp_path: Path, cached: str) -> None:
+    fake = FakeRegistry()
+    owned, _ = layer_blob({"app/a.txt": b"a"})
+    digest, _ = _put(fake, "app", [owned])
+    first = _read(fake, tmp_path, digest)
+    (cache_file,) = (tmp_path / "stemfs").glob("*.json")
+    cache_file.write_text(cached)
+    gets = len([p for m, p in fake.log if m == "GET" and "/blobs/" in p])
+    assert _read(fake, tmp_path, digest) == first  # read from the stem again
+    assert len([p for m, p in fake.log if m == "GET" and "/blobs/" in p]) == gets + 1
+    assert _read(fake, tmp_path, digest) == first  # and cached again, well formed
+    assert len([p for m, p in fake.log if m == "GET" and "/blobs/" in p]) == gets + 1

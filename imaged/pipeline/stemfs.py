@@ -119,7 +119,23 @@ def _load(path: Path) -> StemFs | None:
         return None
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return None
-    return {p: StemEntry(*row) for p, row in data["entries"].items()}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return None
+    out: StemFs = {}
+    for p, row in entries.items():
+        if not _is_row(row):
+            return None  # a malformed file is a miss: the stem is read again
+        out[p] = StemEntry(*row)
+    return out
+
+
+def _is_row(row: object) -> bool:
+    if not isinstance(row, list) or len(row) != 5:
+        return False
+    kind, mode, uid, gid, target = row
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (mode, uid, gid))
+    return kind in ("dir", "file", "symlink", "other") and ints and isinstance(target, str | None)
 
 
 def _save(path: Path, fs: StemFs) -> None:
