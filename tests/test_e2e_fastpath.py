@@ -193,6 +193,24 @@ def test_a_split_folder_equals_the_full_build(infra: Any, tmp_path: Path) -> Non
     assert_equal_images(infra.docker_cli, fast, full)
 
 
+def test_a_split_folder_into_folders_the_stem_owns_equals_the_full_build(
+    infra: Any, tmp_path: Path
+) -> None:
+    """Each part re-adds the folders above its entries: those the stem has (made 0700
+    1000:1000 and 2750 1001:1002 by a RUN) keep their mode and owner in every part."""
+    image = (
+        named(infra, "splitown")
+        .with_commands([OWNED])
+        .with_source_folder(big_tree(tmp_path / "big"), "/srv/shared", copy_contents_only=True)
+        .with_source_folder(big_tree(tmp_path / "other", 200), "/opt/own/deep")
+    )
+    fast, full = both_ways(image, fastpath_split_bytes=64 << 10)
+    assert len(manifest_layers(fast.uri)) - len(manifest_layers(fast.stem_uri or "")) > 4
+    rows = assert_equal_images(infra.docker_cli, fast, full)
+    assert rows["srv/shared"][1:4] == (oct(0o42750), 1001, 1002)
+    assert rows["opt/own"][1:4] == (oct(0o40700), 1000, 1000)
+
+
 def manifest_layers(uri: str) -> list[dict[str, Any]]:
     import anyio
 

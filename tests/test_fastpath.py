@@ -209,3 +209,38 @@ def test_a_stem_kept_on_disk_is_read_back_only_while_its_digests_hold(tmp_path: 
     kept.write_text(kept.read_text().replace('\\"a\\":1', '\\"a\\":2'))
     assert anyio.run(read)["a"] == 1  # bytes that lost their digest: read from the registry
     assert len(fake.calls("GET")) == gets + 2
+
+
+def test_every_part_of_a_split_folder_keeps_the_stem_folders_mode_and_owner(
+    tmp_path: Path,
+) -> None:
+    """The parts of a split folder each carry the folders above their entries; a folder
+    the stem has (adopted with its mode and owner) is so in every part, not reset to
+    0755 0:0 by the part that re-adds it."""
+    src = tmp_path / "big"
+    token = uuid.uuid4().hex
+    for i in range(200):
+        (src / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 5}" / f"f{i:03d}.txt").write_text(f"{token} {i}\n" * 50)
+    image = (
+        Image.from_base(BASE)
+        .clone(name="split", registry="r:5000")
+        .with_source_folder(src, "/app/data")
+    )
+    tail = route(image, load_settings()).tail
+    known = {
+        "app": StemEntry("dir", 0o700, 1000, 1000),
+        "app/data": StemEntry("dir", 0o750, 7, 8),
+        "app/data/big/d3": StemEntry("dir", 0o711, 9, 9),
+    }
+    digest = hash_image(image, DigestCache())
+    out = write_tail(image, digest, tail, known, stem_workdir="/", split_bytes=16 << 10)
+    parts = [rows(la.data) for la in out.layers]  # type: ignore[arg-type]
+    assert len(parts) > 3
+    for part in parts:
+        assert part["app"] == (0o700, 1000, 1000)
+        assert part["app/data"] == (0o750, 7, 8)
+        assert part["app/data/big"] == (0o755, 0, 0)  # not in the stem: made by the COPY
+        if "app/data/big/d3" in part:
+            assert part["app/data/big/d3"] == (0o711, 9, 9)
+    assert sum("app/data/big/d3" in part for part in parts) >= 2  # d3 is split too
