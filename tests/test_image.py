@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -785,3 +786,42 @@ def test_override_registry_moves_the_parent_chain_too() -> None:
     assert base_reference(moved).startswith("127.0.0.1:5000/parent:")
     assert moved.digest == child.digest
     assert override_registry(child, None) is child
+
+
+@pytest.mark.parametrize(
+    ("define", "layer", "value"),
+    [
+        pytest.param(lambda i, p: i.with_workdir("/srv/$APP"), "workdir", "/srv/$APP", id="wd"),
+        pytest.param(lambda i, p: i.with_workdir("${HOME}/x"), "workdir", "${HOME}/x", id="wd-b"),
+        pytest.param(
+            lambda i, p: i.with_source_folder(p, "/opt/$APP"),
+            "source_folder",
+            "/opt/$APP",
+            id="folder",
+        ),
+        pytest.param(
+            lambda i, p: i.with_source_file(p / "f.txt", "$HOME/"),
+            "source_files",
+            "$HOME/",
+            id="file",
+        ),
+        pytest.param(
+            lambda i, p: i.with_code_bundle("all", dst="/code/$V"),
+            "code_bundle",
+            "/code/$V",
+            id="bundle",
+        ),
+    ],
+)
+def test_a_dollar_in_a_workdir_or_destination_is_refused(
+    tmp_path: Path, define: Any, layer: str, value: str
+) -> None:
+    """A Dockerfile expands ``$VAR`` in WORKDIR and COPY from ENV; the fast path writes
+    paths literally: both would differ, so the definition is refused, naming the value."""
+    (tmp_path / "f.txt").write_text("x\\n")
+    with pytest.raises(SpecError) as info:
+        define(ref_image(), tmp_path)
+    assert info.value.layer == layer
+    assert info.value.image == ref_image().name
+    assert f"{value!r} has a '$'" in str(info.value)
+    assert "does not expand variables" in str(info.value)

@@ -498,6 +498,8 @@ class Image:
 
     def with_workdir(self, workdir: str) -> Image:
         """Set the working directory (an absolute path inside the image)."""
+        if isinstance(workdir, str):
+            _literal(workdir, "workdir", image=self.name, layer="workdir")
         if not isinstance(workdir, str) or not PurePosixPath(workdir).is_absolute():
             hint = (
                 f"; write with_workdir({'/' + workdir.lstrip('./')!r})"
@@ -524,7 +526,7 @@ class Image:
         return self._with(
             SourceFolder(
                 src=path,
-                dst=_dst(dst),
+                dst=_dst(dst, image=self.name, layer="source_folder"),
                 copy_contents_only=copy_contents_only,
                 project_ignore=project_ignore,
             )
@@ -546,7 +548,9 @@ class Image:
             )
         if not paths:
             raise SpecError("with_source_file needs at least one file", image=self.name)
-        return self._with(SourceFiles(files=paths, dst=_dst(dst)))
+        return self._with(
+            SourceFiles(files=paths, dst=_dst(dst, image=self.name, layer="source_files"))
+        )
 
     def with_code_bundle(self, copy_style: CopyStyle = "loaded_modules", dst: str = ".") -> Image:
         """Bake the project that defines this image (nearest pyproject.toml, else its folder)
@@ -565,7 +569,13 @@ class Image:
             )
         caller = _caller_dir()
         root = find_project_root(caller) or caller
-        return self._with(CodeBundle(root=root, dst=_dst(dst), copy_style=copy_style))
+        return self._with(
+            CodeBundle(
+                root=root,
+                dst=_dst(dst, image=self.name, layer="code_bundle"),
+                copy_style=copy_style,
+            )
+        )
 
     def with_dockerignore(self, path: str | os.PathLike[str]) -> Image:
         """Apply a ``.dockerignore`` to every folder this image copies, its patterns read
@@ -835,10 +845,24 @@ def _with_flyte(image: Image, install: bool | None, version: str | None) -> Imag
     return image._with(PipPackages(packages=(package,)))
 
 
-def _dst(dst: str) -> str:
+def _dst(dst: str, *, image: str | None, layer: str) -> str:
     if not isinstance(dst, str) or not dst:
         raise TypeError(f"dst must be a non-empty string, got {dst!r}")
+    _literal(dst, "dst", image=image, layer=layer)
     return dst
+
+
+def _literal(path: str, what: str, *, image: str | None, layer: str) -> None:
+    """A workdir or destination is taken as written: a ``$`` would be a variable to the
+    Dockerfile's WORKDIR and COPY (expanded from ENV) but literal to the fast path, which
+    writes the layer itself, so the two would make different images; it is refused."""
+    if "$" in path:
+        raise SpecError(
+            f"{what} {path!r} has a '$': imaged takes paths literally and does not expand "
+            "variables in them (a Dockerfile would); write the path out",
+            image=image,
+            layer=layer,
+        )
 
 
 def _mode(mode: str) -> InstallMode:
