@@ -800,6 +800,12 @@ def test_override_registry_moves_the_parent_chain_too() -> None:
             id="folder",
         ),
         pytest.param(
+            lambda i, p: i.with_source_folder(p / "$APP", "/opt"),
+            "source_folder",
+            "$APP",
+            id="folder-name",
+        ),
+        pytest.param(
             lambda i, p: i.with_source_file(p / "f.txt", "$HOME/"),
             "source_files",
             "$HOME/",
@@ -819,6 +825,7 @@ def test_a_dollar_in_a_workdir_or_destination_is_refused(
     """A Dockerfile expands ``$VAR`` in WORKDIR and COPY from ENV; the fast path writes
     paths literally: both would differ, so the definition is refused, naming the value."""
     (tmp_path / "f.txt").write_text("x\\n")
+    (tmp_path / "$APP").mkdir()
     with pytest.raises(SpecError) as info:
         define(ref_image(), tmp_path)
     assert info.value.layer == layer

@@ -521,6 +521,14 @@ class Image:
         defining project's ``.dockerignore`` (nearest pyproject.toml, else the definition's
         folder), as Flyte reads its root's."""
         path = _resolve(src, where="with_source_folder")
+        if not copy_contents_only:  # the folder's name is part of the destination
+            _literal(
+                path.name,
+                "source folder name",
+                image=self.name,
+                layer="source_folder",
+                fix="rename the folder, or copy its contents (copy_contents_only=True)",
+            )
         caller = _caller_dir()
         project_ignore = (find_project_root(caller) or caller) / ".dockerignore"
         return self._with(
@@ -852,14 +860,16 @@ def _dst(dst: str, *, image: str | None, layer: str) -> str:
     return dst
 
 
-def _literal(path: str, what: str, *, image: str | None, layer: str) -> None:
+def _literal(
+    path: str, what: str, *, image: str | None, layer: str, fix: str = "write the path out"
+) -> None:
     """A workdir or destination is taken as written: a ``$`` would be a variable to the
     Dockerfile's WORKDIR and COPY (expanded from ENV) but literal to the fast path, which
     writes the layer itself, so the two would make different images; it is refused."""
     if "$" in path:
         raise SpecError(
             f"{what} {path!r} has a '$': imaged takes paths literally and does not expand "
-            "variables in them (a Dockerfile would); write the path out",
+            f"variables in them (a Dockerfile would); {fix}",
             image=image,
             layer=layer,
         )
