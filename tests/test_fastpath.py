@@ -324,8 +324,9 @@ def test_workdir_owner_reads_the_stems_accounts_only_for_a_name(tmp_path: Path) 
     stem, digest = _user_stem(fake, "app", {"etc/passwd": PASSWD, "etc/group": GROUP})
     image = app(tmp_path)
     assert _owner(fake, stem, digest, "app", image, tmp_path) == (1234, 777)
-    assert _owner(fake, stem, digest, "app:grp", image, tmp_path) == (1234, 777)
+    assert any("/blobs/" in p for _, p in fake.log)  # the stem's layer read
     fake.log.clear()
+    assert _owner(fake, stem, digest, "app:grp", image, tmp_path) == (1234, 777)  # read once
     assert _owner(fake, stem, digest, "99:7", image, tmp_path) == (99, 7)
     assert _owner(fake, stem, digest, "", image, tmp_path) == (0, 0)
     assert fake.log == []  # nothing to look up, nothing read

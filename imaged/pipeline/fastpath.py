@@ -437,6 +437,7 @@ def stem_workdir_of(config: dict[str, object]) -> str:
 
 
 _ACCOUNTS = ("etc/group", "etc/passwd")
+_ACCOUNT_FILES: dict[tuple[str, Path], dict[str, bytes]] = {}
 
 
 def stem_user_of(config: dict[str, object]) -> str:
@@ -502,10 +503,14 @@ async def workdir_owner(
             f"is made as the stem's User {user!r}: the full build looks the user up after "
             "the copy as BuildKit does"
         )
-    try:
-        files = await read_stem_files(client, stem, manifest_digest, _ACCOUNTS, state_dir)
-    except StemFileUnreadable as exc:
-        raise FullBuildNeeded(f"the stem's User {user!r}: {exc}") from exc
+    key = (manifest_digest, state_dir)
+    if key not in _ACCOUNT_FILES:  # read once per stem in a process (a daemon's edits)
+        try:
+            files = await read_stem_files(client, stem, manifest_digest, _ACCOUNTS, state_dir)
+        except StemFileUnreadable as exc:
+            raise FullBuildNeeded(f"the stem's User {user!r}: {exc}") from exc
+        _ACCOUNT_FILES[key] = files
+    files = _ACCOUNT_FILES[key]
     owner = resolve_user(user, files.get("etc/passwd"), files.get("etc/group"))
     if owner is None:
         raise FullBuildNeeded(
