@@ -7,6 +7,10 @@ owner), and WORKDIR creates its folder only when it is missing. To write the sam
 the fast path reads the stem's layer tars once per stem manifest (headers only, whiteouts
 applied) and keeps the entries on the tail's paths: every folder above a tail destination,
 and everything at or below one. The result is cached on disk by manifest digest and roots.
+
+A WORKDIR's missing folders are made as the config's User (BuildKit looks a name up in the
+image's /etc/passwd and /etc/group): :func:`read_stem_files` reads those files' contents
+from the stem's layers, cached the same way.
 """
 
 from __future__ import annotations
