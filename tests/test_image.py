@@ -792,7 +792,7 @@ def test_override_registry_moves_the_parent_chain_too() -> None:
     ("define", "layer", "value"),
     [
         pytest.param(lambda i, p: i.with_workdir("/srv/$APP"), "workdir", "/srv/$APP", id="wd"),
-        pytest.param(lambda i, p: i.with_workdir("${HOME}/x"), "workdir", "${HOME}/x", id="wd-b"),
+        pytest.param(lambda i, p: i.with_workdir("/x/${HOME}"), "workdir", "/x/${HOME}", id="wd-b"),
         pytest.param(
             lambda i, p: i.with_source_folder(p, "/opt/$APP"),
             "source_folder",
@@ -838,7 +838,7 @@ def test_a_dollar_quote_or_backslash_in_a_workdir_or_destination_is_refused(
     (tmp_path / "$APP").mkdir()
     with pytest.raises(SpecError) as info:
         define(ref_image(), tmp_path)
-    assert info.value.layer == layer
+    assert info.value.layer is not None and info.value.layer.endswith(f" {layer}")
     assert info.value.image == ref_image().name
     special = next(c for c in value if c in "$'\"\\")
     assert f"{value!r} has a {special!r}" in str(info.value)

@@ -498,8 +498,6 @@ class Image:
 
     def with_workdir(self, workdir: str) -> Image:
         """Set the working directory (an absolute path inside the image)."""
-        if isinstance(workdir, str):
-            _literal(workdir, "workdir", image=self.name, layer="workdir")
         if not isinstance(workdir, str) or not PurePosixPath(workdir).is_absolute():
             hint = (
                 f"; write with_workdir({'/' + workdir.lstrip('./')!r})"
@@ -521,20 +519,12 @@ class Image:
         defining project's ``.dockerignore`` (nearest pyproject.toml, else the definition's
         folder), as Flyte reads its root's."""
         path = _resolve(src, where="with_source_folder")
-        if not copy_contents_only:  # the folder's name is part of the destination
-            _literal(
-                path.name,
-                "source folder name",
-                image=self.name,
-                layer="source_folder",
-                fix="rename the folder, or copy its contents (copy_contents_only=True)",
-            )
         caller = _caller_dir()
         project_ignore = (find_project_root(caller) or caller) / ".dockerignore"
         return self._with(
             SourceFolder(
                 src=path,
-                dst=_dst(dst, image=self.name, layer="source_folder"),
+                dst=_dst(dst),
                 copy_contents_only=copy_contents_only,
                 project_ignore=project_ignore,
             )
@@ -556,9 +546,7 @@ class Image:
             )
         if not paths:
             raise SpecError("with_source_file needs at least one file", image=self.name)
-        return self._with(
-            SourceFiles(files=paths, dst=_dst(dst, image=self.name, layer="source_files"))
-        )
+        return self._with(SourceFiles(files=paths, dst=_dst(dst)))
 
     def with_code_bundle(self, copy_style: CopyStyle = "loaded_modules", dst: str = ".") -> Image:
         """Bake the project that defines this image (nearest pyproject.toml, else its folder)
@@ -577,13 +565,7 @@ class Image:
             )
         caller = _caller_dir()
         root = find_project_root(caller) or caller
-        return self._with(
-            CodeBundle(
-                root=root,
-                dst=_dst(dst, image=self.name, layer="code_bundle"),
-                copy_style=copy_style,
-            )
-        )
+        return self._with(CodeBundle(root=root, dst=_dst(dst), copy_style=copy_style))
 
     def with_dockerignore(self, path: str | os.PathLike[str]) -> Image:
         """Apply a ``.dockerignore`` to every folder this image copies, its patterns read
@@ -853,33 +835,10 @@ def _with_flyte(image: Image, install: bool | None, version: str | None) -> Imag
     return image._with(PipPackages(packages=(package,)))
 
 
-def _dst(dst: str, *, image: str | None, layer: str) -> str:
+def _dst(dst: str) -> str:
     if not isinstance(dst, str) or not dst:
         raise TypeError(f"dst must be a non-empty string, got {dst!r}")
-    _literal(dst, "dst", image=image, layer=layer)
     return dst
-
-
-def _literal(
-    path: str, what: str, *, image: str | None, layer: str, fix: str = "write the path out"
-) -> None:
-    """A workdir or destination is taken as written. BuildKit reads ``$`` (a variable,
-    expanded from ENV), quotes and backslashes (removed) in a WORKDIR or COPY path, even in
-    COPY's JSON form (verified on Engine 20.10: ``/q'a'b`` is made as ``/qab``), while the
-    fast path writes the layer itself: the two would make different images, so such a path
-    is refused."""
-    special = next((c for c in path if c in _SPECIAL), None)
-    if special is not None:
-        raise SpecError(
-            f"{what} {path!r} has a {special!r}: a Dockerfile reads $ as a variable and "
-            "quotes and backslashes as quoting, while imaged takes paths literally; "
-            f"{fix}",
-            image=image,
-            layer=layer,
-        )
-
-
-_SPECIAL = "$'\"\\"
 
 
 def _mode(mode: str) -> InstallMode:
