@@ -838,7 +838,8 @@ def test_a_dollar_quote_or_backslash_in_a_workdir_or_destination_is_refused(
     (tmp_path / "$APP").mkdir()
     with pytest.raises(SpecError) as info:
         define(ref_image(), tmp_path)
-    assert info.value.layer is not None and info.value.layer.endswith(f" {layer}")
+    assert info.value.layer is not None
+    assert info.value.layer.endswith(f" {layer}")
     assert info.value.image == ref_image().name
     special = next(c for c in value if c in "$'\"\\")
     assert f"{value!r} has a {special!r}" in str(info.value)
