@@ -193,6 +193,70 @@ def test_a_split_folder_equals_the_full_build(infra: Any, tmp_path: Path) -> Non
     assert_equal_images(infra.docker_cli, fast, full)
 
 
+def test_a_split_folder_into_folders_the_stem_owns_equals_the_full_build(
+    infra: Any, tmp_path: Path
+) -> None:
+    """Each part re-adds the folders above its entries: those the stem has (made 0700
+    1000:1000 and 2750 1001:1002 by a RUN) keep their mode and owner in every part."""
+    image = (
+        named(infra, "splitown")
+        .with_commands([OWNED])
+        .with_source_folder(big_tree(tmp_path / "big"), "/srv/shared", copy_contents_only=True)
+        .with_source_folder(big_tree(tmp_path / "other", 200), "/opt/own/deep")
+    )
+    fast, full = both_ways(image, fastpath_split_bytes=64 << 10)
+    assert len(manifest_layers(fast.uri)) - len(manifest_layers(fast.stem_uri or "")) > 4
+    rows = assert_equal_images(infra.docker_cli, fast, full)
+    assert rows["srv/shared"][1:4] == (oct(0o42750), 1001, 1002)
+    assert rows["opt/own"][1:4] == (oct(0o40700), 1000, 1000)
+
+
+def user_base(infra: Any, tmp_path: Path, user: str) -> str:
+    """A base image (built by BuildKit from a Dockerfile, pushed) whose config has ``USER``."""
+    dockerfile = write(
+        tmp_path / f"userbase-{abs(hash(user))}",
+        {
+            "Dockerfile": f"FROM {infra.debian_base}\n"
+            "RUN groupadd -g 777 grp && useradd -u 1234 -g 777 app\n"
+            f"RUN mkdir -p /home/app/own && chown 1234:777 /home/app/own\nUSER {user}\n"
+        },
+    )
+    base = Image.from_dockerfile(dockerfile / "Dockerfile", infra.registry, f"fp-ub-{RUN}")
+    built = build(base, settings=load_settings(overrides={"fast_path": False}))
+    assert built.status in ("pushed", "exists"), built.status
+    return built.uri
+
+
+@pytest.mark.parametrize(
+    ("user", "owner"),
+    [
+        pytest.param("app", (1234, 777), id="name"),
+        pytest.param("4321:grp", (4321, 777), id="id-and-group-name"),
+    ],
+)
+def test_a_workdir_under_a_base_with_a_user_equals_the_full_build(
+    infra: Any, tmp_path: Path, user: str, owner: tuple[int, int]
+) -> None:
+    """BuildKit makes a missing WORKDIR's folders as the config's User (resolved in the
+    image's /etc/passwd and /etc/group); a COPY's missing parents and files stay 0:0."""
+    src = source_tree(tmp_path / "src")
+    image = (
+        Image.from_base(user_base(infra, tmp_path, user))
+        .clone(name=f"fp-user-{RUN}", registry=infra.registry)
+        .with_workdir("/wd/missing")
+        .with_source_folder(src, "rel")
+        .with_source_folder(src, "/new/parents/here")
+        .with_workdir("/home/app/own/deeper")  # under folders the stem has
+    )
+    fast, full = both_ways(image)
+    rows = assert_equal_images(infra.docker_cli, fast, full)
+    assert rows["wd"][2:4] == rows["wd/missing"][2:4] == owner
+    assert rows["home/app/own/deeper"][2:4] == owner
+    assert rows["home/app/own"][2:4] == (1234, 777)
+    assert rows["new/parents"][2:4] == (0, 0)
+    assert rows["wd/missing/rel/src/app.py"][2:4] == (0, 0)
+
+
 def manifest_layers(uri: str) -> list[dict[str, Any]]:
     import anyio
 

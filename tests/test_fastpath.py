@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 import uuid
 from pathlib import Path
@@ -18,7 +19,15 @@ from imaged.config import load_settings
 from imaged.digest.cache import DigestCache
 from imaged.digest.image_digest import hash_image
 from imaged.pipeline.build import ImageBuild, _Fast, _Staging
-from imaged.pipeline.fastpath import FullBuildNeeded, Tail, push_tail, tail_roots, write_tail
+from imaged.pipeline.fastpath import (
+    FullBuildNeeded,
+    Tail,
+    push_tail,
+    resolve_user,
+    tail_roots,
+    workdir_owner,
+    write_tail,
+)
 from imaged.pipeline.route import route
 from imaged.pipeline.stemfs import StemEntry
 from imaged.registry.append import DOCKER_MANIFEST, HistoryEntry
@@ -209,3 +218,148 @@ def test_a_stem_kept_on_disk_is_read_back_only_while_its_digests_hold(tmp_path: 
     kept.write_text(kept.read_text().replace('\\"a\\":1', '\\"a\\":2'))
     assert anyio.run(read)["a"] == 1  # bytes that lost their digest: read from the registry
     assert len(fake.calls("GET")) == gets + 2
+
+
+def test_every_part_of_a_split_folder_keeps_the_stem_folders_mode_and_owner(
+    tmp_path: Path,
+) -> None:
+    """The parts of a split folder each carry the folders above their entries; a folder
+    the stem has (adopted with its mode and owner) is so in every part, not reset to
+    0755 0:0 by the part that re-adds it."""
+    src = tmp_path / "big"
+    token = uuid.uuid4().hex
+    for i in range(200):
+        (src / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 5}" / f"f{i:03d}.txt").write_text(f"{token} {i}\n" * 50)
+    image = (
+        Image.from_base(BASE)
+        .clone(name="split", registry="r:5000")
+        .with_source_folder(src, "/app/data")
+    )
+    tail = route(image, load_settings()).tail
+    known = {
+        "app": StemEntry("dir", 0o700, 1000, 1000),
+        "app/data": StemEntry("dir", 0o750, 7, 8),
+        "app/data/big/d3": StemEntry("dir", 0o711, 9, 9),
+    }
+    digest = hash_image(image, DigestCache())
+    out = write_tail(image, digest, tail, known, stem_workdir="/", split_bytes=16 << 10)
+    parts = [rows(la.data) for la in out.layers]  # type: ignore[arg-type]
+    assert len(parts) > 3
+    for part in parts:
+        assert part["app"] == (0o700, 1000, 1000)
+        assert part["app/data"] == (0o750, 7, 8)
+        assert part["app/data/big"] == (0o755, 0, 0)  # not in the stem: made by the COPY
+        if "app/data/big/d3" in part:
+            assert part["app/data/big/d3"] == (0o711, 9, 9)
+    assert sum("app/data/big/d3" in part for part in parts) >= 2  # d3 is split too
+
+
+# A WORKDIR under the stem's User ------------------------------------------------------
+
+PASSWD = b"root:x:0:0:root:/root:/bin/bash\napp:x:1234:777::/home/app:/bin/sh\n"
+GROUP = b"root:x:0:\ngrp:x:777:\n"
+
+
+@pytest.mark.parametrize(
+    ("user", "owner"),
+    [  # what BuildKit 20.10 made of each (a probe build, exported)
+        ("app", (1234, 777)),
+        ("1234", (1234, 1234)),  # a numeric user: gid the same number, not passwd's
+        ("4321:88", (4321, 88)),
+        ("app:root", (1234, 0)),
+        ("root:grp", (0, 777)),
+        ("4321:grp", (4321, 777)),
+        ("nobody", None),
+        ("app:nogroup", None),
+    ],
+)
+def test_resolve_user(user: str, owner: tuple[int, int] | None) -> None:
+    assert resolve_user(user, PASSWD, GROUP) == owner
+
+
+def test_the_folders_a_workdir_makes_belong_to_the_owner_given(tmp_path: Path) -> None:
+    image = app(tmp_path)
+    digest = hash_image(image, DigestCache())
+    tail = route(image, load_settings()).tail
+    known = {"opt": StemEntry("dir", 0o751, 3, 4)}
+    out = write_tail(
+        image, digest, tail, known, stem_workdir="/", split_bytes=8 << 20, workdir_owner=(5, 6)
+    )
+    workdir_srv, copy, workdir_opt = (rows(la.data) for la in out.layers)  # type: ignore[arg-type]
+    assert workdir_srv == {"srv": (0o755, 5, 6)}
+    assert copy["srv"] == (0o755, 5, 6)  # the COPY's parent: the folder the WORKDIR made
+    assert copy["srv/rel"] == (0o755, 0, 0)  # a COPY's missing parents are root's
+    assert copy["srv/rel/src/pkg/a.py"] == (0o644, 0, 0)
+    assert workdir_opt == {"opt": (0o751, 3, 4), "opt/app": (0o755, 5, 6)}  # only missing ones
+
+
+def _user_stem(fake: Any, user: str, files: dict[str, bytes]) -> tuple[ImageRef, str]:
+    from registry_fakes import image_manifest, layer_blob, sha256
+
+    from imaged.registry.append import OCI_MANIFEST, encode_json
+
+    blob, _ = layer_blob(files)
+    config = encode_json({"config": {"User": user}, "rootfs": {"diff_ids": []}})
+    fake.blobs[("app", sha256(blob))] = blob
+    fake.blobs[("app", sha256(config))] = config
+    body = encode_json(image_manifest(OCI_MANIFEST, config, [blob]))
+    fake.manifests[("app", sha256(body))] = (OCI_MANIFEST, body)
+    return ImageRef.parse(fake.ref("app", "stem")), sha256(body)
+
+
+def _owner(fake: Any, stem: ImageRef, digest: str, user: str, image: Image, state: Path) -> Any:
+    tail = route(image, load_settings()).tail
+    config: dict[str, object] = {"config": {"User": user}}
+
+    async def run() -> tuple[int, int]:
+        async with fake.client() as client:
+            return await workdir_owner(client, stem, digest, config, tail, state)
+
+    return anyio.run(run)
+
+
+def test_workdir_owner_reads_the_stems_accounts_only_for_a_name(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    stem, digest = _user_stem(fake, "app", {"etc/passwd": PASSWD, "etc/group": GROUP})
+    image = app(tmp_path)
+    assert _owner(fake, stem, digest, "app", image, tmp_path) == (1234, 777)
+    assert any("/blobs/" in p for _, p in fake.log)  # the stem's layer read
+    fake.log.clear()
+    assert _owner(fake, stem, digest, "app:grp", image, tmp_path) == (1234, 777)  # read once
+    assert _owner(fake, stem, digest, "99:7", image, tmp_path) == (99, 7)
+    assert _owner(fake, stem, digest, "", image, tmp_path) == (0, 0)
+    assert fake.log == []  # nothing to look up, nothing read
+    with pytest.raises(FullBuildNeeded, match="User 'ghost' is not in its /etc/passwd"):
+        _owner(fake, stem, digest, "ghost", image, tmp_path)
+
+
+def test_a_tail_that_copies_an_account_file_takes_the_full_build(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    stem, digest = _user_stem(fake, "app", {"etc/passwd": PASSWD})
+    (tmp_path / "passwd").write_bytes(PASSWD)
+    image = app(tmp_path).with_source_file(tmp_path / "passwd", "/etc/")
+    with pytest.raises(FullBuildNeeded, match="the tail copies into /etc, on /etc/passwd"):
+        _owner(fake, stem, digest, "app", image, tmp_path)
+
+
+def test_a_linked_account_file_takes_the_full_build(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    stem, digest = _user_stem(fake, "app", {"usr/passwd": PASSWD})
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo("etc/passwd")
+        info.type, info.linkname = tarfile.SYMTYPE, "../usr/passwd"
+        tar.addfile(info)
+    from registry_fakes import image_manifest, sha256
+
+    from imaged.registry.append import OCI_MANIFEST, encode_json
+
+    manifest = json.loads(fake.manifests[("app", digest)][1])
+    first = fake.blobs[("app", manifest["layers"][0]["digest"])]
+    config = fake.blobs[("app", manifest["config"]["digest"])]
+    fake.blobs[("app", sha256(raw.getvalue()))] = raw.getvalue()
+    body = encode_json(image_manifest(OCI_MANIFEST, config, [first, raw.getvalue()]))
+    fake.manifests[("app", sha256(body))] = (OCI_MANIFEST, body)
+    with pytest.raises(FullBuildNeeded, match="/etc/passwd is not a plain file"):
+        _owner(fake, stem, sha256(body), "app", app(tmp_path), tmp_path)

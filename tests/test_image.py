@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -785,3 +786,61 @@ def test_override_registry_moves_the_parent_chain_too() -> None:
     assert base_reference(moved).startswith("127.0.0.1:5000/parent:")
     assert moved.digest == child.digest
     assert override_registry(child, None) is child
+
+
+@pytest.mark.parametrize(
+    ("define", "layer", "value"),
+    [
+        pytest.param(lambda i, p: i.with_workdir("/srv/$APP"), "workdir", "/srv/$APP", id="wd"),
+        pytest.param(lambda i, p: i.with_workdir("/x/${HOME}"), "workdir", "/x/${HOME}", id="wd-b"),
+        pytest.param(
+            lambda i, p: i.with_source_folder(p, "/opt/$APP"),
+            "source_folder",
+            "/opt/$APP",
+            id="folder",
+        ),
+        pytest.param(lambda i, p: i.with_workdir("/q'a'b"), "workdir", "/q'a'b", id="quote"),
+        pytest.param(lambda i, p: i.with_workdir('/d"q'), "workdir", '/d"q', id="dquote"),
+        pytest.param(lambda i, p: i.with_workdir("/bs\\x"), "workdir", "/bs\\x", id="bslash"),
+        pytest.param(
+            lambda i, p: i.with_source_file(p / "f.txt", "/c'q'd/"),
+            "source_files",
+            "/c'q'd/",
+            id="dst-quote",
+        ),
+        pytest.param(
+            lambda i, p: i.with_source_folder(p / "$APP", "/opt"),
+            "source_folder",
+            "$APP",
+            id="folder-name",
+        ),
+        pytest.param(
+            lambda i, p: i.with_source_file(p / "f.txt", "$HOME/"),
+            "source_files",
+            "$HOME/",
+            id="file",
+        ),
+        pytest.param(
+            lambda i, p: i.with_code_bundle("all", dst="/code/$V"),
+            "code_bundle",
+            "/code/$V",
+            id="bundle",
+        ),
+    ],
+)
+def test_a_dollar_quote_or_backslash_in_a_workdir_or_destination_is_refused(
+    tmp_path: Path, define: Any, layer: str, value: str
+) -> None:
+    """A Dockerfile expands ``$VAR`` in WORKDIR and COPY from ENV and removes quotes and
+    backslashes (BuildKit made ``/q'a'b`` as ``/qab``); the fast path writes paths
+    literally: both would differ, so the definition is refused, naming the value."""
+    (tmp_path / "f.txt").write_text("x\\n")
+    (tmp_path / "$APP").mkdir()
+    with pytest.raises(SpecError) as info:
+        define(ref_image(), tmp_path)
+    assert info.value.layer is not None
+    assert info.value.layer.endswith(f" {layer}")
+    assert info.value.image == ref_image().name
+    special = next(c for c in value if c in "$'\"\\")
+    assert f"{value!r} has a {special!r}" in str(info.value)
+    assert "imaged takes paths literally" in str(info.value)

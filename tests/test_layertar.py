@@ -600,3 +600,39 @@ def test_a_file_of_8_gib_or_more_gets_a_binary_size_field() -> None:
     header = tar_header(big)
     assert len(header) == 512
     assert tarfile.TarInfo.frombuf(header, "utf-8", "strict").size == 9 << 30
+
+
+def test_the_member_cache_is_shared_by_threads() -> None:
+    """imaged build writes images in threads at once through one cache: lookups racing
+    evictions raise nothing and the byte count stays the sum of the members kept."""
+    import sys
+    import threading
+
+    from imaged.render.layertar import Member, _LayerResult
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    cache = MemberCache(max_bytes=64 * 10)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(20000):
+                key = bytes([(seed + i) % 37])
+                if cache.get(key) is None:
+                    cache.put(key, Member(bytes(64 + (i % 3)), 64))
+                cache.put_layer(key, cache.layer(key) or _LayerResult("d", "b", i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert cache.bytes == sum(len(m.data) for m in cache._members.values())
+    assert cache.bytes <= cache.max_bytes

@@ -13,11 +13,14 @@ from registry_fakes import FakeRegistry, image_manifest, layer_blob, sha256
 
 from imaged.pipeline.stemfs import (
     StemEntry,
+    StemFileUnreadable,
     StemFs,
     StemPlatformsDiffer,
     apply_layer,
+    apply_layer_files,
     missing_blobs,
     on_paths,
+    read_stem_files,
     read_stem_fs,
 )
 from imaged.registry.append import OCI_INDEX, OCI_MANIFEST, encode_json
@@ -207,3 +210,103 @@ def test_missing_blobs_names_what_the_registry_lost_on_every_platform() -> None:
     assert anyio.run(run) == []
     del fake.blobs[("app", sha256(two))]
     assert anyio.run(run) == [sha256(two)]
+
+
+@pytest.mark.parametrize(
+    "cached",
+    [
+        pytest.param('{"version": 1, "entries": {"app": ["dir", 493]}}', id="short-row"),
+        pytest.param('{"version": 1, "entries": {"app": "dir"}}', id="row-not-a-list"),
+        pytest.param('{"version": 1, "entries": {"app": ["dir", "0755", 0, 0, null]}}', id="str"),
+        pytest.param('{"version": 1, "entries": {"app": ["pipe", 493, 0, 0, null]}}', id="type"),
+        pytest.param('{"version": 1, "entries": {"app": ["dir", 493, 0, 0, 7]}}', id="target"),
+        pytest.param('{"version": 1, "entries": ["app"]}', id="entries-a-list"),
+        pytest.param('{"version": 1}', id="no-entries"),
+        pytest.param("[1, 2]", id="not-an-object"),
+        pytest.param('{"version": 1, "entr', id="truncated"),
+    ],
+)
+def test_a_malformed_cache_file_is_a_miss(tmp_path: Path, cached: str) -> None:
+    fake = FakeRegistry()
+    owned, _ = layer_blob({"app/a.txt": b"a"})
+    digest, _ = _put(fake, "app", [owned])
+    first = _read(fake, tmp_path, digest)
+    (cache_file,) = (tmp_path / "stemfs").glob("*.json")
+    cache_file.write_text(cached)
+    gets = len([p for m, p in fake.log if m == "GET" and "/blobs/" in p])
+    assert _read(fake, tmp_path, digest) == first  # read from the stem again
+    assert len([p for m, p in fake.log if m == "GET" and "/blobs/" in p]) == gets + 1
+    assert _read(fake, tmp_path, digest) == first  # and cached again, well formed
+    assert len([p for m, p in fake.log if m == "GET" and "/blobs/" in p]) == gets + 1
+
+
+# The stem's account files -------------------------------------------------------------
+
+PASSWD = b"root:x:0:0:root:/root:/bin/bash\napp:x:1234:777::/home/app:/bin/sh\n"
+
+
+def content_layer(*members: tuple[str, str, bytes | str]) -> bytes:
+    """A gzip layer of (name, "f" file content | "l" link target | "d" | "h" hard link)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == "f":
+                assert isinstance(data, bytes)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                continue
+            info.type = {"l": tarfile.SYMTYPE, "h": tarfile.LNKTYPE, "d": tarfile.DIRTYPE}[kind]
+            info.linkname = data if isinstance(data, str) else ""
+            tar.addfile(info)
+    return out.getvalue()
+
+
+def files_after(*layers: bytes) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for tar in layers:
+        apply_layer_files(files, io.BytesIO(tar), ["etc/passwd", "etc/group"])
+    return files
+
+
+def test_account_files_follow_the_layers() -> None:
+    first = content_layer(("etc", "d", b""), ("etc/passwd", "f", b"root:x:0:0::/:/bin/sh\n"))
+    second = content_layer(("etc/passwd", "f", PASSWD), ("etc/group", "f", b"grp:x:777:\n"))
+    assert files_after(first, second) == {"etc/passwd": PASSWD, "etc/group": b"grp:x:777:\n"}
+    gone = content_layer(("etc/.wh.group", "f", b""))
+    assert files_after(first, second, gone) == {"etc/passwd": PASSWD}
+    opaque = content_layer(("etc/.wh..wh..opq", "f", b""))
+    assert files_after(first, second, opaque) == {}
+    link = content_layer(("etc/passwd", "l", "/usr/share/passwd"))
+    assert files_after(first, link)["etc/passwd"] == b"\0unreadable"
+    hard = content_layer(("etc/x", "f", b"x"), ("etc/passwd", "h", "etc/x"))
+    assert files_after(first, hard)["etc/passwd"] == b"\0unreadable"
+    linked_folder = content_layer(("etc", "l", "/private/etc"))
+    assert files_after(first, linked_folder)["etc/passwd"] == b"\0unreadable"
+
+
+def test_read_stem_files_reads_caches_and_refuses_a_link(tmp_path: Path) -> None:
+    fake = FakeRegistry()
+    blob = content_layer(("etc", "d", b""), ("etc/passwd", "f", PASSWD))
+    digest, _ = _put(fake, "app", [blob])
+
+    def read(state: Path) -> dict[str, bytes]:
+        async def run() -> dict[str, bytes]:
+            async with fake.client() as client:
+                ref = ImageRef.parse(fake.ref("app", "stem"))
+                paths = ["etc/group", "etc/passwd"]
+                return await read_stem_files(client, ref, digest, paths, state)
+
+        return anyio.run(run)
+
+    assert read(tmp_path) == {"etc/passwd": PASSWD}
+    gets = len([p for m, p in fake.log if m == "GET" and "/blobs/" in p])
+    assert read(tmp_path) == {"etc/passwd": PASSWD}  # from the disk cache
+    assert len([p for m, p in fake.log if m == "GET" and "/blobs/" in p]) == gets
+    (cache_file,) = (tmp_path / "stemfs").glob("files-*.json")
+    cache_file.write_text('{"version": 1, "files": {"etc/passwd": "not base64!"}}')
+    assert read(tmp_path) == {"etc/passwd": PASSWD}  # a malformed file is a miss
+    linked = content_layer(("etc", "d", b""), ("etc/passwd", "l", "../usr/passwd"))
+    digest, _ = _put(fake, "app", [linked])
+    with pytest.raises(StemFileUnreadable, match="/etc/passwd is not a plain file"):
+        read(tmp_path / "other")

@@ -56,6 +56,7 @@ from imaged.pipeline.fastpath import (
     stem_image,
     stem_workdir_of,
     tail_roots,
+    workdir_owner,
     write_tail,
 )
 from imaged.pipeline.logins import registry_logins
@@ -553,10 +554,13 @@ class _Fast:
         known = await read_known(
             self.client, stem_ref, manifest, roots, self.settings.resolved_state_dir
         )
+        owner = await workdir_owner(
+            self.client, stem_ref, manifest, config, self.decision.tail, state
+        )
         result.timings["stem"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
-        digest, tail = await self.write(digest, known, workdir, result)
+        digest, tail = await self.write(digest, known, workdir, result, owner)
         result.timings["tail_tar"] = time.perf_counter() - t1
         target = ImageRef.parse(result.uri)
         # The tail is written: what the daemon shows as pushing (as after a BuildKit build).
@@ -616,7 +620,12 @@ class _Fast:
             self.on_event(as_parent(event, self.image.name))
 
     async def write(
-        self, first: ImageDigest, known: StemFs, workdir: str, result: ImageBuild
+        self,
+        first: ImageDigest,
+        known: StemFs,
+        workdir: str,
+        result: ImageBuild,
+        owner: tuple[int, int] = (0, 0),
     ) -> tuple[ImageDigest, Tail]:
         """The tail, from the digest's file lists; re-hashed when a file moved in between."""
         staged, split = self.staging, self.settings.fastpath_split_bytes
@@ -638,7 +647,13 @@ class _Fast:
                     result.layers = [d.to_json() for d in digest.layers]
             try:
                 tail = await anyio.to_thread.run_sync(
-                    partial(write_tail, stem_workdir=workdir, split_bytes=split, index=index),
+                    partial(
+                        write_tail,
+                        stem_workdir=workdir,
+                        split_bytes=split,
+                        index=index,
+                        workdir_owner=owner,
+                    ),
                     self.image,
                     digest,
                     self.decision.tail,

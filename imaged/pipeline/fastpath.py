@@ -29,7 +29,14 @@ from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
 from imaged.errors import ContextChangedError, ImagedError, RegistryError
 from imaged.pipeline.route import TailLayer, describe_layer
-from imaged.pipeline.stemfs import StemEntry, StemFs, read_stem_fs
+from imaged.pipeline.stemfs import (
+    StemEntry,
+    StemFileUnreadable,
+    StemFs,
+    on_paths,
+    read_stem_files,
+    read_stem_fs,
+)
 from imaged.registry.append import (
     INDEX_MEDIA_TYPES,
     STEM_MEDIA_TYPES,
@@ -203,14 +210,25 @@ def _copy_target(layer: SourceFolder | SourceFiles | CodeBundle) -> str:
 
 def tail_roots(tail: Sequence[tuple[int, TailLayer]], stem_workdir: str) -> list[str]:
     """The layer paths the tail writes to: each copy's destination and each workdir."""
+    return sorted(set(_roots(tail, stem_workdir, workdirs=True)))
+
+
+def _copy_roots(tail: Sequence[tuple[int, TailLayer]], stem_workdir: str) -> list[str]:
+    return _roots(tail, stem_workdir, workdirs=False)
+
+
+def _roots(
+    tail: Sequence[tuple[int, TailLayer]], stem_workdir: str, *, workdirs: bool
+) -> list[str]:
     workdir, roots = stem_workdir or "/", []
     for _, layer in tail:
         if isinstance(layer, Workdir):
             workdir = resolve_workdir(workdir, layer.path)
-            roots.append(destination(workdir))
+            if workdirs:
+                roots.append(destination(workdir))
         elif not isinstance(layer, EnvVars):
             roots.append(destination(_copy_target(layer), workdir))
-    return sorted(set(roots))
+    return roots
 
 
 _KINDS = {DIR: "dir", FILE: "file", SYMLINK: "symlink"}
@@ -232,9 +250,10 @@ class _TailWriter:
         stem_workdir: str,
         split: int,
         index: LayerIndex | None,
+        workdir_owner: tuple[int, int] = (0, 0),
     ) -> None:
         self.image, self.digest, self.known, self.split = image, digest, dict(known), split
-        self.index = index
+        self.index, self.owner = index, workdir_owner
         self.workdir = stem_workdir or "/"
         self.last = -1  # the last layer that writes entries: nothing reads what it adds
         self.out = Tail()
@@ -296,7 +315,11 @@ class _TailWriter:
         entries: list[LayerEntry] = []
         if path and (there is None or there.type != "dir"):
             parts = path.split("/")
-            entries = [folder_entry("/".join(parts[: i + 1])) for i in range(len(parts))]
+            uid, gid = self.owner  # BuildKit makes them as the config's User
+            entries = [
+                dataclasses.replace(folder_entry("/".join(parts[: i + 1])), uid=uid, gid=gid)
+                for i in range(len(parts))
+            ]
         self._add(self._adopt(index, entries), f"WORKDIR {layer.path}")
 
     def _copy(self, index: int, layer: SourceFolder | SourceFiles | CodeBundle) -> None:
@@ -317,11 +340,13 @@ def write_tail(
     stem_workdir: str,
     split_bytes: int,
     index: LayerIndex | None = None,
+    workdir_owner: tuple[int, int] = (0, 0),
 ) -> Tail:
     """The tail's layer blobs and config edit (reads and checks each file against
     ``digest``: raises ContextChangedError when one moved since it was hashed). A layer
-    ``index`` knows is written only when its bytes are asked for (a missing blob)."""
-    writer = _TailWriter(image, digest, known, stem_workdir, split_bytes, index)
+    ``index`` knows is written only when its bytes are asked for (a missing blob). The
+    folders a WORKDIR creates belong to ``workdir_owner`` (:func:`workdir_owner`)."""
+    writer = _TailWriter(image, digest, known, stem_workdir, split_bytes, index, workdir_owner)
     try:
         return writer.write(tail)
     except ContextChangedError:
@@ -403,6 +428,90 @@ def stem_workdir_of(config: dict[str, object]) -> str:
     inner = config.get("config")
     workdir = inner.get("WorkingDir") if isinstance(inner, dict) else None
     return workdir if isinstance(workdir, str) and workdir else "/"
+
+
+_ACCOUNTS = ("etc/group", "etc/passwd")
+_ACCOUNT_FILES: dict[tuple[str, Path], dict[str, bytes]] = {}
+
+
+def stem_user_of(config: dict[str, object]) -> str:
+    inner = config.get("config")
+    user = inner.get("User") if isinstance(inner, dict) else None
+    return user if isinstance(user, str) else ""
+
+
+def _an_id(value: str) -> bool:
+    """Whether BuildKit takes ``value`` as a numeric id (Go's ParseUint(value, 10, 32))."""
+    return value.isascii() and value.isdigit() and int(value) < 1 << 32
+
+
+def _account(table: bytes | None, name: str, field: int) -> int | None:
+    """``name``'s numeric ``field`` in an /etc/passwd or /etc/group table (the first line
+    naming it), or None."""
+    for line in (table or b"").decode(errors="replace").splitlines():
+        parts = line.split(":")
+        if len(parts) > field and parts[0] == name and _an_id(parts[field].strip()):
+            return int(parts[field])
+    return None
+
+
+def resolve_user(user: str, passwd: bytes | None, group: bytes | None) -> tuple[int, int] | None:
+    """The uid and gid BuildKit 20.10 gives the folders a WORKDIR makes under ``USER user``
+    (verified on the engine): a numeric user is that uid with gid the same number; a name
+    is its /etc/passwd uid and primary gid; a ``:group`` part overrides the gid (numeric,
+    or its /etc/group id). None when a name is not in the stem's table."""
+    name, _, grp = user.partition(":")
+    if _an_id(name):
+        uid: int | None = int(name)
+        gid: int | None = uid
+    else:
+        uid, gid = _account(passwd, name, 2), _account(passwd, name, 3)
+    if grp:
+        gid = int(grp) if _an_id(grp) else _account(group, grp, 2)
+    return (uid, gid) if uid is not None and gid is not None else None
+
+
+async def workdir_owner(
+    client: RegistryClient,
+    stem: ImageRef,
+    manifest_digest: str,
+    config: dict[str, object],
+    tail: Sequence[tuple[int, TailLayer]],
+    state_dir: Path,
+) -> tuple[int, int]:
+    """Whom the folders a tail WORKDIR creates belong to: BuildKit makes them as the stem
+    config's User, resolved against the stem's /etc/passwd and /etc/group (read from its
+    layers only when a name is to be looked up). :class:`FullBuildNeeded` when it cannot
+    be resolved as BuildKit would (a name the stem does not list, an account file the
+    tail itself writes or that is a link)."""
+    user = stem_user_of(config)
+    if not user or not any(isinstance(layer, Workdir) for _, layer in tail):
+        return (0, 0)
+    owner = resolve_user(user, None, None)  # numeric: no table needed
+    if owner is not None:
+        return owner
+    copies = [r for r in _copy_roots(tail, stem_workdir_of(config)) if on_paths(r, _ACCOUNTS)]
+    if copies:
+        raise FullBuildNeeded(
+            f"the tail copies into /{copies[0]}, on /etc/passwd or /etc/group, and a WORKDIR "
+            f"is made as the stem's User {user!r}: the full build looks the user up after "
+            "the copy as BuildKit does"
+        )
+    key = (manifest_digest, state_dir)
+    if key not in _ACCOUNT_FILES:  # read once per stem in a process (a daemon's edits)
+        try:
+            files = await read_stem_files(client, stem, manifest_digest, _ACCOUNTS, state_dir)
+        except StemFileUnreadable as exc:
+            raise FullBuildNeeded(f"the stem's User {user!r}: {exc}") from exc
+        _ACCOUNT_FILES[key] = files
+    files = _ACCOUNT_FILES[key]
+    owner = resolve_user(user, files.get("etc/passwd"), files.get("etc/group"))
+    if owner is None:
+        raise FullBuildNeeded(
+            f"the stem's User {user!r} is not in its /etc/passwd or /etc/group: the full "
+            "build makes the WORKDIR as BuildKit does (or fails as it does)"
+        )
+    return owner
 
 
 @dataclass
@@ -608,7 +717,9 @@ __all__ = [
     "read_known",
     "stem_config",
     "stem_image",
+    "stem_user_of",
     "stem_workdir_of",
     "tail_roots",
+    "workdir_owner",
     "write_tail",
 ]

@@ -7,6 +7,10 @@ owner), and WORKDIR creates its folder only when it is missing. To write the sam
 the fast path reads the stem's layer tars once per stem manifest (headers only, whiteouts
 applied) and keeps the entries on the tail's paths: every folder above a tail destination,
 and everything at or below one. The result is cached on disk by manifest digest and roots.
+
+A WORKDIR's missing folders are made as the config's User (BuildKit looks a name up in the
+image's /etc/passwd and /etc/group): :func:`read_stem_files` reads those files' contents
+from the stem's layers, cached the same way.
 """
 
 from __future__ import annotations
@@ -120,7 +124,23 @@ def _load(path: Path) -> StemFs | None:
         return None
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return None
-    return {p: StemEntry(*row) for p, row in data["entries"].items()}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        return None
+    out: StemFs = {}
+    for p, row in entries.items():
+        if not _is_row(row):
+            return None  # a malformed file is a miss: the stem is read again
+        out[p] = StemEntry(*row)
+    return out
+
+
+def _is_row(row: object) -> bool:
+    if not isinstance(row, list) or len(row) != 5:
+        return False
+    kind, mode, uid, gid, target = row
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (mode, uid, gid))
+    return kind in ("dir", "file", "symlink", "other") and ints and isinstance(target, str | None)
 
 
 def _save(path: Path, fs: StemFs) -> None:
@@ -227,3 +247,128 @@ async def missing_blobs(client: RegistryClient, ref: ImageRef) -> list[str]:
     named = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
     digests = [d["digest"] for d in named if "digest" in d]
     return [d for d in digests if await client.blob_exists(ref, d) is not Existence.EXISTS]
+
+
+# The stem's account files: whom a WORKDIR's folders belong to --------------------------
+
+
+class StemFileUnreadable(ImagedError):
+    """A file the tail needs from the stem (``/etc/passwd``, ``/etc/group``) is not a plain
+    file in it (a symlink, a hard link, or under a symlinked folder): BuildKit would follow
+    it in the image; the fast path does not, so the image takes the full build."""
+
+
+_UNREADABLE = b"\0unreadable"  # in a file map: the path is not a plain file
+
+
+def apply_layer_files(files: dict[str, bytes], tar: IO[bytes], paths: Sequence[str]) -> None:
+    """Apply one layer tar to ``files`` (layer path -> content, for ``paths`` only): its
+    whiteouts and opaque markers delete what the layers below had, then a plain file at a
+    path sets its content; a symlink or hard link there, or a symlink above it, marks it
+    unreadable; a file above it hides it."""
+    deletions: list[tuple[str, bool]] = []
+    entries: dict[str, bytes | None] = {}  # None: hidden (a file above the path)
+    with tarfile.open(fileobj=tar, mode="r|*") as archive:
+        for info in archive:
+            path = _clean(info.name)
+            folder, _, base = path.rpartition("/")
+            if base == OPAQUE:
+                deletions.append((folder, True))
+            elif base.startswith(WHITEOUT):
+                deletions.append((posixpath.join(folder, base[len(WHITEOUT) :]), False))
+            elif path in paths:
+                handle = archive.extractfile(info) if info.isfile() and not info.islnk() else None
+                entries[path] = handle.read() if handle is not None else _UNREADABLE
+            else:
+                for wanted in paths:
+                    if wanted.startswith(path + "/") and not info.isdir():
+                        entries[wanted] = _UNREADABLE if info.issym() else None
+    for path, opaque in deletions:
+        for wanted in paths:
+            if wanted.startswith(path + "/") or (wanted == path and not opaque):
+                files.pop(wanted, None)
+    for path, content in entries.items():
+        if content is None:
+            files.pop(path, None)
+        else:
+            files[path] = content
+
+
+def _files_cache(state_dir: Path, manifest_digest: str, paths: Sequence[str]) -> Path:
+    key = hashlib.sha256(json.dumps(["files", manifest_digest, sorted(paths)]).encode())
+    return state_dir / "stemfs" / f"files-{key.hexdigest()[:32]}.json"
+
+
+def _load_files(path: Path) -> dict[str, bytes] | None:
+    import base64
+    import binascii
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return None
+    files = data.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None
+    try:
+        return {p: base64.b64decode(v, validate=True) for p, v in files.items()}
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _save_files(path: Path, files: dict[str, bytes]) -> None:
+    import base64
+
+    rows = {p: base64.b64encode(v).decode() for p, v in files.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": rows}))
+    tmp.replace(path)
+
+
+async def read_stem_files(
+    client: RegistryClient,
+    ref: ImageRef,
+    manifest_digest: str,
+    paths: Sequence[str],
+    state_dir: Path,
+) -> dict[str, bytes]:
+    """The contents of those of ``paths`` (layer paths) that the stem holds, read from its
+    layer blobs (every platform's: they must agree, else :class:`StemPlatformsDiffer`) and
+    cached on disk by manifest digest; :class:`StemFileUnreadable` when one is not a plain
+    file."""
+    import anyio
+
+    cached_at = _files_cache(state_dir, manifest_digest, paths)
+    files = await anyio.to_thread.run_sync(_load_files, cached_at)
+    if files is None:
+        pinned = ImageRef(ref.registry, ref.repository, tag=None, digest=manifest_digest)
+        read: dict[tuple[str, ...], dict[str, bytes]] = {}
+        first: tuple[str, dict[str, bytes]] | None = None
+        for platform, layers in await _platforms(client, pinned):
+            if tuple(layers) not in read:
+                got: dict[str, bytes] = {}
+                for digest in layers:
+                    blob = await client.get_blob(pinned, digest)
+                    await anyio.to_thread.run_sync(apply_layer_files, got, io.BytesIO(blob), paths)
+                read[tuple(layers)] = got
+            got = read[tuple(layers)]
+            if first is None:
+                first = (platform, got)
+            elif got != first[1]:
+                differ = min(p for p in paths if got.get(p) != first[1].get(p))
+                raise StemPlatformsDiffer(
+                    f"the platforms of stem {ref} differ in /{differ} ({first[0]} and "
+                    f"{platform}): the full build follows each as BuildKit does"
+                )
+        files = first[1] if first is not None else {}
+        await anyio.to_thread.run_sync(_save_files, cached_at, files)
+    for path, content in files.items():
+        if content == _UNREADABLE:
+            raise StemFileUnreadable(
+                f"/{path} is not a plain file in stem {ref} (a link, or under a symlinked "
+                "folder): the full build follows it as BuildKit does"
+            )
+    return files

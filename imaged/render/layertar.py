@@ -432,9 +432,12 @@ class MemberCache:
     split folder is neither read nor hashed again.
 
     ``compressed`` counts the members compressed, ``reused`` those taken from the cache.
+    One cache is shared by the images ``imaged build`` writes in threads at once: a lock
+    keeps each call whole (a lookup never meets an eviction, the byte count stays true).
     """
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self._lock = threading.Lock()
         self.max_bytes = max_bytes
         self.bytes = 0
         self.compressed = 0
@@ -443,29 +446,33 @@ class MemberCache:
         self._layers: OrderedDict[bytes, _LayerResult] = OrderedDict()
 
     def get(self, key: bytes) -> Member | None:
-        member = self._members.get(key)
-        if member is not None:
-            self._members.move_to_end(key)
-            self.reused += 1
-        return member
+        with self._lock:
+            member = self._members.get(key)
+            if member is not None:
+                self._members.move_to_end(key)
+                self.reused += 1
+            return member
 
     def put(self, key: bytes, member: Member) -> None:
-        self.compressed += 1
-        old = self._members.pop(key, None)
-        self.bytes += len(member.data) - (len(old.data) if old else 0)
-        self._members[key] = member
-        while self.bytes > self.max_bytes and len(self._members) > 1:
-            _, dropped = self._members.popitem(last=False)
-            self.bytes -= len(dropped.data)
+        with self._lock:
+            self.compressed += 1
+            old = self._members.pop(key, None)
+            self.bytes += len(member.data) - (len(old.data) if old else 0)
+            self._members[key] = member
+            while self.bytes > self.max_bytes and len(self._members) > 1:
+                _, dropped = self._members.popitem(last=False)
+                self.bytes -= len(dropped.data)
 
     def layer(self, key: bytes) -> _LayerResult | None:
-        return self._layers.get(key)
+        with self._lock:
+            return self._layers.get(key)
 
     def put_layer(self, key: bytes, result: _LayerResult) -> None:
-        self._layers[key] = result
-        self._layers.move_to_end(key)
-        while len(self._layers) > 4096:
-            self._layers.popitem(last=False)
+        with self._lock:
+            self._layers[key] = result
+            self._layers.move_to_end(key)
+            while len(self._layers) > 4096:
+                self._layers.popitem(last=False)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,11 @@ Refused, with a SpecError naming the image, the layer and the value:
   quotes, ``\\``, ``$``...), a platform that is not ``os/arch[/variant]``, a secret mount
   target outside ``/[A-Za-z0-9._@+/-]*`` (it sits in a ``--mount=`` list and a shell line),
   an environment variable name that is not ``[A-Za-z_][A-Za-z0-9_]*``, a workdir ending in
-  ``\\`` (it would join the next instruction to WORKDIR).
+  ``\\`` (it would join the next instruction to WORKDIR);
+* a ``$``, quote or ``\\`` in a workdir, a copy destination or a copied folder's name:
+  BuildKit expands ``$VAR`` from ENV and removes quotes and backslashes in a WORKDIR or
+  COPY path, even in COPY's JSON form (verified on Engine 20.10: ``/q'a'b`` is made as
+  ``/qab``), while the fast path writes the path as given: the images would differ.
 
 Fields that are options by design (``extra_args`` of pip/uv/poetry) may start with ``-`` but
 not hold a line break. Commands are shell by design: only NUL is refused; one with a line
@@ -177,6 +181,23 @@ def _workdir(where: _Where, path: str) -> None:
     _text(where, "workdir", path)
     if path.endswith("\\"):
         raise where.fail("workdir", path, "ends in '\\', which joins the next instruction to it")
+    _literal(where, "workdir", path)
+
+
+_SPECIAL = "$'\"\\"
+
+
+def _literal(where: _Where, what: str, path: str) -> None:
+    """A path BuildKit would read as a variable or quoting (see the module docstring)."""
+    special = next((c for c in path if c in _SPECIAL), None)
+    if special is not None:
+        raise where.fail(
+            what,
+            path,
+            f"has a {special!r}: a Dockerfile reads $ as a variable and quotes and "
+            "backslashes as quoting, while imaged takes paths literally; write the path "
+            "without it",
+        )
 
 
 def _layer_fields(where: _Where, layer: Layer) -> None:
@@ -201,8 +222,12 @@ def _layer_fields(where: _Where, layer: Layer) -> None:
     elif isinstance(layer, SourceFolder):
         _text(where, "copy destination", layer.dst)
         _text(where, "folder name", layer.src.name)  # the destination ends in it
+        _literal(where, "copy destination", layer.dst)
+        if not layer.copy_contents_only:
+            _literal(where, "folder name", layer.src.name)
     elif isinstance(layer, SourceFiles | CodeBundle):
         _text(where, "copy destination", layer.dst)
+        _literal(where, "copy destination", layer.dst)
 
 
 def layer_label(index: int, layer: Layer) -> str:
