@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import tarfile
 import uuid
 from pathlib import Path
@@ -209,3 +211,55 @@ def test_a_stem_kept_on_disk_is_read_back_only_while_its_digests_hold(tmp_path: 
     kept.write_text(kept.read_text().replace('\\"a\\":1', '\\"a\\":2'))
     assert anyio.run(read)["a"] == 1  # bytes that lost their digest: read from the registry
     assert len(fake.calls("GET")) == gets + 2
+
+
+def test_the_stem_is_pinned_to_the_manifest_read_not_its_tag(tmp_path: Path) -> None:
+    """The stem's tag re-pushed after the look-up: the tail still goes on the manifest the
+    look-up read (repo@digest), never on a mix of two stems."""
+    fake = FakeRegistry()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("print(1)\n")
+    image = (
+        Image.from_base(BASE)
+        .clone(name="app", registry=fake.host)
+        .with_commands(["echo stem"])
+        .with_source_folder(tmp_path / "src", "/app")
+    )
+    settings = load_settings()
+    decision = route(image, settings)
+    assert decision.stem is not None
+    cache = DigestCache()
+    stem_digest = hash_image(decision.stem, cache)
+    first = fake.put_image("app", stem_digest.tag, DOCKER_MANIFEST, {"which": "first"})
+    digest = hash_image(image, cache)
+    result = ImageBuild(
+        name="app", uri=image.uri_for(digest.tag), tag=digest.tag, digest=digest.digest, status=""
+    )
+
+    async def run() -> tuple[ImageRef, str, Any]:
+        async with fake.client() as client:
+            fast = _Fast(
+                image,
+                decision,
+                None,  # type: ignore[arg-type]  # the stem is there: nothing is built
+                settings,
+                _Staging(cache, None, digest),
+                client,
+                client,
+                None,
+            )
+            ref, manifest, _ = await fast.ensure_stem(False, result, stem_digest)
+            fake.put_image("app", stem_digest.tag, DOCKER_MANIFEST, {"which": "second"})
+            layer = new_layer({"app/main.py": b"print(1)\n"})
+            tail = Tail(layers=[layer], history=[HistoryEntry(layer.created_by)])
+            target = ImageRef.parse(result.uri)
+            pushed = await push_tail(client, ref, target, tail, digest.digest)
+            return ref, manifest, pushed
+
+    ref, manifest, pushed = anyio.run(run)
+    assert manifest == first
+    _, body = fake.manifests[("app", digest.tag)]
+    config_digest = json.loads(body)["config"]["digest"]
+    assert json.loads(fake.blobs[("app", config_digest)])["which"] == "first"
+    assert (ref.tag, ref.digest) == (None, first)
+    assert pushed.image.digest == "sha256:" + hashlib.sha256(body).hexdigest()
