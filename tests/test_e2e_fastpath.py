@@ -389,3 +389,38 @@ def test_a_checkout_moving_stem_and_tail_during_the_tail_pushes_the_new_stem(
     script = "import six; print(six.__version__); print(open('/app/src/app.py').read())"
     out = docker(cli, "run", "--rm", raced.uri, "python", "-c", script)
     assert out.stdout == "1.17.0\nprint('checked out')\n\n"
+
+
+def test_a_stale_layer_index_entry_is_dropped_and_the_layer_written_afresh(
+    infra: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry of the on-disk layer index names other bytes (a damaged file, or one
+    written by another compressor): the build drops them, writes the tail afresh, and the
+    manifest names the bytes written; the index is corrected."""
+    from imaged.pipeline import fastpath
+    from imaged.render.layertar import MemberCache
+
+    tree = big_tree(tmp_path / "big", 200)
+    settings = load_settings(overrides={"fastpath_split_bytes": 32 << 10})
+    first = build(named(infra, "stale-a").with_source_folder(tree, "/data"), settings=settings)
+    assert first.path == "fast"
+    path = fastpath._index_path(settings.resolved_state_dir)
+    data = json.loads(path.read_text())
+    rows = [k for k in data if k != "present"]
+    assert len(rows) > 3
+    for n, key in enumerate(rows):
+        diff_id, _, size = data[key]
+        data[key] = [diff_id, "sha256:" + hashlib.sha256(f"stale {n}".encode()).hexdigest(), size]
+    path.write_text(json.dumps(data))
+    # a new process: no members, the index read back from the damaged file
+    monkeypatch.setattr(fastpath, "MEMBERS", MemberCache())
+    monkeypatch.setattr(fastpath, "_INDEXES", {})
+    second = build(named(infra, "stale-b").with_source_folder(tree, "/data"), settings=settings)
+    assert (second.path, second.status) == ("fast", "pushed"), second.path_reason
+    tail = manifest_layers(second.uri)[len(manifest_layers(second.stem_uri or "")) :]
+    truth = [la["digest"] for la in manifest_layers(first.uri)[-len(tail) :]]
+    assert [la["digest"] for la in tail] == truth
+    kept = json.loads(path.read_text())
+    assert set(truth) <= {row[1] for k, row in kept.items() if k != "present"}
+    out = docker(infra.docker_cli, "run", "--rm", second.uri, "cat", "/data/big/d3/f0003.txt")
+    assert out.stdout == "3\n" * 40

@@ -263,3 +263,22 @@ def test_the_stem_is_pinned_to_the_manifest_read_not_its_tag(tmp_path: Path) -> 
     assert json.loads(fake.blobs[("app", config_digest)])["which"] == "first"
     assert (ref.tag, ref.digest) == (None, first)
     assert pushed.image.digest == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_the_layer_index_is_keyed_on_the_compressor_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imaged.pipeline import fastpath
+    from imaged.render.layertar import folder_entry, layer_key, write_layer
+
+    part = [folder_entry("opt"), folder_entry(f"opt/{uuid.uuid4().hex}")]
+    index = fastpath.LayerIndex(tmp_path / "layers.json")
+    blob = write_layer(part)
+    index.put(layer_key(part), blob)
+    index.save()
+    again = fastpath.LayerIndex(tmp_path / "layers.json")
+    assert again.get(layer_key(part)) == (blob.diff_id, blob.digest, blob.size)
+    monkeypatch.setattr(fastpath, "WRITER", b"isal 9.9.9 level 3 format 1")  # an upgrade
+    assert again.get(layer_key(part)) is None
+    again.drop(layer_key(part))  # nothing under that key: nothing to save
+    assert not again.added

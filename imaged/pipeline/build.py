@@ -47,12 +47,14 @@ from imaged.events import (
 )
 from imaged.pipeline.fastpath import (
     FullBuildNeeded,
+    StaleLayerIndex,
     Tail,
     layer_index,
     loaded_layer_index,
     present_blobs,
     push_tail,
     read_known,
+    relearning,
     stem_image,
     stem_workdir_of,
     tail_roots,
@@ -547,20 +549,21 @@ class _Fast:
         stem_digest: ImageDigest | None = None
         for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
             t0 = time.perf_counter()
-            stem_ref, manifest, stem_digest = await self.ensure_stem(force, result, stem_digest)
+            stem_ref, manifest, held = await self.ensure_stem(force, result, stem_digest)
             state = self.settings.resolved_state_dir
             stem_read, config = await stem_image(self.client, stem_ref, manifest, state)
             workdir = stem_workdir_of(config)
             roots = tail_roots(self.decision.tail, workdir)
+            named = ImageRef.parse(result.stem_uri or str(stem_ref))  # read pinned, named by tag
             known = await read_known(
-                self.client, stem_ref, manifest, roots, self.settings.resolved_state_dir
+                self.client, named, manifest, roots, self.settings.resolved_state_dir
             )
             result.timings["stem"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
             written, tail = await self.write(digest, known, workdir, result)
             result.timings["tail_tar"] = time.perf_counter() - t1
-            moved = await self._stem_moved(written, digest, stem_digest)
+            moved = await self._stem_moved(written, digest, held)
             digest = written
             if moved is None:
                 break
@@ -573,9 +576,21 @@ class _Fast:
         target = ImageRef.parse(result.uri)
         # The tail is written: what the daemon shows as pushing (as after a BuildKit build).
         send(self.on_event, BuildDone(image=self.image.name, seconds=result.timings["tail_tar"]))
-        pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
-        index = layer_index(self.settings.resolved_state_dir)  # after the push: off its clock
-        await anyio.to_thread.run_sync(index.save, set(present_blobs()))
+        index = layer_index(self.settings.resolved_state_dir)
+        try:
+            pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
+        except StaleLayerIndex:
+            # A layer's bytes are not what the index said (its entry is dropped): write the
+            # whole tail afresh, every digest from the bytes written, and push that.
+            written, tail = await self.write(digest, known, workdir, result, relearn=True)
+            if await self._stem_moved(written, digest, held) is not None:
+                raise ContextChangedError(
+                    f"the stem of {self.image.name} changed while its tail was written"
+                ) from None
+            digest, target = written, ImageRef.parse(result.uri)
+            pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
+        finally:  # after the push: off its clock
+            await anyio.to_thread.run_sync(index.save, set(present_blobs()))
         result.timings.update(pushed.timings)
         result.uploaded_bytes = pushed.uploaded_bytes
         result.manifest_digest = pushed.image.digest
@@ -650,12 +665,23 @@ class _Fast:
             self.on_event(as_parent(event, self.image.name))
 
     async def write(
-        self, first: ImageDigest, known: StemFs, workdir: str, result: ImageBuild
+        self,
+        first: ImageDigest,
+        known: StemFs,
+        workdir: str,
+        result: ImageBuild,
+        *,
+        relearn: bool = False,
     ) -> tuple[ImageDigest, Tail]:
-        """The tail, from the digest's file lists; re-hashed when a file moved in between."""
+        """The tail, from the digest's file lists; re-hashed when a file moved in between.
+        ``relearn``: every layer written (the layer index asked nothing, told everything)."""
         staged, split = self.staging, self.settings.fastpath_split_bytes
         state = self.settings.resolved_state_dir
-        index = loaded_layer_index(state) or await anyio.to_thread.run_sync(layer_index, state)
+        index = loaded_layer_index(state)
+        if index is None:
+            index = await anyio.to_thread.run_sync(layer_index, state)
+        if relearn:
+            index = relearning(index)
         digest = first
         for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
             if attempt > 1:

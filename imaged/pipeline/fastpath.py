@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import isal
 
 from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
@@ -50,6 +51,7 @@ from imaged.registry.ref import ImageRef
 from imaged.render.dockerfile import quote_env
 from imaged.render.layertar import (
     BLOCKS,
+    LEVEL,
     LayerBlob,
     LayerEntry,
     MemberCache,
@@ -74,12 +76,29 @@ _PRESENT: set[tuple[str, str, str]] = set()
 HEADS_AT_ONCE = 8
 
 
+# What else a layer's bytes depend on besides its entries: the compressor, its version and
+# level, and the layer format (bump it when write_layer's output changes for equal entries).
+LAYER_FORMAT = 1
+WRITER = f"isal {isal.__version__} level {LEVEL} format {LAYER_FORMAT}".encode()
+
+
+def _row_key(key: bytes) -> str:
+    return hashlib.sha256(WRITER + b"\0" + key).hexdigest()
+
+
+class StaleLayerIndex(ContextChangedError):
+    """A layer the index knew was written with other bytes than it says (its entry is
+    dropped): the tail is written afresh, its digests from the bytes written."""
+
+
 class LayerIndex:
-    """The digests of layers written before, by :func:`layer_key`, kept on disk (the state
+    """The digests of layers written before, by :func:`layer_key` and the writer (the
+    compressor, its version and level, the layer format), kept on disk (the state
     directory), so a new process (a one-shot ``imaged build``) need not compress a layer
     the registry already holds: it is written only if its blob is missing there.
-    Its bytes are a function of the key (headers and content digests), so an entry is
-    never stale; a lost update between two processes only costs a compression.
+    Its bytes are a function of that key, so an entry should never be stale; one that is
+    (a damaged file) is dropped when its bytes are written (:class:`StaleLayerIndex`).
+    A lost update between two processes only costs a compression.
 
     It also keeps the blobs seen in each repository (``present``: registry, repository,
     digest), so a new process need not HEAD them again; the registry checks each blob a
@@ -104,7 +123,7 @@ class LayerIndex:
                 self.present = {tuple(p) for p in present if _is_present_row(p)}
 
     def get(self, key: bytes) -> tuple[str, str, int] | None:
-        row = self.rows.get(key.hex())
+        row = self.rows.get(_row_key(key))
         if not (isinstance(row, list) and len(row) == 3):
             return None
         diff_id, digest, size = row
@@ -113,9 +132,14 @@ class LayerIndex:
         return None
 
     def put(self, key: bytes, blob: LayerBlob) -> None:
-        self.rows.pop(key.hex(), None)
-        self.rows[key.hex()] = [blob.diff_id, blob.digest, blob.size]
+        self.rows.pop(_row_key(key), None)
+        self.rows[_row_key(key)] = [blob.diff_id, blob.digest, blob.size]
         self.added = True
+
+    def drop(self, key: bytes) -> None:
+        """Forget a stale entry (saved with the next :meth:`save`)."""
+        if self.rows.pop(_row_key(key), None) is not None:
+            self.added = True
 
     def save(self, present: set[tuple[str, str, str]] | None = None) -> None:
         """Write it when it changed; ``present``: the blobs this process saw in each
@@ -159,13 +183,39 @@ def layer_index(state_dir: Path) -> LayerIndex:
     return _INDEXES[path]
 
 
-def _written_on_demand(part: Sequence[LayerEntry], digest: str) -> BlobSource:
-    """A blob source writing ``part`` when the registry asks for its bytes."""
+class _Relearning(LayerIndex):
+    """An index that answers nothing but keeps what is written (into ``inner``): a tail
+    written this way has every digest from the bytes written, and corrects stale entries."""
+
+    def __init__(self, inner: LayerIndex) -> None:
+        self.inner = inner
+
+    def get(self, key: bytes) -> tuple[str, str, int] | None:
+        return None
+
+    def put(self, key: bytes, blob: LayerBlob) -> None:
+        self.inner.put(key, blob)
+
+
+def relearning(index: LayerIndex) -> LayerIndex:
+    """``index`` asked nothing, told everything (see :class:`_Relearning`)."""
+    return _Relearning(index)
+
+
+def _written_on_demand(
+    part: Sequence[LayerEntry], digest: str, index: LayerIndex, key: bytes
+) -> BlobSource:
+    """A blob source writing ``part`` when the registry asks for its bytes; bytes that are
+    not ``digest`` (a stale index entry) drop the entry and raise StaleLayerIndex."""
 
     async def stream() -> AsyncIterator[bytes]:
         blob = await anyio.to_thread.run_sync(write_layer, part, MEMBERS)
         if blob.digest != digest:
-            raise ContextChangedError(f"a layer of {len(part)} entries is not {digest} any more")
+            index.drop(key)
+            raise StaleLayerIndex(
+                f"a layer of {len(part)} entries written before as {digest} is {blob.digest} "
+                f"now: the layer index entry ({index.path}) is dropped and the tail written again"
+            )
         yield blob.data()
 
     return stream
@@ -279,9 +329,9 @@ class _TailWriter:
     def _add(self, part: Sequence[LayerEntry], created_by: str) -> None:
         key = layer_key(part)
         seen = self.index.get(key) if self.index is not None else None
-        if seen is not None:
+        if seen is not None and self.index is not None:
             diff_id, digest, size = seen
-            data = _written_on_demand(part, digest)
+            data = _written_on_demand(part, digest, self.index, key)
             self.out.layers.append(NewLayer(digest, size, diff_id, data, created_by))
         else:
             blob = write_layer(part, MEMBERS)
@@ -609,6 +659,7 @@ __all__ = [
     "MEMBERS",
     "FullBuildNeeded",
     "Pushed",
+    "StaleLayerIndex",
     "Tail",
     "push_tail",
     "read_known",
