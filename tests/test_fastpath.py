@@ -282,3 +282,70 @@ def test_the_layer_index_is_keyed_on_the_compressor_too(
     assert again.get(layer_key(part)) is None
     again.drop(layer_key(part))  # nothing under that key: nothing to save
     assert not again.added
+
+
+def test_a_stem_blob_missing_from_its_repository_is_found_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that does not check blobs at a manifest PUT, a stem layer collected: a new
+    process (its caches on disk) asks for the stem's blobs before anything is pushed and
+    says which is missing (run() rebuilds the stem on that); a stem found whole is not
+    asked about again in the process."""
+    from imaged.errors import RegistryError
+    from imaged.pipeline import fastpath
+
+    fake = FakeRegistry()  # check_blobs off: it would keep a manifest naming a missing blob
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("print(1)\n")
+    image = (
+        Image.from_base(BASE)
+        .clone(name="app", registry=fake.host)
+        .with_commands(["echo stem"])
+        .with_source_folder(tmp_path / "src", "/app")
+    )
+    settings = load_settings(overrides={"state_dir": tmp_path / "state"})
+    decision = route(image, settings)
+    assert decision.stem is not None
+    cache = DigestCache()
+    stem_tag = hash_image(decision.stem, cache).tag
+    stem_manifest = fake.put_image("app", stem_tag, DOCKER_MANIFEST, {"config": {}})
+
+    async def run() -> ImageBuild:
+        digest = hash_image(image, cache)
+        result = ImageBuild(
+            name="app",
+            uri=image.uri_for(digest.tag),
+            tag=digest.tag,
+            digest=digest.digest,
+            status="",
+        )
+        async with fake.client() as client:
+            fast = _Fast(
+                image,
+                decision,
+                None,
+                settings,
+                _Staging(cache, None, digest),  # type: ignore[arg-type]
+                client,
+                client,
+                None,
+            )
+            await fast._run(digest, False, result)
+        return result
+
+    first = anyio.run(run)
+    assert first.status == "pushed"
+    heads = len(fake.calls("HEAD"))
+    (tmp_path / "src" / "main.py").write_text("print(2)\n")
+    second = anyio.run(run)  # the same process: the stem's blobs are not asked about again
+    assert second.status == "pushed"
+    stem_layer = json.loads(fake.manifests[("app", stem_manifest)][1])["layers"][0]["digest"]
+    assert f"/v2/app/blobs/{stem_layer}" not in fake.calls("HEAD")[heads:]
+    del fake.blobs[("app", stem_layer)]  # collected
+    for name in ("_STEMS", "_KNOWN", "_STEM_CHECKED", "_PRESENT", "_INDEXES"):
+        monkeypatch.setattr(fastpath, name, type(getattr(fastpath, name))())  # a new process
+    (tmp_path / "src" / "main.py").write_text("print(3)\n")
+    tags = {key for key in fake.manifests}
+    with pytest.raises(RegistryError, match=f"lacks \\({stem_layer}\\)"):
+        anyio.run(run)
+    assert {key for key in fake.manifests} == tags  # nothing pushed on the broken stem

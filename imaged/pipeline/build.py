@@ -55,6 +55,7 @@ from imaged.pipeline.fastpath import (
     push_tail,
     read_known,
     relearning,
+    stem_blobs_missing,
     stem_image,
     stem_workdir_of,
     tail_roots,
@@ -552,6 +553,13 @@ class _Fast:
             stem_ref, manifest, held = await self.ensure_stem(force, result, stem_digest)
             state = self.settings.resolved_state_dir
             stem_read, config = await stem_image(self.client, stem_ref, manifest, state)
+            if stem_ref.name == ImageRef.parse(result.uri).name:  # its blobs taken as there
+                lacking = await stem_blobs_missing(self.client, stem_ref, manifest, stem_read)
+                if lacking:  # run() rebuilds the stem
+                    raise RegistryError(
+                        f"the stem {result.stem_uri} names {len(lacking)} blobs its "
+                        f"repository lacks ({', '.join(lacking[:3])})"
+                    )
             workdir = stem_workdir_of(config)
             roots = tail_roots(self.decision.tail, workdir)
             named = ImageRef.parse(result.stem_uri or str(stem_ref))  # read pinned, named by tag

@@ -30,7 +30,7 @@ from imaged.digest.files import DIR, FILE, SYMLINK
 from imaged.digest.image_digest import ImageDigest, LayerDigest
 from imaged.errors import ContextChangedError, ImagedError, RegistryError
 from imaged.pipeline.route import TailLayer, describe_layer
-from imaged.pipeline.stemfs import StemEntry, StemFs, read_stem_fs
+from imaged.pipeline.stemfs import StemEntry, StemFs, missing_blobs, read_stem_fs
 from imaged.registry.append import (
     INDEX_MEDIA_TYPES,
     STEM_MEDIA_TYPES,
@@ -414,6 +414,42 @@ async def stem_image(
     return _STEMS[key]
 
 
+# (registry, repository, manifest digest): stems whose blobs this process found there
+_STEM_CHECKED: set[tuple[str, str, str]] = set()
+
+
+async def stem_blobs_missing(
+    client: RegistryClient, ref: ImageRef, manifest_digest: str, stem: StemImage
+) -> list[str]:
+    """The blobs (config and layers) of the stem manifest ``manifest_digest`` that its
+    repository says it lacks (HEADs at once), asked once per process and stem: the push
+    takes a stem's blobs in its own repository as there, and a registry that does not
+    check blobs at a manifest PUT would keep a tag naming a missing one. An index's
+    platforms are asked one by one (:func:`missing_blobs`)."""
+    key = (ref.registry, ref.repository, manifest_digest)
+    if key in _STEM_CHECKED:
+        return []
+    pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
+    if stem.media_type in INDEX_MEDIA_TYPES:
+        missing = await missing_blobs(client, pinned)
+    else:
+        manifest = json.loads(stem.body)
+        named = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+        digests = list(dict.fromkeys(d["digest"] for d in named if "digest" in d))
+        answers: dict[str, Existence] = {}
+        limit = anyio.Semaphore(HEADS_AT_ONCE)
+
+        async def head(digest: str) -> None:
+            async with limit:
+                answers[digest] = await client.blob_exists(pinned, digest)
+
+        await _concurrently(*(partial(head, d) for d in digests))
+        missing = [d for d in digests if answers[d] is not Existence.EXISTS]
+    if not missing:
+        _STEM_CHECKED.add(key)
+    return missing
+
+
 def _stem_file(state_dir: Path | None, manifest_digest: str) -> Path | None:
     if state_dir is None or not manifest_digest.startswith("sha256:"):
         return None
@@ -663,6 +699,7 @@ __all__ = [
     "Tail",
     "push_tail",
     "read_known",
+    "stem_blobs_missing",
     "stem_config",
     "stem_image",
     "stem_workdir_of",
