@@ -406,3 +406,85 @@ def test_a_known_layer_missing_from_the_repository_is_written_and_uploaded(
     ]
     out = docker(infra.docker_cli, "run", "--rm", second.uri, "cat", "/data/big/d3/f0003.txt")
     assert out.stdout == "3\n" * 40
+
+
+def test_a_checkout_moving_stem_and_tail_during_the_tail_pushes_the_new_stem(
+    infra: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tail file and a recipe input change together (a git checkout) after the stem was
+    looked up: the re-hash sees the stem move too, so the image is appended to the new
+    stem, not tagged with the new digest on the old one."""
+    from imaged.errors import ContextChangedError
+    from imaged.pipeline import build as build_module
+
+    requirements = write(tmp_path / "recipe", {"requirements.txt": "six==1.16.0\n"})
+    src = source_tree(tmp_path / "src")
+    image = (
+        named(infra, "checkout")
+        .with_requirements(requirements / "requirements.txt")
+        .with_source_folder(src, "/app")
+    )
+    real = build_module.write_tail
+    calls = []
+
+    def checkout_then_write(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            (requirements / "requirements.txt").write_text("six==1.17.0\n")
+            (src / "app.py").write_text("print('checked out')\n")
+            raise ContextChangedError(f"{src / 'app.py'} changed after it was hashed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "write_tail", checkout_then_write)
+    events: list[dict[str, Any]] = []
+    raced = build(image, on_event=events.append)
+    assert (raced.path, raced.status) == ("fast", "pushed"), raced.path_reason
+    assert [e["event"] for e in events].count("rehashed") == 1
+    monkeypatch.setattr(build_module, "write_tail", real)
+    fresh = build(image.clone(name=f"{image.name}-fresh"))  # the new inputs, built afresh
+    assert fresh.digest == raced.digest
+    assert (raced.stem_uri or "").rpartition(":")[2] == (fresh.stem_uri or "").rpartition(":")[2]
+    built = stem_builds(events)  # the old stem, then the new one
+    assert len(built) == 2, built
+    assert built[-1] == raced.stem_uri
+    stem_layers = manifest_layers(fresh.stem_uri or "")
+    assert manifest_layers(raced.uri)[: len(stem_layers)] == stem_layers
+    cli = infra.docker_cli
+    script = "import six; print(six.__version__); print(open('/app/src/app.py').read())"
+    out = docker(cli, "run", "--rm", raced.uri, "python", "-c", script)
+    assert out.stdout == "1.17.0\nprint('checked out')\n\n"
+
+
+def test_a_stale_layer_index_entry_is_dropped_and_the_layer_written_afresh(
+    infra: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry of the on-disk layer index names other bytes (a damaged file, or one
+    written by another compressor): the build drops them, writes the tail afresh, and the
+    manifest names the bytes written; the index is corrected."""
+    from imaged.pipeline import fastpath
+    from imaged.render.layertar import MemberCache
+
+    tree = big_tree(tmp_path / "big", 200)
+    settings = load_settings(overrides={"fastpath_split_bytes": 32 << 10})
+    first = build(named(infra, "stale-a").with_source_folder(tree, "/data"), settings=settings)
+    assert first.path == "fast"
+    path = fastpath._index_path(settings.resolved_state_dir)
+    data = json.loads(path.read_text())
+    rows = [k for k in data if k != "present"]
+    assert len(rows) > 3
+    for n, key in enumerate(rows):
+        diff_id, _, size = data[key]
+        data[key] = [diff_id, "sha256:" + hashlib.sha256(f"stale {n}".encode()).hexdigest(), size]
+    path.write_text(json.dumps(data))
+    # a new process: no members, the index read back from the damaged file
+    monkeypatch.setattr(fastpath, "MEMBERS", MemberCache())
+    monkeypatch.setattr(fastpath, "_INDEXES", {})
+    second = build(named(infra, "stale-b").with_source_folder(tree, "/data"), settings=settings)
+    assert (second.path, second.status) == ("fast", "pushed"), second.path_reason
+    tail = manifest_layers(second.uri)[len(manifest_layers(second.stem_uri or "")) :]
+    truth = [la["digest"] for la in manifest_layers(first.uri)[-len(tail) :]]
+    assert [la["digest"] for la in tail] == truth
+    kept = json.loads(path.read_text())
+    assert set(truth) <= {row[1] for k, row in kept.items() if k != "present"}
+    out = docker(infra.docker_cli, "run", "--rm", second.uri, "cat", "/data/big/d3/f0003.txt")
+    assert out.stdout == "3\n" * 40

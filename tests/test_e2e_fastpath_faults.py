@@ -238,15 +238,24 @@ def blob_files(registry: PrivateRegistry, digest: str) -> Path:
     return registry.root / "storage/docker/registry/v2/blobs/sha256" / hexa[:2] / hexa
 
 
+@pytest.mark.parametrize("new_process", [False, True])
 def test_a_stem_whose_blobs_were_collected_is_rebuilt(
-    infra: Any, registry: PrivateRegistry, tmp_path: Path
+    infra: Any,
+    registry: PrivateRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    new_process: bool,
 ) -> None:
+    """The same process finds it at the manifest PUT; a new one when it first reads the
+    stem (its blobs asked for before anything is pushed)."""
     import shutil
+
+    from imaged.pipeline import fastpath
 
     src = tree(tmp_path / "src")
     image = (
         Image.from_base(infra.debian_base)
-        .clone(name=f"fpfault-gc-{RUN}", registry=registry.address)
+        .clone(name=f"fpfault-gc{int(new_process)}-{RUN}", registry=registry.address)
         .with_commands(["echo gc > /gc.txt"])
         .with_source_folder(src, "/app")
     )
@@ -260,6 +269,9 @@ def test_a_stem_whose_blobs_were_collected_is_rebuilt(
     registry.start()
     assert registry_state(first.stem_uri)[1] == [gone]  # the tag stays, broken
     (src / "app.py").write_text("print('after gc')\n")
+    if new_process:
+        for name in ("_STEMS", "_KNOWN", "_STEM_CHECKED", "_PRESENT", "_INDEXES"):
+            monkeypatch.setattr(fastpath, name, type(getattr(fastpath, name))())
     events: list[dict[str, Any]] = []
     second = build(image, on_event=events.append)
     assert [e["uri"] for e in events if e.get("event") == "parent_pushed"] == [first.stem_uri]

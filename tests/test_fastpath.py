@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -363,3 +364,141 @@ def test_a_linked_account_file_takes_the_full_build(tmp_path: Path) -> None:
     fake.manifests[("app", sha256(body))] = (OCI_MANIFEST, body)
     with pytest.raises(FullBuildNeeded, match="/etc/passwd is not a plain file"):
         _owner(fake, stem, sha256(body), "app", app(tmp_path), tmp_path)
+
+
+def test_the_stem_is_pinned_to_the_manifest_read_not_its_tag(tmp_path: Path) -> None:
+    """The stem's tag re-pushed after the look-up: the tail still goes on the manifest the
+    look-up read (repo@digest), never on a mix of two stems."""
+    fake = FakeRegistry()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("print(1)\n")
+    image = (
+        Image.from_base(BASE)
+        .clone(name="app", registry=fake.host)
+        .with_commands(["echo stem"])
+        .with_source_folder(tmp_path / "src", "/app")
+    )
+    settings = load_settings()
+    decision = route(image, settings)
+    assert decision.stem is not None
+    cache = DigestCache()
+    stem_digest = hash_image(decision.stem, cache)
+    first = fake.put_image("app", stem_digest.tag, DOCKER_MANIFEST, {"which": "first"})
+    digest = hash_image(image, cache)
+    result = ImageBuild(
+        name="app", uri=image.uri_for(digest.tag), tag=digest.tag, digest=digest.digest, status=""
+    )
+
+    async def run() -> tuple[ImageRef, str, Any]:
+        async with fake.client() as client:
+            fast = _Fast(
+                image,
+                decision,
+                None,  # type: ignore[arg-type]  # the stem is there: nothing is built
+                settings,
+                _Staging(cache, None, digest),
+                client,
+                client,
+                None,
+            )
+            ref, manifest, _ = await fast.ensure_stem(False, result, stem_digest)
+            fake.put_image("app", stem_digest.tag, DOCKER_MANIFEST, {"which": "second"})
+            layer = new_layer({"app/main.py": b"print(1)\n"})
+            tail = Tail(layers=[layer], history=[HistoryEntry(layer.created_by)])
+            target = ImageRef.parse(result.uri)
+            pushed = await push_tail(client, ref, target, tail, digest.digest)
+            return ref, manifest, pushed
+
+    ref, manifest, pushed = anyio.run(run)
+    assert manifest == first
+    _, body = fake.manifests[("app", digest.tag)]
+    config_digest = json.loads(body)["config"]["digest"]
+    assert json.loads(fake.blobs[("app", config_digest)])["which"] == "first"
+    assert (ref.tag, ref.digest) == (None, first)
+    assert pushed.image.digest == "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def test_the_layer_index_is_keyed_on_the_compressor_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imaged.pipeline import fastpath
+    from imaged.render.layertar import folder_entry, layer_key, write_layer
+
+    part = [folder_entry("opt"), folder_entry(f"opt/{uuid.uuid4().hex}")]
+    index = fastpath.LayerIndex(tmp_path / "layers.json")
+    blob = write_layer(part)
+    index.put(layer_key(part), blob)
+    index.save()
+    again = fastpath.LayerIndex(tmp_path / "layers.json")
+    assert again.get(layer_key(part)) == (blob.diff_id, blob.digest, blob.size)
+    monkeypatch.setattr(fastpath, "WRITER", b"isal 9.9.9 level 3 format 1")  # an upgrade
+    assert again.get(layer_key(part)) is None
+    again.drop(layer_key(part))  # nothing under that key: nothing to save
+    assert not again.added
+
+
+def test_a_stem_blob_missing_from_its_repository_is_found_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that does not check blobs at a manifest PUT, a stem layer collected: a new
+    process (its caches on disk) asks for the stem's blobs before anything is pushed and
+    says which is missing (run() rebuilds the stem on that); a stem found whole is not
+    asked about again in the process."""
+    from imaged.errors import RegistryError
+    from imaged.pipeline import fastpath
+
+    fake = FakeRegistry()  # check_blobs off: it would keep a manifest naming a missing blob
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("print(1)\n")
+    image = (
+        Image.from_base(BASE)
+        .clone(name="app", registry=fake.host)
+        .with_commands(["echo stem"])
+        .with_source_folder(tmp_path / "src", "/app")
+    )
+    settings = load_settings(overrides={"state_dir": tmp_path / "state"})
+    decision = route(image, settings)
+    assert decision.stem is not None
+    cache = DigestCache()
+    stem_tag = hash_image(decision.stem, cache).tag
+    stem_manifest = fake.put_image("app", stem_tag, DOCKER_MANIFEST, {"config": {}})
+
+    async def run() -> ImageBuild:
+        digest = hash_image(image, cache)
+        result = ImageBuild(
+            name="app",
+            uri=image.uri_for(digest.tag),
+            tag=digest.tag,
+            digest=digest.digest,
+            status="",
+        )
+        async with fake.client() as client:
+            fast = _Fast(
+                image,
+                decision,
+                None,
+                settings,
+                _Staging(cache, None, digest),  # type: ignore[arg-type]
+                client,
+                client,
+                None,
+            )
+            await fast._run(digest, False, result)
+        return result
+
+    first = anyio.run(run)
+    assert first.status == "pushed"
+    heads = len(fake.calls("HEAD"))
+    (tmp_path / "src" / "main.py").write_text("print(2)\n")
+    second = anyio.run(run)  # the same process: the stem's blobs are not asked about again
+    assert second.status == "pushed"
+    stem_layer = json.loads(fake.manifests[("app", stem_manifest)][1])["layers"][0]["digest"]
+    assert f"/v2/app/blobs/{stem_layer}" not in fake.calls("HEAD")[heads:]
+    del fake.blobs[("app", stem_layer)]  # collected
+    for name in ("_STEMS", "_KNOWN", "_STEM_CHECKED", "_PRESENT", "_INDEXES"):
+        monkeypatch.setattr(fastpath, name, type(getattr(fastpath, name))())  # a new process
+    (tmp_path / "src" / "main.py").write_text("print(3)\n")
+    tags = {key for key in fake.manifests}
+    with pytest.raises(RegistryError, match=f"lacks \\({stem_layer}\\)"):
+        anyio.run(run)
+    assert {key for key in fake.manifests} == tags  # nothing pushed on the broken stem

@@ -47,12 +47,15 @@ from imaged.events import (
 )
 from imaged.pipeline.fastpath import (
     FullBuildNeeded,
+    StaleLayerIndex,
     Tail,
     layer_index,
     loaded_layer_index,
     present_blobs,
     push_tail,
     read_known,
+    relearning,
+    stem_blobs_missing,
     stem_image,
     stem_workdir_of,
     tail_roots,
@@ -545,29 +548,61 @@ class _Fast:
             await self._run(digest, True, result)
 
     async def _run(self, digest: ImageDigest, force: bool, result: ImageBuild) -> None:
-        t0 = time.perf_counter()
-        stem_ref, manifest = await self.ensure_stem(force, result)
-        state = self.settings.resolved_state_dir
-        stem_read, config = await stem_image(self.client, stem_ref, manifest, state)
-        workdir = stem_workdir_of(config)
-        roots = tail_roots(self.decision.tail, workdir)
-        known = await read_known(
-            self.client, stem_ref, manifest, roots, self.settings.resolved_state_dir
-        )
-        owner = await workdir_owner(
-            self.client, stem_ref, manifest, config, self.decision.tail, state
-        )
-        result.timings["stem"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
-        digest, tail = await self.write(digest, known, workdir, result, owner)
-        result.timings["tail_tar"] = time.perf_counter() - t1
+        stem_digest: ImageDigest | None = None
+        for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
+            t0 = time.perf_counter()
+            stem_ref, manifest, held = await self.ensure_stem(force, result, stem_digest)
+            state = self.settings.resolved_state_dir
+            stem_read, config = await stem_image(self.client, stem_ref, manifest, state)
+            if stem_ref.name == ImageRef.parse(result.uri).name:  # its blobs taken as there
+                lacking = await stem_blobs_missing(self.client, stem_ref, manifest, stem_read)
+                if lacking:  # run() rebuilds the stem
+                    raise RegistryError(
+                        f"the stem {result.stem_uri} names {len(lacking)} blobs its "
+                        f"repository lacks ({', '.join(lacking[:3])})"
+                    )
+            workdir = stem_workdir_of(config)
+            roots = tail_roots(self.decision.tail, workdir)
+            named = ImageRef.parse(result.stem_uri or str(stem_ref))  # read pinned, named by tag
+            known = await read_known(
+                self.client, named, manifest, roots, self.settings.resolved_state_dir
+            )
+            owner = await workdir_owner(
+                self.client, stem_ref, manifest, config, self.decision.tail, state
+            )
+            result.timings["stem"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            send(self.on_event, BuildBuilding(image=self.image.name, uri=result.uri))
+            written, tail = await self.write(digest, known, workdir, result, owner)
+            result.timings["tail_tar"] = time.perf_counter() - t1
+            moved = await self._stem_moved(written, digest, held)
+            digest = written
+            if moved is None:
+                break
+            # A stem input moved with the tail (a checkout): this tail is not for that stem.
+            if attempt == MAX_STAGE_ATTEMPTS:
+                raise ContextChangedError(
+                    f"the stem of {self.image.name} kept changing while its tail was written"
+                )
+            stem_digest = moved
         target = ImageRef.parse(result.uri)
         # The tail is written: what the daemon shows as pushing (as after a BuildKit build).
         send(self.on_event, BuildDone(image=self.image.name, seconds=result.timings["tail_tar"]))
-        pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
-        index = layer_index(self.settings.resolved_state_dir)  # after the push: off its clock
-        await anyio.to_thread.run_sync(index.save, set(present_blobs()))
+        index = layer_index(self.settings.resolved_state_dir)
+        try:
+            pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
+        except StaleLayerIndex:
+            # A layer's bytes are not what the index said (its entry is dropped): write the
+            # whole tail afresh, every digest from the bytes written, and push that.
+            written, tail = await self.write(digest, known, workdir, result, owner, relearn=True)
+            if await self._stem_moved(written, digest, held) is not None:
+                raise ContextChangedError(
+                    f"the stem of {self.image.name} changed while its tail was written"
+                ) from None
+            digest, target = written, ImageRef.parse(result.uri)
+            pushed = await push_tail(self.client, stem_ref, target, tail, digest.digest, stem_read)
+        finally:  # after the push: off its clock
+            await anyio.to_thread.run_sync(index.save, set(present_blobs()))
         result.timings.update(pushed.timings)
         result.uploaded_bytes = pushed.uploaded_bytes
         result.manifest_digest = pushed.image.digest
@@ -583,15 +618,35 @@ class _Fast:
             ),
         )
 
-    async def ensure_stem(self, force: bool, result: ImageBuild) -> tuple[ImageRef, str]:
-        """The stem's reference and manifest digest: HEAD its content tag; build and push
-        it (the full path, the same builder and secrets) when missing or forced."""
+    async def _stem_moved(
+        self, written: ImageDigest, first: ImageDigest, stem_digest: ImageDigest
+    ) -> ImageDigest | None:
+        """The stem's new digest when the tail was written from a re-hash (``written`` is
+        not ``first``) and the stem's inputs moved too; None when the stem still holds."""
+        if written is first:
+            return None
         stem = self.decision.stem
         assert stem is not None
         staged = self.staging
-        stem_digest = await anyio.to_thread.run_sync(
-            _validate_and_hash, stem, staged.cache, staged.trees, None
+        again = await anyio.to_thread.run_sync(
+            _rehash, stem, staged.cache, _revalidating(staged.trees)
         )
+        return None if again.digest == stem_digest.digest else again
+
+    async def ensure_stem(
+        self, force: bool, result: ImageBuild, hashed: ImageDigest | None = None
+    ) -> tuple[ImageRef, str, ImageDigest]:
+        """The stem's reference (pinned to its manifest digest), manifest digest and
+        digest (``hashed``: hashed already): HEAD its content tag; build and push it (the
+        full path, the same builder and secrets) when missing or forced."""
+        stem = self.decision.stem
+        assert stem is not None
+        staged = self.staging
+        stem_digest = hashed
+        if stem_digest is None:
+            stem_digest = await anyio.to_thread.run_sync(
+                _validate_and_hash, stem, staged.cache, staged.trees, None
+            )
         result.stem_uri = _uri(stem, stem_digest)
         ref = ImageRef.parse(result.stem_uri)
         manifest = None if force else await self.client.manifest_digest(ref)
@@ -613,7 +668,9 @@ class _Fast:
             manifest = built.manifest_digest or await self.client.manifest_digest(ref)
             if manifest is None:
                 raise RegistryError(f"the stem {result.stem_uri} was pushed but is not there")
-        return ref, manifest
+        # Pinned: what follows (config, folders, blobs, the append) reads this manifest,
+        # not whatever the tag names by then.
+        return replace(ref, tag=None, digest=manifest), manifest, stem_digest
 
     def _stem_event(self, event: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -626,11 +683,18 @@ class _Fast:
         workdir: str,
         result: ImageBuild,
         owner: tuple[int, int] = (0, 0),
+        *,
+        relearn: bool = False,
     ) -> tuple[ImageDigest, Tail]:
-        """The tail, from the digest's file lists; re-hashed when a file moved in between."""
+        """The tail, from the digest's file lists; re-hashed when a file moved in between.
+        ``relearn``: every layer written (the layer index asked nothing, told everything)."""
         staged, split = self.staging, self.settings.fastpath_split_bytes
         state = self.settings.resolved_state_dir
-        index = loaded_layer_index(state) or await anyio.to_thread.run_sync(layer_index, state)
+        index = loaded_layer_index(state)
+        if index is None:
+            index = await anyio.to_thread.run_sync(layer_index, state)
+        if relearn:
+            index = relearning(index)
         digest = first
         for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
             if attempt > 1:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import isal
 
 from imaged.atomic_write import write_atomic
 from imaged.digest.files import DIR, FILE, SYMLINK
@@ -33,6 +34,7 @@ from imaged.pipeline.stemfs import (
     StemEntry,
     StemFileUnreadable,
     StemFs,
+    missing_blobs,
     on_paths,
     read_stem_files,
     read_stem_fs,
@@ -57,6 +59,7 @@ from imaged.registry.ref import ImageRef
 from imaged.render.dockerfile import quote_env
 from imaged.render.layertar import (
     BLOCKS,
+    LEVEL,
     LayerBlob,
     LayerEntry,
     MemberCache,
@@ -81,12 +84,29 @@ _PRESENT: set[tuple[str, str, str]] = set()
 HEADS_AT_ONCE = 8
 
 
+# What else a layer's bytes depend on besides its entries: the compressor, its version and
+# level, and the layer format (bump it when write_layer's output changes for equal entries).
+LAYER_FORMAT = 1
+WRITER = f"isal {isal.__version__} level {LEVEL} format {LAYER_FORMAT}".encode()
+
+
+def _row_key(key: bytes) -> str:
+    return hashlib.sha256(WRITER + b"\0" + key).hexdigest()
+
+
+class StaleLayerIndex(ContextChangedError):
+    """A layer the index knew was written with other bytes than it says (its entry is
+    dropped): the tail is written afresh, its digests from the bytes written."""
+
+
 class LayerIndex:
-    """The digests of layers written before, by :func:`layer_key`, kept on disk (the state
+    """The digests of layers written before, by :func:`layer_key` and the writer (the
+    compressor, its version and level, the layer format), kept on disk (the state
     directory), so a new process (a one-shot ``imaged build``) need not compress a layer
     the registry already holds: it is written only if its blob is missing there.
-    Its bytes are a function of the key (headers and content digests), so an entry is
-    never stale; a lost update between two processes only costs a compression.
+    Its bytes are a function of that key, so an entry should never be stale; one that is
+    (a damaged file) is dropped when its bytes are written (:class:`StaleLayerIndex`).
+    A lost update between two processes only costs a compression.
 
     It also keeps the blobs seen in each repository (``present``: registry, repository,
     digest), so a new process need not HEAD them again; the registry checks each blob a
@@ -111,7 +131,7 @@ class LayerIndex:
                 self.present = {tuple(p) for p in present if _is_present_row(p)}
 
     def get(self, key: bytes) -> tuple[str, str, int] | None:
-        row = self.rows.get(key.hex())
+        row = self.rows.get(_row_key(key))
         if not (isinstance(row, list) and len(row) == 3):
             return None
         diff_id, digest, size = row
@@ -120,9 +140,14 @@ class LayerIndex:
         return None
 
     def put(self, key: bytes, blob: LayerBlob) -> None:
-        self.rows.pop(key.hex(), None)
-        self.rows[key.hex()] = [blob.diff_id, blob.digest, blob.size]
+        self.rows.pop(_row_key(key), None)
+        self.rows[_row_key(key)] = [blob.diff_id, blob.digest, blob.size]
         self.added = True
+
+    def drop(self, key: bytes) -> None:
+        """Forget a stale entry (saved with the next :meth:`save`)."""
+        if self.rows.pop(_row_key(key), None) is not None:
+            self.added = True
 
     def save(self, present: set[tuple[str, str, str]] | None = None) -> None:
         """Write it when it changed; ``present``: the blobs this process saw in each
@@ -163,13 +188,39 @@ def layer_index(state_dir: Path) -> LayerIndex:
     return _INDEXES[path]
 
 
-def _written_on_demand(part: Sequence[LayerEntry], digest: str) -> BlobSource:
-    """A blob source writing ``part`` when the registry asks for its bytes."""
+class _Relearning(LayerIndex):
+    """An index that answers nothing but keeps what is written (into ``inner``): a tail
+    written this way has every digest from the bytes written, and corrects stale entries."""
+
+    def __init__(self, inner: LayerIndex) -> None:
+        self.inner = inner
+
+    def get(self, key: bytes) -> tuple[str, str, int] | None:
+        return None
+
+    def put(self, key: bytes, blob: LayerBlob) -> None:
+        self.inner.put(key, blob)
+
+
+def relearning(index: LayerIndex) -> LayerIndex:
+    """``index`` asked nothing, told everything (see :class:`_Relearning`)."""
+    return _Relearning(index)
+
+
+def _written_on_demand(
+    part: Sequence[LayerEntry], digest: str, index: LayerIndex, key: bytes
+) -> BlobSource:
+    """A blob source writing ``part`` when the registry asks for its bytes; bytes that are
+    not ``digest`` (a stale index entry) drop the entry and raise StaleLayerIndex."""
 
     async def stream() -> AsyncIterator[bytes]:
         blob = await anyio.to_thread.run_sync(write_layer, part, MEMBERS)
         if blob.digest != digest:
-            raise ContextChangedError(f"a layer of {len(part)} entries is not {digest} any more")
+            index.drop(key)
+            raise StaleLayerIndex(
+                f"a layer of {len(part)} entries written before as {digest} is {blob.digest} "
+                f"now: the layer index entry ({index.path}) is dropped and the tail written again"
+            )
         yield blob.data()
 
     return stream
@@ -295,9 +346,9 @@ class _TailWriter:
     def _add(self, part: Sequence[LayerEntry], created_by: str) -> None:
         key = layer_key(part)
         seen = self.index.get(key) if self.index is not None else None
-        if seen is not None:
+        if seen is not None and self.index is not None:
             diff_id, digest, size = seen
-            data = _written_on_demand(part, digest)
+            data = _written_on_demand(part, digest, self.index, key)
             self.out.layers.append(NewLayer(digest, size, diff_id, data, created_by))
         else:
             blob = write_layer(part, MEMBERS)
@@ -384,6 +435,42 @@ async def stem_image(
         if kept is not None:
             await anyio.to_thread.run_sync(_keep_stem, kept, media_type, body, raw)
     return _STEMS[key]
+
+
+# (registry, repository, manifest digest): stems whose blobs this process found there
+_STEM_CHECKED: set[tuple[str, str, str]] = set()
+
+
+async def stem_blobs_missing(
+    client: RegistryClient, ref: ImageRef, manifest_digest: str, stem: StemImage
+) -> list[str]:
+    """The blobs (config and layers) of the stem manifest ``manifest_digest`` that its
+    repository says it lacks (HEADs at once), asked once per process and stem: the push
+    takes a stem's blobs in its own repository as there, and a registry that does not
+    check blobs at a manifest PUT would keep a tag naming a missing one. An index's
+    platforms are asked one by one (:func:`missing_blobs`)."""
+    key = (ref.registry, ref.repository, manifest_digest)
+    if key in _STEM_CHECKED:
+        return []
+    pinned = dataclasses.replace(ref, tag=None, digest=manifest_digest)
+    if stem.media_type in INDEX_MEDIA_TYPES:
+        missing = await missing_blobs(client, pinned)
+    else:
+        manifest = json.loads(stem.body)
+        named = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+        digests = list(dict.fromkeys(d["digest"] for d in named if "digest" in d))
+        answers: dict[str, Existence] = {}
+        limit = anyio.Semaphore(HEADS_AT_ONCE)
+
+        async def head(digest: str) -> None:
+            async with limit:
+                answers[digest] = await client.blob_exists(pinned, digest)
+
+        await _concurrently(*(partial(head, d) for d in digests))
+        missing = [d for d in digests if answers[d] is not Existence.EXISTS]
+    if not missing:
+        _STEM_CHECKED.add(key)
+    return missing
 
 
 def _stem_file(state_dir: Path | None, manifest_digest: str) -> Path | None:
@@ -712,9 +799,11 @@ __all__ = [
     "MEMBERS",
     "FullBuildNeeded",
     "Pushed",
+    "StaleLayerIndex",
     "Tail",
     "push_tail",
     "read_known",
+    "stem_blobs_missing",
     "stem_config",
     "stem_image",
     "stem_user_of",

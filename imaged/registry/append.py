@@ -268,8 +268,10 @@ async def append_layers(
     stem, target = _ref(stem_ref), _ref(target_ref)
     tail_history(layers, config_edit)  # a bad count fails before anything is pushed
     if stem_image is None:
-        media_type, body, _ = await client.get_manifest(stem, accept=STEM_MEDIA_TYPES)
+        media_type, body, read = await client.get_manifest(stem, accept=STEM_MEDIA_TYPES)
         stem_image = StemImage(media_type, body)
+        if read:  # pinned: a tag re-pushed meanwhile cannot mix two stems
+            stem = dataclasses.replace(stem, tag=None, digest=read)
     media_type, body = stem_image.media_type, stem_image.body
     pusher = _Pusher(client, stem, target, layers, dict(stem_image.configs), fresh_configs)
     pusher.done.update((b.digest, b) for b in done)
