@@ -20,7 +20,7 @@ import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -87,12 +87,12 @@ def _entry(info: tarfile.TarInfo) -> StemEntry:
     return StemEntry(kind, info.mode & 0o7777, info.uid, info.gid, info.linkname or None)
 
 
-def apply_layer(fs: StemFs, tar: IO[bytes], roots: Sequence[str]) -> None:
-    """Apply one layer tar (any compression tarfile reads) on top of ``fs``: its whiteouts
-    and opaque markers delete from the layers below, then its entries on ``roots`` are set
-    (a non-folder hides whatever was below it)."""
-    deletions: list[tuple[str, bool]] = []  # (path, opaque: only what is below it)
-    entries: list[tuple[str, StemEntry]] = []
+def _layer_members(
+    tar: IO[bytes], deletions: list[tuple[str, bool]]
+) -> Iterator[tuple[str, tarfile.TarInfo, tarfile.TarFile]]:
+    """Each member of a layer tar but its whiteouts, by its clean path (while the stream is
+    at it, so it can be read); whiteouts and opaque markers go to ``deletions`` as (path,
+    opaque: only what is below it)."""
     with tarfile.open(fileobj=tar, mode="r|*") as archive:
         for info in archive:
             path = _clean(info.name)
@@ -101,8 +101,19 @@ def apply_layer(fs: StemFs, tar: IO[bytes], roots: Sequence[str]) -> None:
                 deletions.append((folder, True))
             elif base.startswith(WHITEOUT):
                 deletions.append((posixpath.join(folder, base[len(WHITEOUT) :]), False))
-            elif path and on_paths(path, roots):
-                entries.append((path, _entry(info)))
+            else:
+                yield path, info, archive
+
+
+def apply_layer(fs: StemFs, tar: IO[bytes], roots: Sequence[str]) -> None:
+    """Apply one layer tar (any compression tarfile reads) on top of ``fs``: its whiteouts
+    and opaque markers delete from the layers below, then its entries on ``roots`` are set
+    (a non-folder hides whatever was below it)."""
+    deletions: list[tuple[str, bool]] = []  # (path, opaque: only what is below it)
+    entries: list[tuple[str, StemEntry]] = []
+    for path, info, _archive in _layer_members(tar, deletions):
+        if path and on_paths(path, roots):
+            entries.append((path, _entry(info)))
     for path, opaque in deletions:
         if on_paths(path, roots):
             (_delete_below if opaque else _delete)(fs, path)
@@ -268,21 +279,14 @@ def apply_layer_files(files: dict[str, bytes], tar: IO[bytes], paths: Sequence[s
     unreadable; a file above it hides it."""
     deletions: list[tuple[str, bool]] = []
     entries: dict[str, bytes | None] = {}  # None: hidden (a file above the path)
-    with tarfile.open(fileobj=tar, mode="r|*") as archive:
-        for info in archive:
-            path = _clean(info.name)
-            folder, _, base = path.rpartition("/")
-            if base == OPAQUE:
-                deletions.append((folder, True))
-            elif base.startswith(WHITEOUT):
-                deletions.append((posixpath.join(folder, base[len(WHITEOUT) :]), False))
-            elif path in paths:
-                handle = archive.extractfile(info) if info.isfile() and not info.islnk() else None
-                entries[path] = handle.read() if handle is not None else _UNREADABLE
-            else:
-                for wanted in paths:
-                    if wanted.startswith(path + "/") and not info.isdir():
-                        entries[wanted] = _UNREADABLE if info.issym() else None
+    for path, info, archive in _layer_members(tar, deletions):
+        if path in paths:
+            handle = archive.extractfile(info) if info.isfile() and not info.islnk() else None
+            entries[path] = handle.read() if handle is not None else _UNREADABLE
+        else:
+            for wanted in paths:
+                if wanted.startswith(path + "/") and not info.isdir():
+                    entries[wanted] = _UNREADABLE if info.issym() else None
     for path, opaque in deletions:
         for wanted in paths:
             if wanted.startswith(path + "/") or (wanted == path and not opaque):
