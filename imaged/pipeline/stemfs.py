@@ -20,10 +20,10 @@ import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from imaged.atomic_write import write_atomic
 from imaged.errors import ImagedError
@@ -31,6 +31,7 @@ from imaged.registry.append import INDEX_MEDIA_TYPES, STEM_MEDIA_TYPES
 from imaged.registry.client import RegistryClient
 from imaged.registry.ref import ImageRef
 
+T = TypeVar("T")
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 CACHE_VERSION = 1
@@ -201,6 +202,36 @@ def _first_difference(a: StemFs, b: StemFs) -> str:
     return f"/{path} is {_shown(a.get(path))} against {_shown(b.get(path))}"
 
 
+async def _on_every_platform(
+    client: RegistryClient,
+    pinned: ImageRef,
+    fresh: Callable[[], T],
+    apply: Callable[[T, IO[bytes]], None],
+    differ: Callable[[str, T, str, T], str],
+) -> T:
+    """``apply`` each layer blob of each platform of ``pinned`` (in order, off the event loop)
+    to a ``fresh()`` value per platform (platforms with the same layers: read once); the
+    platforms must agree, else :class:`StemPlatformsDiffer` with ``differ``'s sentence for the
+    first that does not. A stem with no platform gives ``fresh()``."""
+    import anyio
+
+    read: dict[tuple[str, ...], T] = {}
+    first: tuple[str, T] | None = None
+    for platform, layers in await _platforms(client, pinned):
+        key = tuple(layers)
+        if key not in read:
+            value = fresh()
+            for digest in layers:
+                blob = await client.get_blob(pinned, digest)
+                await anyio.to_thread.run_sync(apply, value, io.BytesIO(blob))
+            read[key] = value
+        if first is None:
+            first = (platform, read[key])
+        elif read[key] != first[1]:
+            raise StemPlatformsDiffer(differ(first[0], first[1], platform, read[key]))
+    return first[1] if first is not None else fresh()
+
+
 async def read_stem_fs(
     client: RegistryClient,
     ref: ImageRef,
@@ -218,26 +249,21 @@ async def read_stem_fs(
     cached = await anyio.to_thread.run_sync(_load, cached_at)
     if cached is not None:
         return cached
-    pinned = ImageRef(ref.registry, ref.repository, tag=None, digest=manifest_digest)
-    read: dict[tuple[str, ...], StemFs] = {}
-    first: tuple[str, StemFs] | None = None
-    for platform, layers in await _platforms(client, pinned):
-        if tuple(layers) not in read:
-            fs: StemFs = {}
-            for digest in layers:
-                blob = await client.get_blob(pinned, digest)
-                await anyio.to_thread.run_sync(apply_layer, fs, io.BytesIO(blob), roots)
-            read[tuple(layers)] = fs
-        fs = read[tuple(layers)]
-        if first is None:
-            first = (platform, fs)
-        elif fs != first[1]:
-            raise StemPlatformsDiffer(
-                f"the platforms of stem {ref} differ on the tail's paths: "
-                f"{_first_difference(first[1], fs)} on {first[0]} and {platform}; "
-                "the full build follows each as BuildKit does"
-            )
-    result = first[1] if first is not None else {}
+
+    def differ(one: str, a: StemFs, other: str, b: StemFs) -> str:
+        return (
+            f"the platforms of stem {ref} differ on the tail's paths: "
+            f"{_first_difference(a, b)} on {one} and {other}; "
+            "the full build follows each as BuildKit does"
+        )
+
+    result = await _on_every_platform(
+        client,
+        ImageRef(ref.registry, ref.repository, tag=None, digest=manifest_digest),
+        dict,
+        lambda fs, tar: apply_layer(fs, tar, roots),
+        differ,
+    )
     await anyio.to_thread.run_sync(_save, cached_at, result)
     return result
 
@@ -326,10 +352,7 @@ def _save_files(path: Path, files: dict[str, bytes]) -> None:
     import base64
 
     rows = {p: base64.b64encode(v).decode() for p, v in files.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": rows}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"version": CACHE_VERSION, "files": rows}), durable=False)
 
 
 async def read_stem_files(
@@ -348,26 +371,21 @@ async def read_stem_files(
     cached_at = _files_cache(state_dir, manifest_digest, paths)
     files = await anyio.to_thread.run_sync(_load_files, cached_at)
     if files is None:
-        pinned = ImageRef(ref.registry, ref.repository, tag=None, digest=manifest_digest)
-        read: dict[tuple[str, ...], dict[str, bytes]] = {}
-        first: tuple[str, dict[str, bytes]] | None = None
-        for platform, layers in await _platforms(client, pinned):
-            if tuple(layers) not in read:
-                got: dict[str, bytes] = {}
-                for digest in layers:
-                    blob = await client.get_blob(pinned, digest)
-                    await anyio.to_thread.run_sync(apply_layer_files, got, io.BytesIO(blob), paths)
-                read[tuple(layers)] = got
-            got = read[tuple(layers)]
-            if first is None:
-                first = (platform, got)
-            elif got != first[1]:
-                differ = min(p for p in paths if got.get(p) != first[1].get(p))
-                raise StemPlatformsDiffer(
-                    f"the platforms of stem {ref} differ in /{differ} ({first[0]} and "
-                    f"{platform}): the full build follows each as BuildKit does"
-                )
-        files = first[1] if first is not None else {}
+
+        def differ(one: str, a: dict[str, bytes], other: str, b: dict[str, bytes]) -> str:
+            path = min(p for p in paths if a.get(p) != b.get(p))
+            return (
+                f"the platforms of stem {ref} differ in /{path} ({one} and "
+                f"{other}): the full build follows each as BuildKit does"
+            )
+
+        files = await _on_every_platform(
+            client,
+            ImageRef(ref.registry, ref.repository, tag=None, digest=manifest_digest),
+            dict,
+            lambda got, tar: apply_layer_files(got, tar, paths),
+            differ,
+        )
         await anyio.to_thread.run_sync(_save_files, cached_at, files)
     for path, content in files.items():
         if content == _UNREADABLE:
