@@ -29,11 +29,15 @@ FAILURES = {"failed", "hash_error", "definition_error", "config_error", "status_
 # -- setup --------------------------------------------------------------------------------
 
 
-def load_state() -> dict[str, Any]:
+def load_state(*, two_engines: str | None = None) -> dict[str, Any]:
+    """The infrastructure's state file; ``two_engines`` (who needs them) also requires its
+    second ("remote") engine."""
     path = Path(os.environ.get("IMAGED_TEST_INFRA", REPO / ".imaged-test-infra.json"))
     if not path.is_file():
         sys.exit(f"error: {path} not found; start the infrastructure: bash scripts/test-infra.sh")
     state: dict[str, Any] = json.loads(path.read_text())
+    if two_engines and not state.get("remote_docker_host"):
+        sys.exit(f"{path} names no remote engine: {two_engines} needs two engines")
     return state
 
 

@@ -39,6 +39,8 @@ import anyio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _support import load_state  # noqa: E402
+
 from imaged.builders.base import BuildRequest  # noqa: E402
 from imaged.builders.local import LocalBuilder  # noqa: E402
 from imaged.builders.remote import RemoteBuilder  # noqa: E402
@@ -47,17 +49,6 @@ from imaged.config import Settings  # noqa: E402
 _HEADER = re.compile(r"^#(\d+) (\[[^\]]+\] .+)$")
 _CACHED = re.compile(r"^#(\d+) CACHED")
 ROWS = ("A plain", "A export", "B cold", "B import")
-
-
-def load_state() -> dict[str, Any]:
-    path = Path(os.environ.get("IMAGED_TEST_INFRA", REPO / ".imaged-test-infra.json"))
-    try:
-        state: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        sys.exit(f"no test infra state at {path}: run `bash scripts/test-infra.sh` first")
-    if not state.get("remote_docker_host"):
-        sys.exit(f"{path} names no remote engine: the bench needs two engines")
-    return state
 
 
 def dockerfile(base: str, nonce: str, seconds: float, megabytes: int) -> str:
@@ -175,7 +166,7 @@ async def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    state = {**load_state(), "exporter": args.exporter}
+    state = {**load_state(two_engines="the bench"), "exporter": args.exporter}
     print(f"engine A: the {args.exporter} dockerd; engine B: the other one")
     os.environ.pop("DOCKER_HOST", None)
     rounds = []

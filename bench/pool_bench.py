@@ -39,23 +39,14 @@ import anyio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _support import load_state  # noqa: E402
+
 from imaged import Image  # noqa: E402
 from imaged.builders.base import Builder, available_builders, get_builder  # noqa: E402
 from imaged.config import SETTING, Settings, load_settings  # noqa: E402
 from imaged.pipeline.build import abuild  # noqa: E402
 
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
-
-
-def load_state() -> dict[str, Any]:
-    path = Path(os.environ.get("IMAGED_TEST_INFRA", REPO / ".imaged-test-infra.json"))
-    try:
-        state: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        sys.exit(f"no test infra state at {path}: run `bash scripts/test-infra.sh` first")
-    if not state.get("remote_docker_host"):
-        sys.exit(f"{path} names no remote engine: the pool half needs two engines")
-    return state
 
 
 def require_pool() -> None:
@@ -173,7 +164,7 @@ async def main() -> None:
     args = parser.parse_args()
     if not args.single_only:
         require_pool()
-    state = load_state()
+    state = load_state(two_engines="the pool half")
     configure(state)
     results: dict[str, Any] = {}
     single = settings_for()
