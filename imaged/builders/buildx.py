@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 
 import anyio
 import anyio.to_thread
@@ -31,10 +32,10 @@ from imaged.builders.base import (
     build_arg_flags,
     cache_refs,
 )
-from imaged.builders.local import open_scratch, read_metadata_digest, run_cli, secret_flags
+from imaged.builders.local import run_build_cli, secret_flags
 from imaged.config import ENV_VARS, Settings, without_secrets
 from imaged.errors import BuildError, ConfigError, EngineError, PushError
-from imaged.events import BuildDone, BuildStarted, EventSink, RefPushed, send
+from imaged.events import BuildDone, EventSink, RefPushed, send
 from imaged.failures import classify_output
 
 INSPECT_TIMEOUT = 60.0
@@ -54,7 +55,7 @@ def buildx_argv(
     builder: str,
     request: BuildRequest,
     *,
-    secret_files: dict[str, str],
+    secret_files: Mapping[str, str],
     metadata_file: str,
     extra: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
@@ -225,23 +226,20 @@ class BuildxBuilder:
         """Build and push on the builder; the manifest digest is the one buildx pushed."""
         cli = await anyio.to_thread.run_sync(self.cli)
         started = time.monotonic()
-        with open_scratch(request.secrets, docker_config=request.docker_config) as scratch:
-            argv = buildx_argv(
+        argv, digest = await run_build_cli(
+            request,
+            lambda secret_files, metadata_file: buildx_argv(
                 cli,
                 self.builder_name,
                 request,
-                secret_files=scratch.secret_paths,
-                metadata_file=scratch.metadata_file,
+                secret_files=secret_files,
+                metadata_file=metadata_file,
                 extra=self.build_flags(request),
-            )
-            send(on_event, BuildStarted(image=request.image_name, argv=argv))
-            env = self.cli_env()
-            if scratch.docker_config_dir is not None:
-                env["DOCKER_CONFIG"] = scratch.docker_config_dir
-            code, output = await run_cli(argv, env=env, on_event=on_event, image=request.image_name)
-            if code != 0:
-                raise self._build_failure(request, cli, output)
-            digest = read_metadata_digest(scratch.metadata_file)
+            ),
+            env=self.cli_env(),
+            on_event=on_event,
+            failure=lambda output: self._build_failure(request, cli, output),
+        )
         seconds = time.monotonic() - started
         if digest is None:
             raise PushError(

@@ -312,6 +312,29 @@ async def run_cli(
             await process.aclose()
 
 
+async def run_build_cli(
+    request: BuildRequest,
+    argv_for: Callable[[Mapping[str, str], str], tuple[str, ...]],
+    *,
+    env: Mapping[str, str],
+    on_event: EventSink | None,
+    failure: Callable[[BuildOutput], Exception],
+) -> tuple[tuple[str, ...], str | None]:
+    """One BuildKit build through a docker CLI, in the request's private scratch folder (its
+    secret files, the metadata file, the Docker config with its logins): the argv
+    ``argv_for(secret_paths, metadata_file)`` makes, announced, run to its end; ``failure``
+    of its output raised when it fails. The argv and the digest the metadata file names."""
+    with open_scratch(request.secrets, docker_config=request.docker_config) as scratch:
+        argv = argv_for(scratch.secret_paths, scratch.metadata_file)
+        send(on_event, BuildStarted(image=request.image_name, argv=argv))
+        if scratch.docker_config_dir is not None:
+            env = {**env, "DOCKER_CONFIG": scratch.docker_config_dir}
+        code, output = await run_cli(argv, env=env, on_event=on_event, image=request.image_name)
+        if code != 0:
+            raise failure(output)
+        return argv, read_metadata_digest(scratch.metadata_file)
+
+
 class LocalBuilder:
     """Builds in the engine the docker CLI and SDK find by default (``DOCKER_HOST`` or the socket).
 
@@ -448,23 +471,20 @@ class LocalBuilder:
         """Build with BuildKit through the CLI, then push every tag when ``request.push``."""
         cli = await anyio.to_thread.run_sync(self.cli)
         started = time.monotonic()
-        with open_scratch(request.secrets, docker_config=request.docker_config) as scratch:
-            argv = build_argv(
+        argv, pushed_digest = await run_build_cli(
+            request,
+            lambda secret_files, metadata_file: build_argv(
                 cli,
                 request,
-                secret_files=scratch.secret_paths,
+                secret_files=secret_files,
                 global_args=self.cli_global_args(),
-                metadata_file=scratch.metadata_file,
+                metadata_file=metadata_file,
                 extra=self.build_flags(request),
-            )
-            send(on_event, BuildStarted(image=request.image_name, argv=argv))
-            env = self.cli_env()
-            if scratch.docker_config_dir is not None:
-                env["DOCKER_CONFIG"] = scratch.docker_config_dir
-            code, output = await run_cli(argv, env=env, on_event=on_event, image=request.image_name)
-            if code != 0:
-                raise self._build_failure(request, cli, output)
-            pushed_digest = read_metadata_digest(scratch.metadata_file)
+            ),
+            env=self.cli_env(),
+            on_event=on_event,
+            failure=lambda output: self._build_failure(request, cli, output),
+        )
         build_seconds = time.monotonic() - started
         send(on_event, BuildDone(image=request.image_name, seconds=round(build_seconds, 3)))
         if pushed_digest is not None or not request.push:
